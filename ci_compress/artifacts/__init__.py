@@ -1,0 +1,1 @@
+"""Model and data sources, safe loading, and the packed shipped format."""

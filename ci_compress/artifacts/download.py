@@ -1,0 +1,116 @@
+"""Downloading a model file: https only, pinned by sha256, bounded in size and time.
+
+The body streams to a temporary file beside the destination, hashed as it arrives;
+only a complete file whose sha256 matches is renamed into place (atomic), so a failed
+or tampered download leaves nothing behind that a later run could pick up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from ci_compress.errors import ArtifactError, ConfigError, InfraError
+
+CHUNK = 1 << 20
+
+
+def redact_url(url: str) -> str:
+    """The URL with any user:password@ part replaced, for messages and logs."""
+    parts = urlsplit(url)
+    if not (parts.username or parts.password):
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"***@{host}"))
+
+
+def download(
+    url: str,
+    *,
+    sha256: str,
+    dest_dir: Path,
+    allow_http: bool = False,
+    max_bytes: int = 2 * 1024**3,
+    timeout: float = 30.0,
+    retries: int = 2,
+    backoff: float = 0.5,
+) -> Path:
+    """Fetch ``url`` into ``dest_dir`` and return the verified local path."""
+
+
+    shown = redact_url(url)
+    scheme = urlsplit(url).scheme
+    if scheme not in ("https", "http"):
+        raise ConfigError(f"unsupported URL scheme {scheme!r} in {shown}", path="model.url", hint="use an https:// URL")
+    if scheme == "http" and not allow_http:
+        raise ConfigError(f"refusing plain http download {shown}", path="model.url", hint="use https, or set model.allow_http: true on a network you trust")
+    if not sha256:
+        raise ConfigError("a url needs sha256", path="model.sha256")
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    name = Path(urlsplit(url).path).name or "model"
+    dest = dest_dir / f"{sha256[:16]}-{name}"
+    if dest.exists() and _sha256_of(dest) == sha256.lower():
+        return dest
+    last: Exception | None = None
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(backoff * 2 ** (attempt - 1))
+        try:
+            return _fetch(url, shown, dest, sha256.lower(), max_bytes, timeout, allow_http)
+        except InfraError as e:
+            last = e
+    assert last is not None
+    raise last
+
+
+def _fetch(url: str, shown: str, dest: Path, sha256: str, max_bytes: int, timeout: float, allow_http: bool) -> Path:
+    import requests as rq
+
+    try:
+        with rq.get(url, stream=True, timeout=timeout, allow_redirects=True) as r:
+            for hop in [*r.history, r]:
+                if urlsplit(hop.url).scheme == "http" and not allow_http:
+                    raise ArtifactError(f"download of {shown} was redirected to plain http; refused", hint="fix the URL or set model.allow_http: true")
+            if r.status_code in (408, 429) or r.status_code >= 500:
+                raise InfraError(f"download of {shown} failed: HTTP {r.status_code}", hint="the server is busy or failing; retry later")
+            if r.status_code != 200:
+                raise ArtifactError(f"download of {shown} failed: HTTP {r.status_code}", hint="check model.url")
+            announced = r.headers.get("Content-Length")
+            if announced and announced.isdigit() and int(announced) > max_bytes:
+                raise ArtifactError(f"{shown} is {announced} bytes, over model.max_download_bytes ({max_bytes})")
+            h = hashlib.sha256()
+            got = 0
+            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".download-", suffix=".part")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    for chunk in r.iter_content(CHUNK):
+                        got += len(chunk)
+                        if got > max_bytes:
+                            raise ArtifactError(f"{shown} is larger than model.max_download_bytes ({max_bytes}); stopped")
+                        h.update(chunk)
+                        f.write(chunk)
+                if h.hexdigest() != sha256:
+                    raise ArtifactError(f"sha256 of {shown} is {h.hexdigest()}, model.sha256 expects {sha256}", hint="the file changed or was tampered with; re-pin only a file you trust")
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, dest)
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+            return dest
+    except (rq.ConnectionError, rq.Timeout) as e:
+        raise InfraError(f"cannot download {shown}: {type(e).__name__}", hint="check the URL and the network") from None
+    except rq.RequestException as e:
+        raise ArtifactError(f"cannot download {shown}: {type(e).__name__}") from None
+
+
+def _sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,315 @@
+"""The packed student format (``.ccz``): what ships, and what the gate evaluates.
+
+Layout of the file::
+
+    b"CCZPACK1" | manifest length (uint32, little-endian) | manifest (UTF-8 JSON) | payload
+
+The payload is a zstandard frame holding one safetensors blob (no pickle anywhere).
+Tensors with many zeros are stored as a bit mask plus their nonzero values; int8
+quantized weights are stored as int8 plus per-channel scales. The manifest holds the
+format version, the architecture spec (module types and constructor arguments, see
+:mod:`ci_compress.artifacts.layers`), each tensor's encoding, the sha256 of the payload,
+the pass history and the library versions. The loader checks the magic, the lengths
+and the checksum before it decompresses anything, and bounds decompression by the size
+the manifest announces.
+
+The checksum catches corruption and truncation; it is not a signature (whoever can
+rewrite the file can rewrite the manifest). Pin the shipped file's sha256 (report.json
+records it) where provenance matters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ci_compress.artifacts import layers
+from ci_compress.errors import ArtifactError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+MAGIC = b"CCZPACK1"
+FORMAT = "ci-compress-packed"
+FORMAT_VERSION = 1
+SPARSE_MIN_ZERO_FRACTION = 0.25
+SPARSE_MIN_NUMEL = 64
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+
+
+@dataclass
+class PackInfo:
+    path: Path
+    file_bytes: int
+    payload_bytes: int
+    raw_bytes: int
+    sha256: str  # of the whole file
+    tensors: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- describe / rebuild
+
+
+def describe(module: nn.Module, tensors: dict[str, torch.Tensor], path: str = "") -> dict[str, Any]:
+    """Architecture spec of ``module``; fills ``tensors`` with its own tensors by full name."""
+    codec = layers.codec_for(module)
+    spec: dict[str, Any]
+    if codec is None:
+        cls = type(module)
+        spec = {"type": "custom", "class": f"{cls.__module__}.{cls.__qualname__}"}
+    else:
+        spec = {"type": codec.name}
+        args = layers.module_args(codec, module)
+        if args:
+            spec["args"] = args
+    own = layers.own_tensors(codec, module)
+    if own:
+        spec["tensors"] = sorted(own)
+        for name, t in own.items():
+            tensors[f"{path}.{name}" if path else name] = t
+    if codec is None or codec.container:
+        children = [[n, describe(c, tensors, f"{path}.{n}" if path else n)] for n, c in module.named_children()]
+        if children:
+            spec["children"] = children
+    return spec
+
+
+def rebuild(
+    spec: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    factory_model: nn.Module | None,
+    path: str = "",
+) -> nn.Module:
+    """Rebuild a module from its spec; custom modules come from the trusted factory."""
+    own = {n: tensors[f"{path}.{n}" if path else n] for n in spec.get("tensors", [])}
+    kind = spec.get("type")
+    where = path or "<root>"
+    if kind == "custom":
+        if factory_model is None:
+            raise ArtifactError(
+                f"the packed model has a custom module {spec.get('class')} at {where}",
+                hint="give model.factory (package.module:function) so ci-compress can rebuild it",
+            )
+        try:
+            module = factory_model.get_submodule(path) if path else factory_model
+        except AttributeError:
+            raise ArtifactError(f"the factory's model has no module at {where} (packed file expects {spec.get('class')})") from None
+        cls = type(module)
+        if f"{cls.__module__}.{cls.__qualname__}" != spec.get("class"):
+            raise ArtifactError(f"module {where} is {cls.__qualname__} in the factory's model but {spec.get('class')} in the packed file")
+        import torch
+
+        with torch.no_grad():
+            for n, t in own.items():
+                setattr(module, n, torch.nn.Parameter(t.clone(), requires_grad=False) if n in module._parameters else t.clone())
+    else:
+        codec = layers.CODECS.get(str(kind))
+        if codec is None:
+            raise ArtifactError(f"the packed model uses module type {kind!r} at {where}, which this ci-compress does not know", hint="upgrade ci-compress to the version that wrote the file")
+        try:
+            module = layers.build_module(codec, spec.get("args", {}), own) if not codec.container else codec.cls()()
+        except (TypeError, ValueError, KeyError, RuntimeError) as e:
+            raise ArtifactError(f"cannot rebuild {kind} at {where}: {e}") from None
+    for name, child_spec in spec.get("children", []):
+        child_path = f"{path}.{name}" if path else name
+        module.add_module(name, rebuild(child_spec, tensors, factory_model, child_path))
+    return module
+
+
+# ---------------------------------------------------------------- tensor encodings
+
+
+def _encode(name: str, t: torch.Tensor, out: dict[str, torch.Tensor]) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    t = t.detach().contiguous().cpu()
+    entry: dict[str, Any] = {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
+    numel = t.numel()
+    if numel >= SPARSE_MIN_NUMEL and t.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.int8):
+        nz = t.reshape(-1) != 0
+        zeros = numel - int(nz.sum())
+        if zeros / numel >= SPARSE_MIN_ZERO_FRACTION:
+            mask = np.packbits(nz.numpy().astype(np.uint8))
+            out[f"{name}::mask"] = torch.from_numpy(mask)
+            out[f"{name}::values"] = t.reshape(-1)[nz].contiguous()
+            entry["encoding"] = "bitmask"
+            return entry
+    out[name] = t
+    entry["encoding"] = "dense"
+    return entry
+
+
+def _decode(name: str, entry: dict[str, Any], raw: dict[str, torch.Tensor]) -> torch.Tensor:
+    import numpy as np
+    import torch
+
+    shape = tuple(int(s) for s in entry["shape"])
+    numel = int(np.prod(shape)) if shape else 1
+    if entry.get("encoding") == "dense":
+        t = raw[name]
+    elif entry.get("encoding") == "bitmask":
+        bits = np.unpackbits(raw[f"{name}::mask"].numpy())[:numel].astype(bool)
+        values = raw[f"{name}::values"]
+        if int(bits.sum()) != values.numel():
+            raise ArtifactError(f"tensor {name}: mask and values disagree (corrupt packed file)")
+        t = torch.zeros(numel, dtype=values.dtype)
+        t[torch.from_numpy(bits)] = values
+    else:
+        raise ArtifactError(f"tensor {name}: unknown encoding {entry.get('encoding')!r}")
+    if tuple(t.shape) != shape and t.numel() == numel:
+        t = t.reshape(shape)
+    if tuple(t.shape) != shape:
+        raise ArtifactError(f"tensor {name}: shape {tuple(t.shape)} does not match the manifest {shape}")
+    return t
+
+
+# ---------------------------------------------------------------- file I/O
+
+
+def library_versions() -> dict[str, str]:
+    import numpy
+    import safetensors
+    import torch
+    import zstandard
+
+    from ci_compress import __version__
+
+    return {
+        "ci_compress": __version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "safetensors": safetensors.__version__,
+        "zstandard": zstandard.__version__,
+    }
+
+
+def pack(
+    model: nn.Module,
+    path: Path,
+    *,
+    passes: list[dict[str, Any]] | None = None,
+    factory: str | None = None,
+    level: int = 19,
+) -> PackInfo:
+    """Write ``model`` to ``path`` in the packed format (atomically) and describe it."""
+    import zstandard
+    from safetensors.torch import save as st_save
+
+    tensors: dict[str, torch.Tensor] = {}
+    arch = describe(model, tensors)
+    stored: dict[str, torch.Tensor] = {}
+    entries = {name: _encode(name, t, stored) for name, t in sorted(tensors.items())}
+    raw = st_save(stored)
+    payload = zstandard.ZstdCompressor(level=level, write_checksum=True).compress(raw)
+    for name, entry in entries.items():
+        keys = [name] if entry["encoding"] == "dense" else [f"{name}::mask", f"{name}::values"]
+        entry["stored_bytes"] = sum(stored[k].numel() * stored[k].element_size() for k in keys)
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "architecture": arch,
+        "factory": factory,
+        "tensors": entries,
+        "payload": {
+            "codec": "zstd",
+            "container": "safetensors",
+            "sha256": hashlib.sha256(payload).hexdigest(),
+            "bytes": len(payload),
+            "raw_bytes": len(raw),
+        },
+        "passes": passes or [],
+        "versions": library_versions(),
+    }
+    head = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    blob = MAGIC + struct.pack("<I", len(head)) + head + payload
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return PackInfo(
+        path=path,
+        file_bytes=len(blob),
+        payload_bytes=len(payload),
+        raw_bytes=len(raw),
+        sha256=hashlib.sha256(blob).hexdigest(),
+        tensors=entries,
+    )
+
+
+def read_manifest(path: Path) -> tuple[dict[str, Any], bytes]:
+    """The manifest and the (checked) payload of a packed file."""
+    try:
+        blob = path.read_bytes()
+    except FileNotFoundError:
+        raise ArtifactError(f"packed model not found: {path}") from None
+    except OSError as e:
+        raise ArtifactError(f"cannot read packed model {path}: {e.strerror}") from None
+    if not blob.startswith(MAGIC):
+        raise ArtifactError(f"{path} is not a ci-compress packed file (bad magic bytes)")
+    if len(blob) < len(MAGIC) + 4:
+        raise ArtifactError(f"{path} is truncated (no manifest length)")
+    (n,) = struct.unpack("<I", blob[len(MAGIC) : len(MAGIC) + 4])
+    start = len(MAGIC) + 4
+    if n > MAX_MANIFEST_BYTES or start + n > len(blob):
+        raise ArtifactError(f"{path} is truncated or corrupt (manifest of {n} bytes does not fit in {len(blob)} bytes)")
+    try:
+        manifest = json.loads(blob[start : start + n])
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{path}: the manifest is not valid JSON ({e}); the file is corrupt") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ArtifactError(f"{path}: not a ci-compress packed manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path}: packed format version {manifest.get('format_version')!r}, this ci-compress reads {FORMAT_VERSION}",
+            hint="use the ci-compress version that wrote the file",
+        )
+    payload = blob[start + n :]
+    info = manifest.get("payload", {})
+    if len(payload) != info.get("bytes"):
+        raise ArtifactError(f"{path} is truncated: payload has {len(payload)} bytes, the manifest says {info.get('bytes')}")
+    if hashlib.sha256(payload).hexdigest() != info.get("sha256"):
+        raise ArtifactError(f"{path}: payload sha256 does not match the manifest; the file is corrupt or was tampered with")
+    return manifest, payload
+
+
+def load_packed(path: Path, *, factory: Callable[[], nn.Module] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a runnable model from a packed file, verifying it first."""
+    import zstandard
+    from safetensors import SafetensorError
+    from safetensors.torch import load as st_load
+
+    manifest, payload = read_manifest(path)
+    raw_bytes = int(manifest["payload"].get("raw_bytes", 0))
+    try:
+        raw = zstandard.ZstdDecompressor().decompress(payload, max_output_size=raw_bytes)
+    except zstandard.ZstdError as e:
+        raise ArtifactError(f"{path}: cannot decompress the payload ({e}); the file is corrupt") from None
+    if len(raw) != raw_bytes:
+        raise ArtifactError(f"{path}: payload decompressed to {len(raw)} bytes, the manifest says {raw_bytes}")
+    try:
+        stored = st_load(raw)
+    except (SafetensorError, ValueError) as e:
+        raise ArtifactError(f"{path}: the tensor payload is unreadable ({e})") from None
+    try:
+        tensors = {name: _decode(name, entry, stored) for name, entry in manifest["tensors"].items()}
+    except KeyError as e:
+        raise ArtifactError(f"{path}: tensor {e} is missing from the payload") from None
+    factory_model = factory() if factory is not None else None
+    model = rebuild(manifest["architecture"], tensors, factory_model)
+    model.eval()
+    return model, manifest

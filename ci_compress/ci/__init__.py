@@ -1,0 +1,1 @@
+"""CI providers: which one we run under, its metadata, and its report formats."""

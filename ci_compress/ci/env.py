@@ -1,0 +1,105 @@
+"""What the CI environment (or the local git checkout) says about this run.
+
+The only place that reads provider environment variables. Each provider's variables are
+the documented ones: GitHub Actions (``GITHUB_*``), GitLab CI (``CI_*``), Jenkins
+(``JENKINS_URL``, ``BUILD_URL``, ``GIT_*``, ``CHANGE_ID``).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class CIContext:
+    provider: str  # github | gitlab | jenkins | local
+    commit: str | None = None
+    branch: str | None = None
+    default_branch: str | None = None
+    pr_number: str | None = None
+    repository: str | None = None
+    job_url: str | None = None
+    actor: str | None = None
+
+    @property
+    def is_pull_request(self) -> bool:
+        return self.pr_number is not None
+
+    @property
+    def on_default_branch(self) -> bool:
+        return not self.is_pull_request and self.branch is not None and self.branch == self.default_branch
+
+    def tags(self) -> dict[str, str]:
+        """MLflow tags: only the fields that are known."""
+        names = {
+            "provider": "ci.provider",
+            "commit": "mlflow.source.git.commit",
+            "branch": "mlflow.source.git.branch",
+            "pr_number": "ci.pr_number",
+            "repository": "ci.repository",
+            "job_url": "ci.job_url",
+            "actor": "ci.actor",
+        }
+        return {names[k]: str(v) for k, v in asdict(self).items() if k in names and v}
+
+
+def _git(args: list[str], cwd: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    value = out.stdout.strip()
+    return value if out.returncode == 0 and value else None
+
+
+def detect(environ: Mapping[str, str], cwd: Path) -> CIContext:
+    e = environ
+    if e.get("GITHUB_ACTIONS") == "true":
+        pr = None
+        ref = e.get("GITHUB_REF", "")
+        if ref.startswith("refs/pull/"):
+            pr = ref.split("/")[2]
+        server = e.get("GITHUB_SERVER_URL", "https://github.com")
+        job = f"{server}/{e['GITHUB_REPOSITORY']}/actions/runs/{e['GITHUB_RUN_ID']}" if e.get("GITHUB_REPOSITORY") and e.get("GITHUB_RUN_ID") else None
+        return CIContext(
+            provider="github",
+            commit=e.get("GITHUB_SHA"),
+            branch=e.get("GITHUB_HEAD_REF") or e.get("GITHUB_REF_NAME"),
+            default_branch=e.get("CI_COMPRESS_DEFAULT_BRANCH") or e.get("GITHUB_DEFAULT_BRANCH") or "main",
+            pr_number=pr,
+            repository=e.get("GITHUB_REPOSITORY"),
+            job_url=job,
+            actor=e.get("GITHUB_ACTOR"),
+        )
+    if e.get("GITLAB_CI") == "true":
+        return CIContext(
+            provider="gitlab",
+            commit=e.get("CI_COMMIT_SHA"),
+            branch=e.get("CI_MERGE_REQUEST_SOURCE_BRANCH_NAME") or e.get("CI_COMMIT_BRANCH") or e.get("CI_COMMIT_REF_NAME"),
+            default_branch=e.get("CI_DEFAULT_BRANCH"),
+            pr_number=e.get("CI_MERGE_REQUEST_IID"),
+            repository=e.get("CI_PROJECT_PATH"),
+            job_url=e.get("CI_JOB_URL"),
+            actor=e.get("GITLAB_USER_LOGIN"),
+        )
+    if e.get("JENKINS_URL"):
+        branch = e.get("CHANGE_BRANCH") or e.get("BRANCH_NAME") or e.get("GIT_BRANCH")
+        return CIContext(
+            provider="jenkins",
+            commit=e.get("GIT_COMMIT"),
+            branch=branch.removeprefix("origin/") if branch else None,
+            default_branch=e.get("CI_COMPRESS_DEFAULT_BRANCH") or "main",
+            pr_number=e.get("CHANGE_ID"),
+            repository=e.get("GIT_URL"),
+            job_url=e.get("BUILD_URL"),
+            actor=e.get("CHANGE_AUTHOR"),
+        )
+    return CIContext(
+        provider="local",
+        commit=_git(["rev-parse", "HEAD"], cwd),
+        branch=_git(["rev-parse", "--abbrev-ref", "HEAD"], cwd),
+        default_branch=e.get("CI_COMPRESS_DEFAULT_BRANCH") or "main",
+    )

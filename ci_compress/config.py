@@ -1,0 +1,386 @@
+"""YAML config -> typed, validated, frozen config objects.
+
+Validation happens once, here. Every error is a :class:`~ci_compress.errors.ConfigError`
+naming the YAML path of the field (``passes[1].amount``), the value seen and what is
+expected. Unknown keys are errors with a did-you-mean: a misspelt threshold would
+otherwise silently switch a check off.
+
+The pass section is built from the pass registry (:data:`ci_compress.passes.PASSES`),
+so adding a pass adds its config, its validation and its JSON Schema in one place.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import annotated_types
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
+
+from ci_compress.errors import ConfigError
+
+CONFIG_VERSION = 1
+_FACTORY_RE = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+_SHA256_RE = r"^[0-9a-fA-F]{64}$"
+
+
+class Strict(BaseModel):
+    """Base of every config object: frozen, no unknown keys."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelSource(Strict):
+    """Where the original (teacher) model comes from: exactly one of path, url, uri."""
+
+    path: str | None = Field(None, description="Local model file: TorchScript (.pt/.pth), state_dict (.pt with weights only, or .safetensors) or a ci-compress packed file (.ccz).")
+    url: str | None = Field(None, description="https URL of the model file; requires sha256.")
+    uri: str | None = Field(None, description="MLflow model URI: models:/<name>@<alias>, models:/<name>/<version> or runs:/<run_id>/<path>.")
+    sha256: str | None = Field(None, pattern=_SHA256_RE, description="Expected sha256 of the model file; required for url, checked for any source when given.")
+    factory: str | None = Field(None, pattern=_FACTORY_RE, description="package.module:function returning an nn.Module to load a state_dict into.")
+    factory_kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the factory.")
+    allow_pickle: bool = Field(False, description="Allow loading a fully pickled module. A pickle runs code: only for files you trust.")
+    allow_http: bool = Field(False, description="Allow a plain http:// url (never for untrusted networks).")
+    max_download_bytes: int = Field(2 * 1024**3, ge=1, description="Refuse downloads larger than this.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSource:
+        given = [k for k in ("path", "url", "uri") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of path, url, uri (got {', '.join(given) or 'none'})")
+        if self.url and not self.sha256:
+            raise ValueError("url needs sha256: pin the download to the file you tested")
+        return self
+
+
+class DataSource(Strict):
+    """A dataset: exactly one of builtin, path, factory."""
+
+    builtin: Literal["digits"] | None = Field(None, description="A dataset shipped with ci-compress's dependencies: digits (scikit-learn, 8x8 handwritten digits).")
+    split: Literal["train", "test"] = Field("test", description="For builtin sets: which split.")
+    path: str | None = Field(None, description=".npz or .pt file holding arrays x and y.")
+    factory: str | None = Field(None, pattern=_FACTORY_RE, description="package.module:function returning an iterable of (x, y) batches.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the factory.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N samples (fast local checks).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSource:
+        given = [k for k in ("builtin", "path", "factory") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of builtin, path, factory (got {', '.join(given) or 'none'})")
+        return self
+
+
+class DataConfig(Strict):
+    holdout: DataSource = Field(description="The held-out evaluation set.")
+    train: DataSource | None = Field(None, description="Training data for passes that fine-tune or distill.")
+    calibration: DataSource | None = Field(None, description="Calibration data for static quantization.")
+    batch_size: int = Field(256, ge=1, description="Evaluation batch size.")
+
+
+class Thresholds(Strict):
+    """Gate thresholds. Unset thresholds are not checked; at least one must be set."""
+
+    max_accuracy_drop: float | None = Field(None, ge=0, le=100, description="Largest allowed top-1 accuracy drop, in percentage points (teacher - student).")
+    max_relative_accuracy_drop: float | None = Field(None, ge=0, le=1, description="Largest allowed drop as a fraction of the teacher's accuracy.")
+    min_compression_ratio: float | None = Field(None, gt=0, description="Smallest allowed teacher file bytes / shipped student bytes.")
+    max_size_bytes: int | None = Field(None, ge=1, description="Largest allowed shipped student file, in bytes.")
+    max_latency_ratio: float | None = Field(None, gt=0, description="Largest allowed student latency / teacher latency (median, same batch and threads).")
+
+    def active(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.model_dump().items() if v is not None}
+
+
+class MlflowConfig(Strict):
+    enabled: bool = Field(True, description="Record the gate in MLflow.")
+    tracking_uri: str | None = Field(None, description="Tracking URI; else MLFLOW_TRACKING_URI; else sqlite:///mlflow.db beside the config.")
+    experiment: str = Field("ci-compress", min_length=1, description="Experiment name.")
+    run_name: str | None = Field(None, description="Run name; default derived from the commit.")
+    required: bool = Field(True, description="When false, an unreachable server is a warning and the gate still runs (local pre-push checks).")
+
+
+class ReportConfig(Strict):
+    dir: str = Field("ci-compress-report", min_length=1, description="Folder for report.json, report.md and the shipped student.")
+
+
+class ShipConfig(Strict):
+    filename: str = Field("student.ccz", pattern=r"^[\w.-]+$", description="File name of the shipped student inside the report folder.")
+    zstd_level: int = Field(19, ge=1, le=22, description="zstandard level for the packed payload.")
+
+
+class RuntimeConfig(Strict):
+    seed: int = Field(0, ge=0, description="Seed for every random generator the gate uses.")
+    threads: int = Field(1, ge=1, le=256, description="torch intra-op threads during evaluation and latency measurement.")
+    latency_batch_size: int = Field(64, ge=1, description="Batch size for the latency measurement.")
+    latency_repeats: int = Field(30, ge=1, le=10000, description="Timed repeats; the median is reported.")
+    latency_warmup: int = Field(5, ge=0, le=1000, description="Untimed warm-up repeats.")
+
+
+class PassConfig(Strict):
+    """Fields shared by every pass: which modules it touches."""
+
+    type: str = Field(description="Pass name, one of the registered passes.")
+    include: tuple[str, ...] = Field(("*",), description="Modules to touch: exact qualified names, shell globs, or 're:' regular expressions.")
+    exclude: tuple[str, ...] = Field((), description="Modules to leave alone (same forms as include); exclude wins.")
+
+
+class CompressConfig(Strict):
+    version: Literal[1] = Field(1, description="Config format version.")
+    model: ModelSource
+    data: DataConfig
+    passes: tuple[SerializeAsAny[PassConfig], ...] = Field((), description="Compression passes, applied in order.")
+    thresholds: Thresholds
+    mlflow: MlflowConfig = MlflowConfig()
+    report: ReportConfig = ReportConfig()
+    ship: ShipConfig = ShipConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    @model_validator(mode="after")
+    def _some_threshold(self) -> CompressConfig:
+        if not self.thresholds.active():
+            raise ValueError("thresholds: set at least one threshold; a gate that checks nothing passes anything")
+        return self
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated config and where it came from (relative paths resolve against base_dir)."""
+
+    config: CompressConfig
+    source: Path | None
+    base_dir: Path
+    sha256: str
+
+    def resolve(self, path: str) -> Path:
+        p = Path(os.path.expanduser(path))
+        return p if p.is_absolute() else (self.base_dir / p)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_config(path: str | os.PathLike[str]) -> LoadedConfig:
+    """Read, parse and validate a YAML config file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {p}", hint="pass --config with the path of your compress.yaml (ci-compress init writes one)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file {p}: {e}") from e
+    return parse_config_text(text, source=p)
+
+
+def parse_config_text(text: str, *, source: Path | None = None, base_dir: Path | None = None) -> LoadedConfig:
+    import yaml
+
+    name = str(source) if source else "<config>"
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{name}:{where}: YAML syntax error: {problem}", hint="fix the YAML syntax (indentation, quotes, colons)") from None
+    if raw is None:
+        raise ConfigError(f"{name}: the config is empty", hint="see `ci-compress schema` or the README for a minimal config")
+    config = parse_config(raw, origin=name)
+    base = base_dir or (source.resolve().parent if source else Path.cwd())
+    return LoadedConfig(config=config, source=source, base_dir=base, sha256=hashlib.sha256(text.encode()).hexdigest())
+
+
+def parse_config(raw: Any, *, origin: str = "<config>") -> CompressConfig:
+    """Validate a plain mapping (as read from YAML) into a :class:`CompressConfig`."""
+    from ci_compress.passes import PASSES
+
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{origin}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    data = dict(raw)
+    version = data.get("version", CONFIG_VERSION)
+    if version != CONFIG_VERSION:
+        raise ConfigError(f"unsupported config version {version!r}; this ci-compress reads version {CONFIG_VERSION}", path="version")
+    raw_passes = data.pop("passes", None) or []
+    if not isinstance(raw_passes, Sequence) or isinstance(raw_passes, str):
+        raise ConfigError(f"must be a list of passes, got {type(raw_passes).__name__}", path="passes")
+    passes: list[PassConfig] = []
+    for i, item in enumerate(raw_passes):
+        where = f"passes[{i}]"
+        if not isinstance(item, Mapping):
+            raise ConfigError(f"must be a mapping with a 'type' key, got {item!r}", path=where)
+        name = item.get("type")
+        if name not in PASSES:
+            raise ConfigError(
+                f"unknown pass {name!r}{_did_you_mean(str(name), PASSES)}",
+                path=f"{where}.type",
+                hint=f"known passes: {', '.join(sorted(PASSES))}",
+            )
+        cls = PASSES[name].Config
+        _check_keys(cls, item, where)
+        try:
+            passes.append(cls.model_validate(dict(item)))
+        except ValidationError as e:
+            raise _convert(e, cls, prefix=where) from None
+    _check_keys(CompressConfig, data, "")
+    try:
+        return CompressConfig.model_validate({**data, "passes": passes})
+    except ValidationError as e:
+        raise _convert(e, CompressConfig, prefix="") from None
+
+
+def _did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _join(prefix: str, part: str | int) -> str:
+    if isinstance(part, int):
+        return f"{prefix}[{part}]"
+    return f"{prefix}.{part}" if prefix else part
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The config model class inside an annotation (Optional[X], X, ...), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType, Annotated):
+        for arg in typing.get_args(annotation):
+            found = _model_of(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _check_keys(cls: type[BaseModel], data: Any, prefix: str) -> None:
+    """Reject unknown keys anywhere below ``cls``, suggesting the closest known key."""
+    if not isinstance(data, Mapping):
+        return
+    fields = cls.model_fields
+    for key, value in data.items():
+        if key not in fields:
+            raise ConfigError(
+                f"unknown key{_did_you_mean(str(key), fields)}",
+                path=_join(prefix, str(key)),
+                hint=f"known keys here: {', '.join(fields)}",
+            )
+        sub = _model_of(fields[key].annotation)
+        if sub is not None and sub is not PassConfig:
+            _check_keys(sub, value, _join(prefix, str(key)))
+
+
+def _field_info(cls: type[BaseModel], loc: tuple[Any, ...]) -> Any:
+    current: Any = cls
+    info = None
+    for part in loc:
+        if isinstance(part, int) or current is None:
+            continue
+        fields = getattr(current, "model_fields", {})
+        if part not in fields:
+            return None
+        info = fields[part]
+        current = _model_of(info.annotation)
+    return info
+
+
+def _interval(info: Any) -> str | None:
+    lo = hi = None
+    lo_c = hi_c = ""
+    for m in getattr(info, "metadata", []):
+        if isinstance(m, annotated_types.Ge):
+            lo, lo_c = m.ge, "["
+        elif isinstance(m, annotated_types.Gt):
+            lo, lo_c = m.gt, "("
+        elif isinstance(m, annotated_types.Le):
+            hi, hi_c = m.le, "]"
+        elif isinstance(m, annotated_types.Lt):
+            hi, hi_c = m.lt, ")"
+    if lo is None and hi is None:
+        return None
+    if hi is None:
+        return f">= {lo}" if lo_c == "[" else f"> {lo}"
+    if lo is None:
+        return f"<= {hi}" if hi_c == "]" else f"< {hi}"
+    return f"in {lo_c}{lo}, {hi}{hi_c}"
+
+
+def _convert(err: ValidationError, cls: type[BaseModel], *, prefix: str) -> ConfigError:
+    """Turn pydantic's first error into one ConfigError with a YAML path."""
+    e = err.errors()[0]
+    loc = tuple(e.get("loc", ()))
+    path = prefix
+    for part in loc:
+        path = _join(path, part)
+    kind = e.get("type", "")
+    value = e.get("input")
+    if kind == "missing":
+        return ConfigError("required field is missing", path=path or None, hint="see `ci-compress schema` for every field")
+    if kind in {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}:
+        interval = _interval(_field_info(cls, loc)) or e["msg"]
+        return ConfigError(f"must be {interval}, got {value!r}", path=path)
+    if kind == "value_error":
+        msg = str(e.get("msg", "")).removeprefix("Value error, ")
+        if msg.startswith("thresholds: "):
+            return ConfigError(msg.removeprefix("thresholds: "), path="thresholds")
+        return ConfigError(msg, path=path or None)
+    if kind == "literal_error":
+        expected = e.get("ctx", {}).get("expected", "")
+        return ConfigError(f"must be one of {expected}, got {value!r}", path=path)
+    if kind == "string_pattern_mismatch":
+        hint = None
+        if path.endswith("factory"):
+            hint = "write it as package.module:function"
+        elif path.endswith("sha256"):
+            hint = "give the 64 hex digits printed by `sha256sum FILE`"
+        return ConfigError(f"{value!r} is not of the expected form", path=path, hint=hint)
+    return ConfigError(f"{e.get('msg', 'invalid value')}, got {value!r}", path=path or None)
+
+
+# ---------------------------------------------------------------- schema and flattening
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of the config file, with one sub-schema per registered pass."""
+    from ci_compress.passes import PASSES
+
+    schema = CompressConfig.model_json_schema()
+    defs = schema.setdefault("$defs", {})
+    variants = []
+    for name in sorted(PASSES):
+        cls = PASSES[name].Config
+        sub = cls.model_json_schema(ref_template="#/$defs/{model}")
+        defs.update(sub.pop("$defs", {}))
+        sub["properties"]["type"] = {"const": name, "description": "Pass name."}
+        sub["required"] = sorted({"type", *sub.get("required", [])})
+        defs[cls.__name__] = sub
+        variants.append({"$ref": f"#/$defs/{cls.__name__}"})
+    schema["properties"]["passes"] = {"type": "array", "items": {"oneOf": variants}, "description": "Compression passes, applied in order."}
+    defs.pop("PassConfig", None)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "ci-compress config"
+    return schema
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, str]:
+    """Flatten a config dump into ``a.b.0.c -> str`` pairs (MLflow param keys)."""
+    out: dict[str, str] = {}
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    elif isinstance(value, list | tuple) and value and any(isinstance(v, Mapping) for v in value):
+        for i, v in enumerate(value):
+            out.update(flatten(v, f"{prefix}.{i}"))
+    else:
+        out[prefix] = "" if value is None else (",".join(map(str, value)) if isinstance(value, list | tuple) else str(value))
+    return out
+
+
+def factory_pattern() -> re.Pattern[str]:
+    return re.compile(_FACTORY_RE)

@@ -1,0 +1,1 @@
+"""The built-in default: small models trained deterministically on scikit-learn's digits."""

@@ -1,0 +1,1 @@
+"""Measurements: task metrics, agreement, size, latency, memory."""

@@ -1,0 +1,169 @@
+"""What every pass shares: the module matcher, counting, the pass context and record.
+
+A pass is a module exposing ``Config`` (a :class:`~ci_compress.config.PassConfig`
+subclass with a ``type`` literal) and ``apply(model, config, ctx) -> PassRecord``.
+Passes change the student in place; the pipeline gives them a copy of the teacher.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ci_compress.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from ci_compress.config import PassConfig
+
+
+@dataclass
+class PassContext:
+    """What a pass may use besides the model: seed, data, where it sits in the list."""
+
+    seed: int
+    index: int
+    train_data: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None
+    calibration_data: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None
+    teacher: nn.Module | None = None
+
+
+@dataclass
+class PassRecord:
+    """What a pass did, for the report and MLflow."""
+
+    name: str
+    index: int
+    options: dict[str, Any]
+    params_before: int = 0
+    params_after: int = 0
+    nonzero_before: int = 0
+    nonzero_after: int = 0
+    seconds: float = 0.0
+    modules: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "index": self.index,
+            "options": self.options,
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+            "nonzero_before": self.nonzero_before,
+            "nonzero_after": self.nonzero_after,
+            "seconds": round(self.seconds, 4),
+            "modules": self.modules,
+            "details": self.details,
+        }
+
+
+class PassModule(Protocol):
+    """The shape of a pass module, checked by mypy for every entry of PASSES."""
+
+    Config: type[PassConfig]
+
+    def apply(self, model: nn.Module, config: Any, ctx: PassContext) -> PassRecord: ...
+
+
+# ---------------------------------------------------------------- module selection
+
+
+def _matches(name: str, pattern: str) -> bool:
+    if pattern.startswith("re:"):
+        return re.fullmatch(pattern[3:], name) is not None
+    if any(c in pattern for c in "*?["):
+        return fnmatch.fnmatchcase(name, pattern)
+    return name == pattern
+
+
+def select(
+    model: nn.Module,
+    include: Iterable[str],
+    exclude: Iterable[str],
+    kinds: tuple[type, ...],
+    *,
+    path: str,
+) -> list[tuple[str, nn.Module]]:
+    """Modules of the given kinds whose qualified name matches include and not exclude.
+
+    Patterns are exact names, shell globs (``features.*``) or ``re:`` regexes. A pattern
+    in ``include`` that names no module of a suitable kind is a config error: a typo
+    must not silently leave a layer uncompressed.
+    """
+    include, exclude = list(include), list(exclude)
+    for pattern in include:
+        if pattern.startswith("re:"):
+            try:
+                re.compile(pattern[3:])
+            except re.error as e:
+                raise ConfigError(f"bad regular expression {pattern!r}: {e}", path=f"{path}.include") from None
+    candidates = [(n, m) for n, m in model.named_modules() if n and isinstance(m, kinds)]
+    chosen = [
+        (n, m)
+        for n, m in candidates
+        if any(_matches(n, p) for p in include) and not any(_matches(n, p) for p in exclude)
+    ]
+    for pattern in include:
+        if pattern != "*" and not any(_matches(n, pattern) for n, _ in candidates):
+            names = ", ".join(n for n, _ in candidates) or "none"
+            raise ConfigError(
+                f"pattern {pattern!r} matches no {'/'.join(k.__name__ for k in kinds)} module",
+                path=f"{path}.include",
+                hint=f"modules this pass can touch: {names}",
+            )
+    return chosen
+
+
+# ---------------------------------------------------------------- counting
+
+
+def weight_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every learned tensor as a float view, including the weights of quantized modules."""
+    from ci_compress.artifacts import layers
+
+    for mod_name, module in model.named_modules():
+        for t_name, tensor in layers.learned_tensors(module):
+            yield (f"{mod_name}.{t_name}" if mod_name else t_name), tensor
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(parameters, nonzero parameters), counting quantized and factorized weights too."""
+    total = nonzero = 0
+    for _, t in weight_tensors(model):
+        total += t.numel()
+        nonzero += int((t != 0).sum().item())
+    return total, nonzero
+
+
+class Timer:
+    def __enter__(self) -> Timer:
+        self.start = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+def run_pass(module: PassModule, model: nn.Module, config: PassConfig, ctx: PassContext) -> PassRecord:
+    """Apply one pass and fill in the before/after counts and time of its record."""
+    before, nz_before = count_parameters(model)
+    with Timer() as t:
+        record = module.apply(model, config, ctx)
+    record.params_before, record.nonzero_before = before, nz_before
+    record.params_after, record.nonzero_after = count_parameters(model)
+    record.seconds = t.seconds
+    return record
+
+
+def set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)

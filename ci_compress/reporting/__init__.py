@@ -1,0 +1,1 @@
+"""Renderers: one Report in, terminal text / Markdown / JSON out. No gating logic here."""
