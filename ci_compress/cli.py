@@ -38,7 +38,7 @@ def _progress(quiet: bool) -> Any:
     start = time.perf_counter()
 
     def say(msg: str) -> None:
-        if not quiet:
+        if not quiet or msg.startswith("warning:"):
             click.echo(f"[{time.perf_counter() - start:6.1f}s] {msg}", err=True)
 
     return say
@@ -66,18 +66,46 @@ def _run_and_report(config_path: Path, report_dir: Path | None, quiet: bool, as_
 
 
 @cli.command()
-@click.option("--config", "-c", "config_path", type=click.Path(path_type=Path, dir_okay=False), default="compress.yaml", show_default=True, help="Gate config (YAML).")
-@click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False), default=None, help="Override report.dir.")
+@click.option(
+    "--config",
+    "-c",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default="compress.yaml",
+    show_default=True,
+    help="Gate config (YAML).",
+)
+@click.option(
+    "--report-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Override report.dir.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
-@click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout instead of the table.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print report.json to stdout instead of the table."
+)
 def run(config_path: Path, report_dir: Path | None, quiet: bool, as_json: bool) -> int:
     """Compress, evaluate, gate, record and report, as the config says."""
     return _run_and_report(config_path, report_dir, quiet, as_json)
 
 
 @cli.command()
-@click.option("--workdir", type=click.Path(path_type=Path, file_okay=False), default="ci-compress-demo", show_default=True, help="Where the demo model, config, report and MLflow store go.")
-@click.option("--model", "kind", type=click.Choice(["mlp", "cnn"]), default="mlp", show_default=True, help="Demo architecture.")
+@click.option(
+    "--workdir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default="ci-compress-demo",
+    show_default=True,
+    help="Where the demo model, config, report and MLflow store go.",
+)
+@click.option(
+    "--model",
+    "kind",
+    type=click.Choice(["mlp", "cnn"]),
+    default="mlp",
+    show_default=True,
+    help="Demo architecture.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
 def demo(workdir: Path, kind: str, quiet: bool) -> int:
     """Run the whole gate on the built-in default: a model trained on digits."""
@@ -89,14 +117,23 @@ def demo(workdir: Path, kind: str, quiet: bool) -> int:
 
 
 @cli.command()
-@click.option("--config", "-c", "config_path", type=click.Path(path_type=Path, dir_okay=False), default="compress.yaml", show_default=True)
+@click.option(
+    "--config",
+    "-c",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default="compress.yaml",
+    show_default=True,
+)
 def validate(config_path: Path) -> int:
     """Check a config without running anything."""
     from ci_compress.config import load_config
 
     loaded = load_config(config_path)
     names = ", ".join(p.type for p in loaded.config.passes) or "none"
-    click.echo(f"{config_path}: valid (passes: {names}; thresholds: {', '.join(loaded.config.thresholds.active())})")
+    click.echo(
+        f"{config_path}: valid (passes: {names}; thresholds: {', '.join(loaded.config.thresholds.active())})"
+    )
     return 0
 
 
@@ -139,7 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as e:
         log = _crash_log(e)
-        click.echo(f"Error: internal error in ci-compress ({type(e).__name__}: {e}); details in {log}", err=True)
+        click.echo(
+            f"Error: internal error in ci-compress ({type(e).__name__}: {e}); details in {log}",
+            err=True,
+        )
         click.echo("  hint: this is a bug; please report it with the crash log", err=True)
         return int(ExitCode.INTERNAL)
     return int(rv or 0) if isinstance(rv, int) else 0

@@ -41,21 +41,46 @@ class Strict(BaseModel):
 class ModelSource(Strict):
     """Where the original (teacher) model comes from: exactly one of path, url, uri."""
 
-    path: str | None = Field(None, description="Local model file: TorchScript (.pt/.pth), state_dict (.pt with weights only, or .safetensors) or a ci-compress packed file (.ccz).")
+    path: str | None = Field(
+        None,
+        description="Local model file: TorchScript (.pt/.pth), state_dict (.pt with weights only, or .safetensors) or a ci-compress packed file (.ccz).",
+    )
     url: str | None = Field(None, description="https URL of the model file; requires sha256.")
-    uri: str | None = Field(None, description="MLflow model URI: models:/<name>@<alias>, models:/<name>/<version> or runs:/<run_id>/<path>.")
-    sha256: str | None = Field(None, pattern=_SHA256_RE, description="Expected sha256 of the model file; required for url, checked for any source when given.")
-    factory: str | None = Field(None, pattern=_FACTORY_RE, description="package.module:function returning an nn.Module to load a state_dict into.")
-    factory_kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the factory.")
-    allow_pickle: bool = Field(False, description="Allow loading a fully pickled module. A pickle runs code: only for files you trust.")
-    allow_http: bool = Field(False, description="Allow a plain http:// url (never for untrusted networks).")
-    max_download_bytes: int = Field(2 * 1024**3, ge=1, description="Refuse downloads larger than this.")
+    uri: str | None = Field(
+        None,
+        description="MLflow model URI: models:/<name>@<alias>, models:/<name>/<version> or runs:/<run_id>/<path>.",
+    )
+    sha256: str | None = Field(
+        None,
+        pattern=_SHA256_RE,
+        description="Expected sha256 of the model file; required for url, checked for any source when given.",
+    )
+    factory: str | None = Field(
+        None,
+        pattern=_FACTORY_RE,
+        description="package.module:function returning an nn.Module to load a state_dict into.",
+    )
+    factory_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments for the factory."
+    )
+    allow_pickle: bool = Field(
+        False,
+        description="Allow loading a fully pickled module. A pickle runs code: only for files you trust.",
+    )
+    allow_http: bool = Field(
+        False, description="Allow a plain http:// url (never for untrusted networks)."
+    )
+    max_download_bytes: int = Field(
+        2 * 1024**3, ge=1, description="Refuse downloads larger than this."
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSource:
         given = [k for k in ("path", "url", "uri") if getattr(self, k)]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of path, url, uri (got {', '.join(given) or 'none'})")
+            raise ValueError(
+                f"give exactly one of path, url, uri (got {', '.join(given) or 'none'})"
+            )
         if self.url and not self.sha256:
             raise ValueError("url needs sha256: pin the download to the file you tested")
         return self
@@ -64,36 +89,71 @@ class ModelSource(Strict):
 class DataSource(Strict):
     """A dataset: exactly one of builtin, path, factory."""
 
-    builtin: Literal["digits"] | None = Field(None, description="A dataset shipped with ci-compress's dependencies: digits (scikit-learn, 8x8 handwritten digits).")
+    builtin: Literal["digits"] | None = Field(
+        None,
+        description="A dataset shipped with ci-compress's dependencies: digits (scikit-learn, 8x8 handwritten digits).",
+    )
     split: Literal["train", "test"] = Field("test", description="For builtin sets: which split.")
     path: str | None = Field(None, description=".npz or .pt file holding arrays x and y.")
-    factory: str | None = Field(None, pattern=_FACTORY_RE, description="package.module:function returning an iterable of (x, y) batches.")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the factory.")
-    limit: int | None = Field(None, ge=1, description="Use only the first N samples (fast local checks).")
+    factory: str | None = Field(
+        None,
+        pattern=_FACTORY_RE,
+        description="package.module:function returning an iterable of (x, y) batches.",
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments for the factory."
+    )
+    limit: int | None = Field(
+        None, ge=1, description="Use only the first N samples (fast local checks)."
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSource:
         given = [k for k in ("builtin", "path", "factory") if getattr(self, k)]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of builtin, path, factory (got {', '.join(given) or 'none'})")
+            raise ValueError(
+                f"give exactly one of builtin, path, factory (got {', '.join(given) or 'none'})"
+            )
         return self
 
 
 class DataConfig(Strict):
     holdout: DataSource = Field(description="The held-out evaluation set.")
-    train: DataSource | None = Field(None, description="Training data for passes that fine-tune or distill.")
-    calibration: DataSource | None = Field(None, description="Calibration data for static quantization.")
+    train: DataSource | None = Field(
+        None, description="Training data for passes that fine-tune or distill."
+    )
+    calibration: DataSource | None = Field(
+        None, description="Calibration data for static quantization."
+    )
     batch_size: int = Field(256, ge=1, description="Evaluation batch size.")
 
 
 class Thresholds(Strict):
     """Gate thresholds. Unset thresholds are not checked; at least one must be set."""
 
-    max_accuracy_drop: float | None = Field(None, ge=0, le=100, description="Largest allowed top-1 accuracy drop, in percentage points (teacher - student).")
-    max_relative_accuracy_drop: float | None = Field(None, ge=0, le=1, description="Largest allowed drop as a fraction of the teacher's accuracy.")
-    min_compression_ratio: float | None = Field(None, gt=0, description="Smallest allowed teacher file bytes / shipped student bytes.")
-    max_size_bytes: int | None = Field(None, ge=1, description="Largest allowed shipped student file, in bytes.")
-    max_latency_ratio: float | None = Field(None, gt=0, description="Largest allowed student latency / teacher latency (median, same batch and threads).")
+    max_accuracy_drop: float | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="Largest allowed top-1 accuracy drop, in percentage points (teacher - student).",
+    )
+    max_relative_accuracy_drop: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Largest allowed drop as a fraction of the teacher's accuracy.",
+    )
+    min_compression_ratio: float | None = Field(
+        None, gt=0, description="Smallest allowed teacher file bytes / shipped student bytes."
+    )
+    max_size_bytes: int | None = Field(
+        None, ge=1, description="Largest allowed shipped student file, in bytes."
+    )
+    max_latency_ratio: float | None = Field(
+        None,
+        gt=0,
+        description="Largest allowed student latency / teacher latency (median, same batch and threads).",
+    )
 
     def active(self) -> dict[str, float]:
         return {k: float(v) for k, v in self.model_dump().items() if v is not None}
@@ -101,26 +161,47 @@ class Thresholds(Strict):
 
 class MlflowConfig(Strict):
     enabled: bool = Field(True, description="Record the gate in MLflow.")
-    tracking_uri: str | None = Field(None, description="Tracking URI; else MLFLOW_TRACKING_URI; else sqlite:///mlflow.db beside the config.")
+    tracking_uri: str | None = Field(
+        None,
+        description="Tracking URI; else MLFLOW_TRACKING_URI; else sqlite:///mlflow.db beside the config.",
+    )
     experiment: str = Field("ci-compress", min_length=1, description="Experiment name.")
     run_name: str | None = Field(None, description="Run name; default derived from the commit.")
-    required: bool = Field(True, description="When false, an unreachable server is a warning and the gate still runs (local pre-push checks).")
+    required: bool = Field(
+        True,
+        description="When false, an unreachable server is a warning and the gate still runs (local pre-push checks).",
+    )
 
 
 class ReportConfig(Strict):
-    dir: str = Field("ci-compress-report", min_length=1, description="Folder for report.json, report.md and the shipped student.")
+    dir: str = Field(
+        "ci-compress-report",
+        min_length=1,
+        description="Folder for report.json, report.md and the shipped student.",
+    )
 
 
 class ShipConfig(Strict):
-    filename: str = Field("student.ccz", pattern=r"^[\w.-]+$", description="File name of the shipped student inside the report folder.")
+    filename: str = Field(
+        "student.ccz",
+        pattern=r"^[\w.-]+$",
+        description="File name of the shipped student inside the report folder.",
+    )
     zstd_level: int = Field(19, ge=1, le=22, description="zstandard level for the packed payload.")
 
 
 class RuntimeConfig(Strict):
     seed: int = Field(0, ge=0, description="Seed for every random generator the gate uses.")
-    threads: int = Field(1, ge=1, le=256, description="torch intra-op threads during evaluation and latency measurement.")
+    threads: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="torch intra-op threads during evaluation and latency measurement.",
+    )
     latency_batch_size: int = Field(64, ge=1, description="Batch size for the latency measurement.")
-    latency_repeats: int = Field(30, ge=1, le=10000, description="Timed repeats; the median is reported.")
+    latency_repeats: int = Field(
+        30, ge=1, le=10000, description="Timed repeats; the median is reported."
+    )
     latency_warmup: int = Field(5, ge=0, le=1000, description="Untimed warm-up repeats.")
 
 
@@ -128,15 +209,22 @@ class PassConfig(Strict):
     """Fields shared by every pass: which modules it touches."""
 
     type: str = Field(description="Pass name, one of the registered passes.")
-    include: tuple[str, ...] = Field(("*",), description="Modules to touch: exact qualified names, shell globs, or 're:' regular expressions.")
-    exclude: tuple[str, ...] = Field((), description="Modules to leave alone (same forms as include); exclude wins.")
+    include: tuple[str, ...] = Field(
+        ("*",),
+        description="Modules to touch: exact qualified names, shell globs, or 're:' regular expressions.",
+    )
+    exclude: tuple[str, ...] = Field(
+        (), description="Modules to leave alone (same forms as include); exclude wins."
+    )
 
 
 class CompressConfig(Strict):
     version: Literal[1] = Field(1, description="Config format version.")
     model: ModelSource
     data: DataConfig
-    passes: tuple[SerializeAsAny[PassConfig], ...] = Field((), description="Compression passes, applied in order.")
+    passes: tuple[SerializeAsAny[PassConfig], ...] = Field(
+        (), description="Compression passes, applied in order."
+    )
     thresholds: Thresholds
     mlflow: MlflowConfig = MlflowConfig()
     report: ReportConfig = ReportConfig()
@@ -146,7 +234,9 @@ class CompressConfig(Strict):
     @model_validator(mode="after")
     def _some_threshold(self) -> CompressConfig:
         if not self.thresholds.active():
-            raise ValueError("thresholds: set at least one threshold; a gate that checks nothing passes anything")
+            raise ValueError(
+                "thresholds: set at least one threshold; a gate that checks nothing passes anything"
+            )
         return self
 
 
@@ -173,13 +263,18 @@ def load_config(path: str | os.PathLike[str]) -> LoadedConfig:
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {p}", hint="pass --config with the path of your compress.yaml (ci-compress init writes one)") from None
+        raise ConfigError(
+            f"config file not found: {p}",
+            hint="pass --config with the path of your compress.yaml (ci-compress init writes one)",
+        ) from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read config file {p}: {e}") from e
     return parse_config_text(text, source=p)
 
 
-def parse_config_text(text: str, *, source: Path | None = None, base_dir: Path | None = None) -> LoadedConfig:
+def parse_config_text(
+    text: str, *, source: Path | None = None, base_dir: Path | None = None
+) -> LoadedConfig:
     import yaml
 
     name = str(source) if source else "<config>"
@@ -189,12 +284,23 @@ def parse_config_text(text: str, *, source: Path | None = None, base_dir: Path |
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{name}:{where}: YAML syntax error: {problem}", hint="fix the YAML syntax (indentation, quotes, colons)") from None
+        raise ConfigError(
+            f"{name}:{where}: YAML syntax error: {problem}",
+            hint="fix the YAML syntax (indentation, quotes, colons)",
+        ) from None
     if raw is None:
-        raise ConfigError(f"{name}: the config is empty", hint="see `ci-compress schema` or the README for a minimal config")
+        raise ConfigError(
+            f"{name}: the config is empty",
+            hint="see `ci-compress schema` or the README for a minimal config",
+        )
     config = parse_config(raw, origin=name)
     base = base_dir or (source.resolve().parent if source else Path.cwd())
-    return LoadedConfig(config=config, source=source, base_dir=base, sha256=hashlib.sha256(text.encode()).hexdigest())
+    return LoadedConfig(
+        config=config,
+        source=source,
+        base_dir=base,
+        sha256=hashlib.sha256(text.encode()).hexdigest(),
+    )
 
 
 def parse_config(raw: Any, *, origin: str = "<config>") -> CompressConfig:
@@ -202,14 +308,21 @@ def parse_config(raw: Any, *, origin: str = "<config>") -> CompressConfig:
     from ci_compress.passes import PASSES
 
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"{origin}: the top level must be a mapping of sections, got {type(raw).__name__}")
+        raise ConfigError(
+            f"{origin}: the top level must be a mapping of sections, got {type(raw).__name__}"
+        )
     data = dict(raw)
     version = data.get("version", CONFIG_VERSION)
     if version != CONFIG_VERSION:
-        raise ConfigError(f"unsupported config version {version!r}; this ci-compress reads version {CONFIG_VERSION}", path="version")
+        raise ConfigError(
+            f"unsupported config version {version!r}; this ci-compress reads version {CONFIG_VERSION}",
+            path="version",
+        )
     raw_passes = data.pop("passes", None) or []
     if not isinstance(raw_passes, Sequence) or isinstance(raw_passes, str):
-        raise ConfigError(f"must be a list of passes, got {type(raw_passes).__name__}", path="passes")
+        raise ConfigError(
+            f"must be a list of passes, got {type(raw_passes).__name__}", path="passes"
+        )
     passes: list[PassConfig] = []
     for i, item in enumerate(raw_passes):
         where = f"passes[{i}]"
@@ -321,7 +434,11 @@ def _convert(err: ValidationError, cls: type[BaseModel], *, prefix: str) -> Conf
     kind = e.get("type", "")
     value = e.get("input")
     if kind == "missing":
-        return ConfigError("required field is missing", path=path or None, hint="see `ci-compress schema` for every field")
+        return ConfigError(
+            "required field is missing",
+            path=path or None,
+            hint="see `ci-compress schema` for every field",
+        )
     if kind in {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}:
         interval = _interval(_field_info(cls, loc)) or e["msg"]
         return ConfigError(f"must be {interval}, got {value!r}", path=path)
@@ -361,7 +478,11 @@ def json_schema() -> dict[str, Any]:
         sub["required"] = sorted({"type", *sub.get("required", [])})
         defs[cls.__name__] = sub
         variants.append({"$ref": f"#/$defs/{cls.__name__}"})
-    schema["properties"]["passes"] = {"type": "array", "items": {"oneOf": variants}, "description": "Compression passes, applied in order."}
+    schema["properties"]["passes"] = {
+        "type": "array",
+        "items": {"oneOf": variants},
+        "description": "Compression passes, applied in order.",
+    }
     defs.pop("PassConfig", None)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "ci-compress config"
@@ -378,7 +499,11 @@ def flatten(value: Any, prefix: str = "") -> dict[str, str]:
         for i, v in enumerate(value):
             out.update(flatten(v, f"{prefix}.{i}"))
     else:
-        out[prefix] = "" if value is None else (",".join(map(str, value)) if isinstance(value, list | tuple) else str(value))
+        out[prefix] = (
+            ""
+            if value is None
+            else (",".join(map(str, value)) if isinstance(value, list | tuple) else str(value))
+        )
     return out
 
 

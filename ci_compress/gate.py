@@ -90,5 +90,14 @@ def decide(thresholds: Mapping[str, float], measurements: Mapping[str, float]) -
         word = "at most" if direction == "max" else "at least"
         verdict = "ok" if ok else "FAILED"
         message = f"{name}: {metric} = {_fmt(measured, unit)}, must be {word} {_fmt(limit, unit)} ({verdict})"
-        checks.append(Check(threshold=name, metric=metric, limit=limit, measured=measured, passed=ok, message=message))
+        checks.append(
+            Check(
+                threshold=name,
+                metric=metric,
+                limit=limit,
+                measured=measured,
+                passed=ok,
+                message=message,
+            )
+        )
     return GateResult(passed=all(c.passed for c in checks), checks=tuple(checks))

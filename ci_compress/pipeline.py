@@ -63,17 +63,31 @@ def run(
 ) -> Report:
     """Run the whole gate for one config and return its report."""
     environ = os.environ if environ is None else environ
-    say = progress or (lambda _msg: None)
+    warnings: list[str] = []
+
+    def say(msg: str) -> None:
+        if msg.startswith("warning:"):
+            warnings.append(msg.removeprefix("warning: "))
+        if progress is not None:
+            progress(msg)
+
     cfg = loaded.config
     out_dir = report_dir or loaded.resolve(cfg.report.dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tracker = tracker or make_tracker(loaded, environ, say)
     ci = detect(environ, loaded.base_dir)
     run_name = cfg.mlflow.run_name or f"gate-{(ci.commit or 'local')[:8]}"
-    run_id = tracker.start_run(cfg.mlflow.experiment, run_name, {**ci.tags(), "ci_compress.status": "running"})
+    run_id = tracker.start_run(
+        cfg.mlflow.experiment, run_name, {**ci.tags(), "ci_compress.status": "running"}
+    )
     try:
         report = _gate(loaded, out_dir, ci, say)
-        report.mlflow = {"run_id": run_id, "tracking_uri": getattr(tracker, "shown_uri", tracker.uri), "experiment": cfg.mlflow.experiment}
+        report.warnings = warnings
+        report.mlflow = {
+            "run_id": run_id,
+            "tracking_uri": getattr(tracker, "shown_uri", tracker.uri),
+            "experiment": cfg.mlflow.experiment,
+        }
         url = tracker.run_url()
         if url:
             report.mlflow["run_url"] = url
@@ -118,8 +132,16 @@ def _gate(loaded: LoadedConfig, out_dir: Path, ci: CIContext, say: Progress) -> 
     say("loading the model and the holdout")
     teacher = resolve_model(cfg.model, loaded.base_dir, out_dir / "downloads")
     holdout = load_dataset(cfg.data.holdout, loaded.base_dir, field="data.holdout")
-    train = load_dataset(cfg.data.train, loaded.base_dir, field="data.train") if cfg.data.train else None
-    calib = load_dataset(cfg.data.calibration, loaded.base_dir, field="data.calibration") if cfg.data.calibration else None
+    train = (
+        load_dataset(cfg.data.train, loaded.base_dir, field="data.train")
+        if cfg.data.train
+        else None
+    )
+    calib = (
+        load_dataset(cfg.data.calibration, loaded.base_dir, field="data.calibration")
+        if cfg.data.calibration
+        else None
+    )
 
     student = copy.deepcopy(teacher.module)
     records = []
@@ -138,13 +160,26 @@ def _gate(loaded: LoadedConfig, out_dir: Path, ci: CIContext, say: Progress) -> 
 
     say("packing the student and reading it back")
     shipped_path = out_dir / cfg.ship.filename
-    info = pack(student, shipped_path, passes=pass_history, factory=cfg.model.factory, level=cfg.ship.zstd_level)
+    info = pack(
+        student,
+        shipped_path,
+        passes=pass_history,
+        factory=cfg.model.factory,
+        level=cfg.ship.zstd_level,
+    )
     shipped, _ = load_packed(shipped_path, factory=_factory(cfg.model))
 
     say(f"evaluating on {holdout.name}")
-    task = evaluate({"teacher": teacher.module, "student": shipped}, holdout, batch_size=cfg.data.batch_size)
+    task = evaluate(
+        {"teacher": teacher.module, "student": shipped}, holdout, batch_size=cfg.data.batch_size
+    )
     x_lat = next(holdout.batches(rt.latency_batch_size))[0]
-    lat = latency_ms({"teacher": teacher.module, "student": shipped}, x_lat, repeats=rt.latency_repeats, warmup=rt.latency_warmup)
+    lat = latency_ms(
+        {"teacher": teacher.module, "student": shipped},
+        x_lat,
+        repeats=rt.latency_repeats,
+        warmup=rt.latency_warmup,
+    )
 
     def measure(role: str, model: torch.nn.Module, file_bytes: int) -> dict[str, float]:
         params, nonzero = count_parameters(model)
@@ -166,7 +201,9 @@ def _gate(loaded: LoadedConfig, out_dir: Path, ci: CIContext, say: Progress) -> 
 
     t_metrics = measure("teacher", teacher.module, teacher.file_bytes)
     s_metrics = measure("student", shipped, info.file_bytes)
-    flat = {f"teacher.{k}": v for k, v in t_metrics.items()} | {f"student.{k}": v for k, v in s_metrics.items()}
+    flat = {f"teacher.{k}": v for k, v in t_metrics.items()} | {
+        f"student.{k}": v for k, v in s_metrics.items()
+    }
     deltas = derive(flat)
     thresholds = cfg.thresholds.active()
     result = decide(thresholds, {**flat, **deltas})
@@ -179,18 +216,28 @@ def _gate(loaded: LoadedConfig, out_dir: Path, ci: CIContext, say: Progress) -> 
     return Report(
         verdict="pass" if result.passed else "fail",
         gate=result,
-        teacher=ModelSummary("teacher", str(teacher.path), teacher.file_bytes, teacher.sha256, t_metrics),
+        teacher=ModelSummary(
+            "teacher", str(teacher.path), teacher.file_bytes, teacher.sha256, t_metrics
+        ),
         student=ModelSummary("student", str(shipped_path), info.file_bytes, info.sha256, s_metrics),
         deltas=deltas,
         thresholds=thresholds,
         passes=pass_history,
-        holdout={"name": holdout.name, "samples": task["teacher"].samples, "sha256": holdout.digest()},
-        environment=_environment(ci, rt.threads, rt.seed, __version__, _torch.__version__, numpy.__version__),
+        holdout={
+            "name": holdout.name,
+            "samples": task["teacher"].samples,
+            "sha256": holdout.digest(),
+        },
+        environment=_environment(
+            ci, rt.threads, rt.seed, __version__, _torch.__version__, numpy.__version__
+        ),
         config=cfg.model_dump(mode="json"),
     )
 
 
-def _environment(ci: CIContext, threads: int, seed: int, version: str, torch_version: str, numpy_version: str) -> dict[str, Any]:
+def _environment(
+    ci: CIContext, threads: int, seed: int, version: str, torch_version: str, numpy_version: str
+) -> dict[str, Any]:
     return {
         "ci_compress": version,
         "torch": torch_version,

@@ -38,6 +38,7 @@ class Report:
     config: dict[str, Any]
     mlflow: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -53,7 +54,12 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         def model(m: ModelSummary) -> dict[str, Any]:
-            return {"file": m.file, "file_bytes": m.file_bytes, "sha256": m.sha256, "metrics": m.metrics}
+            return {
+                "file": m.file,
+                "file_bytes": m.file_bytes,
+                "sha256": m.sha256,
+                "metrics": m.metrics,
+            }
 
         return {
             "schema_version": SCHEMA_VERSION,
@@ -71,4 +77,5 @@ class Report:
             "config": self.config,
             "mlflow": self.mlflow,
             "artifacts": self.artifacts,
+            "warnings": self.warnings,
         }

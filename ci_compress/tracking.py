@@ -77,7 +77,15 @@ class MemoryTracker:
 
     def start_run(self, experiment: str, run_name: str, tags: Mapping[str, str]) -> str:
         run_id = f"run{len(self.runs)}"
-        self.runs[run_id] = {"experiment": experiment, "name": run_name, "tags": dict(tags), "params": {}, "metrics": {}, "artifacts": [], "status": "RUNNING"}
+        self.runs[run_id] = {
+            "experiment": experiment,
+            "name": run_name,
+            "tags": dict(tags),
+            "params": {},
+            "metrics": {},
+            "artifacts": [],
+            "status": "RUNNING",
+        }
         self.current = run_id
         return run_id
 
@@ -95,7 +103,9 @@ class MemoryTracker:
         self._run()["tags"].update(tags)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        self._run()["artifacts"].append(f"{artifact_path + '/' if artifact_path else ''}{path.name}")
+        self._run()["artifacts"].append(
+            f"{artifact_path + '/' if artifact_path else ''}{path.name}"
+        )
 
     def end_run(self, status: str) -> None:
         self._run()["status"] = status
@@ -142,11 +152,18 @@ class MlflowTracker:
             detail = redact(str(e)).splitlines()[0] if str(e) else type(e).__name__
             detail = re.sub(r"\s+", " ", detail)[:300]
             lowered = detail.lower()
-            if "401" in detail or "403" in detail or "unauthorized" in lowered or "permission" in lowered:
+            if (
+                "401" in detail
+                or "403" in detail
+                or "unauthorized" in lowered
+                or "permission" in lowered
+            ):
                 hint = "check MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/PASSWORD"
             else:
                 hint = "check the server is running and the tracking URI (mlflow.tracking_uri or MLFLOW_TRACKING_URI); set mlflow.required: false for local checks"
-            raise TrackingError(f"MLflow at {self.shown_uri} failed to {what}: {detail}", hint=hint) from None
+            raise TrackingError(
+                f"MLflow at {self.shown_uri} failed to {what}: {detail}", hint=hint
+            ) from None
 
     def check(self, experiment: str) -> None:
         with self._errors("answer"):
@@ -155,7 +172,9 @@ class MlflowTracker:
                 location = None
                 if self.artifact_root is not None and self.uri.startswith("sqlite:"):
                     location = (self.artifact_root / experiment).resolve().as_uri()
-                self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+                self.experiment_id = self.client.create_experiment(
+                    experiment, artifact_location=location
+                )
             else:
                 self.experiment_id = exp.experiment_id
 
@@ -163,7 +182,9 @@ class MlflowTracker:
         if self.experiment_id is None:
             self.check(experiment)
         with self._errors("create a run"):
-            run = self.client.create_run(self.experiment_id or "0", run_name=run_name, tags=dict(tags))
+            run = self.client.create_run(
+                self.experiment_id or "0", run_name=run_name, tags=dict(tags)
+            )
         self.run_id = run.info.run_id
         return self.run_id
 
@@ -190,7 +211,11 @@ class MlflowTracker:
         from mlflow.entities import RunTag
 
         with self._errors("set tags"):
-            self.client.log_batch(self._id(), tags=[RunTag(k, str(v)) for k, v in sorted(tags.items())], synchronous=True)
+            self.client.log_batch(
+                self._id(),
+                tags=[RunTag(k, str(v)) for k, v in sorted(tags.items())],
+                synchronous=True,
+            )
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         with self._errors(f"store artifact {path.name}"):

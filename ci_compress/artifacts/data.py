@@ -49,7 +49,10 @@ class Dataset:
             raise DataError(f"{self.field}: the factory raised {type(e).__name__}: {e}") from None
         for i, item in enumerate(source):
             if not (isinstance(item, tuple | list) and len(item) == 2):
-                raise DataError(f"{self.field}: batch {i} is not an (x, y) pair", hint="the factory must yield (x, y) tuples")
+                raise DataError(
+                    f"{self.field}: batch {i} is not an (x, y) pair",
+                    hint="the factory must yield (x, y) tuples",
+                )
             x, y = _as_tensors(item[0], item[1], f"{self.field} batch {i}")
             if self.limit is not None and seen + len(y) > self.limit:
                 keep = self.limit - seen
@@ -69,7 +72,10 @@ class Dataset:
             return self._tensors
         xs, ys = zip(*self.batches(4096), strict=True) if self.count() else ((), ())
         if not xs:
-            raise DataError(f"{self.field}: the dataset is empty", hint="give a dataset with at least one sample")
+            raise DataError(
+                f"{self.field}: the dataset is empty",
+                hint="give a dataset with at least one sample",
+            )
         return torch.cat(xs), torch.cat(ys)
 
     def count(self) -> int:
@@ -103,18 +109,26 @@ def _check(x: torch.Tensor, y: torch.Tensor, where: str) -> None:
     import torch
 
     if not torch.is_floating_point(x):
-        raise DataError(f"{where}: x has dtype {x.dtype}, expected floating point", hint="convert x to float32 when you build the data")
+        raise DataError(
+            f"{where}: x has dtype {x.dtype}, expected floating point",
+            hint="convert x to float32 when you build the data",
+        )
     if x.dim() < 2:
         raise DataError(f"{where}: x has shape {tuple(x.shape)}, expected (samples, features...)")
     if y.dim() != 1:
-        raise DataError(f"{where}: y has shape {tuple(y.shape)}, expected a 1-D vector of class labels")
+        raise DataError(
+            f"{where}: y has shape {tuple(y.shape)}, expected a 1-D vector of class labels"
+        )
     if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
         raise DataError(f"{where}: y has dtype {y.dtype}, expected integer class labels")
     if len(x) != len(y):
         raise DataError(f"{where}: x has {len(x)} samples but y has {len(y)}")
     if not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
-        raise DataError(f"{where}: x contains {bad} NaN or infinite values", hint="clean or impute the data before gating")
+        raise DataError(
+            f"{where}: x contains {bad} NaN or infinite values",
+            hint="clean or impute the data before gating",
+        )
     if len(y) and int(y.min()) < 0:
         raise DataError(f"{where}: y contains negative labels ({int(y.min())})")
 
@@ -124,9 +138,16 @@ def _from_arrays(x: Any, y: Any, name: str, field: str, limit: int | None) -> Da
 
     xt, yt = _as_tensors(x, y, field)
     if len(yt) == 0:
-        raise DataError(f"{field}: {name} is empty (0 samples)", hint="give a holdout with at least one sample")
+        raise DataError(
+            f"{field}: {name} is empty (0 samples)", hint="give a holdout with at least one sample"
+        )
     _check(xt, yt, field)
-    return Dataset(name=name, field=field, _tensors=(xt.contiguous(), yt.to(torch.int64).contiguous()), limit=limit)
+    return Dataset(
+        name=name,
+        field=field,
+        _tensors=(xt.contiguous(), yt.to(torch.int64).contiguous()),
+        limit=limit,
+    )
 
 
 def digits_split(split: str) -> tuple[Any, Any]:
@@ -155,9 +176,14 @@ def load_dataset(source: DataSource, base_dir: Path, *, field: str) -> Dataset:
 
     fn = import_factory(source.factory, path=f"{field}.factory")
     kwargs = dict(source.kwargs)
-    ds = Dataset(name=source.factory, field=field, _factory=lambda: fn(**kwargs), limit=source.limit)
+    ds = Dataset(
+        name=source.factory, field=field, _factory=lambda: fn(**kwargs), limit=source.limit
+    )
     if ds.count() == 0:
-        raise DataError(f"{field}: the factory {source.factory} yielded no samples", hint="give a holdout with at least one sample")
+        raise DataError(
+            f"{field}: the factory {source.factory} yielded no samples",
+            hint="give a holdout with at least one sample",
+        )
     return ds
 
 
@@ -166,21 +192,33 @@ def _read_file(p: Path, field: str) -> tuple[Any, Any]:
     import torch
 
     if not p.exists():
-        raise DataError(f"{field}.path: file not found: {p}", hint="relative paths are relative to the config file")
+        raise DataError(
+            f"{field}.path: file not found: {p}",
+            hint="relative paths are relative to the config file",
+        )
     if p.suffix == ".npz":
         try:
             with np.load(p, allow_pickle=False) as z:
                 if "x" not in z or "y" not in z:
-                    raise DataError(f"{field}.path: {p.name} must hold arrays 'x' and 'y', has {sorted(z.files)}")
+                    raise DataError(
+                        f"{field}.path: {p.name} must hold arrays 'x' and 'y', has {sorted(z.files)}"
+                    )
                 return z["x"], z["y"]
         except (ValueError, OSError, EOFError) as e:
-            raise DataError(f"{field}.path: {p.name} is not a readable .npz file without pickles ({e})") from None
+            raise DataError(
+                f"{field}.path: {p.name} is not a readable .npz file without pickles ({e})"
+            ) from None
     if p.suffix in (".pt", ".pth"):
         try:
             obj = torch.load(str(p), map_location="cpu", weights_only=True)
         except Exception as e:
-            raise DataError(f"{field}.path: {p.name} cannot be read with weights_only=True ({str(e).splitlines()[0][:200]})", hint="save a dict {'x': tensor, 'y': tensor} with torch.save") from None
+            raise DataError(
+                f"{field}.path: {p.name} cannot be read with weights_only=True ({str(e).splitlines()[0][:200]})",
+                hint="save a dict {'x': tensor, 'y': tensor} with torch.save",
+            ) from None
         if not (isinstance(obj, dict) and "x" in obj and "y" in obj):
             raise DataError(f"{field}.path: {p.name} must hold a dict with keys 'x' and 'y'")
         return obj["x"], obj["y"]
-    raise DataError(f"{field}.path: unsupported data file {p.name}", hint="use .npz or .pt holding x and y")
+    raise DataError(
+        f"{field}.path: unsupported data file {p.name}", hint="use .npz or .pt holding x and y"
+    )

@@ -43,13 +43,20 @@ def download(
 ) -> Path:
     """Fetch ``url`` into ``dest_dir`` and return the verified local path."""
 
-
     shown = redact_url(url)
     scheme = urlsplit(url).scheme
     if scheme not in ("https", "http"):
-        raise ConfigError(f"unsupported URL scheme {scheme!r} in {shown}", path="model.url", hint="use an https:// URL")
+        raise ConfigError(
+            f"unsupported URL scheme {scheme!r} in {shown}",
+            path="model.url",
+            hint="use an https:// URL",
+        )
     if scheme == "http" and not allow_http:
-        raise ConfigError(f"refusing plain http download {shown}", path="model.url", hint="use https, or set model.allow_http: true on a network you trust")
+        raise ConfigError(
+            f"refusing plain http download {shown}",
+            path="model.url",
+            hint="use https, or set model.allow_http: true on a network you trust",
+        )
     if not sha256:
         raise ConfigError("a url needs sha256", path="model.sha256")
     dest_dir.mkdir(parents=True, exist_ok=True)
@@ -69,21 +76,33 @@ def download(
     raise last
 
 
-def _fetch(url: str, shown: str, dest: Path, sha256: str, max_bytes: int, timeout: float, allow_http: bool) -> Path:
+def _fetch(
+    url: str, shown: str, dest: Path, sha256: str, max_bytes: int, timeout: float, allow_http: bool
+) -> Path:
     import requests as rq
 
     try:
         with rq.get(url, stream=True, timeout=timeout, allow_redirects=True) as r:
             for hop in [*r.history, r]:
                 if urlsplit(hop.url).scheme == "http" and not allow_http:
-                    raise ArtifactError(f"download of {shown} was redirected to plain http; refused", hint="fix the URL or set model.allow_http: true")
+                    raise ArtifactError(
+                        f"download of {shown} was redirected to plain http; refused",
+                        hint="fix the URL or set model.allow_http: true",
+                    )
             if r.status_code in (408, 429) or r.status_code >= 500:
-                raise InfraError(f"download of {shown} failed: HTTP {r.status_code}", hint="the server is busy or failing; retry later")
+                raise InfraError(
+                    f"download of {shown} failed: HTTP {r.status_code}",
+                    hint="the server is busy or failing; retry later",
+                )
             if r.status_code != 200:
-                raise ArtifactError(f"download of {shown} failed: HTTP {r.status_code}", hint="check model.url")
+                raise ArtifactError(
+                    f"download of {shown} failed: HTTP {r.status_code}", hint="check model.url"
+                )
             announced = r.headers.get("Content-Length")
             if announced and announced.isdigit() and int(announced) > max_bytes:
-                raise ArtifactError(f"{shown} is {announced} bytes, over model.max_download_bytes ({max_bytes})")
+                raise ArtifactError(
+                    f"{shown} is {announced} bytes, over model.max_download_bytes ({max_bytes})"
+                )
             h = hashlib.sha256()
             got = 0
             fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".download-", suffix=".part")
@@ -92,18 +111,25 @@ def _fetch(url: str, shown: str, dest: Path, sha256: str, max_bytes: int, timeou
                     for chunk in r.iter_content(CHUNK):
                         got += len(chunk)
                         if got > max_bytes:
-                            raise ArtifactError(f"{shown} is larger than model.max_download_bytes ({max_bytes}); stopped")
+                            raise ArtifactError(
+                                f"{shown} is larger than model.max_download_bytes ({max_bytes}); stopped"
+                            )
                         h.update(chunk)
                         f.write(chunk)
                 if h.hexdigest() != sha256:
-                    raise ArtifactError(f"sha256 of {shown} is {h.hexdigest()}, model.sha256 expects {sha256}", hint="the file changed or was tampered with; re-pin only a file you trust")
+                    raise ArtifactError(
+                        f"sha256 of {shown} is {h.hexdigest()}, model.sha256 expects {sha256}",
+                        hint="the file changed or was tampered with; re-pin only a file you trust",
+                    )
                 os.chmod(tmp, 0o644)
                 os.replace(tmp, dest)
             finally:
                 Path(tmp).unlink(missing_ok=True)
             return dest
     except (rq.ConnectionError, rq.Timeout) as e:
-        raise InfraError(f"cannot download {shown}: {type(e).__name__}", hint="check the URL and the network") from None
+        raise InfraError(
+            f"cannot download {shown}: {type(e).__name__}", hint="check the URL and the network"
+        ) from None
     except rq.RequestException as e:
         raise ArtifactError(f"cannot download {shown}: {type(e).__name__}") from None
 

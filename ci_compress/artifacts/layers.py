@@ -30,7 +30,9 @@ def quiet_torch_ao() -> Iterator[None]:
     """Silence torch.ao's deprecation warnings for the calls we make on purpose."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization is deprecated.*")
-        warnings.filterwarnings("ignore", message=r".*quantize_per_tensor, torch\.quantize_per_channel.*")
+        warnings.filterwarnings(
+            "ignore", message=r".*quantize_per_tensor, torch\.quantize_per_channel.*"
+        )
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.ao.*")
         yield
 
@@ -79,7 +81,9 @@ def quantize_weight_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale.float()
 
 
-def int8_dynamic_linear(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+def int8_dynamic_linear(
+    q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
+) -> nn.Module:
     """A fast CPU int8 Linear (dynamic activation quantization) from int8 weights."""
     import torch
 
@@ -87,7 +91,9 @@ def int8_dynamic_linear(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor
         from torch.ao.nn.quantized.dynamic import Linear as DynLinear
 
         out_f, in_f = q.shape
-        qw = torch._make_per_channel_quantized_tensor(q, scale.double(), torch.zeros(out_f, dtype=torch.long), 0)
+        qw = torch._make_per_channel_quantized_tensor(
+            q, scale.double(), torch.zeros(out_f, dtype=torch.long), 0
+        )
         m = DynLinear(in_f, out_f, bias_=bias is not None, dtype=torch.qint8)
         m.set_weight_bias(qw, None if bias is None else bias.detach().float())
     return m
@@ -135,7 +141,17 @@ def _torch() -> Any:
 
 # ---------------------------------------------------------------- the table
 
-_CONV = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias", "padding_mode")
+_CONV = (
+    "in_channels",
+    "out_channels",
+    "kernel_size",
+    "stride",
+    "padding",
+    "dilation",
+    "groups",
+    "bias",
+    "padding_mode",
+)
 _BN = ("num_features", "eps", "momentum", "affine", "track_running_stats")
 
 CODECS: dict[str, Codec] = {
@@ -160,8 +176,16 @@ CODECS: dict[str, Codec] = {
         Codec("Dropout", _nn("Dropout"), ("p",)),
         Codec("Flatten", _nn("Flatten"), ("start_dim", "end_dim")),
         Codec("Unflatten", _nn("Unflatten"), ("dim", "unflattened_size")),
-        Codec("MaxPool2d", _nn("MaxPool2d"), ("kernel_size", "stride", "padding", "dilation", "ceil_mode")),
-        Codec("AvgPool2d", _nn("AvgPool2d"), ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad")),
+        Codec(
+            "MaxPool2d",
+            _nn("MaxPool2d"),
+            ("kernel_size", "stride", "padding", "dilation", "ceil_mode"),
+        ),
+        Codec(
+            "AvgPool2d",
+            _nn("AvgPool2d"),
+            ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad"),
+        ),
         Codec("AdaptiveAvgPool2d", _nn("AdaptiveAvgPool2d"), ("output_size",)),
         Codec("Softmax", _nn("Softmax"), ("dim",)),
         Codec("LogSoftmax", _nn("LogSoftmax"), ("dim",)),

@@ -45,7 +45,11 @@ def import_factory(target: str, *, path: str) -> Callable[..., Any]:
     try:
         module = importlib.import_module(mod_name)
     except ImportError as e:
-        raise ConfigError(f"cannot import {mod_name!r} ({e})", path=path, hint="check the module is installed or on PYTHONPATH") from None
+        raise ConfigError(
+            f"cannot import {mod_name!r} ({e})",
+            path=path,
+            hint="check the module is installed or on PYTHONPATH",
+        ) from None
     fn = getattr(module, fn_name, None)
     if not callable(fn):
         raise ConfigError(f"{mod_name!r} has no callable {fn_name!r}", path=path)
@@ -72,9 +76,13 @@ def _factory(source: ModelSource) -> Callable[[], nn.Module] | None:
         try:
             model = fn(**kwargs)
         except Exception as e:
-            raise ArtifactError(f"model.factory {source.factory} raised {type(e).__name__}: {e}") from None
+            raise ArtifactError(
+                f"model.factory {source.factory} raised {type(e).__name__}: {e}"
+            ) from None
         if not isinstance(model, nn.Module):
-            raise ArtifactError(f"model.factory {source.factory} returned {type(model).__name__}, not a torch.nn.Module")
+            raise ArtifactError(
+                f"model.factory {source.factory} returned {type(model).__name__}, not a torch.nn.Module"
+            )
         return model
 
     return make
@@ -96,7 +104,10 @@ def load_model_file(path: Path, source: ModelSource) -> LoadedModel:
     from ci_compress.artifacts.packing import MAGIC, load_packed
 
     if not path.exists():
-        raise ArtifactError(f"model file not found: {path}", hint="check model.path (relative paths are relative to the config file)")
+        raise ArtifactError(
+            f"model file not found: {path}",
+            hint="check model.path (relative paths are relative to the config file)",
+        )
     if path.is_dir():
         raise ArtifactError(f"model.path is a folder, not a file: {path}")
     size = path.stat().st_size
@@ -104,7 +115,10 @@ def load_model_file(path: Path, source: ModelSource) -> LoadedModel:
         raise ArtifactError(f"model file is empty: {path}")
     digest = file_sha256(path)
     if source.sha256 and digest.lower() != source.sha256.lower():
-        raise ArtifactError(f"sha256 of {path} is {digest}, model.sha256 expects {source.sha256}", hint="the file changed: re-pin model.sha256 only if the new file is trusted")
+        raise ArtifactError(
+            f"sha256 of {path} is {digest}, model.sha256 expects {source.sha256}",
+            hint="the file changed: re-pin model.sha256 only if the new file is trusted",
+        )
     factory = _factory(source)
     with path.open("rb") as f:
         head = f.read(len(MAGIC))
@@ -129,7 +143,9 @@ def load_model_file(path: Path, source: ModelSource) -> LoadedModel:
         try:
             scripted = torch.jit.load(str(path), map_location="cpu")
         except Exception as e:  # torch raises RuntimeError and friends for bad archives
-            raise ArtifactError(f"{path} looks like TorchScript but cannot be loaded ({str(e).splitlines()[0]})") from None
+            raise ArtifactError(
+                f"{path} looks like TorchScript but cannot be loaded ({str(e).splitlines()[0]})"
+            ) from None
         if factory is not None:
             return done(_into_factory(dict(scripted.state_dict()), factory, path), "torchscript")
         return done(script_to_eager(scripted, path), "torchscript")
@@ -137,7 +153,11 @@ def load_model_file(path: Path, source: ModelSource) -> LoadedModel:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
         text = str(e)
-        if "Weights only load failed" in text or "Unsupported global" in text or "UnpicklingError" in type(e).__name__:
+        if (
+            "Weights only load failed" in text
+            or "Unsupported global" in text
+            or "UnpicklingError" in type(e).__name__
+        ):
             if not source.allow_pickle:
                 raise ArtifactError(
                     f"{path} is a pickle that needs arbitrary code to load; refused",
@@ -148,32 +168,45 @@ def load_model_file(path: Path, source: ModelSource) -> LoadedModel:
             except Exception as e2:
                 raise ArtifactError(f"cannot unpickle {path}: {type(e2).__name__}: {e2}") from None
         else:
-            raise ArtifactError(f"{path} is not a model file ci-compress can read ({text.splitlines()[0] if text else type(e).__name__})", hint="use TorchScript, a state_dict (.pt or .safetensors) with model.factory, or a .ccz packed file") from None
+            raise ArtifactError(
+                f"{path} is not a model file ci-compress can read ({text.splitlines()[0] if text else type(e).__name__})",
+                hint="use TorchScript, a state_dict (.pt or .safetensors) with model.factory, or a .ccz packed file",
+            ) from None
     if isinstance(obj, torch.nn.Module):
         return done(obj, "pickle")
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return done(_into_factory(obj, factory, path), "state_dict")
-    raise ArtifactError(f"{path} holds a {type(obj).__name__}, not a state_dict or a module", hint="save model.state_dict() or torch.jit.script(model)")
+    raise ArtifactError(
+        f"{path} holds a {type(obj).__name__}, not a state_dict or a module",
+        hint="save model.state_dict() or torch.jit.script(model)",
+    )
 
 
-def _into_factory(state: dict[str, Any], factory: Callable[[], nn.Module] | None, path: Path) -> nn.Module:
+def _into_factory(
+    state: dict[str, Any], factory: Callable[[], nn.Module] | None, path: Path
+) -> nn.Module:
     if factory is None:
-        raise ArtifactError(f"{path} is a state_dict: ci-compress needs the architecture", hint="set model.factory to package.module:function returning the nn.Module")
+        raise ArtifactError(
+            f"{path} is a state_dict: ci-compress needs the architecture",
+            hint="set model.factory to package.module:function returning the nn.Module",
+        )
     model = factory()
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         first = str(e).splitlines()
         detail = " ".join(line.strip() for line in first[:3])
-        raise ArtifactError(f"the state_dict in {path} does not fit model.factory's module: {detail[:400]}", hint="check model.factory and model.factory_kwargs match the saved model") from None
+        raise ArtifactError(
+            f"the state_dict in {path} does not fit model.factory's module: {detail[:400]}",
+            hint="check model.factory and model.factory_kwargs match the saved model",
+        ) from None
     return model
 
 
 def script_to_eager(scripted: Any, path: Path) -> nn.Module:
     """Rebuild an eager module from a TorchScript tree of known layers."""
-    from torch import nn
 
     from ci_compress.artifacts import layers
 
@@ -202,7 +235,10 @@ def script_to_eager(scripted: Any, path: Path) -> nn.Module:
         try:
             return layers.build_module(codec, args, state)
         except (TypeError, KeyError, RuntimeError) as e:
-            raise ArtifactError(f"{path}: cannot rebuild {kind} at {where or '<root>'} from TorchScript ({e})", hint="give the state_dict with model.factory") from None
+            raise ArtifactError(
+                f"{path}: cannot rebuild {kind} at {where or '<root>'} from TorchScript ({e})",
+                hint="give the state_dict with model.factory",
+            ) from None
 
     return convert(scripted, "")
 
@@ -215,6 +251,16 @@ def resolve_model(source: ModelSource, base_dir: Path, workdir: Path) -> LoadedM
     if source.url:
         from ci_compress.artifacts.download import download
 
-        local = download(source.url, sha256=source.sha256 or "", dest_dir=workdir, allow_http=source.allow_http, max_bytes=source.max_download_bytes)
+        local = download(
+            source.url,
+            sha256=source.sha256 or "",
+            dest_dir=workdir,
+            allow_http=source.allow_http,
+            max_bytes=source.max_download_bytes,
+        )
         return load_model_file(local, source)
-    raise ConfigError("MLflow model URIs are not supported yet in this build", path="model.uri", hint="download the artifact and use model.path")
+    raise ConfigError(
+        "MLflow model URIs are not supported yet in this build",
+        path="model.uri",
+        hint="download the artifact and use model.path",
+    )

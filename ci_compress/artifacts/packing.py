@@ -76,7 +76,10 @@ def describe(module: nn.Module, tensors: dict[str, torch.Tensor], path: str = ""
         for name, t in own.items():
             tensors[f"{path}.{name}" if path else name] = t
     if codec is None or codec.container:
-        children = [[n, describe(c, tensors, f"{path}.{n}" if path else n)] for n, c in module.named_children()]
+        children = [
+            [n, describe(c, tensors, f"{path}.{n}" if path else n)]
+            for n, c in module.named_children()
+        ]
         if children:
             spec["children"] = children
     return spec
@@ -101,21 +104,38 @@ def rebuild(
         try:
             module = factory_model.get_submodule(path) if path else factory_model
         except AttributeError:
-            raise ArtifactError(f"the factory's model has no module at {where} (packed file expects {spec.get('class')})") from None
+            raise ArtifactError(
+                f"the factory's model has no module at {where} (packed file expects {spec.get('class')})"
+            ) from None
         cls = type(module)
         if f"{cls.__module__}.{cls.__qualname__}" != spec.get("class"):
-            raise ArtifactError(f"module {where} is {cls.__qualname__} in the factory's model but {spec.get('class')} in the packed file")
+            raise ArtifactError(
+                f"module {where} is {cls.__qualname__} in the factory's model but {spec.get('class')} in the packed file"
+            )
         import torch
 
         with torch.no_grad():
             for n, t in own.items():
-                setattr(module, n, torch.nn.Parameter(t.clone(), requires_grad=False) if n in module._parameters else t.clone())
+                setattr(
+                    module,
+                    n,
+                    torch.nn.Parameter(t.clone(), requires_grad=False)
+                    if n in module._parameters
+                    else t.clone(),
+                )
     else:
         codec = layers.CODECS.get(str(kind))
         if codec is None:
-            raise ArtifactError(f"the packed model uses module type {kind!r} at {where}, which this ci-compress does not know", hint="upgrade ci-compress to the version that wrote the file")
+            raise ArtifactError(
+                f"the packed model uses module type {kind!r} at {where}, which this ci-compress does not know",
+                hint="upgrade ci-compress to the version that wrote the file",
+            )
         try:
-            module = layers.build_module(codec, spec.get("args", {}), own) if not codec.container else codec.cls()()
+            module = (
+                layers.build_module(codec, spec.get("args", {}), own)
+                if not codec.container
+                else codec.cls()()
+            )
         except (TypeError, ValueError, KeyError, RuntimeError) as e:
             raise ArtifactError(f"cannot rebuild {kind} at {where}: {e}") from None
     for name, child_spec in spec.get("children", []):
@@ -134,7 +154,12 @@ def _encode(name: str, t: torch.Tensor, out: dict[str, torch.Tensor]) -> dict[st
     t = t.detach().contiguous().cpu()
     entry: dict[str, Any] = {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
     numel = t.numel()
-    if numel >= SPARSE_MIN_NUMEL and t.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.int8):
+    if numel >= SPARSE_MIN_NUMEL and t.dtype in (
+        torch.float32,
+        torch.float16,
+        torch.bfloat16,
+        torch.int8,
+    ):
         nz = t.reshape(-1) != 0
         zeros = numel - int(nz.sum())
         if zeros / numel >= SPARSE_MIN_ZERO_FRACTION:
@@ -168,7 +193,9 @@ def _decode(name: str, entry: dict[str, Any], raw: dict[str, torch.Tensor]) -> t
     if tuple(t.shape) != shape and t.numel() == numel:
         t = t.reshape(shape)
     if tuple(t.shape) != shape:
-        raise ArtifactError(f"tensor {name}: shape {tuple(t.shape)} does not match the manifest {shape}")
+        raise ArtifactError(
+            f"tensor {name}: shape {tuple(t.shape)} does not match the manifest {shape}"
+        )
     return t
 
 
@@ -266,11 +293,15 @@ def read_manifest(path: Path) -> tuple[dict[str, Any], bytes]:
     (n,) = struct.unpack("<I", blob[len(MAGIC) : len(MAGIC) + 4])
     start = len(MAGIC) + 4
     if n > MAX_MANIFEST_BYTES or start + n > len(blob):
-        raise ArtifactError(f"{path} is truncated or corrupt (manifest of {n} bytes does not fit in {len(blob)} bytes)")
+        raise ArtifactError(
+            f"{path} is truncated or corrupt (manifest of {n} bytes does not fit in {len(blob)} bytes)"
+        )
     try:
         manifest = json.loads(blob[start : start + n])
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ArtifactError(f"{path}: the manifest is not valid JSON ({e}); the file is corrupt") from None
+        raise ArtifactError(
+            f"{path}: the manifest is not valid JSON ({e}); the file is corrupt"
+        ) from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArtifactError(f"{path}: not a ci-compress packed manifest")
     if manifest.get("format_version") != FORMAT_VERSION:
@@ -281,13 +312,19 @@ def read_manifest(path: Path) -> tuple[dict[str, Any], bytes]:
     payload = blob[start + n :]
     info = manifest.get("payload", {})
     if len(payload) != info.get("bytes"):
-        raise ArtifactError(f"{path} is truncated: payload has {len(payload)} bytes, the manifest says {info.get('bytes')}")
+        raise ArtifactError(
+            f"{path} is truncated: payload has {len(payload)} bytes, the manifest says {info.get('bytes')}"
+        )
     if hashlib.sha256(payload).hexdigest() != info.get("sha256"):
-        raise ArtifactError(f"{path}: payload sha256 does not match the manifest; the file is corrupt or was tampered with")
+        raise ArtifactError(
+            f"{path}: payload sha256 does not match the manifest; the file is corrupt or was tampered with"
+        )
     return manifest, payload
 
 
-def load_packed(path: Path, *, factory: Callable[[], nn.Module] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def load_packed(
+    path: Path, *, factory: Callable[[], nn.Module] | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a runnable model from a packed file, verifying it first."""
     import zstandard
     from safetensors import SafetensorError
@@ -298,15 +335,21 @@ def load_packed(path: Path, *, factory: Callable[[], nn.Module] | None = None) -
     try:
         raw = zstandard.ZstdDecompressor().decompress(payload, max_output_size=raw_bytes)
     except zstandard.ZstdError as e:
-        raise ArtifactError(f"{path}: cannot decompress the payload ({e}); the file is corrupt") from None
+        raise ArtifactError(
+            f"{path}: cannot decompress the payload ({e}); the file is corrupt"
+        ) from None
     if len(raw) != raw_bytes:
-        raise ArtifactError(f"{path}: payload decompressed to {len(raw)} bytes, the manifest says {raw_bytes}")
+        raise ArtifactError(
+            f"{path}: payload decompressed to {len(raw)} bytes, the manifest says {raw_bytes}"
+        )
     try:
         stored = st_load(raw)
     except (SafetensorError, ValueError) as e:
         raise ArtifactError(f"{path}: the tensor payload is unreadable ({e})") from None
     try:
-        tensors = {name: _decode(name, entry, stored) for name, entry in manifest["tensors"].items()}
+        tensors = {
+            name: _decode(name, entry, stored) for name, entry in manifest["tensors"].items()
+        }
     except KeyError as e:
         raise ArtifactError(f"{path}: tensor {e} is missing from the payload") from None
     factory_model = factory() if factory is not None else None

@@ -30,7 +30,11 @@ class CIContext:
 
     @property
     def on_default_branch(self) -> bool:
-        return not self.is_pull_request and self.branch is not None and self.branch == self.default_branch
+        return (
+            not self.is_pull_request
+            and self.branch is not None
+            and self.branch == self.default_branch
+        )
 
     def tags(self) -> dict[str, str]:
         """MLflow tags: only the fields that are known."""
@@ -48,7 +52,9 @@ class CIContext:
 
 def _git(args: list[str], cwd: Path) -> str | None:
     try:
-        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=False)
+        out = subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     value = out.stdout.strip()
@@ -63,12 +69,18 @@ def detect(environ: Mapping[str, str], cwd: Path) -> CIContext:
         if ref.startswith("refs/pull/"):
             pr = ref.split("/")[2]
         server = e.get("GITHUB_SERVER_URL", "https://github.com")
-        job = f"{server}/{e['GITHUB_REPOSITORY']}/actions/runs/{e['GITHUB_RUN_ID']}" if e.get("GITHUB_REPOSITORY") and e.get("GITHUB_RUN_ID") else None
+        job = (
+            f"{server}/{e['GITHUB_REPOSITORY']}/actions/runs/{e['GITHUB_RUN_ID']}"
+            if e.get("GITHUB_REPOSITORY") and e.get("GITHUB_RUN_ID")
+            else None
+        )
         return CIContext(
             provider="github",
             commit=e.get("GITHUB_SHA"),
             branch=e.get("GITHUB_HEAD_REF") or e.get("GITHUB_REF_NAME"),
-            default_branch=e.get("CI_COMPRESS_DEFAULT_BRANCH") or e.get("GITHUB_DEFAULT_BRANCH") or "main",
+            default_branch=e.get("CI_COMPRESS_DEFAULT_BRANCH")
+            or e.get("GITHUB_DEFAULT_BRANCH")
+            or "main",
             pr_number=pr,
             repository=e.get("GITHUB_REPOSITORY"),
             job_url=job,
@@ -78,7 +90,9 @@ def detect(environ: Mapping[str, str], cwd: Path) -> CIContext:
         return CIContext(
             provider="gitlab",
             commit=e.get("CI_COMMIT_SHA"),
-            branch=e.get("CI_MERGE_REQUEST_SOURCE_BRANCH_NAME") or e.get("CI_COMMIT_BRANCH") or e.get("CI_COMMIT_REF_NAME"),
+            branch=e.get("CI_MERGE_REQUEST_SOURCE_BRANCH_NAME")
+            or e.get("CI_COMMIT_BRANCH")
+            or e.get("CI_COMMIT_REF_NAME"),
             default_branch=e.get("CI_DEFAULT_BRANCH"),
             pr_number=e.get("CI_MERGE_REQUEST_IID"),
             repository=e.get("CI_PROJECT_PATH"),

@@ -5,7 +5,9 @@ from __future__ import annotations
 from torch import nn
 
 
-def digits_mlp(hidden: tuple[int, ...] | list[int] = (256, 128), classes: int = 10) -> nn.Sequential:
+def digits_mlp(
+    hidden: tuple[int, ...] | list[int] = (256, 128), classes: int = 10
+) -> nn.Sequential:
     """A multi-layer perceptron for 8x8 digits."""
     layers: list[nn.Module] = []
     width = 64
@@ -16,7 +18,9 @@ def digits_mlp(hidden: tuple[int, ...] | list[int] = (256, 128), classes: int = 
     return nn.Sequential(*layers)
 
 
-def digits_cnn(channels: tuple[int, int] | list[int] = (16, 32), classes: int = 10) -> nn.Sequential:
+def digits_cnn(
+    channels: tuple[int, int] | list[int] = (16, 32), classes: int = 10
+) -> nn.Sequential:
     """A small convolutional network for 8x8 digits."""
     c1, c2 = channels
     return nn.Sequential(
@@ -35,4 +39,7 @@ def digits_cnn(channels: tuple[int, int] | list[int] = (16, 32), classes: int = 
     )
 
 
-FACTORIES = {"mlp": "ci_compress.demo.models:digits_mlp", "cnn": "ci_compress.demo.models:digits_cnn"}
+FACTORIES = {
+    "mlp": "ci_compress.demo.models:digits_mlp",
+    "cnn": "ci_compress.demo.models:digits_cnn",
+}

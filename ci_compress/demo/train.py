@@ -63,5 +63,10 @@ def prepare(workdir: Path, *, kind: str = "mlp", seed: int = 0) -> Path:
         "runtime": {"seed": seed},
     }
     path = workdir / "compress.yaml"
-    path.write_text("# Written by `ci-compress demo`; edit and re-run with `ci-compress run --config " + str(path) + "`\n" + yaml.safe_dump(config, sort_keys=False))
+    path.write_text(
+        "# Written by `ci-compress demo`; edit and re-run with `ci-compress run --config "
+        + str(path)
+        + "`\n"
+        + yaml.safe_dump(config, sort_keys=False)
+    )
     return path

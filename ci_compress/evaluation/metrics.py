@@ -29,7 +29,9 @@ class TaskMetrics:
     correct_mask: np.ndarray | None = field(default=None, repr=False)
 
 
-def evaluate(models: dict[str, nn.Module], data: Dataset, *, batch_size: int, reference: str = "teacher") -> dict[str, TaskMetrics]:
+def evaluate(
+    models: dict[str, nn.Module], data: Dataset, *, batch_size: int, reference: str = "teacher"
+) -> dict[str, TaskMetrics]:
     """Top-1 accuracy of every model and agreement with ``reference``, streaming batches."""
     import numpy as np
     import torch
@@ -50,16 +52,24 @@ def evaluate(models: dict[str, nn.Module], data: Dataset, *, batch_size: int, re
                         hint=f"check {data.field} matches the model's input (x shape {tuple(x.shape)})",
                     )
                 if int(y.max()) >= out.shape[1]:
-                    raise DataError(f"{data.field}: label {int(y.max())} is out of range for a model with {out.shape[1]} outputs", hint="labels must be 0 .. classes-1")
+                    raise DataError(
+                        f"{data.field}: label {int(y.max())} is out of range for a model with {out.shape[1]} outputs",
+                        hint="labels must be 0 .. classes-1",
+                    )
                 if not bool(torch.isfinite(out).all()):
-                    raise ModelOutputError(f"the {role} model produced NaN or infinite outputs on {data.field}", hint="the model or a compression pass is numerically broken")
+                    raise ModelOutputError(
+                        f"the {role} model produced NaN or infinite outputs on {data.field}",
+                        hint="the model or a compression pass is numerically broken",
+                    )
                 preds[role] = out.argmax(dim=1)
                 masks[role].append((preds[role] == y).numpy())
             for role in models:
                 agree[role] += int((preds[role] == preds[reference]).sum())
             n += len(y)
     if n == 0:
-        raise DataError(f"{data.field}: no samples to evaluate", hint="give a holdout with at least one sample")
+        raise DataError(
+            f"{data.field}: no samples to evaluate", hint="give a holdout with at least one sample"
+        )
     result = {}
     for role in models:
         mask = np.concatenate(masks[role])
@@ -81,9 +91,14 @@ def _forward(model: nn.Module, x: object, role: str) -> object:
         out = model(x)
     except (RuntimeError, ValueError, TypeError, IndexError) as e:
         first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-        raise ModelOutputError(f"the {role} model failed on the holdout: {first}", hint="check the holdout's x shape and dtype match what the model expects") from None
+        raise ModelOutputError(
+            f"the {role} model failed on the holdout: {first}",
+            hint="check the holdout's x shape and dtype match what the model expects",
+        ) from None
     if isinstance(out, tuple | list):
         out = out[0]
     if not isinstance(out, torch.Tensor):
-        raise ModelOutputError(f"the {role} model returned {type(out).__name__}, expected a tensor of logits")
+        raise ModelOutputError(
+            f"the {role} model returned {type(out).__name__}, expected a tensor of logits"
+        )
     return out

@@ -18,7 +18,9 @@ if TYPE_CHECKING:
     from torch import nn
 
 
-def latency_ms(models: dict[str, nn.Module], batch: torch.Tensor, *, repeats: int, warmup: int) -> dict[str, float]:
+def latency_ms(
+    models: dict[str, nn.Module], batch: torch.Tensor, *, repeats: int, warmup: int
+) -> dict[str, float]:
     import torch
 
     times: dict[str, list[float]] = {k: [] for k in models}

@@ -103,7 +103,9 @@ def select(
             try:
                 re.compile(pattern[3:])
             except re.error as e:
-                raise ConfigError(f"bad regular expression {pattern!r}: {e}", path=f"{path}.include") from None
+                raise ConfigError(
+                    f"bad regular expression {pattern!r}: {e}", path=f"{path}.include"
+                ) from None
     candidates = [(n, m) for n, m in model.named_modules() if n and isinstance(m, kinds)]
     chosen = [
         (n, m)
@@ -152,7 +154,9 @@ class Timer:
         self.seconds = time.perf_counter() - self.start
 
 
-def run_pass(module: PassModule, model: nn.Module, config: PassConfig, ctx: PassContext) -> PassRecord:
+def run_pass(
+    module: PassModule, model: nn.Module, config: PassConfig, ctx: PassContext
+) -> PassRecord:
     """Apply one pass and fill in the before/after counts and time of its record."""
     before, nz_before = count_parameters(model)
     with Timer() as t:

@@ -25,19 +25,28 @@ if TYPE_CHECKING:
 TYPE = "prune"
 
 
-class Config(PassConfig):
+class PruneConfig(PassConfig):
     """Magnitude pruning: zero the smallest weights."""
 
     type: Literal["prune"] = "prune"
-    amount: float | None = Field(None, ge=0, lt=1, description="Fraction of weights to zero, in [0, 1).")
-    threshold: float | None = Field(None, ge=0, description="Zero every weight with |w| below this (instead of amount).")
-    scope: Literal["global", "layer"] = Field("global", description="Rank weights across all selected layers together, or per layer.")
+    amount: float | None = Field(
+        None, ge=0, lt=1, description="Fraction of weights to zero, in [0, 1)."
+    )
+    threshold: float | None = Field(
+        None, ge=0, description="Zero every weight with |w| below this (instead of amount)."
+    )
+    scope: Literal["global", "layer"] = Field(
+        "global", description="Rank weights across all selected layers together, or per layer."
+    )
 
     @model_validator(mode="after")
-    def _amount_or_threshold(self) -> Config:
+    def _amount_or_threshold(self) -> PruneConfig:
         if (self.amount is None) == (self.threshold is None):
             raise ValueError("give exactly one of amount or threshold")
         return self
+
+
+Config = PruneConfig
 
 
 def _kinds() -> tuple[type, ...]:
@@ -46,12 +55,17 @@ def _kinds() -> tuple[type, ...]:
     return (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
-def apply(model: nn.Module, config: Config, ctx: PassContext) -> PassRecord:
+def apply(model: nn.Module, config: PruneConfig, ctx: PassContext) -> PassRecord:
     import torch
 
     where = f"passes[{ctx.index}]"
     chosen = select(model, config.include, config.exclude, _kinds(), path=where)
-    record = PassRecord(name=TYPE, index=ctx.index, options=config.model_dump(mode="json"), modules=[n for n, _ in chosen])
+    record = PassRecord(
+        name=TYPE,
+        index=ctx.index,
+        options=config.model_dump(mode="json"),
+        modules=[n for n, _ in chosen],
+    )
     weights = [m.weight for _, m in chosen]  # type: ignore[union-attr]
     with torch.no_grad():
         if config.threshold is not None:

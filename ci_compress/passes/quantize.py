@@ -23,19 +23,27 @@ if TYPE_CHECKING:
 TYPE = "quantize"
 
 
-class Config(PassConfig):
+class QuantizeConfig(PassConfig):
     """Quantize Linear layers."""
 
     type: Literal["quantize"] = "quantize"
-    scheme: Literal["int8-dynamic"] = Field("int8-dynamic", description="int8-dynamic: int8 weights, activations quantized per batch (fast CPU kernels).")
+    scheme: Literal["int8-dynamic"] = Field(
+        "int8-dynamic",
+        description="int8-dynamic: int8 weights, activations quantized per batch (fast CPU kernels).",
+    )
 
 
-def apply(model: nn.Module, config: Config, ctx: PassContext) -> PassRecord:
+Config = QuantizeConfig
+
+
+def apply(model: nn.Module, config: QuantizeConfig, ctx: PassContext) -> PassRecord:
     from torch import nn
 
     from ci_compress.artifacts.layers import int8_dynamic_linear, quantize_weight_int8
 
-    chosen = select(model, config.include, config.exclude, (nn.Linear,), path=f"passes[{ctx.index}]")
+    chosen = select(
+        model, config.include, config.exclude, (nn.Linear,), path=f"passes[{ctx.index}]"
+    )
     for name, module in chosen:
         assert isinstance(module, nn.Linear)
         q, scale = quantize_weight_int8(module.weight)

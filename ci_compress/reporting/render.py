@@ -66,11 +66,16 @@ def terminal(report: Report) -> str:
     lines.append("")
     for c in report.gate.checks:
         lines.append(f"  [{'ok' if c.passed else 'FAIL'}] {c.message}")
+    for w in report.warnings:
+        lines.append(f"  warning: {w}")
     if report.passes:
         lines.append("")
         lines.append("  passes: " + " -> ".join(p["name"] for p in report.passes))
     if report.mlflow.get("run_id"):
-        lines.append(f"  mlflow run: {report.mlflow['run_id']}" + (f" ({report.mlflow['run_url']})" if report.mlflow.get("run_url") else ""))
+        lines.append(
+            f"  mlflow run: {report.mlflow['run_id']}"
+            + (f" ({report.mlflow['run_url']})" if report.mlflow.get("run_url") else "")
+        )
     if report.artifacts.get("report_json"):
         lines.append(f"  report: {report.artifacts['report_json']}")
     return "\n".join(lines)
@@ -81,16 +86,25 @@ def markdown(report: Report) -> str:
     out = [f"## {icon} {verdict_line(report)}", ""]
     out += ["| threshold | measured | limit | result |", "|---|---|---|---|"]
     for c in report.gate.checks:
-        out.append(f"| `{c.threshold}` | {c.measured:.4g} | {c.limit:.4g} | {'pass' if c.passed else '**FAIL**'} |")
+        out.append(
+            f"| `{c.threshold}` | {c.measured:.4g} | {c.limit:.4g} | {'pass' if c.passed else '**FAIL**'} |"
+        )
     out += ["", "| metric | teacher | student |", "|---|---:|---:|"]
     out += [f"| {a} | {b} | {c} |" for a, b, c in table_rows(report)]
     if report.passes:
         out += ["", "**Passes:** " + " → ".join(f"`{p['name']}`" for p in report.passes)]
+    for w in report.warnings:
+        out += ["", f"> **Warning:** {w}"]
     h = report.holdout
-    out += ["", f"Holdout: `{h.get('name')}`, {h.get('samples')} samples, sha256 `{str(h.get('sha256', ''))[:12]}`."]
+    out += [
+        "",
+        f"Holdout: `{h.get('name')}`, {h.get('samples')} samples, sha256 `{str(h.get('sha256', ''))[:12]}`.",
+    ]
     if report.mlflow.get("run_id"):
         link = report.mlflow.get("run_url")
-        out.append(f"MLflow run: {'[' + report.mlflow['run_id'] + '](' + link + ')' if link else '`' + report.mlflow['run_id'] + '`'}.")
+        out.append(
+            f"MLflow run: {'[' + report.mlflow['run_id'] + '](' + link + ')' if link else '`' + report.mlflow['run_id'] + '`'}."
+        )
     return "\n".join(out) + "\n"
 
 
@@ -111,6 +125,8 @@ def write_reports(report: Report, out_dir: Path) -> dict[str, Path]:
     """Write report.json and report.md; returns their paths."""
     paths = {"report_json": out_dir / "report.json", "report_md": out_dir / "report.md"}
     report.artifacts.update({k: str(v) for k, v in paths.items()})
-    atomic_write(paths["report_json"], json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
+    atomic_write(
+        paths["report_json"], json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n"
+    )
     atomic_write(paths["report_md"], markdown(report))
     return paths
