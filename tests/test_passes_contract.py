@@ -32,7 +32,9 @@ def test_pass_applies_runs_packs_and_reloads(name: str, kind: str, tmp_path: Pat
     assert PASSES[name].__doc__ and PASSES[name].apply.__doc__
 
 
-@pytest.mark.parametrize("order", [["prune", "cluster"], ["lowrank", "quantize"], ["distill", "prune", "quantize"]])
+@pytest.mark.parametrize(
+    "order", [["prune", "cluster"], ["lowrank", "quantize"], ["distill", "prune", "quantize"]]
+)
 def test_passes_compose_in_any_order(order: list[str], tmp_path: Path) -> None:
     x = split("test")[0][:16]
     model, records = apply(teacher("mlp"), *[EXAMPLES[n] for n in order])

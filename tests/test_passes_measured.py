@@ -56,7 +56,7 @@ def test_static_int8_keeps_accuracy_within_one_point(kind: str, tmp_path: Path) 
     model = teacher(kind)
     base = accuracy(model)
     q, (record,) = apply(model, {"type": "quantize", "scheme": "int8-static"})
-    reloaded, info = ship(q, tmp_path)
+    reloaded, _info = ship(q, tmp_path)
     kinds = {type(m) for m in reloaded.modules()}
     assert modules.StaticInt8Linear in kinds
     assert (modules.StaticInt8Conv2d in kinds) == (kind == "cnn")
@@ -90,8 +90,12 @@ def test_kmeans_4_bits_leaves_at_most_16_values_per_layer_in_the_shipped_file(
     model = teacher(kind)
     base = accuracy(model)
     clustered, _ = apply(model, {"type": "cluster", "bits": 4})
-    reloaded, info = ship(clustered, tmp_path)
-    layers = [m for m in reloaded.modules() if isinstance(m, modules.ClusteredLinear | modules.ClusteredConv2d)]
+    reloaded, _info = ship(clustered, tmp_path)
+    layers = [
+        m
+        for m in reloaded.modules()
+        if isinstance(m, modules.ClusteredLinear | modules.ClusteredConv2d)
+    ]
     assert len(layers) == (3 if kind == "mlp" else 4)
     for m in layers:
         assert m.indices.dtype == torch.uint8
@@ -111,7 +115,13 @@ def test_kmeans_keeps_pruned_zeros_and_tunes_centroids(tmp_path: Path) -> None:
             w = m.decoded_weight()
             assert float(m.codebook[0].detach()) == 0.0
             assert torch.unique(w).numel() <= 8
-    w_all = torch.cat([m.decoded_weight().reshape(-1) for m in reloaded.modules() if isinstance(m, modules.ClusteredLinear)])
+    w_all = torch.cat(
+        [
+            m.decoded_weight().reshape(-1)
+            for m in reloaded.modules()
+            if isinstance(m, modules.ClusteredLinear)
+        ]
+    )
     assert float((w_all == 0).float().mean()) == pytest.approx(0.6, abs=1e-3)
     assert record.details["fine_tune"]["steps"] == 10
 
@@ -137,7 +147,7 @@ def test_lowrank_reduces_parameters_and_keeps_outputs_close(kind: str, tmp_path:
     assert float((out.argmax(1) == ref.argmax(1)).float().mean()) >= 0.97
     assert abs(accuracy(reloaded) - base) <= 2.0
     for name in record.modules:
-        a, b = reloaded.get_submodule(name)
+        a, _b = reloaded.get_submodule(name)
         assert a.bias is None and a.weight.shape[0] == record.details["ranks"][name]["rank"]
 
 
@@ -159,7 +169,10 @@ def test_lowrank_rank_larger_than_the_layer_is_a_field_error() -> None:
     [
         ({"type": "prune", "amount": 1.5}, "passes[0].amount: must be in [0, 1), got 1.5"),
         ({"type": "lowrank", "energy": 1.5}, "passes[0].energy: must be in (0, 1], got 1.5"),
-        ({"type": "distill", "width": 0.5, "alpha": 2}, "passes[0].alpha: must be in [0, 1], got 2"),
+        (
+            {"type": "distill", "width": 0.5, "alpha": 2},
+            "passes[0].alpha: must be in [0, 1], got 2",
+        ),
         ({"type": "distill"}, "passes[0]: give exactly one of student_factory or width"),
         ({"type": "quantize", "scheme": "int4"}, "passes[0].scheme: must be one of"),
     ],
@@ -188,15 +201,20 @@ def test_distilled_cnn_beats_the_same_student_without_soft_targets() -> None:
 def test_distilled_mlp_student_is_four_times_smaller_and_close_to_the_teacher() -> None:
     # Measured honestly: on digits the MLP student trained on labels alone is as good or
     # better (96.30 vs 95.19 distilled, teacher 96.48); soft targets do not help here.
-    acc_kd, acc_plain, before, after = _distill_pair("mlp")
+    acc_kd, _acc_plain, before, after = _distill_pair("mlp")
     assert after < before / 4
     assert acc_kd >= accuracy(teacher("mlp")) - 2.0
 
 
 def test_distill_from_a_factory_and_without_train_data() -> None:
-    student, (record,) = apply(
+    _student, (record,) = apply(
         teacher("mlp"),
-        {"type": "distill", "student_factory": "ci_compress.demo.models:digits_mlp", "epochs": 1, "max_steps": 3},
+        {
+            "type": "distill",
+            "student_factory": "ci_compress.demo.models:digits_mlp",
+            "epochs": 1,
+            "max_steps": 3,
+        },
     )
     assert record.details["training"]["steps"] == 3
     with pytest.raises(ConfigError) as e:

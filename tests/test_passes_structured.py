@@ -21,13 +21,15 @@ def test_mlp_neurons_removed_by_the_ratio_and_output_layer_kept(norm: str, tmp_p
     model = teacher("mlp")
     assert _widths(model) == [256, 128, 10]
     before = params(model)
-    pruned, (record,) = apply(model, {"type": "prune", "amount": 0.5, "structured": True, "norm": norm})
+    pruned, (record,) = apply(
+        model, {"type": "prune", "amount": 0.5, "structured": True, "norm": norm}
+    )
     assert _widths(pruned) == [128, 64, 10]
     # 64*128+128 + 128*64+64 + 64*10+10: every weight of a removed neuron is gone
     assert params(pruned) == record.params_after == 17226 and before == 50826
     assert record.details["skipped"] == {"4": "output layer: its outputs are the model's outputs"}
     assert record.details["layers"] == {"0": [256, 128], "2": [128, 64]}
-    reloaded, info = ship(pruned, tmp_path)
+    reloaded, _info = ship(pruned, tmp_path)
     x = split("test")[0]
     with torch.no_grad():
         assert torch.equal(reloaded(x), pruned(x))

@@ -48,9 +48,7 @@ class ClusterConfig(PassConfig):
 Config = ClusterConfig
 
 
-def kmeans_1d(
-    values: torch.Tensor, k: int, iterations: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def kmeans_1d(values: torch.Tensor, k: int, iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(centroids sorted ascending, index of each value): deterministic 1-D k-means."""
     import torch
 
@@ -113,7 +111,9 @@ def apply(model: nn.Module, config: ClusterConfig, ctx: PassContext) -> PassReco
     where = f"passes[{ctx.index}]"
     x = y = None
     if config.fine_tune_epochs:
-        data = require(ctx.train_data, "data.train", where, "fine-tunes centroids (fine_tune_epochs > 0)")
+        data = require(
+            ctx.train_data, "data.train", where, "fine-tunes centroids (fine_tune_epochs > 0)"
+        )
         x, y = materialize(data)
     chosen = select(model, config.include, config.exclude, (nn.Linear, nn.Conv2d), path=where)
     zero_kept: dict[str, bool] = {}

@@ -77,7 +77,9 @@ def derive_student(teacher: nn.Module, width: float, where: str) -> nn.Module:
             hint="give student_factory: package.module:function instead",
         )
     kids = list(teacher.named_children())
-    compute = [i for i, (_, m) in enumerate(kids) if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d)]
+    compute = [
+        i for i, (_, m) in enumerate(kids) if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d)
+    ]
     if not compute:
         raise ConfigError("the model has no Linear/Conv layer to narrow", path=f"{where}.width")
     last = compute[-1]
@@ -183,7 +185,10 @@ def make_student(model: nn.Module, config: DistillConfig, seed: int, where: str)
     if config.student_factory is not None:
         from ci_compress.artifacts.models import import_factory
 
-        return import_factory(config.student_factory, path=f"{where}.student_factory")()
+        student: nn.Module = import_factory(
+            config.student_factory, path=f"{where}.student_factory"
+        )()
+        return student
     return derive_student(model, config.width, where)  # type: ignore[arg-type]
 
 

@@ -52,7 +52,9 @@ class LowrankConfig(PassConfig):
 Config = LowrankConfig
 
 
-def _candidates(model: nn.Module, chosen: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
+def _candidates(
+    model: nn.Module, chosen: list[tuple[str, nn.Module]]
+) -> list[tuple[str, nn.Module]]:
     from torch import nn
 
     return [
@@ -77,9 +79,12 @@ def _rank(s: Any, config: LowrankConfig, name: str, where: str) -> int:
         return config.rank
     if config.rank_ratio is not None:
         return max(1, math.ceil(config.rank_ratio * full))
+    assert config.energy is not None  # the validator guarantees one rule
     e = torch.cumsum(s.double() ** 2, 0)
     e = e / e[-1]
-    return min(full, int(torch.searchsorted(e, torch.tensor(config.energy - 1e-12, dtype=e.dtype))) + 1)
+    return min(
+        full, int(torch.searchsorted(e, torch.tensor(config.energy - 1e-12, dtype=e.dtype))) + 1
+    )
 
 
 def apply(model: nn.Module, config: LowrankConfig, ctx: PassContext) -> PassRecord:
@@ -94,7 +99,8 @@ def apply(model: nn.Module, config: LowrankConfig, ctx: PassContext) -> PassReco
     ranks: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
     for name, layer in chosen:
-        w = layer.weight.detach().double().reshape(layer.weight.shape[0], -1)  # type: ignore[union-attr,operator]
+        weight: torch.Tensor = layer.weight  # type: ignore[assignment]
+        w = weight.detach().double().reshape(weight.shape[0], -1)
         out_f, in_f = w.shape
         u, s, vh = torch.linalg.svd(w, full_matrices=False)
         r = _rank(s, config, name, where)
@@ -108,7 +114,8 @@ def apply(model: nn.Module, config: LowrankConfig, ctx: PassContext) -> PassReco
         if isinstance(layer, nn.Linear):
             a: nn.Module = nn.Linear(in_f, r, bias=False)
             b: nn.Module = nn.Linear(r, out_f, bias=bias)
-            shape_a, shape_b = (r, in_f), (out_f, r)
+            shape_a: tuple[int, ...] = (r, in_f)
+            shape_b: tuple[int, ...] = (out_f, r)
         else:
             a = nn.Conv2d(in_f, r, 1, stride=layer.stride, padding=layer.padding, bias=False)  # type: ignore[arg-type]
             b = nn.Conv2d(r, out_f, 1, bias=bias)

@@ -49,9 +49,7 @@ class _Geometry(nn.Module):
         self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
         self.padding, self.dilation = _pair(padding), _pair(dilation)
         self.groups = int(groups)
-        self.bias: nn.Parameter | None = (
-            nn.Parameter(torch.zeros(self.out_dim)) if bias else None
-        )
+        self.bias: nn.Parameter | None = nn.Parameter(torch.zeros(self.out_dim)) if bias else None
 
     @property
     def weight_shape(self) -> tuple[int, ...]:
@@ -127,6 +125,9 @@ class _Geometry(nn.Module):
 class _Int8WeightOnly(_Geometry):
     """int8 weights (symmetric, per output channel) + float scales; float activations."""
 
+    weight_int8: torch.Tensor
+    weight_scale: torch.Tensor
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.register_buffer("weight_int8", torch.zeros(self.weight_shape, dtype=torch.int8))
@@ -166,6 +167,8 @@ class _Clustered(_Geometry):
     The codebook is a Parameter so centroid fine-tuning gets its gradient (the sum of the
     gradients of the weights sharing it, as in Deep Compression) from autograd.
     """
+
+    indices: torch.Tensor
 
     def __init__(self, *args: Any, bits: int = 4, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -243,6 +246,11 @@ class _StaticInt8(_Geometry):
     packed torch.ao module is rebuilt from them on first use.
     """
 
+    weight_int8: torch.Tensor
+    weight_scale: torch.Tensor
+    input_qparams: torch.Tensor
+    output_qparams: torch.Tensor
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.register_buffer("weight_int8", torch.zeros(self.weight_shape, dtype=torch.int8))
@@ -272,13 +280,16 @@ class _StaticInt8(_Geometry):
             import torch.ao.nn.quantized as nnq
 
             qw = torch._make_per_channel_quantized_tensor(
-                self.weight_int8, self.weight_scale.double(), torch.zeros(self.out_dim, dtype=torch.long), 0
+                self.weight_int8,
+                self.weight_scale.double(),
+                torch.zeros(self.out_dim, dtype=torch.long),
+                0,
             )
             b = None if self.bias is None else self.bias.detach().float()
             if self.KIND == "linear":
-                q = nnq.Linear(self.in_dim, self.out_dim, bias_=b is not None)
+                q = nnq.Linear(self.in_dim, self.out_dim, bias_=b is not None)  # type: ignore[no-untyped-call]
             else:
-                q = nnq.Conv2d(
+                q = nnq.Conv2d(  # type: ignore[no-untyped-call]
                     self.in_dim,
                     self.out_dim,
                     self.kernel_size,

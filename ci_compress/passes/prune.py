@@ -112,9 +112,7 @@ def apply(model: nn.Module, config: PruneConfig, ctx: PassContext) -> PassRecord
         record.details = structured_prune_(model, chosen, config, where)
         record.modules = list(record.details["layers"])
         if x is not None and y is not None:
-            record.details["fine_tune"] = fit(
-                model, x, y, **_fit_args(config, ctx.seed)
-            )
+            record.details["fine_tune"] = fit(model, x, y, **_fit_args(config, ctx.seed))
         return record
     if config.steps == 1 and x is None:
         _prune_step(chosen, config, config.amount)
@@ -222,9 +220,7 @@ def _passthrough() -> tuple[type, ...]:
     )
 
 
-def _consumer(
-    model: nn.Module, name: str, where: str
-) -> tuple[str, list[str], bool] | None:
+def _consumer(model: nn.Module, name: str, where: str) -> tuple[str, list[str], bool] | None:
     """The layer that reads ``name``'s outputs, the BatchNorms between, and whether a
     Flatten is between. None when ``name`` is the model's output layer."""
     from torch import nn
@@ -363,7 +359,9 @@ def structured_prune_(
             continue
         consumer = model.get_submodule(consumer_name)
         spatial = 1
-        if isinstance(consumer, nn.Linear) and (flattened or isinstance(layer, nn.Conv2d | nn.Conv1d)):
+        if isinstance(consumer, nn.Linear) and (
+            flattened or isinstance(layer, nn.Conv2d | nn.Conv1d)
+        ):
             if consumer.in_features % out:
                 raise ConfigError(
                     f"cannot prune {name!r} structurally: {consumer_name!r} reads "

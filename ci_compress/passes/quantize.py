@@ -55,7 +55,10 @@ class QuantizeConfig(PassConfig):
         ),
     )
     calibration_batches: int = Field(
-        8, ge=1, le=100000, description="int8-static: batches of data.calibration to measure ranges on."
+        8,
+        ge=1,
+        le=100000,
+        description="int8-static: batches of data.calibration to measure ranges on.",
     )
 
 
@@ -75,14 +78,10 @@ def apply(model: nn.Module, config: QuantizeConfig, ctx: PassContext) -> PassRec
     where = f"passes[{ctx.index}]"
     calib = None
     if config.scheme == "int8-static":
-        calib = require(
-            ctx.calibration_data, "data.calibration", where, "uses scheme int8-static"
-        )
+        calib = require(ctx.calibration_data, "data.calibration", where, "uses scheme int8-static")
     chosen = select(model, config.include, config.exclude, _kinds(config.scheme), path=where)
     chosen = [
-        (n, m)
-        for n, m in chosen
-        if not (isinstance(m, nn.Conv2d) and m.padding_mode != "zeros")
+        (n, m) for n, m in chosen if not (isinstance(m, nn.Conv2d) and m.padding_mode != "zeros")
     ]
     details: dict[str, Any] = {
         "scheme": config.scheme,
@@ -96,33 +95,39 @@ def apply(model: nn.Module, config: QuantizeConfig, ctx: PassContext) -> PassRec
         from ci_compress.passes import modules
 
         for name, module in chosen:
-            cls = modules.StaticInt8Linear if isinstance(module, nn.Linear) else modules.StaticInt8Conv2d
+            cls = (
+                modules.StaticInt8Linear
+                if isinstance(module, nn.Linear)
+                else modules.StaticInt8Conv2d
+            )
             inp, out = ranges[name]
             set_submodule(model, name, cls.from_float(module, inp, out))
         details["activation_bits"] = 8
         details["calibration_batches"] = config.calibration_batches
-        details["ranges"] = {n: [list(map(_r, i)), list(map(_r, o))] for n, (i, o) in ranges.items()}
+        details["ranges"] = {
+            n: [list(map(_r, i)), list(map(_r, o))] for n, (i, o) in ranges.items()
+        }
     elif config.scheme == "int8-weight-only":
         from ci_compress.passes import modules
 
         for name, module in chosen:
-            cls = (
+            wo = (
                 modules.Int8WeightOnlyLinear
                 if isinstance(module, nn.Linear)
                 else modules.Int8WeightOnlyConv2d
             )
-            set_submodule(model, name, cls.from_float(module))
+            set_submodule(model, name, wo.from_float(module))
     else:
         from ci_compress.passes import modules
 
         dtype = "float16" if config.scheme == "fp16" else "bfloat16"
         for name, module in chosen:
-            cls = (
+            half = (
                 modules.LowPrecisionLinear
                 if isinstance(module, nn.Linear)
                 else modules.LowPrecisionConv2d
             )
-            set_submodule(model, name, cls.from_float(module, dtype))
+            set_submodule(model, name, half.from_float(module, dtype))
     return PassRecord(
         name=TYPE,
         index=ctx.index,

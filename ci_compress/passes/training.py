@@ -85,7 +85,7 @@ def fit(
                 idx = order[i : i + batch_size]
                 opt.zero_grad()
                 loss = loss_fn(model, x[idx], y[idx], idx)
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]
                 opt.step()
                 if after_step is not None:
                     with torch.no_grad():
