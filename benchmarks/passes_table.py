@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.passes_support import accuracy, apply, params, ship, split, teacher  # noqa: E402
+from tests.passes_support import accuracy, apply, params, ship, split, teacher
 
 RECIPES: list[tuple[str, list[dict]]] = [
     ("teacher (fp32)", []),
