@@ -47,3 +47,14 @@ def test_pipeline_with_new_passes_logs_per_pass_step_metrics(
     assert sorted((m.step, m.value) for m in history) == [
         (i, float(r["params_after"])) for i, r in enumerate(recs)
     ]
+
+
+def test_pass_needing_missing_data_is_a_config_error_from_the_cli(workdir: Path) -> None:
+    cfg = write_config(workdir, base_config(passes=[{"type": "distill", "width": 0.5}]))
+    proc = run_cli("run", "--config", str(cfg), "--quiet", cwd=workdir)
+    assert proc.returncode == 2, proc.stderr
+    first = proc.stderr.strip().splitlines()[0]
+    assert first == (
+        "Error: data.train: passes[0] distills a student, but the config has no data.train"
+    )
+    assert "Traceback" not in proc.stderr

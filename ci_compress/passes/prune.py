@@ -134,7 +134,7 @@ def apply(model: nn.Module, config: PruneConfig, ctx: PassContext) -> PassRecord
             for (_, m), mask in zip(chosen, masks, strict=True):
                 m.weight.mul_(mask)  # type: ignore[union-attr,operator]
 
-        step: dict[str, Any] = {"sparsity": round(target, 6)}
+        step: dict[str, Any] = {"sparsity": round(_sparsity(chosen)["sparsity"], 6)}
         if x is not None and y is not None:
             step |= fit(model, x, y, after_step=hold, **_fit_args(config, ctx.seed + t))
         history.append(step)
