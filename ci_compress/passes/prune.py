@@ -128,11 +128,11 @@ def apply(model: nn.Module, config: PruneConfig, ctx: PassContext) -> PassRecord
     history = []
     for t, target in enumerate(schedule):
         _prune_step(chosen, config, target if config.threshold is None else None)
-        masks = [(m.weight != 0) for _, m in chosen]  # type: ignore[union-attr]
+        masks = [(_weight(m) != 0) for _, m in chosen]
 
         def hold(masks: list[Any] = masks) -> None:
             for (_, m), mask in zip(chosen, masks, strict=True):
-                m.weight.mul_(mask)  # type: ignore[union-attr,operator]
+                _weight(m).mul_(mask)
 
         step: dict[str, Any] = {"sparsity": round(_sparsity(chosen)["sparsity"], 6)}
         if x is not None and y is not None:
@@ -152,10 +152,16 @@ def _fit_args(config: PruneConfig, seed: int) -> dict[str, Any]:
     }
 
 
+def _weight(m: nn.Module) -> torch.Tensor:
+    """The ``weight`` of a Linear/Conv, typed (``nn.Module.__getattr__`` is not)."""
+    w: torch.Tensor = m.weight  # type: ignore[assignment]
+    return w
+
+
 def _sparsity(chosen: list[tuple[str, nn.Module]]) -> dict[str, Any]:
-    weights = [m.weight for _, m in chosen]
-    total = sum(w.numel() for w in weights)  # type: ignore[misc]
-    zeros = sum(int((w == 0).sum()) for w in weights)  # type: ignore[misc]
+    weights = [_weight(m) for _, m in chosen]
+    total = sum(w.numel() for w in weights)
+    zeros = sum(int((w == 0).sum()) for w in weights)
     return {"sparsity": zeros / total if total else 0.0, "pruned_weights": total}
 
 
@@ -164,7 +170,7 @@ def _prune_step(
 ) -> None:
     import torch
 
-    weights = [m.weight for _, m in chosen]  # type: ignore[union-attr]
+    weights = [_weight(m) for _, m in chosen]
     with torch.no_grad():
         if amount is None:
             for w in weights:
@@ -289,9 +295,10 @@ def _shrink_out(layer: nn.Module, keep: torch.Tensor) -> nn.Module:
     from torch import nn
 
     new = copy.deepcopy(layer)
-    new.weight = nn.Parameter(layer.weight.detach()[keep].clone())  # type: ignore[index]
-    if layer.bias is not None:
-        new.bias = nn.Parameter(layer.bias.detach()[keep].clone())  # type: ignore[index]
+    new.weight = nn.Parameter(_weight(layer).detach()[keep].clone())
+    bias: torch.Tensor | None = layer.bias  # type: ignore[assignment]
+    if bias is not None:
+        new.bias = nn.Parameter(bias.detach()[keep].clone())
     if isinstance(new, nn.Linear):
         new.out_features = len(keep)
     else:
@@ -308,7 +315,7 @@ def _shrink_in(layer: nn.Module, keep: torch.Tensor, spatial: int) -> nn.Module:
 
     new = copy.deepcopy(layer)
     cols = (keep[:, None] * spatial + torch.arange(spatial)[None, :]).reshape(-1)
-    new.weight = nn.Parameter(layer.weight.detach()[:, cols].clone())  # type: ignore[index]
+    new.weight = nn.Parameter(_weight(layer).detach()[:, cols].clone())
     if isinstance(new, nn.Linear):
         new.in_features = len(cols)
     else:
@@ -352,8 +359,9 @@ def structured_prune_(
             skipped[name] = "output layer: its outputs are the model's outputs"
             continue
         consumer_name, bns, flattened = found
-        out = layer.weight.shape[0]  # type: ignore[union-attr,index]
-        n_keep = max(1, out - round(config.amount * out))  # type: ignore[operator]
+        out = int(_weight(layer).shape[0])
+        assert config.amount is not None  # the validator requires it for structured
+        n_keep = max(1, out - round(config.amount * out))
         if n_keep == out:
             layers[name] = [out, out]
             continue
@@ -370,7 +378,7 @@ def structured_prune_(
                     hint=f"exclude {name!r}",
                 )
             spatial = consumer.in_features // out
-        keep = _keep(layer.weight, n_keep, config.norm)  # type: ignore[arg-type]
+        keep = _keep(_weight(layer), n_keep, config.norm)
         set_submodule(model, name, _shrink_out(layer, keep))
         for bn_name in bns:
             set_submodule(model, bn_name, _shrink_bn(model.get_submodule(bn_name), keep))
