@@ -242,6 +242,12 @@ def report() -> None:
     default=None,
     help="Config path to attach the ::error annotations to.",
 )
+@click.option(
+    "--pr-number",
+    type=click.IntRange(min=1),
+    default=None,
+    help="PR to comment on (default: from the pull_request event); for workflow_run comment jobs.",
+)
 def report_github(
     report_path: Path,
     fail_on: str,
@@ -249,6 +255,7 @@ def report_github(
     comment_key: str,
     comment_author: str | None,
     config_file: str | None,
+    pr_number: int | None,
 ) -> int:
     """Job summary, step outputs, ::error annotations and one sticky PR comment."""
     from ci_compress.ci import github
@@ -264,6 +271,7 @@ def report_github(
         comment_key=comment_key,
         comment_author=comment_author,
         config_file=config_file,
+        pr_number=pr_number,
         echo=click.echo,
     )
 

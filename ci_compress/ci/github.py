@@ -54,7 +54,7 @@ def command(name: str, message: str, **props: str) -> str:
     return f"::{name}{' ' + p if p else ''}::{escape_data(message)}"
 
 
-def annotations(report: Report, *, config_file: str | None = None) -> list[str]:
+def annotation_lines(report: Report, *, config_file: str | None = None) -> list[str]:
     """``::error`` per failed threshold and ``::warning`` per warning, at most 10 each."""
     lines: list[str] = []
     failed = report.gate.failures
@@ -223,6 +223,7 @@ def publish(
     comment_key: str = "default",
     comment_author: str | None = None,
     config_file: str | None = None,
+    pr_number: int | None = None,
     echo: Echo = print,
 ) -> int:
     """Render the report into GitHub's channels; return the step's exit code."""
@@ -235,12 +236,14 @@ def publish(
     values = outputs(report, report_path)
     values["summary"] = "\n".join([verdict_line(report), *(c.message for c in report.gate.checks)])
     if environ.get("GITHUB_OUTPUT"):
-        write_outputs(Path(environ["GITHUB_OUTPUT"]), {k.replace("_", "-"): v for k, v in values.items()})
-    for line in annotations(report, config_file=config_file):
+        write_outputs(
+            Path(environ["GITHUB_OUTPUT"]), {k.replace("_", "-"): v for k, v in values.items()}
+        )
+    for line in annotation_lines(report, config_file=config_file):
         echo(line)
 
     if comment:
-        _comment(report, md, environ, comment_key, comment_author, echo)
+        _comment(md, environ, comment_key, comment_author, pr_number, echo)
 
     code = exit_code(st, fail_on)
     word = {"pass": "passed", "warn": "passed with warnings", "fail": "failed"}[st]
@@ -249,28 +252,40 @@ def publish(
 
 
 def _comment(
-    report: Report,
     md: str,
     environ: Mapping[str, str],
     key: str,
     author: str | None,
+    pr_number: int | None,
     echo: Echo,
 ) -> None:
-    number = pull_request_number(environ)
+    number = pr_number or pull_request_number(environ)
     if number is None:
-        echo("ci-compress: not a pull request event; no PR comment (the job summary has the report)")
+        echo(
+            "ci-compress: not a pull request event; no PR comment (the job summary has the report)"
+        )
         return
     token = environ.get("GITHUB_TOKEN") or environ.get("INPUT_GITHUB_TOKEN")
     repo = environ.get("GITHUB_REPOSITORY")
     if not token or not repo:
-        echo(command("notice", "no GitHub token or repository: the report is in the job summary only", title="ci-compress"))
+        echo(
+            command(
+                "notice",
+                "no GitHub token or repository: the report is in the job summary only",
+                title="ci-compress",
+            )
+        )
         return
     client = GitHubClient(environ.get("GITHUB_API_URL") or "https://api.github.com", token)
     run_url = None
     if environ.get("GITHUB_RUN_ID"):
         server = environ.get("GITHUB_SERVER_URL", "https://github.com")
         run_url = f"{server}/{repo}/actions/runs/{environ['GITHUB_RUN_ID']}"
-    footer = f"<sub>ci-compress · [workflow run]({run_url})</sub>" if run_url else "<sub>ci-compress</sub>"
+    footer = (
+        f"<sub>ci-compress · [workflow run]({run_url})</sub>"
+        if run_url
+        else "<sub>ci-compress</sub>"
+    )
     body = note_body(md, key, MAX_COMMENT_CHARS, footer=footer)
     try:
         who = author or client.login() or GITHUB_ACTIONS_BOT
@@ -286,6 +301,12 @@ def _comment(
                 )
             )
         else:
-            echo(command("warning", f"could not post the PR comment ({e.text}); the report is in the job summary", title="ci-compress"))
+            echo(
+                command(
+                    "warning",
+                    f"could not post the PR comment ({e.text}); the report is in the job summary",
+                    title="ci-compress",
+                )
+            )
         return
     echo(f"ci-compress: {action} PR comment {data.get('html_url') or data.get('id')}")

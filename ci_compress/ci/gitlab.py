@@ -169,11 +169,17 @@ def _note(md: str, environ: Mapping[str, str], key: str, token_variable: str, ec
     if not api or not project:
         echo("ci-compress: no MR note: CI_API_V4_URL or CI_PROJECT_ID is not set")
         return
-    footer = f"<sub>ci-compress · [job]({environ['CI_JOB_URL']})</sub>" if environ.get("CI_JOB_URL") else ""
+    footer = (
+        f"<sub>ci-compress · [job]({environ['CI_JOB_URL']})</sub>"
+        if environ.get("CI_JOB_URL")
+        else ""
+    )
     body = note_body(md, key, MAX_NOTE_CHARS, footer=footer)
     try:
         action, data = upsert_note(GitLabClient(api, token), project, iid, body, key=key)
     except GitLabApiError as e:
-        echo(f"ci-compress: warning: could not write the MR note ({e.text}); the report is in the job artifacts")
+        echo(
+            f"ci-compress: warning: could not write the MR note ({e.text}); the report is in the job artifacts"
+        )
         return
     echo(f"ci-compress: {action} MR note {data.get('id')}")
