@@ -50,10 +50,9 @@ def write_starter(provider: str, target: Path, *, force: bool = False) -> list[P
     parse_config_text(files[Path(CONFIG_FILE)], source=Path(CONFIG_FILE), base_dir=target)
     existing = [target / p for p in files if (target / p).exists()]
     if existing and not force:
-        raise ConfigError(
-            f"{existing[0]} already exists; pass --force to overwrite"
-            + (f" ({len(existing)} files)" if len(existing) > 1 else "")
-        )
+        names = ", ".join(str(p) for p in existing)
+        verb = "exists" if len(existing) == 1 else "exist"
+        raise ConfigError(f"{names} already {verb}; pass --force to overwrite")
     written = []
     for rel, text in files.items():
         atomic_write(target / rel, text)
