@@ -103,9 +103,7 @@ def _run_and_report(
     default=None,
     help="Override data.holdout.limit: evaluate on the first N samples only.",
 )
-@click.option(
-    "--no-mlflow", is_flag=True, help="Do not record in MLflow (mlflow.enabled: false)."
-)
+@click.option("--no-mlflow", is_flag=True, help="Do not record in MLflow (mlflow.enabled: false).")
 @click.option(
     "--fast",
     is_flag=True,
@@ -128,7 +126,10 @@ def run(
     overrides: dict[str, Any] = {}
     if fast:
         overrides.update(
-            holdout_limit=FAST_HOLDOUT_LIMIT, mlflow_enabled=False, latency_repeats=3, latency_warmup=1
+            holdout_limit=FAST_HOLDOUT_LIMIT,
+            mlflow_enabled=False,
+            latency_repeats=3,
+            latency_warmup=1,
         )
     if holdout_limit is not None:
         overrides["holdout_limit"] = holdout_limit
@@ -339,9 +340,7 @@ def report_jenkins(report_path: Path, fail_on: str, description_file: Path | Non
     from ci_compress.ci.common import load_report
 
     rep = load_report(report_path)
-    return jenkins.publish(
-        rep, fail_on=fail_on, description_file=description_file, echo=click.echo
-    )
+    return jenkins.publish(rep, fail_on=fail_on, description_file=description_file, echo=click.echo)
 
 
 @cli.command()

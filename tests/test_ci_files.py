@@ -68,7 +68,9 @@ def test_github_files_validate(schema: str, path: str) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("path", ["templates/ci-compress.yml", "pipelines/gitlab/ci-compress.gitlab-ci.yml"])
+@pytest.mark.parametrize(
+    "path", ["templates/ci-compress.yml", "pipelines/gitlab/ci-compress.gitlab-ci.yml"]
+)
 def test_gitlab_files_validate_document_by_document(path: str, tmp_path: Path) -> None:
     results = check_documents("vendor.gitlab-ci", REPO / path, tmp_path)
     assert len(results) == 2  # spec header, then the job
@@ -110,7 +112,14 @@ def test_action_passes_inputs_through_env_only() -> None:
         if "run" in step:
             assert "${{" not in step["run"]
             assert (REPO / step["run"].split('"$GITHUB_ACTION_PATH/')[1].split('"')[0]).is_file()
-    assert {"passed", "accuracy-drop", "compression-ratio", "report-path", "mlflow-run-id", "model-version"} <= set(action["outputs"])
+    assert {
+        "passed",
+        "accuracy-drop",
+        "compression-ratio",
+        "report-path",
+        "mlflow-run-id",
+        "model-version",
+    } <= set(action["outputs"])
     assert action["inputs"]["fail-on"]["default"] == "fail"
 
 
@@ -126,7 +135,9 @@ def test_precommit_manifest_validates() -> None:
     assert hooks["ci-compress-system"]["language"] == "system"
     for h in hooks.values():
         assert h["stages"] == ["pre-push"] and h["pass_filenames"] is False and h["require_serial"]
-        assert re.search(h["files"], "models/compress.yaml") and not re.search(h["files"], "README.md")
+        assert re.search(h["files"], "models/compress.yaml") and not re.search(
+            h["files"], "README.md"
+        )
 
 
 def test_jenkins_step_maps_every_documented_exit_code() -> None:
@@ -136,10 +147,18 @@ def test_jenkins_step_maps_every_documented_exit_code() -> None:
     assert "def call(Map args = [:])" in groovy
     assert "returnStatus: true" in groovy and "withCredentials" in groovy
     assert "junit(" in groovy and "archiveArtifacts(" in groovy
-    for code in (ExitCode.CONFIG, ExitCode.INPUT, ExitCode.INFRA, ExitCode.INTERNAL, ExitCode.GATE_FAILED):
+    for code in (
+        ExitCode.CONFIG,
+        ExitCode.INPUT,
+        ExitCode.INFRA,
+        ExitCode.INTERNAL,
+        ExitCode.GATE_FAILED,
+    ):
         assert f"case {int(code)}:" in groovy
     assert re.search(r"case 6:\s*\n\s*unstable\(", groovy)
-    assert "${" not in "".join(re.findall(r"'''(.*?)'''", groovy, flags=re.S))  # no Groovy interpolation in sh
+    assert "${" not in "".join(
+        re.findall(r"'''(.*?)'''", groovy, flags=re.S)
+    )  # no Groovy interpolation in sh
     assert (REPO / "pipelines/jenkins/vars/ciCompress.txt").read_text().strip()
     assert "ciCompress(" in (REPO / "pipelines/jenkins/Jenkinsfile").read_text()
 

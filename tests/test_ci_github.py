@@ -19,7 +19,9 @@ MARKER = "<!-- ci-compress:report key=default -->"
 
 def _github_env(tmp: Path, api: str, number: int = 7) -> dict[str, str]:
     event = tmp / "event.json"
-    event.write_text(json.dumps({"action": "synchronize", "number": number, "pull_request": {"number": number}}))
+    event.write_text(
+        json.dumps({"action": "synchronize", "number": number, "pull_request": {"number": number}})
+    )
     env = {
         k: v
         for k, v in os.environ.items()
@@ -73,7 +75,9 @@ def test_action_comments_once_then_updates_in_place(workdir: Path, tmp_path: Pat
             {"id": 3, "body": "nit", "user": {"login": "carol"}},
         ]
         env = _github_env(tmp_path, api)
-        first = _gate(workdir, tmp_path, env, "ghs_token", config="compress.yaml", **{"report-dir": "out"})
+        first = _gate(
+            workdir, tmp_path, env, "ghs_token", config="compress.yaml", **{"report-dir": "out"}
+        )
         assert first.returncode == 0, first.stdout + first.stderr
         assert first.skipped == ["Set up Python"]
         ours = [c for c in state.comments[7] if c["user"]["login"] == "github-actions[bot]"]
@@ -97,9 +101,15 @@ def test_action_comments_once_then_updates_in_place(workdir: Path, tmp_path: Pat
         assert "::error" not in first.stdout
 
         # second run: thresholds tightened so the gate fails; the same comment is updated
-        cfg["thresholds"] = {"max_accuracy_drop": 5.0, "min_compression_ratio": 1000.0, "max_size_bytes": 10}
+        cfg["thresholds"] = {
+            "max_accuracy_drop": 5.0,
+            "min_compression_ratio": 1000.0,
+            "max_size_bytes": 10,
+        }
         write_config(workdir, cfg)
-        second = _gate(workdir, tmp_path, env, "ghs_token", config="compress.yaml", **{"report-dir": "out"})
+        second = _gate(
+            workdir, tmp_path, env, "ghs_token", config="compress.yaml", **{"report-dir": "out"}
+        )
         assert second.returncode == 1, second.stdout + second.stderr
         ours = [c for c in state.comments[7] if c["user"]["login"] == "github-actions[bot]"]
         assert len(ours) == 1 and ours[0]["id"] == first_id
@@ -136,7 +146,14 @@ def test_fail_on_never_reports_but_passes_and_tool_errors_still_fail(
     write_config(workdir, base_config(thresholds={"min_compression_ratio": 1000.0}))
     with fake_api() as (api, _state):
         env = _github_env(tmp_path, api)
-        res = _gate(workdir, tmp_path, env, "t", config="compress.yaml", **{"fail-on": "never", "comment-on-pr": "false"})
+        res = _gate(
+            workdir,
+            tmp_path,
+            env,
+            "t",
+            config="compress.yaml",
+            **{"fail-on": "never", "comment-on-pr": "false"},
+        )
         assert res.returncode == 0 and res.outputs["passed"] == "false"
         assert sum(line.startswith("::error") for line in res.stdout.splitlines()) == 1
         bad = _gate(workdir, tmp_path, env, "t", config="missing.yaml", **{"fail-on": "never"})

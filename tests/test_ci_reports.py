@@ -72,7 +72,9 @@ def test_outcome_table() -> None:
         assert exit_code(st, fail_on) == code, (st, fail_on)  # type: ignore[arg-type]
 
 
-def test_report_jenkins_exit_codes_and_description(reports: dict[str, Path], tmp_path: Path) -> None:
+def test_report_jenkins_exit_codes_and_description(
+    reports: dict[str, Path], tmp_path: Path
+) -> None:
     desc = tmp_path / "desc.txt"
     proc = run_cli(
         "report", "jenkins", "--report", str(reports["fail"] / "report.json"),
@@ -81,7 +83,9 @@ def test_report_jenkins_exit_codes_and_description(reports: dict[str, Path], tmp
     assert proc.returncode == 1
     assert desc.read_text().startswith("ci-compress gate FAILED")
     assert proc.stdout.count("ci-compress: FAILED") == 2
-    proc = run_cli("report", "jenkins", "--report", str(reports["pass"] / "report.json"), cwd=tmp_path)
+    proc = run_cli(
+        "report", "jenkins", "--report", str(reports["pass"] / "report.json"), cwd=tmp_path
+    )
     assert proc.returncode == 0
     proc = run_cli("report", "jenkins", "--report", str(tmp_path / "nope.json"), cwd=tmp_path)
     assert proc.returncode == 3 and proc.stderr.startswith("Error: report not found:")
@@ -94,7 +98,12 @@ def test_report_gitlab_dotenv_and_mr_note_create_then_update(
     with fake_api() as (api, state):
         state.notes[("123", "5")] = [
             {"id": 1, "body": "first!", "author": {"id": 7}, "system": False},
-            {"id": 2, "body": "<!-- ci-compress:report key=default --> quoted", "author": {"id": 7}, "system": False},
+            {
+                "id": 2,
+                "body": "<!-- ci-compress:report key=default --> quoted",
+                "author": {"id": 7},
+                "system": False,
+            },
             {"id": 3, "body": "added 1 commit", "author": {"id": 42}, "system": True},
         ]
         env = {
@@ -107,11 +116,15 @@ def test_report_gitlab_dotenv_and_mr_note_create_then_update(
         }
         dotenv = tmp_path / "ci-compress.env"
         args = ["report", "gitlab", "--dotenv", str(dotenv)]
-        first = run_cli(*args, "--report", str(reports["pass"] / "report.json"), cwd=tmp_path, env=env)
+        first = run_cli(
+            *args, "--report", str(reports["pass"] / "report.json"), cwd=tmp_path, env=env
+        )
         assert first.returncode == 0, first.stderr
         ours = [n for n in state.notes[("123", "5")] if n["author"]["id"] == 42 and not n["system"]]
         assert len(ours) == 1 and "✅" in ours[0]["body"] and "jobs/9" in ours[0]["body"]
-        assert "created MR note" in first.stdout and "glpat-secret" not in first.stdout + first.stderr
+        assert (
+            "created MR note" in first.stdout and "glpat-secret" not in first.stdout + first.stderr
+        )
         values = dict(line.split("=", 1) for line in dotenv.read_text().splitlines())
         assert values["CI_COMPRESS_PASSED"] == "true" and values["CI_COMPRESS_STATE"] == "pass"
         rep = json.loads((reports["pass"] / "report.json").read_text())
@@ -119,17 +132,26 @@ def test_report_gitlab_dotenv_and_mr_note_create_then_update(
             rep["deltas"]["delta.compression_ratio"], abs=1e-4
         )
 
-        second = run_cli(*args, "--report", str(reports["fail"] / "report.json"), cwd=tmp_path, env=env)
+        second = run_cli(
+            *args, "--report", str(reports["fail"] / "report.json"), cwd=tmp_path, env=env
+        )
         assert second.returncode == 1
-        ours2 = [n for n in state.notes[("123", "5")] if n["author"]["id"] == 42 and not n["system"]]
+        ours2 = [
+            n for n in state.notes[("123", "5")] if n["author"]["id"] == 42 and not n["system"]
+        ]
         assert len(ours2) == 1 and ours2[0]["id"] == ours[0]["id"] and "❌" in ours2[0]["body"]
         assert state.notes[("123", "5")][1]["body"].endswith("quoted")  # another user's note
-        assert ("PUT", f"/api/v4/projects/123/merge_requests/5/notes/{ours[0]['id']}") in state.requests
+        assert (
+            "PUT",
+            f"/api/v4/projects/123/merge_requests/5/notes/{ours[0]['id']}",
+        ) in state.requests
         assert dotenv.read_text().count("CI_COMPRESS_PASSED=false") == 1
 
         # no token: the gate result still decides the exit code; a note is explained, not faked
         env.pop("CI_COMPRESS_GITLAB_TOKEN")
-        third = run_cli(*args, "--report", str(reports["pass"] / "report.json"), cwd=tmp_path, env=env)
+        third = run_cli(
+            *args, "--report", str(reports["pass"] / "report.json"), cwd=tmp_path, env=env
+        )
         assert third.returncode == 0 and "CI_JOB_TOKEN cannot write notes" in third.stdout
 
 
@@ -138,7 +160,11 @@ def test_fast_options_and_warn_state(workdir: Path) -> None:
     # MLflow enabled but unreachable, not required: the gate passes with a warning
     cfg = base_config(
         thresholds={"max_accuracy_drop": 10.0},
-        mlflow={"enabled": True, "required": False, "tracking_uri": f"http://127.0.0.1:{free_port()}"}
+        mlflow={
+            "enabled": True,
+            "required": False,
+            "tracking_uri": f"http://127.0.0.1:{free_port()}",
+        },
     )
     path = write_config(workdir, cfg)
     proc = run_cli("run", "--config", str(path), "--holdout-limit", "50", "--quiet", cwd=workdir,
@@ -164,4 +190,8 @@ def test_holdout_limit_must_be_positive(tmp_path: Path) -> None:
 
 def test_help_lists_the_new_commands() -> None:
     proc = run_cli("--help", cwd=REPO)
-    assert "init" in proc.stdout and "report" in proc.stdout and "6   passed with warnings" in proc.stdout
+    assert (
+        "init" in proc.stdout
+        and "report" in proc.stdout
+        and "6   passed with warnings" in proc.stdout
+    )

@@ -16,7 +16,9 @@ import yaml
 from tests.conftest import REPO, base_config, write_config
 
 
-def _git(*args: str, cwd: Path, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
+def _git(
+    *args: str, cwd: Path, env: dict[str, str], check: bool = True
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=check, timeout=600
     )
@@ -31,7 +33,9 @@ def test_pre_push_hook_refuses_a_failing_gate_and_allows_a_passing_one(
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("GITHUB_", "GITLAB", "CI_", "JENKINS", "MLFLOW_", "GIT_", "PRE_COMMIT"))
+        if not k.startswith(
+            ("GITHUB_", "GITLAB", "CI_", "JENKINS", "MLFLOW_", "GIT_", "PRE_COMMIT")
+        )
     }
     env.update(
         HOME=str(home),
@@ -63,7 +67,11 @@ def test_pre_push_hook_refuses_a_failing_gate_and_allows_a_passing_one(
     (project / ".gitignore").write_text("report/\n")
     (project / ".pre-commit-config.yaml").write_text(
         yaml.safe_dump(
-            {"repos": [{"repo": str(hooks_repo), "rev": rev, "hooks": [{"id": "ci-compress-system"}]}]}
+            {
+                "repos": [
+                    {"repo": str(hooks_repo), "rev": rev, "hooks": [{"id": "ci-compress-system"}]}
+                ]
+            }
         )
     )
     _git("init", "-q", "-b", "main", cwd=project, env=env)
