@@ -158,8 +158,12 @@ def test_fail_on_never_reports_but_passes_and_tool_errors_still_fail(
         assert sum(line.startswith("::error") for line in res.stdout.splitlines()) == 1
         bad = _gate(workdir, tmp_path, env, "t", config="missing.yaml", **{"fail-on": "never"})
     assert bad.returncode == 2
-    assert "::error title=ci-compress::config or usage error (exit 2)" in bad.stdout
+    assert (
+        "::error title=ci-compress%3A config or usage error (exit 2)::Error: config file not found:"
+        in bad.stdout
+    )
     assert bad.outputs["exit-code"] == "2" and bad.outputs["passed"] == ""
+    assert "ci-compress could not run the gate (exit 2)" in bad.summary
 
 
 def test_annotations_are_capped_at_ten_and_escaped() -> None:
