@@ -30,8 +30,12 @@ Exit codes:
   3   bad input: model artifact or data unreadable, unsafe or invalid
   4   infrastructure: MLflow or a download host unreachable or refusing
   5   inconclusive: the holdout cannot decide (reserved)
+  6   passed with warnings, with `report ... --fail-on warn`
   70  internal error in ci-compress (a crash log is written)
 """
+
+
+FAST_HOLDOUT_LIMIT = 200
 
 
 def _progress(quiet: bool) -> Any:
@@ -51,12 +55,20 @@ def cli() -> None:
     gate on thresholds, record in MLflow and report."""
 
 
-def _run_and_report(config_path: Path, report_dir: Path | None, quiet: bool, as_json: bool) -> int:
+def _run_and_report(
+    config_path: Path,
+    report_dir: Path | None,
+    quiet: bool,
+    as_json: bool,
+    overrides: dict[str, Any] | None = None,
+) -> int:
     from ci_compress import pipeline
-    from ci_compress.config import load_config
+    from ci_compress.config import load_config, with_overrides
     from ci_compress.reporting.render import terminal
 
     loaded = load_config(config_path)
+    if overrides:
+        loaded = with_overrides(loaded, **overrides)
     report = pipeline.run(loaded, report_dir=report_dir, progress=_progress(quiet))
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
@@ -85,9 +97,45 @@ def _run_and_report(config_path: Path, report_dir: Path | None, quiet: bool, as_
 @click.option(
     "--json", "as_json", is_flag=True, help="Print report.json to stdout instead of the table."
 )
-def run(config_path: Path, report_dir: Path | None, quiet: bool, as_json: bool) -> int:
-    """Compress, evaluate, gate, record and report, as the config says."""
-    return _run_and_report(config_path, report_dir, quiet, as_json)
+@click.option(
+    "--holdout-limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Override data.holdout.limit: evaluate on the first N samples only.",
+)
+@click.option("--no-mlflow", is_flag=True, help="Do not record in MLflow (mlflow.enabled: false).")
+@click.option(
+    "--fast",
+    is_flag=True,
+    help=f"A quick local check (pre-push): --no-mlflow, --holdout-limit {FAST_HOLDOUT_LIMIT} unless given, 3 latency repeats.",
+)
+def run(
+    config_path: Path,
+    report_dir: Path | None,
+    quiet: bool,
+    as_json: bool,
+    holdout_limit: int | None,
+    no_mlflow: bool,
+    fast: bool,
+) -> int:
+    """Compress, evaluate, gate, record and report, as the config says.
+
+    Writes report.json, report.md and junit.xml (one test case per threshold) into the
+    report folder.
+    """
+    overrides: dict[str, Any] = {}
+    if fast:
+        overrides.update(
+            holdout_limit=FAST_HOLDOUT_LIMIT,
+            mlflow_enabled=False,
+            latency_repeats=3,
+            latency_warmup=1,
+        )
+    if holdout_limit is not None:
+        overrides["holdout_limit"] = holdout_limit
+    if no_mlflow:
+        overrides["mlflow_enabled"] = False
+    return _run_and_report(config_path, report_dir, quiet, as_json, overrides)
 
 
 @cli.command()
@@ -143,6 +191,181 @@ def schema() -> int:
     from ci_compress.config import json_schema
 
     click.echo(json.dumps(json_schema(), indent=2, sort_keys=True))
+    return 0
+
+
+# ---------------------------------------------------------------- CI renderers
+
+_REPORT_OPTION = click.option(
+    "--report",
+    "report_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default="ci-compress-report/report.json",
+    show_default=True,
+    help="The report.json written by `ci-compress run`.",
+)
+_FAIL_ON_OPTION = click.option(
+    "--fail-on",
+    type=click.Choice(["fail", "warn", "never"]),
+    default="fail",
+    show_default=True,
+    help="Exit non-zero when the gate failed (fail), also when it passed with warnings (warn: exit 6), or never.",
+)
+
+
+@cli.group()
+def report() -> None:
+    """Render a report.json into a CI platform's own channels (no gating here)."""
+
+
+@report.command("github")
+@_REPORT_OPTION
+@_FAIL_ON_OPTION
+@click.option(
+    "--comment/--no-comment",
+    default=True,
+    show_default=True,
+    help="Create or update one PR comment (pull_request events, needs GITHUB_TOKEN).",
+)
+@click.option(
+    "--comment-key",
+    default="default",
+    show_default=True,
+    help="Tells this gate's comment apart when one PR runs several gates.",
+)
+@click.option(
+    "--comment-author",
+    default=None,
+    help="Login that owns the comment (default: the token's own login, or github-actions[bot]).",
+)
+@click.option(
+    "--config-file",
+    default=None,
+    help="Config path to attach the ::error annotations to.",
+)
+@click.option(
+    "--pr-number",
+    type=click.IntRange(min=1),
+    default=None,
+    help="PR to comment on (default: from the pull_request event); for workflow_run comment jobs.",
+)
+def report_github(
+    report_path: Path,
+    fail_on: str,
+    comment: bool,
+    comment_key: str,
+    comment_author: str | None,
+    config_file: str | None,
+    pr_number: int | None,
+) -> int:
+    """Job summary, step outputs, ::error annotations and one sticky PR comment."""
+    from ci_compress.ci import github
+    from ci_compress.ci.common import load_report
+
+    rep = load_report(report_path)
+    return github.publish(
+        rep,
+        report_path=report_path,
+        environ=os.environ,
+        fail_on=fail_on,
+        comment=comment,
+        comment_key=comment_key,
+        comment_author=comment_author,
+        config_file=config_file,
+        pr_number=pr_number,
+        echo=click.echo,
+    )
+
+
+@report.command("gitlab")
+@_REPORT_OPTION
+@_FAIL_ON_OPTION
+@click.option(
+    "--dotenv",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write CI_COMPRESS_* variables here (artifacts:reports:dotenv).",
+)
+@click.option(
+    "--note/--no-note",
+    default=True,
+    show_default=True,
+    help="Create or update one MR note (merge request pipelines, needs a token variable).",
+)
+@click.option("--note-key", default="default", show_default=True)
+@click.option(
+    "--token-variable",
+    default="CI_COMPRESS_GITLAB_TOKEN",
+    show_default=True,
+    help="Variable holding a project access token (api scope); CI_JOB_TOKEN cannot write notes.",
+)
+def report_gitlab(
+    report_path: Path,
+    fail_on: str,
+    dotenv: Path | None,
+    note: bool,
+    note_key: str,
+    token_variable: str,
+) -> int:
+    """dotenv outputs and one sticky merge-request note."""
+    from ci_compress.ci import gitlab
+    from ci_compress.ci.common import load_report
+
+    rep = load_report(report_path)
+    return gitlab.publish(
+        rep,
+        report_path=report_path,
+        environ=os.environ,
+        fail_on=fail_on,
+        dotenv=dotenv,
+        note=note,
+        note_key=note_key,
+        token_variable=token_variable,
+        echo=click.echo,
+    )
+
+
+@report.command("jenkins")
+@_REPORT_OPTION
+@_FAIL_ON_OPTION
+@click.option(
+    "--description-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write a one-line build description here (for currentBuild.description).",
+)
+def report_jenkins(report_path: Path, fail_on: str, description_file: Path | None) -> int:
+    """Build description and the exit code ciCompress.groovy maps to SUCCESS/UNSTABLE/FAILURE."""
+    from ci_compress.ci import jenkins
+    from ci_compress.ci.common import load_report
+
+    rep = load_report(report_path)
+    return jenkins.publish(rep, fail_on=fail_on, description_file=description_file, echo=click.echo)
+
+
+@cli.command()
+@click.option(
+    "--provider",
+    type=click.Choice(["github", "gitlab", "jenkins", "pre-commit"]),
+    required=True,
+    help="Which CI file to write beside compress.yaml.",
+)
+@click.option(
+    "--dir",
+    "target",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=".",
+    show_default=True,
+    help="Repository root to write into.",
+)
+@click.option("--force", is_flag=True, help="Overwrite files that exist.")
+def init(provider: str, target: Path, force: bool) -> int:
+    """Write a starter compress.yaml and the provider's CI file."""
+    from ci_compress.ci.init import write_starter
+
+    for path in write_starter(provider, target, force=force):
+        click.echo(f"wrote {path}")
+    click.echo("next: edit compress.yaml (model, holdout, thresholds), then `ci-compress validate`")
     return 0
 
 

@@ -509,3 +509,32 @@ def flatten(value: Any, prefix: str = "") -> dict[str, str]:
 
 def factory_pattern() -> re.Pattern[str]:
     return re.compile(_FACTORY_RE)
+
+
+def with_overrides(
+    loaded: LoadedConfig,
+    *,
+    holdout_limit: int | None = None,
+    mlflow_enabled: bool | None = None,
+    latency_repeats: int | None = None,
+    latency_warmup: int | None = None,
+) -> LoadedConfig:
+    """A copy of ``loaded`` with command-line overrides applied (fast local checks).
+
+    ``holdout_limit`` sets ``data.holdout.limit``; ``mlflow_enabled=False`` runs with no
+    tracking server; the latency knobs shorten the timing loop. Re-validated like a file.
+    """
+    raw = loaded.config.model_dump(mode="python")
+    if holdout_limit is not None:
+        raw["data"]["holdout"]["limit"] = holdout_limit
+    if mlflow_enabled is not None:
+        raw["mlflow"]["enabled"] = mlflow_enabled
+    if latency_repeats is not None:
+        raw["runtime"]["latency_repeats"] = latency_repeats
+    if latency_warmup is not None:
+        raw["runtime"]["latency_warmup"] = latency_warmup
+    raw["passes"] = [p.model_dump(mode="python") for p in loaded.config.passes]
+    config = parse_config(raw, origin="command-line overrides")
+    return LoadedConfig(
+        config=config, source=loaded.source, base_dir=loaded.base_dir, sha256=loaded.sha256
+    )

@@ -20,6 +20,7 @@ class ExitCode(IntEnum):
     INPUT = 3  # unreadable/unsafe model artifact, bad holdout data, NaN outputs
     INFRA = 4  # MLflow or network unreachable/refusing
     INCONCLUSIVE = 5  # the gate could not decide with the data given
+    WARN = 6  # passed with warnings, and the user asked to fail on warnings (--fail-on warn)
     INTERNAL = 70  # a bug in ci-compress: a crash log is written
 
 

@@ -79,3 +79,51 @@ class Report:
             "artifacts": self.artifacts,
             "warnings": self.warnings,
         }
+
+
+def report_from_dict(data: dict[str, Any]) -> Report:
+    """Rebuild a :class:`Report` from ``report.json`` (the inverse of :meth:`Report.to_dict`).
+
+    Used by the CI renderers (``ci-compress report github|gitlab|jenkins``), which render
+    a report written by an earlier ``ci-compress run`` and decide nothing themselves.
+    Unknown top-level keys (added by later schema versions) are ignored.
+    """
+    from ci_compress.gate import Check
+
+    def model(role: str) -> ModelSummary:
+        m = data[role]
+        return ModelSummary(
+            role=role,
+            file=str(m["file"]),
+            file_bytes=int(m["file_bytes"]),
+            sha256=str(m["sha256"]),
+            metrics={k: float(v) for k, v in m["metrics"].items()},
+        )
+
+    gate = data["gate"]
+    checks = tuple(
+        Check(
+            threshold=str(c["threshold"]),
+            metric=str(c["metric"]),
+            limit=float(c["limit"]),
+            measured=float(c["measured"]),
+            passed=bool(c["passed"]),
+            message=str(c["message"]),
+        )
+        for c in gate["checks"]
+    )
+    return Report(
+        verdict=str(data["verdict"]),
+        gate=GateResult(passed=bool(gate["passed"]), checks=checks),
+        teacher=model("teacher"),
+        student=model("student"),
+        deltas={k: float(v) for k, v in data["deltas"].items()},
+        thresholds={k: float(v) for k, v in data["thresholds"].items()},
+        passes=list(data.get("passes", [])),
+        holdout=dict(data.get("holdout", {})),
+        environment=dict(data.get("environment", {})),
+        config=dict(data.get("config", {})),
+        mlflow=dict(data.get("mlflow", {})),
+        artifacts={k: str(v) for k, v in data.get("artifacts", {}).items()},
+        warnings=[str(w) for w in data.get("warnings", [])],
+    )

@@ -122,11 +122,18 @@ def atomic_write(path: Path, text: str) -> None:
 
 
 def write_reports(report: Report, out_dir: Path) -> dict[str, Path]:
-    """Write report.json and report.md; returns their paths."""
-    paths = {"report_json": out_dir / "report.json", "report_md": out_dir / "report.md"}
+    """Write report.json, report.md and junit.xml; returns their paths."""
+    from ci_compress.reporting.junit import junit_xml
+
+    paths = {
+        "report_json": out_dir / "report.json",
+        "report_md": out_dir / "report.md",
+        "junit_xml": out_dir / "junit.xml",
+    }
     report.artifacts.update({k: str(v) for k, v in paths.items()})
     atomic_write(
         paths["report_json"], json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n"
     )
     atomic_write(paths["report_md"], markdown(report))
+    atomic_write(paths["junit_xml"], junit_xml(report))
     return paths

@@ -1,0 +1,119 @@
+"""What every CI renderer shares: reading report.json, the outcome, the sticky-note body.
+
+The gate has already decided (``report.json`` says pass or fail). The renderers only map
+that result, and the user's ``fail-on`` choice, to the platform's states:
+
+======  ==================  ==================  ==================
+state   ``fail-on: fail``   ``fail-on: warn``   ``fail-on: never``
+======  ==================  ==================  ==================
+pass    0                   0                   0
+warn    0                   6 (WARN)            0
+fail    1                   1                   0
+======  ==================  ==================  ==================
+
+"warn" is a passed gate that carries warnings (e.g. MLflow unreachable with
+``mlflow.required: false``), or a report whose verdict is ``warn``. Exit code 6 maps to
+each platform's own "not green, not red": Jenkins ``unstable``, GitLab
+``allow_failure: exit_codes: [6]``; GitHub has no such state, so 6 fails the step.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from ci_compress.errors import ExitCode, InputError
+from ci_compress.report import Report, report_from_dict
+
+FailOn = Literal["fail", "warn", "never"]
+State = Literal["pass", "warn", "fail"]
+FAIL_ON_CHOICES: tuple[str, ...] = ("fail", "warn", "never")
+
+MARKER_PREFIX = "<!-- ci-compress:report"
+
+
+def marker(key: str = "default") -> str:
+    """The hidden HTML comment that identifies our PR comment / MR note."""
+    return f"{MARKER_PREFIX} key={key} -->"
+
+
+def load_report(path: Path) -> Report:
+    """Read a report.json written by ``ci-compress run``."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(
+            f"report not found: {path}",
+            hint="run `ci-compress run` first; it writes report.json into report.dir (or --report-dir)",
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(
+            f"cannot read report {path}: {e}", hint="pass the report.json ci-compress run wrote"
+        ) from e
+    try:
+        return report_from_dict(data)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise InputError(
+            f"{path} is not a ci-compress report.json (missing or bad field: {e})",
+            hint="pass the report.json ci-compress run wrote",
+        ) from None
+
+
+def state(report: Report) -> State:
+    """pass | warn | fail, as the gate decided (warn: passed with warnings)."""
+    if not report.passed or report.verdict == "fail":
+        return "fail"
+    if report.verdict == "warn" or report.warnings:
+        return "warn"
+    return "pass"
+
+
+def exit_code(st: State, fail_on: str) -> int:
+    """The process exit code for a state under the user's ``fail-on`` choice (table above)."""
+    if fail_on not in FAIL_ON_CHOICES:
+        raise ValueError(f"fail_on must be one of {FAIL_ON_CHOICES}, got {fail_on!r}")
+    if fail_on == "never" or st == "pass":
+        return int(ExitCode.PASSED)
+    if st == "fail":
+        return int(ExitCode.GATE_FAILED)
+    return int(ExitCode.WARN) if fail_on == "warn" else int(ExitCode.PASSED)
+
+
+def outputs(report: Report, report_path: Path) -> dict[str, str]:
+    """The few figures later steps/jobs want, as strings (GitHub outputs, GitLab dotenv)."""
+    d = report.deltas
+    return {
+        "verdict": report.verdict,
+        "state": state(report),
+        "passed": "true" if report.passed else "false",
+        "accuracy_drop": f"{d.get('delta.accuracy_drop_points', float('nan')):.4f}",
+        "compression_ratio": f"{d.get('delta.compression_ratio', float('nan')):.4f}",
+        "student_bytes": str(report.student.file_bytes),
+        "report_path": str(report_path),
+        "mlflow_run_id": str(report.mlflow.get("run_id") or ""),
+        "model_version": str(
+            report.mlflow.get("model_version") or report.mlflow.get("registered_version") or ""
+        ),
+    }
+
+
+def note_body(markdown: str, key: str, limit: int, *, footer: str = "") -> str:
+    """Marker + Markdown (+ footer), cut to ``limit`` characters with a visible note."""
+    head = marker(key) + "\n"
+    tail = ("\n" + footer) if footer else ""
+    body = head + markdown + tail
+    if len(body) <= limit:
+        return body
+    cut = "\n\n… (truncated: the full report is in the job summary and report.md)\n"
+    room = limit - len(head) - len(tail) - len(cut)
+    return head + markdown[: max(room, 0)] + cut + tail
+
+
+def describe_http_error(resp: Any) -> str:
+    """A short text for a failed API response: status and the API's own message."""
+    try:
+        msg = resp.json().get("message", "")
+    except ValueError:
+        msg = resp.text[:200]
+    return f"HTTP {resp.status_code}" + (f": {msg}" if msg else "")

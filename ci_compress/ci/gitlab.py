@@ -1,0 +1,185 @@
+"""GitLab CI: dotenv outputs and one sticky merge-request note.
+
+Renders a :class:`~ci_compress.report.Report`; decides nothing. The JUnit file
+(``artifacts:reports:junit``) is written by ``ci-compress run`` itself.
+
+* dotenv (``artifacts:reports:dotenv``): ``CI_COMPRESS_*=value`` lines, one line each,
+  so later jobs read the verdict and figures as variables.
+* One MR note through the REST API (``$CI_API_V4_URL``, ``$CI_PROJECT_ID``,
+  ``$CI_MERGE_REQUEST_IID``), found by a hidden marker among the token's own notes and
+  updated in place. ``CI_JOB_TOKEN`` cannot write notes: the token is a project (or
+  group) access token with the ``api`` scope, in a masked CI/CD variable.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ci_compress.ci.common import describe_http_error, exit_code, marker, note_body, outputs, state
+from ci_compress.report import Report
+
+Echo = Callable[[str], None]
+
+MAX_NOTE_CHARS = 1_000_000
+DEFAULT_TOKEN_VARIABLE = "CI_COMPRESS_GITLAB_TOKEN"
+
+
+def dotenv_lines(values: Mapping[str, str]) -> list[str]:
+    """``CI_COMPRESS_NAME=value`` lines; newlines are not allowed in GitLab dotenv values."""
+    out = []
+    for name, value in values.items():
+        key = "CI_COMPRESS_" + re.sub(r"[^A-Za-z0-9_]", "_", name).upper()
+        out.append(f"{key}={' '.join(value.splitlines())}")
+    return out
+
+
+def write_dotenv(path: Path, values: Mapping[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(dotenv_lines(values)) + "\n", encoding="utf-8")
+
+
+class GitLabApiError(Exception):
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
+        self.status = status
+        self.text = text
+
+
+@dataclass
+class GitLabClient:
+    """The merge-request notes endpoints, through ``requests``."""
+
+    api_url: str  # $CI_API_V4_URL, e.g. https://gitlab.example.com/api/v4
+    token: str
+    timeout: float = 20.0
+
+    def __post_init__(self) -> None:
+        import requests
+
+        self.api_url = self.api_url.rstrip("/")
+        self.session = requests.Session()
+        self.session.headers.update({"PRIVATE-TOKEN": self.token, "User-Agent": "ci-compress"})
+
+    def _call(self, method: str, path: str, **kw: Any) -> Any:
+        import requests
+
+        try:
+            resp = self.session.request(method, f"{self.api_url}{path}", timeout=self.timeout, **kw)
+        except requests.RequestException as e:
+            raise GitLabApiError(0, f"{type(e).__name__}: {e}") from e
+        if resp.status_code >= 400:
+            raise GitLabApiError(resp.status_code, describe_http_error(resp))
+        return resp
+
+    def user_id(self) -> int | None:
+        try:
+            return int(self._call("GET", "/user").json()["id"])
+        except (GitLabApiError, KeyError, ValueError, TypeError):
+            return None
+
+    def _notes_path(self, project: str, iid: str) -> str:
+        from urllib.parse import quote
+
+        return f"/projects/{quote(project, safe='')}/merge_requests/{iid}/notes"
+
+    def list_notes(self, project: str, iid: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        page = "1"
+        for _ in range(50):
+            resp = self._call(
+                "GET", self._notes_path(project, iid), params={"per_page": 100, "page": page}
+            )
+            out.extend(resp.json())
+            page = resp.headers.get("x-next-page", "")
+            if not page:
+                break
+        return out
+
+    def create_note(self, project: str, iid: str, body: str) -> dict[str, Any]:
+        return dict(self._call("POST", self._notes_path(project, iid), json={"body": body}).json())
+
+    def update_note(self, project: str, iid: str, note_id: int, body: str) -> dict[str, Any]:
+        path = f"{self._notes_path(project, iid)}/{note_id}"
+        return dict(self._call("PUT", path, json={"body": body}).json())
+
+
+def upsert_note(
+    client: GitLabClient, project: str, iid: str, body: str, *, key: str
+) -> tuple[str, dict[str, Any]]:
+    """Update our note (marker, and the token's own user when /user answers) or create it."""
+    me = client.user_id()
+    mark = marker(key)
+    for n in client.list_notes(project, iid):
+        if n.get("system"):
+            continue
+        author = (n.get("author") or {}).get("id")
+        if mark in str(n.get("body", "")) and (me is None or author == me):
+            return "updated", client.update_note(project, iid, int(n["id"]), body)
+    return "created", client.create_note(project, iid, body)
+
+
+def publish(
+    report: Report,
+    *,
+    report_path: Path,
+    environ: Mapping[str, str],
+    fail_on: str = "fail",
+    dotenv: Path | None = None,
+    note: bool = True,
+    note_key: str = "default",
+    token_variable: str = DEFAULT_TOKEN_VARIABLE,
+    echo: Echo = print,
+) -> int:
+    """Render the report into GitLab's channels; return the job's exit code."""
+    from ci_compress.reporting.render import markdown
+
+    st = state(report)
+    if dotenv is not None:
+        write_dotenv(dotenv, outputs(report, report_path))
+    for c in report.gate.failures:
+        echo(f"ci-compress: FAILED {c.message}")
+    for w in report.warnings:
+        echo(f"ci-compress: warning: {w}")
+    if note:
+        _note(markdown(report), environ, note_key, token_variable, echo)
+    code = exit_code(st, fail_on)
+    word = {"pass": "passed", "warn": "passed with warnings", "fail": "failed"}[st]
+    echo(f"ci-compress: the gate {word} (fail-on: {fail_on}, exit {code})")
+    return code
+
+
+def _note(md: str, environ: Mapping[str, str], key: str, token_variable: str, echo: Echo) -> None:
+    iid = environ.get("CI_MERGE_REQUEST_IID")
+    if not iid:
+        echo("ci-compress: not a merge request pipeline; no MR note")
+        return
+    token = environ.get(token_variable)
+    api = environ.get("CI_API_V4_URL")
+    project = environ.get("CI_MERGE_REQUEST_PROJECT_ID") or environ.get("CI_PROJECT_ID")
+    if not token:
+        echo(
+            f"ci-compress: no MR note: ${token_variable} is not set (CI_JOB_TOKEN cannot write "
+            "notes; store a project access token with the api scope in that masked variable)"
+        )
+        return
+    if not api or not project:
+        echo("ci-compress: no MR note: CI_API_V4_URL or CI_PROJECT_ID is not set")
+        return
+    footer = (
+        f"<sub>ci-compress · [job]({environ['CI_JOB_URL']})</sub>"
+        if environ.get("CI_JOB_URL")
+        else ""
+    )
+    body = note_body(md, key, MAX_NOTE_CHARS, footer=footer)
+    try:
+        action, data = upsert_note(GitLabClient(api, token), project, iid, body, key=key)
+    except GitLabApiError as e:
+        echo(
+            f"ci-compress: warning: could not write the MR note ({e.text}); the report is in the job artifacts"
+        )
+        return
+    echo(f"ci-compress: {action} MR note {data.get('id')}")

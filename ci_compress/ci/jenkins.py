@@ -1,0 +1,46 @@
+"""Jenkins: a one-line build description and the exit code the shared-library step maps.
+
+Renders a :class:`~ci_compress.report.Report`; decides nothing. The JUnit file (for the
+``junit`` step) and report.md/report.json (for ``archiveArtifacts``) are written by
+``ci-compress run``. The step ``vars/ciCompress.groovy`` maps this command's exit code:
+0 -> success, 6 (warn, with ``--fail-on warn``) -> ``unstable``, 1 -> ``error``.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable
+from pathlib import Path
+
+from ci_compress.ci.common import exit_code, state
+from ci_compress.report import Report
+
+Echo = Callable[[str], None]
+
+
+def description(report: Report) -> str:
+    """Short HTML-safe text for ``currentBuild.description``."""
+    from ci_compress.reporting.render import verdict_line
+
+    return html.escape(verdict_line(report))
+
+
+def publish(
+    report: Report,
+    *,
+    fail_on: str = "fail",
+    description_file: Path | None = None,
+    echo: Echo = print,
+) -> int:
+    st = state(report)
+    if description_file is not None:
+        description_file.parent.mkdir(parents=True, exist_ok=True)
+        description_file.write_text(description(report) + "\n", encoding="utf-8")
+    for c in report.gate.failures:
+        echo(f"ci-compress: FAILED {c.message}")
+    for w in report.warnings:
+        echo(f"ci-compress: warning: {w}")
+    code = exit_code(st, fail_on)
+    word = {"pass": "passed", "warn": "passed with warnings", "fail": "failed"}[st]
+    echo(f"ci-compress: the gate {word} (fail-on: {fail_on}, exit {code})")
+    return code

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Gate step of action.yml: `ci-compress run`, then `ci-compress report github`, which
+# writes the job summary, step outputs, annotations and the PR comment.
+# Inputs arrive as INPUT_* environment variables.
+set -uo pipefail
+
+if [ -n "${INPUT_MLFLOW_TRACKING_URI:-}" ]; then
+  export MLFLOW_TRACKING_URI="$INPUT_MLFLOW_TRACKING_URI"
+fi
+
+args=(run --config "$INPUT_CONFIG" --report-dir "$INPUT_REPORT_DIR")
+if [ -n "${INPUT_HOLDOUT_LIMIT:-}" ]; then
+  args+=(--holdout-limit "$INPUT_HOLDOUT_LIMIT")
+fi
+
+errfile="$(mktemp)"
+echo "::group::ci-compress run"
+# stdout to the log; stderr to the log and to $errfile (for the annotation below)
+{ python -m ci_compress "${args[@]}" 2>&1 1>&3 3>&- | tee "$errfile" >&2; rc=${PIPESTATUS[0]}; } 3>&1
+echo "::endgroup::"
+echo "exit-code=$rc" >> "$GITHUB_OUTPUT"
+
+if [ "$rc" -ne 0 ] && [ "$rc" -ne 1 ]; then
+  printf '### ❌ ci-compress could not run the gate (exit %s)\n\nThe log of the step says why: 2 config, 3 model or data, 4 MLflow or network, 70 a bug.\n' "$rc" >> "$GITHUB_STEP_SUMMARY"
+fi
+# the tool's own one-line "Error: ..." message, escaped for a workflow command
+why="$(grep -m1 '^Error: ' "$errfile" | sed -e 's/%/%25/g' -e 's/\r/%0D/g' || true)"
+rm -f "$errfile"
+case "$rc" in
+  0|1) ;;
+  2) echo "::error title=ci-compress%3A config or usage error (exit 2)::${why:-see the log above}"; exit 2 ;;
+  3) echo "::error title=ci-compress%3A bad model artifact or holdout data (exit 3)::${why:-see the log above}"; exit 3 ;;
+  4) echo "::error title=ci-compress%3A infrastructure error (exit 4)::${why:-see the log above}"; exit 4 ;;
+  *) echo "::error title=ci-compress%3A could not decide (exit $rc)::${why:-see the log above}"; exit "$rc" ;;
+esac
+
+config_path="$INPUT_CONFIG"
+if [ "${INPUT_WORKING_DIRECTORY:-.}" != "." ]; then
+  config_path="${INPUT_WORKING_DIRECTORY%/}/$INPUT_CONFIG"
+fi
+comment=--no-comment
+if [ "${INPUT_COMMENT_ON_PR:-true}" = "true" ]; then
+  comment=--comment
+fi
+
+python -m ci_compress report github \
+  --report "$(pwd)/${INPUT_REPORT_DIR%/}/report.json" \
+  --fail-on "$INPUT_FAIL_ON" \
+  "$comment" \
+  --comment-key "$INPUT_COMMENT_KEY" \
+  --config-file "$config_path"
