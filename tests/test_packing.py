@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ci_compress.artifacts.packing import MAGIC, load_packed, pack
+from ci_compress.artifacts.packing import FORMAT_VERSION, MAGIC, load_packed, pack
 from ci_compress.config import parse_config
 from ci_compress.demo.models import digits_cnn, digits_mlp
 from ci_compress.errors import ArtifactError
@@ -43,7 +43,7 @@ def test_reloaded_model_outputs_equal_the_in_memory_student(
     with torch.inference_mode():
         assert torch.equal(model(x), loaded(x))
     assert info.file_bytes == (tmp_path / "s.ccz").stat().st_size
-    assert manifest["format_version"] == 1
+    assert manifest["format_version"] == FORMAT_VERSION
 
 
 def test_sparse_weights_pack_smaller_than_dense(tmp_path: Path) -> None:
