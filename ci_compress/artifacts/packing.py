@@ -62,6 +62,8 @@ class PackInfo:
     sha256: str  # of the whole file
     tensors: dict[str, dict[str, Any]] = field(default_factory=dict)
     manifest_bytes: int = 0
+    entropy: str = "auto"  # which payload variant shipped (auto, none, huffman)
+    payload_candidates: dict[str, int] = field(default_factory=dict)  # variant -> payload bytes
 
 
 # ---------------------------------------------------------------- describe / rebuild
@@ -194,13 +196,21 @@ def pack(
 
     tensors: dict[str, torch.Tensor] = {}
     arch = describe(model, tensors)
-    stored: dict[str, torch.Tensor] = {}
-    entries = {
-        name: encoding.encode(name, t, stored, level=level, entropy=entropy)
-        for name, t in sorted(tensors.items())
-    }
-    raw = st_save(stored)
-    payload = zstandard.ZstdCompressor(level=level, write_checksum=True).compress(raw)
+    # Per-stream choices are measured on each stream alone, but zstd shares its tables
+    # across neighbouring streams in the payload; so with ``auto`` the whole payload is
+    # also built with Huffman nowhere and everywhere, and the smallest one ships.
+    tried: dict[str, tuple[int, dict[str, dict[str, Any]], bytes, int]] = {}
+    for mode in ("auto", "none", "huffman") if entropy == "auto" else (entropy,):
+        stored: dict[str, torch.Tensor] = {}
+        entries = {
+            name: encoding.encode(name, t, stored, level=level, entropy=mode)
+            for name, t in sorted(tensors.items())
+        }
+        raw = st_save(stored)
+        payload = zstandard.ZstdCompressor(level=level, write_checksum=True).compress(raw)
+        tried[mode] = (len(payload), entries, payload, len(raw))
+    chosen = min(tried, key=lambda m: tried[m][0])
+    _, entries, payload, raw_len = tried[chosen]
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -212,7 +222,8 @@ def pack(
             "container": "safetensors",
             "sha256": hashlib.sha256(payload).hexdigest(),
             "bytes": len(payload),
-            "raw_bytes": len(raw),
+            "raw_bytes": raw_len,
+            "entropy": chosen,
         },
         "passes": passes or [],
         "versions": library_versions(),
@@ -237,10 +248,12 @@ def pack(
         path=path,
         file_bytes=len(blob),
         payload_bytes=len(payload),
-        raw_bytes=len(raw),
+        raw_bytes=raw_len,
         sha256=hashlib.sha256(blob).hexdigest(),
         tensors=entries,
         manifest_bytes=len(head),
+        entropy=chosen,
+        payload_candidates={m: v[0] for m, v in tried.items()},
     )
 
 
