@@ -373,7 +373,7 @@ def _decompress(path: Path, payload: bytes, raw_bytes: Any) -> bytes:
         ) from None
     if got != raw_bytes:
         raise ArtifactError(
-            f"{path}: payload decompressed to {'more than ' if got > raw_bytes else ''}{got} bytes, "
+            f"{path}: payload decompressed to {f'more than {raw_bytes}' if got > raw_bytes else got} bytes, "
             f"the manifest says {raw_bytes}; the file is corrupt or was tampered with"
         )
     return b"".join(chunks)
