@@ -30,14 +30,18 @@ def _compressed(model: torch.nn.Module, passes: list[dict]) -> torch.nn.Module:
         [],
         [{"type": "prune", "amount": 0.7}],
         [{"type": "prune", "amount": 0.5}, {"type": "quantize"}],
+        [{"type": "quantize"}],
+        [{"type": "prune", "amount": 0.95, "scope": "layer"}, {"type": "quantize"}],
+        [{"type": "prune", "threshold": 0.05}],
     ],
 )
+@pytest.mark.parametrize("entropy", ["auto", "none", "huffman"])
 def test_reloaded_model_outputs_equal_the_in_memory_student(
-    tmp_path: Path, factory, passes
+    tmp_path: Path, factory, passes, entropy
 ) -> None:
     torch.manual_seed(0)
     model = _compressed(factory().eval(), passes)
-    info = pack(model, tmp_path / "s.ccz")
+    info = pack(model, tmp_path / "s.ccz", entropy=entropy)
     loaded, manifest = load_packed(tmp_path / "s.ccz")
     x = torch.rand(32, 64)
     with torch.inference_mode():
