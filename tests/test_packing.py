@@ -140,7 +140,9 @@ def _rewrite(path: Path, mutate=None, payload: bytes | None = None, fix_sha: boo
 
 def _pruned(tmp_path: Path) -> Path:
     torch.manual_seed(0)
-    model = _compressed(digits_mlp().eval(), [{"type": "prune", "amount": 0.8}, {"type": "quantize"}])
+    model = _compressed(
+        digits_mlp().eval(), [{"type": "prune", "amount": 0.8}, {"type": "quantize"}]
+    )
     pack(model, tmp_path / "s.ccz")
     return tmp_path / "s.ccz"
 
@@ -148,7 +150,11 @@ def _pruned(tmp_path: Path) -> Path:
 def test_truncated_header_is_refused(tmp_path: Path) -> None:
     p = _packed(tmp_path)
     blob = p.read_bytes()
-    for cut, match in [(5, "ends inside the magic"), (10, "no manifest length"), (40, "truncated or corrupt")]:
+    for cut, match in [
+        (5, "ends inside the magic"),
+        (10, "no manifest length"),
+        (40, "truncated or corrupt"),
+    ]:
         p.write_bytes(blob[:cut])
         with pytest.raises(ArtifactError, match=match):
             load_packed(p)
@@ -242,5 +248,7 @@ def test_cli_refuses_a_corrupted_packed_teacher_with_exit_3(workdir: Path) -> No
     write_config(workdir, cfg)
     r = run_cli("run", "--config", "compress.yaml", "-q", cwd=workdir)
     assert r.returncode == 3, r.stderr
-    assert "Error:" in r.stderr and "teacher.ccz" in r.stderr and "sha256 does not match" in r.stderr
+    assert (
+        "Error:" in r.stderr and "teacher.ccz" in r.stderr and "sha256 does not match" in r.stderr
+    )
     assert "Traceback" not in r.stderr

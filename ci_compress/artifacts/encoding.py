@@ -218,7 +218,8 @@ def delta_positions(sym: np.ndarray, bits: int) -> np.ndarray:
 
     m = (1 << bits) - 1
     advance = np.where(sym == 0, m, sym)
-    return (np.cumsum(advance) - 1)[sym != 0]
+    out: np.ndarray = (np.cumsum(advance) - 1)[sym != 0]
+    return out
 
 
 def _delta_bit_candidates(pos: np.ndarray, keep: int = 3) -> list[int]:
@@ -284,7 +285,9 @@ def _read_values(
     if codec == "raw":
         t = raw[key].reshape(-1)
         if t.numel() != int(meta["count"]) or t.dtype != dtype:
-            raise ValueError(f"{t.numel()} {t.dtype} values, the manifest says {meta['count']} {dtype}")
+            raise ValueError(
+                f"{t.numel()} {t.dtype} values, the manifest says {meta['count']} {dtype}"
+            )
         return t
     sym = _read_symbols(key, meta, raw)
     if codec == "bitpack":
@@ -324,7 +327,7 @@ def _fill_value(flat: torch.Tensor) -> tuple[float | int, int] | None:
     lo, hi = int(flat.min()), int(flat.max())
     if hi - lo >= (1 << 16):
         return None
-    counts = torch.bincount((flat.to(torch.int64) - lo))
+    counts = torch.bincount(flat.to(torch.int64) - lo)
     mode = int(torch.argmax(counts))
     if int(counts[mode]) / n >= SPARSE_MIN_FRACTION:
         return mode + lo, int(counts[mode])
@@ -462,7 +465,9 @@ def decode(name: str, entry: dict[str, Any], raw: dict[str, torch.Tensor]) -> to
                 hint="upgrade ci-compress to the version that wrote the file",
             )
     except (ValueError, TypeError, RuntimeError, IndexError, OverflowError) as e:
-        raise ArtifactError(f"tensor {name}: cannot decode ({e}); the packed file is corrupt") from None
+        raise ArtifactError(
+            f"tensor {name}: cannot decode ({e}); the packed file is corrupt"
+        ) from None
     if t.numel() != numel:
         raise ArtifactError(
             f"tensor {name}: shape {tuple(t.shape)} does not match the manifest {shape}"

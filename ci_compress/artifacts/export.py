@@ -64,7 +64,11 @@ def export_all(
         path = out_dir / f"{stem}{SUFFIX[fmt]}"
         path.unlink(missing_ok=True)
         try:
-            run = _torchscript(model, example, path) if fmt == "torchscript" else _onnx(model, example, path)
+            run = (
+                _torchscript(model, example, path)
+                if fmt == "torchscript"
+                else _onnx(model, example, path)
+            )
         except Exception as e:  # the exporters raise many unrelated types
             path.unlink(missing_ok=True)
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
@@ -89,9 +93,9 @@ def _torchscript(
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(model, example, check_trace=False)
+        traced = torch.jit.trace(model, example, check_trace=False)  # type: ignore[no-untyped-call]
         torch.jit.save(traced, str(path))
-        loaded = torch.jit.load(str(path))
+        loaded = torch.jit.load(str(path))  # type: ignore[no-untyped-call]
     loaded.eval()
     return loaded  # type: ignore[no-any-return]
 
@@ -104,7 +108,11 @@ def _onnx(
     import torch
 
     quantized = sorted(
-        {type(m).__qualname__ for m in model.modules() if type(m).__module__.startswith("torch.ao.nn.quantized")}
+        {
+            type(m).__qualname__
+            for m in model.modules()
+            if type(m).__module__.startswith("torch.ao.nn.quantized")
+        }
     )
     if quantized:
         raise NotImplementedError(
@@ -126,9 +134,7 @@ def _onnx(
     onnx.checker.check_model(str(path))
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1
-    session = onnxruntime.InferenceSession(
-        str(path), options, providers=["CPUExecutionProvider"]
-    )
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def run(x: torch.Tensor) -> torch.Tensor:
         (y,) = session.run(["output"], {"input": x.numpy()})

@@ -2,16 +2,18 @@
 
 Layout of the file::
 
-    b"CCZPACK1" | manifest length (uint32, little-endian) | manifest (UTF-8 JSON) | payload
+    b"CCZPACK2" | manifest length (uint32, little-endian) | zstd(manifest JSON) | payload
 
 The payload is a zstandard frame holding one safetensors blob (no pickle anywhere).
-Tensors with many zeros are stored as a bit mask plus their nonzero values; int8
-quantized weights are stored as int8 plus per-channel scales. The manifest holds the
-format version, the architecture spec (module types and constructor arguments, see
+Each tensor is encoded by :mod:`ci_compress.artifacts.encoding` (bit-packed small
+integers, palettes, bitmask or index-delta sparse positions, Huffman or fixed-width
+symbol streams: whichever measures smaller). The manifest holds the format version,
+the architecture spec (module types and constructor arguments, see
 :mod:`ci_compress.artifacts.layers`), each tensor's encoding, the sha256 of the payload,
 the pass history and the library versions. The loader checks the magic, the lengths
-and the checksum before it decompresses anything, and bounds decompression by the size
-the manifest announces.
+and the checksum before it decompresses anything, bounds decompression by the size the
+manifest announces, and checks every stream while decoding. Version 1 files (plain
+JSON manifest, ``CCZPACK1``) are still read.
 
 The checksum catches corruption and truncation; it is not a signature (whoever can
 rewrite the file can rewrite the manifest). Pin the shipped file's sha256 (report.json
@@ -153,7 +155,6 @@ def rebuild(
         child_path = f"{path}.{name}" if path else name
         module.add_module(name, rebuild(child_spec, tensors, factory_model, child_path))
     return module
-
 
 
 # ---------------------------------------------------------------- file I/O
@@ -306,7 +307,9 @@ def read_manifest(path: Path) -> tuple[dict[str, Any], bytes]:
     payload = blob[start + n :]
     info = manifest.get("payload")
     if not isinstance(info, dict) or not isinstance(manifest.get("tensors"), dict):
-        raise ArtifactError(f"{path}: the manifest has no payload or tensors section; the file is corrupt")
+        raise ArtifactError(
+            f"{path}: the manifest has no payload or tensors section; the file is corrupt"
+        )
     if len(payload) != info.get("bytes"):
         raise ArtifactError(
             f"{path} is truncated: payload has {len(payload)} bytes, the manifest says {info.get('bytes')}"
