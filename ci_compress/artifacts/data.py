@@ -85,12 +85,16 @@ class Dataset:
         return sum(len(y) for _, y in self.batches(4096))
 
     def digest(self) -> str:
-        h = hashlib.sha256()
+        """sha256 of the samples, independent of how they are batched."""
+        import torch
+
+        hx, hy = hashlib.sha256(), hashlib.sha256()
+        shape: tuple[object, ...] | None = None
         for x, y in self.batches(4096):
-            h.update(str(tuple(x.shape[1:])).encode())
-            h.update(x.contiguous().numpy().tobytes())
-            h.update(y.contiguous().numpy().tobytes())
-        return h.hexdigest()
+            shape = (*x.shape[1:], str(x.dtype))
+            hx.update(x.contiguous().numpy().tobytes())
+            hy.update(y.to(torch.int64).contiguous().numpy().tobytes())
+        return hashlib.sha256(f"{shape}|{hx.hexdigest()}|{hy.hexdigest()}".encode()).hexdigest()
 
 
 def _as_tensors(x: Any, y: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import warnings
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -141,7 +142,9 @@ def load_model_file(path: Path, source: ModelSource) -> LoadedModel:
         return done(_into_factory(state, factory, path), "state_dict")
     if _is_torchscript(path):
         try:
-            scripted = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; we still read it
+                warnings.filterwarnings("ignore", category=DeprecationWarning)
+                scripted = torch.jit.load(str(path), map_location="cpu")
         except Exception as e:  # torch raises RuntimeError and friends for bad archives
             raise ArtifactError(
                 f"{path} looks like TorchScript but cannot be loaded ({str(e).splitlines()[0]})"
