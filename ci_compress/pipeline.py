@@ -100,6 +100,9 @@ def run(
         for key in ("report_json", "report_md"):
             tracker.log_artifact(paths[key])
         tracker.log_artifact(Path(report.student.file), "student")
+        for export in report.exports.values():
+            if export.get("status") == "ok":
+                tracker.log_artifact(Path(export["file"]), "student")
         if loaded.source is not None:
             tracker.log_artifact(loaded.source, "config")
         tracker.set_tags({"ci_compress.status": "done", "ci_compress.verdict": report.verdict})

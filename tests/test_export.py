@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import base_config, run_cli, write_config
+from tests.conftest import MlflowServer, base_config, run_cli, write_config
 
 
 @pytest.mark.slow
@@ -73,3 +73,29 @@ def test_onnx_export_without_the_extra_is_a_config_error(workdir: Path) -> None:
     assert r.returncode == 2, r.stderr
     assert "ship.export" in r.stderr and "ci-compress[export]" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_onnx_agreement_and_exports_are_recorded_in_mlflow(
+    workdir: Path, mlflow_server: MlflowServer
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    cfg = base_config(
+        passes=[{"type": "prune", "amount": 0.5}],
+        ship={"export": ["onnx"]},
+        mlflow={"enabled": True, "tracking_uri": mlflow_server.uri, "experiment": "e2e-export"},
+    )
+    write_config(workdir, cfg)
+    r = run_cli("run", "--config", "compress.yaml", "-q", cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    report = json.loads((workdir / "report" / "report.json").read_text())
+    client = MlflowClient(tracking_uri=mlflow_server.uri)
+    run = client.get_run(report["mlflow"]["run_id"])
+    assert run.data.metrics["student.onnx_agreement"] == 1.0
+    assert run.data.metrics["student.bits_per_weight"] == pytest.approx(
+        report["metrics"]["student.bits_per_weight"]
+    )
+    assert run.data.metrics["student.bits_per_weight"] < 20  # 50% sparse fp32: well under 32
+    paths = {f.path for f in client.list_artifacts(run.info.run_id, "student")}
+    assert paths == {"student/student.ccz", "student/student.onnx"}
