@@ -94,6 +94,10 @@ def run(
         say("recording in MLflow")
         tracker.log_params(flatten(report.config))
         tracker.log_metrics(report.metrics())
+        for rec in report.passes:
+            tracker.log_metrics(
+                {f"pass.{k}": float(rec[k]) for k in _PASS_METRICS}, step=int(rec["index"])
+            )
         from ci_compress.reporting.render import write_reports
 
         paths = write_reports(report, out_dir)
@@ -117,6 +121,9 @@ def run(
         raise
 
 
+_PASS_METRICS = ("params_before", "params_after", "nonzero_before", "nonzero_after", "seconds")
+
+
 def _gate(loaded: LoadedConfig, out_dir: Path, ci: CIContext, say: Progress) -> Report:
     import torch
 
@@ -126,7 +133,7 @@ def _gate(loaded: LoadedConfig, out_dir: Path, ci: CIContext, say: Progress) -> 
     from ci_compress.evaluation.metrics import evaluate
     from ci_compress.evaluation.performance import latency_ms, model_memory_bytes
     from ci_compress.passes import PASSES
-    from ci_compress.passes.base import PassContext, count_parameters, run_pass
+    from ci_compress.passes.base import PassContext, apply_pass, count_parameters
 
     cfg = loaded.config
     rt = cfg.runtime
@@ -163,7 +170,8 @@ def _gate(loaded: LoadedConfig, out_dir: Path, ci: CIContext, say: Progress) -> 
             teacher=teacher.module,
         )
         torch.manual_seed(rt.seed + i)
-        records.append(run_pass(PASSES[pass_cfg.type], student, pass_cfg, ctx))
+        student, record = apply_pass(PASSES[pass_cfg.type], student, pass_cfg, ctx)
+        records.append(record)
     pass_history = [r.to_dict() for r in records]
 
     say("packing the student and reading it back")
