@@ -188,6 +188,10 @@ class ShipConfig(Strict):
         description="File name of the shipped student inside the report folder.",
     )
     zstd_level: int = Field(19, ge=1, le=22, description="zstandard level for the packed payload.")
+    export: tuple[Literal["torchscript", "onnx"], ...] = Field(
+        (),
+        description="Deployable exports written next to the shipped file and checked on the holdout: torchscript, onnx (needs the 'export' extra).",
+    )
 
 
 class RuntimeConfig(Strict):

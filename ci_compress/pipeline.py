@@ -104,6 +104,9 @@ def run(
         for key in ("report_json", "report_md"):
             tracker.log_artifact(paths[key])
         tracker.log_artifact(Path(report.student.file), "student")
+        for export in report.exports.values():
+            if export.get("status") == "ok":
+                tracker.log_artifact(Path(export["file"]), "student")
         if loaded.source is not None:
             tracker.log_artifact(loaded.source, "config")
         tracker.set_tags({"ci_compress.status": "done", "ci_compress.verdict": report.verdict})
@@ -126,7 +129,7 @@ def _gate(loaded: LoadedConfig, out_dir: Path, ci: CIContext, say: Progress) -> 
 
     from ci_compress.artifacts.data import load_dataset
     from ci_compress.artifacts.models import _factory, resolve_model
-    from ci_compress.artifacts.packing import load_packed, pack
+    from ci_compress.artifacts.packing import load_packed, pack, size_breakdown
     from ci_compress.evaluation.metrics import evaluate
     from ci_compress.evaluation.performance import latency_ms, model_memory_bytes
     from ci_compress.passes import PASSES
@@ -135,6 +138,11 @@ def _gate(loaded: LoadedConfig, out_dir: Path, ci: CIContext, say: Progress) -> 
     cfg = loaded.config
     rt = cfg.runtime
     set_determinism(rt.seed, rt.threads)
+
+    if cfg.ship.export:
+        from ci_compress.artifacts.export import check_available
+
+        check_available(cfg.ship.export)
 
     say("loading the model and the holdout")
     teacher = resolve_model(cfg.model, loaded.base_dir, out_dir / "downloads")
@@ -202,6 +210,7 @@ def _gate(loaded: LoadedConfig, out_dir: Path, ci: CIContext, say: Progress) -> 
             "sparsity": 1.0 - nonzero / params if params else 0.0,
             "latency_ms": lat[role],
             "memory_bytes": float(model_memory_bytes(model)),
+            "bits_per_weight": 8 * file_bytes / params if params else 0.0,
         }
         if m.agreement is not None:
             out["agreement"] = m.agreement
@@ -209,6 +218,26 @@ def _gate(loaded: LoadedConfig, out_dir: Path, ci: CIContext, say: Progress) -> 
 
     t_metrics = measure("teacher", teacher.module, teacher.file_bytes)
     s_metrics = measure("student", shipped, info.file_bytes)
+    size = size_breakdown(shipped, info)
+    size["teacher_file_bytes"] = teacher.file_bytes
+    exports: dict[str, Any] = {}
+    if cfg.ship.export:
+        from ci_compress.artifacts.export import export_all
+
+        say(f"exporting the student: {', '.join(cfg.ship.export)}")
+        exports = export_all(
+            shipped,
+            cfg.ship.export,
+            out_dir,
+            shipped_path.name.removesuffix(".ccz"),
+            x_lat,
+            lambda: holdout.batches(cfg.data.batch_size),
+        )
+        for fmt, e in exports.items():
+            if e["status"] == "ok":
+                s_metrics[f"{fmt}_agreement"] = e["agreement"]
+            else:
+                say(f"warning: {fmt} export skipped: {e['reason']}")
     flat = {f"teacher.{k}": v for k, v in t_metrics.items()} | {
         f"student.{k}": v for k, v in s_metrics.items()
     }
@@ -240,6 +269,8 @@ def _gate(loaded: LoadedConfig, out_dir: Path, ci: CIContext, say: Progress) -> 
             ci, rt.threads, rt.seed, __version__, _torch.__version__, numpy.__version__
         ),
         config=cfg.model_dump(mode="json"),
+        size=size,
+        exports=exports,
     )
 
 

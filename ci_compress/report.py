@@ -39,6 +39,8 @@ class Report:
     mlflow: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    size: dict[str, Any] = field(default_factory=dict)  # shipped-file breakdown, per layer
+    exports: dict[str, dict[str, Any]] = field(default_factory=dict)  # torchscript / onnx
 
     @property
     def passed(self) -> bool:
@@ -78,6 +80,8 @@ class Report:
             "mlflow": self.mlflow,
             "artifacts": self.artifacts,
             "warnings": self.warnings,
+            "size": self.size,
+            "exports": self.exports,
         }
 
 

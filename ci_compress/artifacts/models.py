@@ -102,7 +102,7 @@ def load_model_file(path: Path, source: ModelSource) -> LoadedModel:
     """Load a local model file as an eager ``nn.Module`` in eval mode."""
     import torch
 
-    from ci_compress.artifacts.packing import MAGIC, load_packed
+    from ci_compress.artifacts.packing import MAGIC, MAGICS, load_packed
 
     if not path.exists():
         raise ArtifactError(
@@ -128,7 +128,7 @@ def load_model_file(path: Path, source: ModelSource) -> LoadedModel:
         module.eval()
         return LoadedModel(module=module, path=path, file_bytes=size, sha256=digest, kind=kind)
 
-    if head == MAGIC:
+    if head in MAGICS or path.suffix == ".ccz":
         module, _ = load_packed(path, factory=factory)
         return done(module, "packed")
     if path.suffix == ".safetensors":

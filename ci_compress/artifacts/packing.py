@@ -2,16 +2,18 @@
 
 Layout of the file::
 
-    b"CCZPACK1" | manifest length (uint32, little-endian) | manifest (UTF-8 JSON) | payload
+    b"CCZPACK2" | manifest length (uint32, little-endian) | zstd(manifest JSON) | payload
 
 The payload is a zstandard frame holding one safetensors blob (no pickle anywhere).
-Tensors with many zeros are stored as a bit mask plus their nonzero values; int8
-quantized weights are stored as int8 plus per-channel scales. The manifest holds the
-format version, the architecture spec (module types and constructor arguments, see
+Each tensor is encoded by :mod:`ci_compress.artifacts.encoding` (bit-packed small
+integers, palettes, bitmask or index-delta sparse positions, Huffman or fixed-width
+symbol streams: whichever measures smaller). The manifest holds the format version,
+the architecture spec (module types and constructor arguments, see
 :mod:`ci_compress.artifacts.layers`), each tensor's encoding, the sha256 of the payload,
 the pass history and the library versions. The loader checks the magic, the lengths
-and the checksum before it decompresses anything, and bounds decompression by the size
-the manifest announces.
+and the checksum before it decompresses anything, bounds decompression by the size the
+manifest announces, and checks every stream while decoding. Version 1 files (plain
+JSON manifest, ``CCZPACK1``) are still read.
 
 The checksum catches corruption and truncation; it is not a signature (whoever can
 rewrite the file can rewrite the manifest). Pin the shipped file's sha256 (report.json
@@ -30,19 +32,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ci_compress.artifacts import layers
+from ci_compress.artifacts import encoding, layers
+from ci_compress.artifacts.encoding import Entropy
 from ci_compress.errors import ArtifactError
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-MAGIC = b"CCZPACK1"
+MAGIC = b"CCZPACK2"  # version 2: zstd-compressed manifest
+MAGIC_V1 = b"CCZPACK1"  # version 1: plain JSON manifest
+MAGICS = (MAGIC_V1, MAGIC)
+# Manifest entry keys that describe sizes only; kept in PackInfo, not written to the file.
+_INFO_ONLY = ("stored_bytes", "compressed_bytes", "streams")
 FORMAT = "ci-compress-packed"
-FORMAT_VERSION = 1
-SPARSE_MIN_ZERO_FRACTION = 0.25
-SPARSE_MIN_NUMEL = 64
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+# A payload may expand at most this much (and an announced size beyond it is refused
+# before anything is decompressed): a guard against decompression bombs.
+MAX_EXPANSION = 10_000
+MAX_RAW_FLOOR = 256 * 1024 * 1024
 
 
 @dataclass
@@ -53,6 +63,9 @@ class PackInfo:
     raw_bytes: int
     sha256: str  # of the whole file
     tensors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    manifest_bytes: int = 0
+    entropy: str = "auto"  # which payload variant shipped (auto, none, huffman)
+    payload_candidates: dict[str, int] = field(default_factory=dict)  # variant -> payload bytes
 
 
 # ---------------------------------------------------------------- describe / rebuild
@@ -144,61 +157,6 @@ def rebuild(
     return module
 
 
-# ---------------------------------------------------------------- tensor encodings
-
-
-def _encode(name: str, t: torch.Tensor, out: dict[str, torch.Tensor]) -> dict[str, Any]:
-    import numpy as np
-    import torch
-
-    t = t.detach().contiguous().cpu()
-    entry: dict[str, Any] = {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
-    numel = t.numel()
-    if numel >= SPARSE_MIN_NUMEL and t.dtype in (
-        torch.float32,
-        torch.float16,
-        torch.bfloat16,
-        torch.int8,
-    ):
-        nz = t.reshape(-1) != 0
-        zeros = numel - int(nz.sum())
-        if zeros / numel >= SPARSE_MIN_ZERO_FRACTION:
-            mask = np.packbits(nz.numpy().astype(np.uint8))
-            out[f"{name}::mask"] = torch.from_numpy(mask)
-            out[f"{name}::values"] = t.reshape(-1)[nz].contiguous()
-            entry["encoding"] = "bitmask"
-            return entry
-    out[name] = t
-    entry["encoding"] = "dense"
-    return entry
-
-
-def _decode(name: str, entry: dict[str, Any], raw: dict[str, torch.Tensor]) -> torch.Tensor:
-    import numpy as np
-    import torch
-
-    shape = tuple(int(s) for s in entry["shape"])
-    numel = int(np.prod(shape)) if shape else 1
-    if entry.get("encoding") == "dense":
-        t = raw[name]
-    elif entry.get("encoding") == "bitmask":
-        bits = np.unpackbits(raw[f"{name}::mask"].numpy())[:numel].astype(bool)
-        values = raw[f"{name}::values"]
-        if int(bits.sum()) != values.numel():
-            raise ArtifactError(f"tensor {name}: mask and values disagree (corrupt packed file)")
-        t = torch.zeros(numel, dtype=values.dtype)
-        t[torch.from_numpy(bits)] = values
-    else:
-        raise ArtifactError(f"tensor {name}: unknown encoding {entry.get('encoding')!r}")
-    if tuple(t.shape) != shape and t.numel() == numel:
-        t = t.reshape(shape)
-    if tuple(t.shape) != shape:
-        raise ArtifactError(
-            f"tensor {name}: shape {tuple(t.shape)} does not match the manifest {shape}"
-        )
-    return t
-
-
 # ---------------------------------------------------------------- file I/O
 
 
@@ -226,20 +184,34 @@ def pack(
     passes: list[dict[str, Any]] | None = None,
     factory: str | None = None,
     level: int = 19,
+    entropy: Entropy = "auto",
 ) -> PackInfo:
-    """Write ``model`` to ``path`` in the packed format (atomically) and describe it."""
+    """Write ``model`` to ``path`` in the packed format (atomically) and describe it.
+
+    ``entropy`` is ``auto`` (per symbol stream, Huffman or fixed width, whichever
+    measures smaller), ``none`` (never Huffman) or ``huffman`` (Huffman wherever it
+    applies); the last two exist to measure the choice.
+    """
     import zstandard
     from safetensors.torch import save as st_save
 
     tensors: dict[str, torch.Tensor] = {}
     arch = describe(model, tensors)
-    stored: dict[str, torch.Tensor] = {}
-    entries = {name: _encode(name, t, stored) for name, t in sorted(tensors.items())}
-    raw = st_save(stored)
-    payload = zstandard.ZstdCompressor(level=level, write_checksum=True).compress(raw)
-    for name, entry in entries.items():
-        keys = [name] if entry["encoding"] == "dense" else [f"{name}::mask", f"{name}::values"]
-        entry["stored_bytes"] = sum(stored[k].numel() * stored[k].element_size() for k in keys)
+    # Per-stream choices are measured on each stream alone, but zstd shares its tables
+    # across neighbouring streams in the payload; so with ``auto`` the whole payload is
+    # also built with Huffman nowhere and everywhere, and the smallest one ships.
+    tried: dict[str, tuple[int, dict[str, dict[str, Any]], bytes, int]] = {}
+    for mode in ("auto", "none", "huffman") if entropy == "auto" else (entropy,):
+        stored: dict[str, torch.Tensor] = {}
+        entries = {
+            name: encoding.encode(name, t, stored, level=level, entropy=mode)
+            for name, t in sorted(tensors.items())
+        }
+        raw = st_save(stored)
+        payload = zstandard.ZstdCompressor(level=level, write_checksum=True).compress(raw)
+        tried[mode] = (len(payload), entries, payload, len(raw))
+    chosen = min(tried, key=lambda m: tried[m][0])
+    _, entries, payload, raw_len = tried[chosen]
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -251,12 +223,17 @@ def pack(
             "container": "safetensors",
             "sha256": hashlib.sha256(payload).hexdigest(),
             "bytes": len(payload),
-            "raw_bytes": len(raw),
+            "raw_bytes": raw_len,
+            "entropy": chosen,
         },
         "passes": passes or [],
         "versions": library_versions(),
     }
-    head = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    manifest["tensors"] = {
+        n: {k: v for k, v in e.items() if k not in _INFO_ONLY} for n, e in entries.items()
+    }
+    text = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    head = zstandard.ZstdCompressor(level=level, write_checksum=True).compress(text)
     blob = MAGIC + struct.pack("<I", len(head)) + head + payload
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -272,9 +249,12 @@ def pack(
         path=path,
         file_bytes=len(blob),
         payload_bytes=len(payload),
-        raw_bytes=len(raw),
+        raw_bytes=raw_len,
         sha256=hashlib.sha256(blob).hexdigest(),
         tensors=entries,
+        manifest_bytes=len(head),
+        entropy=chosen,
+        payload_candidates={m: v[0] for m, v in tried.items()},
     )
 
 
@@ -286,7 +266,9 @@ def read_manifest(path: Path) -> tuple[dict[str, Any], bytes]:
         raise ArtifactError(f"packed model not found: {path}") from None
     except OSError as e:
         raise ArtifactError(f"cannot read packed model {path}: {e.strerror}") from None
-    if not blob.startswith(MAGIC):
+    if not blob.startswith(MAGICS):
+        if any(m.startswith(blob) for m in MAGICS):
+            raise ArtifactError(f"{path} is truncated (it ends inside the magic bytes)")
         raise ArtifactError(f"{path} is not a ci-compress packed file (bad magic bytes)")
     if len(blob) < len(MAGIC) + 4:
         raise ArtifactError(f"{path} is truncated (no manifest length)")
@@ -296,21 +278,38 @@ def read_manifest(path: Path) -> tuple[dict[str, Any], bytes]:
         raise ArtifactError(
             f"{path} is truncated or corrupt (manifest of {n} bytes does not fit in {len(blob)} bytes)"
         )
+    head = blob[start : start + n]
+    if blob.startswith(MAGIC):
+        import zstandard
+
+        try:
+            with zstandard.ZstdDecompressor().stream_reader(head) as reader:
+                head = reader.read(MAX_MANIFEST_BYTES + 1)
+        except zstandard.ZstdError as e:
+            raise ArtifactError(
+                f"{path}: cannot decompress the manifest ({e}); the file is corrupt"
+            ) from None
+        if len(head) > MAX_MANIFEST_BYTES:
+            raise ArtifactError(f"{path}: the manifest expands beyond {MAX_MANIFEST_BYTES} bytes")
     try:
-        manifest = json.loads(blob[start : start + n])
+        manifest = json.loads(head)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ArtifactError(
             f"{path}: the manifest is not valid JSON ({e}); the file is corrupt"
         ) from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArtifactError(f"{path}: not a ci-compress packed manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_VERSIONS:
         raise ArtifactError(
-            f"{path}: packed format version {manifest.get('format_version')!r}, this ci-compress reads {FORMAT_VERSION}",
+            f"{path}: packed format version {manifest.get('format_version')!r}, this ci-compress reads {', '.join(map(str, READABLE_VERSIONS))}",
             hint="use the ci-compress version that wrote the file",
         )
     payload = blob[start + n :]
-    info = manifest.get("payload", {})
+    info = manifest.get("payload")
+    if not isinstance(info, dict) or not isinstance(manifest.get("tensors"), dict):
+        raise ArtifactError(
+            f"{path}: the manifest has no payload or tensors section; the file is corrupt"
+        )
     if len(payload) != info.get("bytes"):
         raise ArtifactError(
             f"{path} is truncated: payload has {len(payload)} bytes, the manifest says {info.get('bytes')}"
@@ -326,33 +325,119 @@ def load_packed(
     path: Path, *, factory: Callable[[], nn.Module] | None = None
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a runnable model from a packed file, verifying it first."""
-    import zstandard
     from safetensors import SafetensorError
     from safetensors.torch import load as st_load
 
     manifest, payload = read_manifest(path)
-    raw_bytes = int(manifest["payload"].get("raw_bytes", 0))
-    try:
-        raw = zstandard.ZstdDecompressor().decompress(payload, max_output_size=raw_bytes)
-    except zstandard.ZstdError as e:
-        raise ArtifactError(
-            f"{path}: cannot decompress the payload ({e}); the file is corrupt"
-        ) from None
-    if len(raw) != raw_bytes:
-        raise ArtifactError(
-            f"{path}: payload decompressed to {len(raw)} bytes, the manifest says {raw_bytes}"
-        )
+    raw = _decompress(path, payload, manifest["payload"].get("raw_bytes"))
     try:
         stored = st_load(raw)
     except (SafetensorError, ValueError) as e:
         raise ArtifactError(f"{path}: the tensor payload is unreadable ({e})") from None
     try:
         tensors = {
-            name: _decode(name, entry, stored) for name, entry in manifest["tensors"].items()
+            name: encoding.decode(name, entry, stored)
+            for name, entry in manifest["tensors"].items()
         }
     except KeyError as e:
-        raise ArtifactError(f"{path}: tensor {e} is missing from the payload") from None
+        raise ArtifactError(f"{path}: tensor stream {e} is missing from the payload") from None
+    except ArtifactError as e:
+        raise ArtifactError(f"{path}: {e.message}", hint=e.hint) from None
     factory_model = factory() if factory is not None else None
     model = rebuild(manifest["architecture"], tensors, factory_model)
     model.eval()
     return model, manifest
+
+
+def _decompress(path: Path, payload: bytes, raw_bytes: Any) -> bytes:
+    """Decompress the payload, never producing more than the manifest announces."""
+    import zstandard
+
+    if not isinstance(raw_bytes, int) or isinstance(raw_bytes, bool) or raw_bytes < 0:
+        raise ArtifactError(f"{path}: the manifest's payload.raw_bytes is not a byte count")
+    if raw_bytes > max(MAX_RAW_FLOOR, MAX_EXPANSION * len(payload)):
+        raise ArtifactError(
+            f"{path}: the payload claims to expand from {len(payload)} to {raw_bytes} bytes; "
+            "refused as a likely decompression bomb"
+        )
+    chunks: list[bytes] = []
+    got = 0
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(payload) as reader:
+            while got <= raw_bytes:
+                chunk = reader.read(min(1 << 20, raw_bytes + 1 - got))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                got += len(chunk)
+    except zstandard.ZstdError as e:
+        raise ArtifactError(
+            f"{path}: cannot decompress the payload ({e}); the file is corrupt"
+        ) from None
+    if got != raw_bytes:
+        raise ArtifactError(
+            f"{path}: payload decompressed to {f'more than {raw_bytes}' if got > raw_bytes else got} bytes, "
+            f"the manifest says {raw_bytes}; the file is corrupt or was tampered with"
+        )
+    return b"".join(chunks)
+
+
+def size_breakdown(model: nn.Module, info: PackInfo) -> dict[str, Any]:
+    """Where the shipped bytes go: totals from the real file, and one row per module.
+
+    Per module: parameters and nonzero parameters (quantized weights counted as their
+    float values), the encodings of its tensors, ``stored_bytes`` (its streams before
+    zstd) and ``compressed_bytes``: its streams zstd-compressed **alone**, an estimate
+    (the payload is compressed as a whole, so rows need not add up to the payload).
+    """
+    rows: list[dict[str, Any]] = []
+    for mod_name, module in model.named_modules():
+        prefix = f"{mod_name}." if mod_name else ""
+        own = {
+            n[len(prefix) :]: e
+            for n, e in info.tensors.items()
+            if n.startswith(prefix) and "." not in n[len(prefix) :]
+        }
+        if not own:
+            continue
+        params = nonzero = 0
+        for _, t in layers.learned_tensors(module):
+            params += t.numel()
+            nonzero += int((t != 0).sum())
+        rows.append(
+            {
+                "module": mod_name or "<root>",
+                "type": type(module).__name__,
+                "parameters": params,
+                "nonzero": nonzero,
+                "encodings": {n: _describe_entry(e) for n, e in sorted(own.items())},
+                "stored_bytes": sum(int(e.get("stored_bytes", 0)) for e in own.values()),
+                "compressed_bytes": sum(int(e.get("compressed_bytes", 0)) for e in own.values()),
+            }
+        )
+    return {
+        "file_bytes": info.file_bytes,
+        "header_bytes": len(MAGIC) + 4 + info.manifest_bytes,
+        "payload_bytes": info.payload_bytes,
+        "payload_raw_bytes": info.raw_bytes,
+        "entropy": info.entropy,
+        "payload_candidates": info.payload_candidates,
+        "layers": rows,
+        "note": "layers[].compressed_bytes: each module's tensors compressed alone (an estimate); "
+        "file_bytes is the real shipped file",
+    }
+
+
+def _describe_entry(e: dict[str, Any]) -> str:
+    """A short human form of a tensor's encoding, e.g. ``sparse(delta4+huffman) bitpack4``."""
+
+    def stream(m: dict[str, Any]) -> str:
+        bits = m.get("bits")
+        return f"{m.get('codec')}{bits if m.get('codec') != 'raw' and bits else ''}" + (
+            "+huffman" if m.get("entropy") == "huffman" else ""
+        )
+
+    values = e.get("values", {})
+    if e.get("encoding") == "sparse":
+        return f"sparse({stream(e.get('positions', {}))}) {stream(values)} {e.get('dtype')}"
+    return f"dense {stream(values)} {e.get('dtype')}"

@@ -15,6 +15,8 @@ ROWS: list[tuple[str, str, str]] = [
     ("accuracy", "top-1 accuracy", "pct"),
     ("agreement", "agreement with teacher", "pct"),
     ("file_bytes", "shipped file (bytes)", "int"),
+    ("bits_per_weight", "bits per weight (file)", "f2"),
+    ("onnx_agreement", "ONNX export agreement", "pct"),
     ("parameters", "parameters", "int"),
     ("nonzero_parameters", "nonzero parameters", "int"),
     ("sparsity", "sparsity", "pct"),
@@ -32,6 +34,8 @@ def _fmt(v: Any, kind: str) -> str:
         return f"{int(v):,}"
     if kind == "ms":
         return f"{float(v):.3f}"
+    if kind == "f2":
+        return f"{float(v):.2f}"
     return str(v)
 
 

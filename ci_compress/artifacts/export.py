@@ -1,0 +1,180 @@
+"""Deployable exports of the shipped student: TorchScript and ONNX, next to the .ccz.
+
+The exports are made from the model rebuilt from the packed file (what ships), and
+checked: each is loaded back and run on the holdout, and its top-1 agreement with the
+PyTorch student is reported (``student.onnx_agreement``). A model that a format cannot
+express (torch.ao's dynamic int8 Linear has no ONNX export) is reported as skipped with
+the exporter's reason; it does not fail the gate.
+
+ONNX needs the optional extra ``export`` (``pip install 'ci-compress[export]'``:
+onnx, onnxruntime, onnxscript); asking for it without the extra is a config error. The
+legacy TorchScript-based ONNX exporter (``dynamo=False``) is used: it handles the eager
+modules ci-compress builds without tracing through torch.export.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ci_compress.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+FORMATS = ("torchscript", "onnx")
+SUFFIX = {"torchscript": ".ts.pt", "onnx": ".onnx"}
+ONNX_MODULES = ("onnx", "onnxruntime", "onnxscript")
+
+
+def check_available(formats: Sequence[str]) -> None:
+    """Fail early (exit 2) when an export is asked for without its optional extra."""
+    if "onnx" in formats:
+        missing = []
+        for name in ONNX_MODULES:
+            try:
+                importlib.import_module(name)
+            except ImportError:
+                missing.append(name)
+        if missing:
+            raise ConfigError(
+                f"onnx export needs {', '.join(missing)}, which is not installed",
+                path="ship.export",
+                hint="pip install 'ci-compress[export]', or remove onnx from ship.export",
+            )
+
+
+def export_all(
+    model: nn.Module,
+    formats: Sequence[str],
+    out_dir: Path,
+    stem: str,
+    example: torch.Tensor,
+    batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+) -> dict[str, dict[str, Any]]:
+    """Write each requested export and check it against ``model`` on ``batches``."""
+    out: dict[str, dict[str, Any]] = {}
+    for fmt in formats:
+        path = out_dir / f"{stem}{SUFFIX[fmt]}"
+        path.unlink(missing_ok=True)
+        try:
+            run = (
+                _torchscript(model, example, path)
+                if fmt == "torchscript"
+                else _onnx(model, example, path)
+            )
+        except Exception as e:  # the exporters raise many unrelated types
+            path.unlink(missing_ok=True)
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            out[fmt] = {"status": "skipped", "reason": f"{type(e).__name__}: {reason}"}
+            continue
+        agree, total, max_diff = _agreement(model, run, batches)
+        out[fmt] = {
+            "status": "ok",
+            "file": str(path),
+            "file_bytes": path.stat().st_size,
+            "agreement": agree / total if total else 0.0,
+            "samples": total,
+            "max_abs_diff": max_diff,
+        }
+    return out
+
+
+def _torchscript(
+    model: nn.Module, example: torch.Tensor, path: Path
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, example, check_trace=False)  # type: ignore[no-untyped-call]
+        torch.jit.save(traced, str(path))
+        loaded = torch.jit.load(str(path))  # type: ignore[no-untyped-call]
+    loaded.eval()
+    return loaded  # type: ignore[no-any-return]
+
+
+def _onnx(
+    model: nn.Module, example: torch.Tensor, path: Path
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    import onnx
+    import onnxruntime
+    import torch
+
+    quantized = sorted(
+        {
+            type(m).__qualname__
+            for m in model.modules()
+            if type(m).__module__.startswith("torch.ao.nn.quantized")
+        }
+    )
+    if quantized:
+        raise NotImplementedError(
+            f"torch.ao int8 modules ({', '.join(quantized)}) have no ONNX operator "
+            "(quantized::linear_dynamic); export a student without the quantize pass, or use torchscript"
+        )
+    # the legacy exporter prints the whole graph on failure; keep stdout for the report
+    with warnings.catch_warnings(), _quiet_stdout():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=False,
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+        )
+    onnx.checker.check_model(str(path))
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        (y,) = session.run(["output"], {"input": x.numpy()})
+        return torch.from_numpy(y)
+
+    return run
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """Silence stdout at the file-descriptor level (C++ code prints there too)."""
+    import os
+    import sys
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            with contextlib.redirect_stdout(io.StringIO()):
+                yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _agreement(
+    model: nn.Module,
+    run: Callable[[torch.Tensor], torch.Tensor],
+    batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+) -> tuple[int, int, float]:
+    import torch
+
+    agree = total = 0
+    max_diff = 0.0
+    with torch.inference_mode():
+        for x, _ in batches():
+            a, b = model(x), run(x)
+            agree += int((a.argmax(1) == b.argmax(1)).sum())
+            total += len(x)
+            max_diff = max(max_diff, float((a - b).abs().max()))
+    return agree, total, max_diff
