@@ -26,7 +26,7 @@ class ModelSummary:
 
 @dataclass
 class Report:
-    verdict: str  # pass | fail
+    verdict: str  # pass | fail | inconclusive
     gate: GateResult
     teacher: ModelSummary
     student: ModelSummary
@@ -39,10 +39,17 @@ class Report:
     mlflow: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # The paired statistics of the accuracy drop (evaluation.statistics.PairedStatistics)
+    statistics: dict[str, Any] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
         return self.gate.passed
+
+    @property
+    def exit_code(self) -> int:
+        """0 pass, 1 gate failed, 5 inconclusive (when thresholds.inconclusive: fail)."""
+        return self.gate.exit_code
 
     def metrics(self) -> dict[str, float]:
         """Flat metric names, as logged to MLflow."""
@@ -78,4 +85,5 @@ class Report:
             "mlflow": self.mlflow,
             "artifacts": self.artifacts,
             "warnings": self.warnings,
+            "statistics": self.statistics,
         }

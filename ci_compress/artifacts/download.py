@@ -12,22 +12,14 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from ci_compress.errors import ArtifactError, ConfigError, InfraError
+from ci_compress.redaction import redact_url
+
+__all__ = ["download", "redact_url"]
 
 CHUNK = 1 << 20
-
-
-def redact_url(url: str) -> str:
-    """The URL with any user:password@ part replaced, for messages and logs."""
-    parts = urlsplit(url)
-    if not (parts.username or parts.password):
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"***@{host}"))
 
 
 def download(
