@@ -117,6 +117,9 @@ class MlflowTracker:
     def __init__(self, uri: str, *, artifact_root: Path | None = None) -> None:
         for k, v in FAST_FAIL_ENV.items():
             os.environ.setdefault(k, v)
+        # MLflow prints "View run ... at: <tracking URI>" to stdout when a run ends:
+        # that corrupts `--json` output and prints URL credentials. Never let it.
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 
         self.uri = uri
         self.shown_uri = redact_url(uri)
@@ -218,7 +221,10 @@ class MlflowTracker:
     def end_run(self, status: str) -> None:
         if self.run_id is None:
             return
-        with self._errors("finish the run"):
+        import contextlib
+        import io
+
+        with self._errors("finish the run"), contextlib.redirect_stdout(io.StringIO()):
             self.client.set_terminated(self.run_id, status=status)
 
     def run_url(self) -> str | None:
