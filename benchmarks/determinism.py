@@ -46,7 +46,17 @@ def main() -> int:
         out = wd / f"run{i:02d}"
         t0 = time.perf_counter()
         proc = subprocess.run(
-            [sys.executable, "-m", "ci_compress", "run", "-c", str(gate), "-q", "--report-dir", str(out)],
+            [
+                sys.executable,
+                "-m",
+                "ci_compress",
+                "run",
+                "-c",
+                str(gate),
+                "-q",
+                "--report-dir",
+                str(out),
+            ],
             capture_output=True,
             text=True,
             cwd=REPO,
@@ -62,7 +72,9 @@ def main() -> int:
                 "drop": f"{d['delta.accuracy_drop_points']:.4f}",
                 "interval": f"[{d['delta.accuracy_drop_ci_low']:.4f}, {d['delta.accuracy_drop_ci_high']:.4f}]",
                 "student sha256": report["student"]["sha256"][:12],
-                "report sha256 (no timings)": hashlib.sha256(canonical(report).encode()).hexdigest()[:12],
+                "report sha256 (no timings)": hashlib.sha256(
+                    canonical(report).encode()
+                ).hexdigest()[:12],
                 "teacher ms": f"{report['teacher']['metrics']['latency_ms']:.4f}",
                 "student ms": f"{report['student']['metrics']['latency_ms']:.4f}",
                 "wall s": f"{seconds:.1f}",
@@ -74,7 +86,10 @@ def main() -> int:
     print("  ".join("-" * width[c] for c in cols))
     for r in rows:
         print("  ".join(str(r[c]).ljust(width[c]) for c in cols))
-    same = {c: len({r[c] for r in rows}) == 1 for c in ("exit", "verdict", "student sha256", "report sha256 (no timings)")}
+    same = {
+        c: len({r[c] for r in rows}) == 1
+        for c in ("exit", "verdict", "student sha256", "report sha256 (no timings)")
+    }
     print()
     for c, ok in same.items():
         print(f"{c}: {'identical in all' if ok else 'DIFFERS across'} {len(rows)} runs")

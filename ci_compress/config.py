@@ -170,7 +170,10 @@ class Thresholds(Strict):
         description="What an inconclusive confident gate does: fail blocks (exit 5), warn passes with a warning, pass passes.",
     )
     bootstrap_resamples: int = Field(
-        10_000, ge=100, le=1_000_000, description="Paired bootstrap resamples (seeded by runtime.seed)."
+        10_000,
+        ge=100,
+        le=1_000_000,
+        description="Paired bootstrap resamples (seeded by runtime.seed).",
     )
 
     def active(self) -> dict[str, float]:

@@ -201,7 +201,9 @@ def decide(
             )
         )
     outcomes = {c.outcome for c in checks}
-    verdict = "fail" if "fail" in outcomes else "inconclusive" if "inconclusive" in outcomes else "pass"
+    verdict = (
+        "fail" if "fail" in outcomes else "inconclusive" if "inconclusive" in outcomes else "pass"
+    )
     passed = verdict == "pass" or (verdict == "inconclusive" and inconclusive in ("pass", "warn"))
     return GateResult(
         passed=passed,

@@ -7,6 +7,7 @@ packed file, never the in-memory copy the passes produced.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import platform
@@ -34,10 +35,9 @@ def set_determinism(seed: int, threads: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
-    try:  # may only be set before any inter-op parallel work has started
+    # may only be set before any inter-op parallel work has started
+    with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(threads)
-    except RuntimeError:
-        pass
     torch.use_deterministic_algorithms(True, warn_only=True)
     if hasattr(torch.backends, "cudnn"):
         torch.backends.cudnn.benchmark = False

@@ -51,7 +51,9 @@ def _handler(server: LocalServer) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args: object) -> None:  # quiet
             return None
 
-        def _send(self, code: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        def _send(
+            self, code: int, body: bytes = b"", headers: dict[str, str] | None = None
+        ) -> None:
             self.send_response(code)
             hdrs = {"Content-Length": str(len(body)), **(headers or {})}
             for k, v in hdrs.items():
@@ -61,7 +63,7 @@ def _handler(server: LocalServer) -> type[BaseHTTPRequestHandler]:
             if body:
                 self.wfile.write(body)
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        def do_GET(self) -> None:
             server.hits[self.path] += 1
             parts = self.path.lstrip("/").split("/", 1)
             kind, rest = parts[0], parts[1] if len(parts) > 1 else ""

@@ -299,9 +299,7 @@ def dead_port_url(env: Env) -> dict[str, Any]:
 
 def mlflow_down(env: Env) -> dict[str, Any]:
     env.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    return base_config(
-        mlflow={"enabled": True, "tracking_uri": f"http://127.0.0.1:{free_port()}"}
-    )
+    return base_config(mlflow={"enabled": True, "tracking_uri": f"http://127.0.0.1:{free_port()}"})
 
 
 def missing_env_var(env: Env) -> dict[str, Any]:
@@ -325,74 +323,354 @@ CASES = [
     Case("yaml-tab-indent", yaml_text("version: 1\nmodel:\n\tpath: x\n"), 2, "line 3"),
     Case("config-empty", yaml_text(""), 2, "the config is empty"),
     Case("config-is-a-list", yaml_text("- a\n- b\n"), 2, "top level must be a mapping"),
-    Case("unknown-top-key", yaml_text(GOOD_YAML.replace("thresholds:", "threshold:")), 2, "did you mean 'thresholds'"),
-    Case("unknown-threshold-key", cfg(thresholds={"max_acuracy_drop": 1}), 2, "thresholds.max_acuracy_drop: unknown key; did you mean 'max_accuracy_drop'"),
-    Case("unknown-pass-option", cfg(passes=[{"type": "prune", "amout": 0.5}]), 2, "passes[0].amout: unknown key; did you mean 'amount'"),
-    Case("wrong-type-threshold", cfg(thresholds={"max_accuracy_drop": "a lot"}), 2, "thresholds.max_accuracy_drop"),
-    Case("threshold-negative", cfg(thresholds={"max_accuracy_drop": -1}), 2, "thresholds.max_accuracy_drop: must be in [0, 100], got -1"),
-    Case("relative-threshold-over-1", cfg(thresholds={"max_relative_accuracy_drop": 2}), 2, "thresholds.max_relative_accuracy_drop: must be in [0, 1]"),
+    Case(
+        "unknown-top-key",
+        yaml_text(GOOD_YAML.replace("thresholds:", "threshold:")),
+        2,
+        "did you mean 'thresholds'",
+    ),
+    Case(
+        "unknown-threshold-key",
+        cfg(thresholds={"max_acuracy_drop": 1}),
+        2,
+        "thresholds.max_acuracy_drop: unknown key; did you mean 'max_accuracy_drop'",
+    ),
+    Case(
+        "unknown-pass-option",
+        cfg(passes=[{"type": "prune", "amout": 0.5}]),
+        2,
+        "passes[0].amout: unknown key; did you mean 'amount'",
+    ),
+    Case(
+        "wrong-type-threshold",
+        cfg(thresholds={"max_accuracy_drop": "a lot"}),
+        2,
+        "thresholds.max_accuracy_drop",
+    ),
+    Case(
+        "threshold-negative",
+        cfg(thresholds={"max_accuracy_drop": -1}),
+        2,
+        "thresholds.max_accuracy_drop: must be in [0, 100], got -1",
+    ),
+    Case(
+        "relative-threshold-over-1",
+        cfg(thresholds={"max_relative_accuracy_drop": 2}),
+        2,
+        "thresholds.max_relative_accuracy_drop: must be in [0, 1]",
+    ),
     Case("no-threshold", cfg(thresholds={}), 2, "thresholds: set at least one threshold"),
-    Case("confidence-out-of-range", cfg(thresholds={"max_accuracy_drop": 1, "decision": "confident", "confidence": 1.5}), 2, "thresholds.confidence: must be in (0.5, 1)"),
-    Case("unknown-decision-rule", cfg(thresholds={"max_accuracy_drop": 1, "decision": "vibes"}), 2, "thresholds.decision: must be one of 'point' or 'confident'"),
-    Case("unknown-pass", cfg(passes=[{"type": "prun", "amount": 0.5}]), 2, "passes[0].type: unknown pass 'prun'; did you mean 'prune'"),
-    Case("pass-amount-out-of-range", cfg(passes=[{"type": "prune", "amount": 1.5}]), 2, "passes[0].amount: must be in [0, 1), got 1.5"),
-    Case("prune-amount-and-threshold", cfg(passes=[{"type": "prune", "amount": 0.5, "threshold": 0.1}]), 2, "passes[0]: give exactly one of amount or threshold"),
-    Case("two-quantize-passes", cfg(passes=[{"type": "quantize"}, {"type": "quantize"}]), 2, "passes[1]: passes[1] (quantize) quantizes again layers that passes[0]"),
-    Case("prune-after-quantize", cfg(passes=[{"type": "quantize"}, {"type": "prune", "amount": 0.5}]), 2, "passes[1]: passes[1] (prune) prunes layers that passes[0] (quantize)"),
-    Case("include-matches-nothing", cfg(passes=[{"type": "prune", "amount": 0.5, "include": ["classifier"]}]), 2, "passes[0].include: pattern 'classifier' matches no"),
-    Case("bad-include-regex", cfg(passes=[{"type": "prune", "amount": 0.5, "include": ["re:(("]}]), 2, "passes[0].include: bad regular expression"),
+    Case(
+        "confidence-out-of-range",
+        cfg(thresholds={"max_accuracy_drop": 1, "decision": "confident", "confidence": 1.5}),
+        2,
+        "thresholds.confidence: must be in (0.5, 1)",
+    ),
+    Case(
+        "unknown-decision-rule",
+        cfg(thresholds={"max_accuracy_drop": 1, "decision": "vibes"}),
+        2,
+        "thresholds.decision: must be one of 'point' or 'confident'",
+    ),
+    Case(
+        "unknown-pass",
+        cfg(passes=[{"type": "prun", "amount": 0.5}]),
+        2,
+        "passes[0].type: unknown pass 'prun'; did you mean 'prune'",
+    ),
+    Case(
+        "pass-amount-out-of-range",
+        cfg(passes=[{"type": "prune", "amount": 1.5}]),
+        2,
+        "passes[0].amount: must be in [0, 1), got 1.5",
+    ),
+    Case(
+        "prune-amount-and-threshold",
+        cfg(passes=[{"type": "prune", "amount": 0.5, "threshold": 0.1}]),
+        2,
+        "passes[0]: give exactly one of amount or threshold",
+    ),
+    Case(
+        "two-quantize-passes",
+        cfg(passes=[{"type": "quantize"}, {"type": "quantize"}]),
+        2,
+        "passes[1]: passes[1] (quantize) quantizes again layers that passes[0]",
+    ),
+    Case(
+        "prune-after-quantize",
+        cfg(passes=[{"type": "quantize"}, {"type": "prune", "amount": 0.5}]),
+        2,
+        "passes[1]: passes[1] (prune) prunes layers that passes[0] (quantize)",
+    ),
+    Case(
+        "include-matches-nothing",
+        cfg(passes=[{"type": "prune", "amount": 0.5, "include": ["classifier"]}]),
+        2,
+        "passes[0].include: pattern 'classifier' matches no",
+    ),
+    Case(
+        "bad-include-regex",
+        cfg(passes=[{"type": "prune", "amount": 0.5, "include": ["re:(("]}]),
+        2,
+        "passes[0].include: bad regular expression",
+    ),
     Case("config-version-2", cfg(version=2), 2, "version: unsupported config version 2"),
-    Case("model-two-sources", cfg(model=model(path=TEACHER, uri="models:/m@prod")), 2, "model: give exactly one of path, url, uri"),
-    Case("url-without-sha256", cfg(model=model(url="https://example.invalid/m.safetensors")), 2, "model: url needs sha256"),
-    Case("sha256-not-hex", cfg(model=model(path=TEACHER, sha256="abc")), 2, "model.sha256: 'abc' is not of the expected form"),
-    Case("factory-bad-form", cfg(model={"path": TEACHER, "factory": "no_colon"}), 2, "model.factory: 'no_colon' is not of the expected form"),
-    Case("factory-not-importable", cfg(model={"path": TEACHER, "factory": "no_such_pkg.models:f"}), 2, "model.factory: cannot import 'no_such_pkg.models'"),
-    Case("env-var-missing", missing_env_var, 2, "mlflow.tracking_uri: environment variable CI_COMPRESS_NO_SUCH_VAR is not set"),
-    Case("url-plain-http", cfg(model=model(url="http://127.0.0.1:9/m.safetensors", sha256="0" * 64)), 2, "model.url: refusing plain http download"),
-    Case("url-ftp-scheme", cfg(model=model(url="ftp://127.0.0.1/m.safetensors", sha256="0" * 64)), 2, "model.url: unsupported URL scheme 'ftp'"),
+    Case(
+        "model-two-sources",
+        cfg(model=model(path=TEACHER, uri="models:/m@prod")),
+        2,
+        "model: give exactly one of path, url, uri",
+    ),
+    Case(
+        "url-without-sha256",
+        cfg(model=model(url="https://example.invalid/m.safetensors")),
+        2,
+        "model: url needs sha256",
+    ),
+    Case(
+        "sha256-not-hex",
+        cfg(model=model(path=TEACHER, sha256="abc")),
+        2,
+        "model.sha256: 'abc' is not of the expected form",
+    ),
+    Case(
+        "factory-bad-form",
+        cfg(model={"path": TEACHER, "factory": "no_colon"}),
+        2,
+        "model.factory: 'no_colon' is not of the expected form",
+    ),
+    Case(
+        "factory-not-importable",
+        cfg(model={"path": TEACHER, "factory": "no_such_pkg.models:f"}),
+        2,
+        "model.factory: cannot import 'no_such_pkg.models'",
+    ),
+    Case(
+        "env-var-missing",
+        missing_env_var,
+        2,
+        "mlflow.tracking_uri: environment variable CI_COMPRESS_NO_SUCH_VAR is not set",
+    ),
+    Case(
+        "url-plain-http",
+        cfg(model=model(url="http://127.0.0.1:9/m.safetensors", sha256="0" * 64)),
+        2,
+        "model.url: refusing plain http download",
+    ),
+    Case(
+        "url-ftp-scheme",
+        cfg(model=model(url="ftp://127.0.0.1/m.safetensors", sha256="0" * 64)),
+        2,
+        "model.url: unsupported URL scheme 'ftp'",
+    ),
     # -- model artifacts: exit 3
     Case("model-missing", cfg(model=model(path="nope.safetensors")), 3, "model file not found:"),
-    Case("model-is-folder", lambda env: (env.wd / "dir.pt").mkdir() or base_config(model=model(path="dir.pt")), 3, "model.path is a folder"),
-    Case("safetensors-empty", with_model_file("m.safetensors", write(b"")), 3, "model file is empty:"),
-    Case("safetensors-truncated", with_model_file("m.safetensors", truncated_teacher), 3, "m.safetensors is not a readable safetensors file"),
-    Case("safetensors-wrong-format", with_model_file("m.safetensors", write(b"this is a text file\n")), 3, "m.safetensors is not a readable safetensors file"),
-    Case("safetensors-tampered-header", with_model_file("m.safetensors", tampered_safetensors), 3, "m.safetensors is not a readable safetensors file"),
-    Case("sha256-mismatch-local", with_model_file("m.safetensors", lambda env, p: shutil.copy(env.wd / TEACHER, p), sha256="0" * 64), 3, "model.sha256 expects 0000"),
-    Case("pt-garbage", with_model_file("m.pt", write(b"hello, this is not a checkpoint")), 3, "m.pt is not a model file ci-compress can read"),
-    Case("pt-truncated", with_model_file("m.pt", truncated(torch_state_dict)), 3, "m.pt is not a model file ci-compress can read"),
-    Case("torchscript-truncated", with_model_file("m.pt", truncated(torchscript)), 3, "m.pt is not a model file ci-compress can read"),
-    Case("torchscript-tampered", with_model_file("m.pt", tampered_torchscript), 3, "m.pt is corrupt or was tampered with: the checksum of"),
+    Case(
+        "model-is-folder",
+        lambda env: (env.wd / "dir.pt").mkdir() or base_config(model=model(path="dir.pt")),
+        3,
+        "model.path is a folder",
+    ),
+    Case(
+        "safetensors-empty", with_model_file("m.safetensors", write(b"")), 3, "model file is empty:"
+    ),
+    Case(
+        "safetensors-truncated",
+        with_model_file("m.safetensors", truncated_teacher),
+        3,
+        "m.safetensors is not a readable safetensors file",
+    ),
+    Case(
+        "safetensors-wrong-format",
+        with_model_file("m.safetensors", write(b"this is a text file\n")),
+        3,
+        "m.safetensors is not a readable safetensors file",
+    ),
+    Case(
+        "safetensors-tampered-header",
+        with_model_file("m.safetensors", tampered_safetensors),
+        3,
+        "m.safetensors is not a readable safetensors file",
+    ),
+    Case(
+        "sha256-mismatch-local",
+        with_model_file(
+            "m.safetensors", lambda env, p: shutil.copy(env.wd / TEACHER, p), sha256="0" * 64
+        ),
+        3,
+        "model.sha256 expects 0000",
+    ),
+    Case(
+        "pt-garbage",
+        with_model_file("m.pt", write(b"hello, this is not a checkpoint")),
+        3,
+        "m.pt is not a model file ci-compress can read",
+    ),
+    Case(
+        "pt-truncated",
+        with_model_file("m.pt", truncated(torch_state_dict)),
+        3,
+        "m.pt is not a model file ci-compress can read",
+    ),
+    Case(
+        "torchscript-truncated",
+        with_model_file("m.pt", truncated(torchscript)),
+        3,
+        "m.pt is not a model file ci-compress can read",
+    ),
+    Case(
+        "torchscript-tampered",
+        with_model_file("m.pt", tampered_torchscript),
+        3,
+        "m.pt is corrupt or was tampered with: the checksum of",
+    ),
     Case("ccz-truncated", with_model_file("m.ccz", truncated(packed)), 3, "m.ccz is truncated"),
-    Case("ccz-tampered-payload", with_model_file("m.ccz", packed_tampered), 3, "m.ccz: payload sha256 does not match the manifest"),
-    Case("ccz-bad-magic", with_model_file("m.ccz", packed_bad_magic), 3, "m.ccz is not a model file ci-compress can read"),
-    Case("pickle-that-runs-code", with_model_file("m.pt", code_pickle), 3, "m.pt is a pickle that needs arbitrary code to load (it references io.open); refused"),
-    Case("pickled-module", with_model_file("m.pt", pickled_module, factory=None), 3, "m.pt is a pickle that needs arbitrary code to load (it references torch.nn.modules.container.Sequential); refused"),
-    Case("state-dict-does-not-fit", with_model_file("m.safetensors", lambda env, p: shutil.copy(env.wd / TEACHER, p), factory_kwargs={"hidden": [32]}), 3, "the state_dict in"),
-    Case("state-dict-without-factory", cfg(model={"path": TEACHER}), 3, "is a state_dict: ci-compress needs the architecture"),
+    Case(
+        "ccz-tampered-payload",
+        with_model_file("m.ccz", packed_tampered),
+        3,
+        "m.ccz: payload sha256 does not match the manifest",
+    ),
+    Case(
+        "ccz-bad-magic",
+        with_model_file("m.ccz", packed_bad_magic),
+        3,
+        "m.ccz is not a model file ci-compress can read",
+    ),
+    Case(
+        "pickle-that-runs-code",
+        with_model_file("m.pt", code_pickle),
+        3,
+        "m.pt is a pickle that needs arbitrary code to load (it references io.open); refused",
+    ),
+    Case(
+        "pickled-module",
+        with_model_file("m.pt", pickled_module, factory=None),
+        3,
+        "m.pt is a pickle that needs arbitrary code to load (it references torch.nn.modules.container.Sequential); refused",
+    ),
+    Case(
+        "state-dict-does-not-fit",
+        with_model_file(
+            "m.safetensors",
+            lambda env, p: shutil.copy(env.wd / TEACHER, p),
+            factory_kwargs={"hidden": [32]},
+        ),
+        3,
+        "the state_dict in",
+    ),
+    Case(
+        "state-dict-without-factory",
+        cfg(model={"path": TEACHER}),
+        3,
+        "is a state_dict: ci-compress needs the architecture",
+    ),
     Case("model-nan-weight", with_model_file("m.safetensors", nan_weight), 3, "the model in"),
-    Case("model-outputs-nan", nan_output_model, 3, "the teacher model produced NaN or infinite outputs on data.holdout"),
+    Case(
+        "model-outputs-nan",
+        nan_output_model,
+        3,
+        "the teacher model produced NaN or infinite outputs on data.holdout",
+    ),
     # -- holdout data: exit 3
-    Case("data-missing", cfg(data={"holdout": {"path": "nope.npz"}}), 3, "data.holdout.path: file not found"),
-    Case("data-unsupported-suffix", lambda env: (env.wd / "h.csv").write_text("1,2\n") and base_config(data={"holdout": {"path": "h.csv"}}), 3, "data.holdout.path: unsupported data file h.csv"),
-    Case("data-wrong-shape", bad_x(lambda x: x[:, :32]), 3, "the teacher model failed on data.holdout"),
-    Case("data-int-dtype", bad_x(lambda x: (x * 16).astype(np.int64)), 3, "data.holdout: x has dtype torch.int64, expected floating point"),
+    Case(
+        "data-missing",
+        cfg(data={"holdout": {"path": "nope.npz"}}),
+        3,
+        "data.holdout.path: file not found",
+    ),
+    Case(
+        "data-unsupported-suffix",
+        lambda env: (
+            (env.wd / "h.csv").write_text("1,2\n")
+            and base_config(data={"holdout": {"path": "h.csv"}})
+        ),
+        3,
+        "data.holdout.path: unsupported data file h.csv",
+    ),
+    Case(
+        "data-wrong-shape",
+        bad_x(lambda x: x[:, :32]),
+        3,
+        "the teacher model failed on data.holdout",
+    ),
+    Case(
+        "data-int-dtype",
+        bad_x(lambda x: (x * 16).astype(np.int64)),
+        3,
+        "data.holdout: x has dtype torch.int64, expected floating point",
+    ),
     Case("data-nan", bad_x(set_nan), 3, "data.holdout: x contains 1 NaN or infinite values"),
     Case("data-inf", bad_x(set_inf), 3, "data.holdout: x contains 1 NaN or infinite values"),
-    Case("data-empty", holdout(np.zeros((0, 64), np.float32), np.zeros(0, np.int64)), 3, "data.holdout: holdout.npz is empty (0 samples)"),
-    Case("data-label-out-of-range", bad_y(label(10)), 3, "data.holdout: label 10 is out of range for a model with 10 outputs"),
-    Case("data-negative-label", bad_y(label(-1)), 3, "data.holdout: y contains negative labels (-1)"),
-    Case("data-float-labels", bad_y(lambda y: y.astype(np.float32)), 3, "data.holdout: y has dtype torch.float32, expected integer class labels"),
+    Case(
+        "data-empty",
+        holdout(np.zeros((0, 64), np.float32), np.zeros(0, np.int64)),
+        3,
+        "data.holdout: holdout.npz is empty (0 samples)",
+    ),
+    Case(
+        "data-label-out-of-range",
+        bad_y(label(10)),
+        3,
+        "data.holdout: label 10 is out of range for a model with 10 outputs",
+    ),
+    Case(
+        "data-negative-label", bad_y(label(-1)), 3, "data.holdout: y contains negative labels (-1)"
+    ),
+    Case(
+        "data-float-labels",
+        bad_y(lambda y: y.astype(np.float32)),
+        3,
+        "data.holdout: y has dtype torch.float32, expected integer class labels",
+    ),
     Case("data-y-2d", bad_y(lambda y: y.reshape(-1, 1)), 3, "data.holdout: y has shape"),
-    Case("data-length-mismatch", bad_y(lambda y: y[:-5]), 3, "data.holdout: x has 540 samples but y has 535"),
-    Case("data-npz-without-y", npz_without_y, 3, "data.holdout.path: holdout.npz must hold arrays 'x' and 'y'"),
-    Case("data-npz-pickle", object_npz, 3, "data.holdout.path: holdout.npz is not a readable .npz file without pickles"),
+    Case(
+        "data-length-mismatch",
+        bad_y(lambda y: y[:-5]),
+        3,
+        "data.holdout: x has 540 samples but y has 535",
+    ),
+    Case(
+        "data-npz-without-y",
+        npz_without_y,
+        3,
+        "data.holdout.path: holdout.npz must hold arrays 'x' and 'y'",
+    ),
+    Case(
+        "data-npz-pickle",
+        object_npz,
+        3,
+        "data.holdout.path: holdout.npz is not a readable .npz file without pickles",
+    ),
     # -- downloads (local servers): exit 3 or 4
-    Case("url-sha256-mismatch", url_model("/files/model.safetensors", sha="1" * 64), 3, "model.sha256 expects 1111"),
+    Case(
+        "url-sha256-mismatch",
+        url_model("/files/model.safetensors", sha="1" * 64),
+        3,
+        "model.sha256 expects 1111",
+    ),
     Case("url-404", url_model("/files/missing.safetensors"), 3, "failed: HTTP 404"),
-    Case("url-500-after-retries", url_model("/status/500/model.safetensors"), 4, "failed: HTTP 500"),
-    Case("url-oversized", url_model("/files/model.safetensors", max_download_bytes=1000), 3, "over model.max_download_bytes (1000); refused"),
-    Case("url-oversized-no-length", url_model("/nolength/model.safetensors", max_download_bytes=1000), 3, "larger than model.max_download_bytes (1000); stopped"),
-    Case("url-length-lies-short", url_model("/shortlength/model.safetensors"), 3, "model.sha256 expects"),
+    Case(
+        "url-500-after-retries", url_model("/status/500/model.safetensors"), 4, "failed: HTTP 500"
+    ),
+    Case(
+        "url-oversized",
+        url_model("/files/model.safetensors", max_download_bytes=1000),
+        3,
+        "over model.max_download_bytes (1000); refused",
+    ),
+    Case(
+        "url-oversized-no-length",
+        url_model("/nolength/model.safetensors", max_download_bytes=1000),
+        3,
+        "larger than model.max_download_bytes (1000); stopped",
+    ),
+    Case(
+        "url-length-lies-short",
+        url_model("/shortlength/model.safetensors"),
+        3,
+        "model.sha256 expects",
+    ),
     Case("url-length-lies-long", url_model("/longlength/model.safetensors"), 4, "broke off"),
     Case("url-redirect-loop", url_model("/loop"), 3, "redirected more than 5 times"),
     Case("url-unreachable", dead_port_url, 4, "cannot download http://127.0.0.1:"),
@@ -429,7 +707,9 @@ def test_the_catalogue_is_large_and_ids_are_unique() -> None:
 def test_bad_input(case: Case, workdir: Path, servers: tuple[LocalServer, LocalServer]) -> None:
     http, https = servers
     assert https.ca_path is not None
-    env = Env(wd=workdir, http=http, https=https, environ={"REQUESTS_CA_BUNDLE": str(https.ca_path)})
+    env = Env(
+        wd=workdir, http=http, https=https, environ={"REQUESTS_CA_BUNDLE": str(https.ca_path)}
+    )
     made = case.setup(env)
     if isinstance(made, str):
         path = workdir / "compress.yaml"
@@ -474,8 +754,16 @@ def test_https_download_with_a_trusted_ca_passes(
     env = Env(wd=workdir, http=None, https=https)  # type: ignore[arg-type]
     path = write_config(workdir, url_model("/files/model.safetensors", tls=True)(env))
     proc = run_cli(
-        "run", "--config", str(path), "--quiet", "--json", cwd=workdir,
+        "run",
+        "--config",
+        str(path),
+        "--quiet",
+        "--json",
+        cwd=workdir,
         env={"REQUESTS_CA_BUNDLE": str(https.ca_path)},
     )
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["teacher"]["sha256"] == hashlib.sha256(teacher_bytes(env)).hexdigest()
+    assert (
+        json.loads(proc.stdout)["teacher"]["sha256"]
+        == hashlib.sha256(teacher_bytes(env)).hexdigest()
+    )

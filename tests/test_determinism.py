@@ -21,14 +21,17 @@ def test_three_runs_give_identical_reports_and_shipped_files(workdir: Path) -> N
     texts, shas, codes = [], [], []
     for i in range(3):
         out = workdir / f"run{i}"
-        proc = run_cli("run", "--config", str(cfg), "--quiet", "--report-dir", str(out), cwd=workdir)
+        proc = run_cli(
+            "run", "--config", str(cfg), "--quiet", "--report-dir", str(out), cwd=workdir
+        )
         codes.append(proc.returncode)
         report = json.loads((out / "report.json").read_text())
         texts.append(canonical(report))
         shas.append(report["student"]["sha256"])
-        assert report["student"]["sha256"] == __import__("hashlib").sha256(
-            (out / "student.ccz").read_bytes()
-        ).hexdigest()
+        assert (
+            report["student"]["sha256"]
+            == __import__("hashlib").sha256((out / "student.ccz").read_bytes()).hexdigest()
+        )
     assert len(set(codes)) == 1, codes
     assert texts[0] == texts[1] == texts[2]
     assert len(set(shas)) == 1  # the shipped file is byte-identical

@@ -100,7 +100,7 @@ def test_redirect_loop_stops(http: LocalServer, tmp_path: Path) -> None:
 
 
 def test_sha256_mismatch_leaves_nothing_behind(http: LocalServer, tmp_path: Path) -> None:
-    with pytest.raises(ArtifactError, match="model.sha256 expects 0000"):
+    with pytest.raises(ArtifactError, match=r"model\.sha256 expects 0000"):
         fetch(http.url("/files/m.bin"), tmp_path, sha256="0" * 64, allow_http=True)
     assert leftovers(tmp_path) == []
 
@@ -126,13 +126,13 @@ def test_4xx_is_not_retried(http: LocalServer, tmp_path: Path) -> None:
 
 
 def test_size_cap_by_content_length(http: LocalServer, tmp_path: Path) -> None:
-    with pytest.raises(ArtifactError, match="over model.max_download_bytes"):
+    with pytest.raises(ArtifactError, match=r"over model\.max_download_bytes"):
         fetch(http.url("/files/m.bin"), tmp_path, allow_http=True, max_bytes=1000)
     assert leftovers(tmp_path) == []
 
 
 def test_size_cap_without_content_length(http: LocalServer, tmp_path: Path) -> None:
-    with pytest.raises(ArtifactError, match="larger than model.max_download_bytes"):
+    with pytest.raises(ArtifactError, match=r"larger than model\.max_download_bytes"):
         fetch(http.url("/nolength/m.bin"), tmp_path, allow_http=True, max_bytes=1000)
     assert leftovers(tmp_path) == []
 
@@ -141,7 +141,9 @@ def test_no_content_length_within_the_cap_works(http: LocalServer, tmp_path: Pat
     assert fetch(http.url("/nolength/m.bin"), tmp_path, allow_http=True).read_bytes() == BODY
 
 
-def test_content_length_too_small_is_caught_by_the_sha256(http: LocalServer, tmp_path: Path) -> None:
+def test_content_length_too_small_is_caught_by_the_sha256(
+    http: LocalServer, tmp_path: Path
+) -> None:
     with pytest.raises(ArtifactError, match="sha256"):
         fetch(http.url("/shortlength/m.bin"), tmp_path, allow_http=True)
     assert leftovers(tmp_path) == []

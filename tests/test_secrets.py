@@ -94,7 +94,9 @@ def test_planted_secrets_appear_in_no_output(
     stored = client.download_artifacts(run.info.run_id, "config", str(workdir / "dl"))
     for f in Path(stored).iterdir():
         assert_clean(f.read_text(), f"MLflow artifact config/{f.name}")
-    for f in (Path(client.download_artifacts(run.info.run_id, "report.json", str(workdir / "dl2"))),):
+    for f in (
+        Path(client.download_artifacts(run.info.run_id, "report.json", str(workdir / "dl2"))),
+    ):
         assert_clean(f.read_text(), "MLflow artifact report.json")
 
 

@@ -112,9 +112,7 @@ def test_point_rule_ignores_the_interval_but_shows_it() -> None:
 
 
 def test_confident_rule_keeps_point_checks_for_figures_without_an_interval() -> None:
-    r = decide(
-        {"max_accuracy_drop": 5.0, "min_compression_ratio": 3.0}, FIG, decision="confident"
-    )
+    r = decide({"max_accuracy_drop": 5.0, "min_compression_ratio": 3.0}, FIG, decision="confident")
     assert r.verdict == "fail" and [c.threshold for c in r.failures] == ["min_compression_ratio"]
 
 
@@ -141,7 +139,10 @@ def test_inconclusive_gate_exits_5_and_logs_the_interval(
     assert "too small to decide" in proc.stderr
     report = json.loads((workdir / "report" / "report.json").read_text())
     assert report["verdict"] == "inconclusive" and report["gate"]["decision"] == "confident"
-    lo, hi = report["deltas"]["delta.accuracy_drop_ci_low"], report["deltas"]["delta.accuracy_drop_ci_high"]
+    lo, hi = (
+        report["deltas"]["delta.accuracy_drop_ci_low"],
+        report["deltas"]["delta.accuracy_drop_ci_high"],
+    )
     assert lo < 1.5 < hi
     assert report["statistics"]["teacher_only"] > report["statistics"]["student_only"]
     md = (workdir / "report" / "report.md").read_text()

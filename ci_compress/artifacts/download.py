@@ -83,8 +83,9 @@ def _fetch(
     cannot hold the job). A body shorter than its Content-Length is a broken transfer
     (retried); a longer one is cut at the announced length and then fails the sha256.
     """
-    import requests as rq
     from urllib.parse import urljoin
+
+    import requests as rq
 
     deadline = time.monotonic() + max(timeout * 4, 60.0)
     current = url

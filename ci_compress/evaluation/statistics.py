@@ -74,7 +74,9 @@ def cells(teacher_correct: np.ndarray, student_correct: np.ndarray) -> tuple[int
     t = np.asarray(teacher_correct, dtype=bool)
     s = np.asarray(student_correct, dtype=bool)
     if t.shape != s.shape or t.ndim != 1:
-        raise ValueError(f"paired masks must be 1-D and equal in length, got {t.shape} and {s.shape}")
+        raise ValueError(
+            f"paired masks must be 1-D and equal in length, got {t.shape} and {s.shape}"
+        )
     return (
         int((t & s).sum()),
         int((t & ~s).sum()),
@@ -118,9 +120,7 @@ def paired_statistics(
     b, c = draws[:, 1].astype(np.float64), draws[:, 2].astype(np.float64)
     drop = 100.0 * (b - c) / n
     teacher_acc = draws[:, 0] + draws[:, 1]
-    relative = np.divide(
-        b - c, teacher_acc, out=np.zeros_like(b), where=teacher_acc > 0
-    )
+    relative = np.divide(b - c, teacher_acc, out=np.zeros_like(b), where=teacher_acc > 0)
     alpha = (1.0 - confidence) / 2.0
     lo_q, hi_q = alpha, 1.0 - alpha
     t_correct = n11 + n10
@@ -128,7 +128,7 @@ def paired_statistics(
     def q(values: np.ndarray, p: float) -> float:
         # "lower"/"higher" keep the bounds on values a resample can take (no interpolation).
         method = "lower" if p < 0.5 else "higher"
-        return float(np.quantile(values, p, method=method))
+        return float(np.quantile(values, p, method=method))  # type: ignore[call-overload]
 
     return PairedStatistics(
         samples=n,
