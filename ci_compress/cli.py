@@ -29,7 +29,8 @@ Exit codes:
   2   config or usage error
   3   bad input: model artifact or data unreadable, unsafe or invalid
   4   infrastructure: MLflow or a download host unreachable or refusing
-  5   inconclusive: the holdout cannot decide (reserved)
+  5   inconclusive: the holdout is too small to decide (thresholds.decision:
+      confident with thresholds.inconclusive: fail)
   6   passed with warnings, with `report ... --fail-on warn`
   70  internal error in ci-compress (a crash log is written)
 """
@@ -43,7 +44,9 @@ def _progress(quiet: bool) -> Any:
 
     def say(msg: str) -> None:
         if not quiet or msg.startswith("warning:"):
-            click.echo(f"[{time.perf_counter() - start:6.1f}s] {msg}", err=True)
+            from ci_compress.redaction import redact
+
+            click.echo(f"[{time.perf_counter() - start:6.1f}s] {redact(msg)}", err=True)
 
     return say
 
@@ -64,6 +67,7 @@ def _run_and_report(
 ) -> int:
     from ci_compress import pipeline
     from ci_compress.config import load_config, with_overrides
+    from ci_compress.redaction import redact, redact_data
     from ci_compress.reporting.render import terminal
 
     loaded = load_config(config_path)
@@ -71,10 +75,10 @@ def _run_and_report(
         loaded = with_overrides(loaded, **overrides)
     report = pipeline.run(loaded, report_dir=report_dir, progress=_progress(quiet))
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+        click.echo(json.dumps(redact_data(report.to_dict()), indent=2, sort_keys=True))
     else:
-        click.echo(terminal(report))
-    return int(ExitCode.PASSED if report.passed else ExitCode.GATE_FAILED)
+        click.echo(redact(terminal(report)))
+    return report.exit_code
 
 
 @cli.command()
@@ -373,7 +377,9 @@ def _crash_log(exc: BaseException) -> Path:
     fd, name = tempfile.mkstemp(prefix="ci-compress-crash-", suffix=".log")
     with os.fdopen(fd, "w") as f:
         f.write(f"ci-compress {__version__}, argv {sys.argv!r}\n")
-        f.write("".join(traceback.format_exception(exc)))
+        from ci_compress.redaction import redact
+
+        f.write(redact("".join(traceback.format_exception(exc))))
     return Path(name)
 
 
@@ -390,17 +396,23 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Exit as e:
         return int(e.exit_code)
     except CICompressError as e:
-        click.echo(f"Error: {e.message}", err=True)
+        from ci_compress.redaction import redact
+
+        click.echo(f"Error: {redact(e.message)}", err=True)
         if e.hint:
-            click.echo(f"  hint: {e.hint}", err=True)
+            click.echo(f"  hint: {redact(e.hint)}", err=True)
         return int(e.exit_code)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         return 130
     except Exception as e:
+        from ci_compress.redaction import redact
+
         log = _crash_log(e)
         click.echo(
-            f"Error: internal error in ci-compress ({type(e).__name__}: {e}); details in {log}",
+            redact(
+                f"Error: internal error in ci-compress ({type(e).__name__}: {e}); details in {log}"
+            ),
             err=True,
         )
         click.echo("  hint: this is a bug; please report it with the crash log", err=True)

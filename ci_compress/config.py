@@ -155,8 +155,37 @@ class Thresholds(Strict):
         description="Largest allowed student latency / teacher latency (median, same batch and threads).",
     )
 
+    decision: Literal["point", "confident"] = Field(
+        "point",
+        description="point: compare the measured accuracy drop with the limit. confident: fail only when the drop exceeds the limit with `confidence` (the whole paired-bootstrap interval is above it); an interval that straddles the limit is inconclusive (exit code 5 unless `inconclusive` says otherwise).",
+    )
+    confidence: float = Field(
+        0.95,
+        gt=0.5,
+        lt=1,
+        description="Two-sided confidence level of the accuracy-drop interval (reported under either rule).",
+    )
+    inconclusive: Literal["fail", "pass", "warn"] = Field(
+        "fail",
+        description="What an inconclusive confident gate does: fail blocks (exit 5), warn passes with a warning, pass passes.",
+    )
+    bootstrap_resamples: int = Field(
+        10_000,
+        ge=100,
+        le=1_000_000,
+        description="Paired bootstrap resamples (seeded by runtime.seed).",
+    )
+
     def active(self) -> dict[str, float]:
-        return {k: float(v) for k, v in self.model_dump().items() if v is not None}
+        """The thresholds that are set (the decision-rule fields are not thresholds)."""
+        return {
+            k: float(v)
+            for k, v in self.model_dump().items()
+            if v is not None and k not in _RULE_FIELDS
+        }
+
+
+_RULE_FIELDS = frozenset({"decision", "confidence", "inconclusive", "bootstrap_resamples"})
 
 
 class MlflowConfig(Strict):
@@ -307,15 +336,95 @@ def parse_config_text(
     )
 
 
-def parse_config(raw: Any, *, origin: str = "<config>") -> CompressConfig:
-    """Validate a plain mapping (as read from YAML) into a :class:`CompressConfig`."""
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def interpolate(raw: Any, environ: Mapping[str, str], path: str = "") -> Any:
+    """Replace ``${NAME}`` in every string value with the environment variable NAME.
+
+    Only the braced form is read (``$NAME`` and ``$$`` stay as written); keys are never
+    interpolated. A variable that is not set is a :class:`ConfigError` naming the field.
+    Each value taken from the environment is registered with
+    :mod:`ci_compress.redaction`, so it is shown as ``${NAME}`` wherever it would be
+    printed, written or logged: interpolation is how secrets get into a config.
+    """
+    from ci_compress import redaction
+
+    if isinstance(raw, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name not in environ:
+                raise ConfigError(
+                    f"environment variable {name} is not set (referenced as ${{{name}}})",
+                    path=path or None,
+                    hint=f"export {name}, or write the value into the config",
+                )
+            value = environ[name]
+            redaction.register(value, f"${{{name}}}")
+            return value
+
+        return _ENV_REF.sub(sub, raw)
+    if isinstance(raw, Mapping):
+        return {k: interpolate(v, environ, _join(path, str(k))) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [interpolate(v, environ, _join(path, i)) for i, v in enumerate(raw)]
+    return raw
+
+
+def _contradictions(passes: Sequence[PassConfig]) -> None:
+    """Reject pass lists whose later steps would undo or repeat earlier ones.
+
+    Contradictory, by definition here:
+
+    * a ``quantize`` after a ``quantize``: the first already replaced the selected
+      Linear layers with int8 ones, so the second would either find nothing to do or
+      re-quantize already rounded weights;
+    * a ``prune`` after a ``quantize``: pruning touches float ``Linear`` weights, which
+      the quantize pass has replaced; it would silently skip the quantized layers.
+
+    Both are judged on the pass's ``include``/``exclude`` patterns as written: two
+    passes overlap unless one's ``include`` is a list of exact names disjoint from the
+    other's (patterns and globs may overlap, so they count as overlapping).
+    """
+
+    def names(p: PassConfig) -> set[str] | None:
+        exact = [x for x in p.include if not x.startswith("re:") and not any(c in x for c in "*?[")]
+        return set(exact) - set(p.exclude) if len(exact) == len(p.include) else None
+
+    for j, later in enumerate(passes):
+        for i in range(j):
+            earlier = passes[i]
+            if earlier.type != "quantize" or later.type not in ("quantize", "prune"):
+                continue
+            a, b = names(earlier), names(later)
+            if a is not None and b is not None and not (a & b):
+                continue
+            what = "quantizes again" if later.type == "quantize" else "prunes"
+            raise ConfigError(
+                f"passes[{j}] ({later.type}) {what} layers that passes[{i}] (quantize) already "
+                "quantized; the passes contradict each other",
+                path=f"passes[{j}]",
+                hint="prune before you quantize, quantize once, or give the passes "
+                "disjoint include lists of exact layer names",
+            )
+
+
+def parse_config(
+    raw: Any, *, origin: str = "<config>", environ: Mapping[str, str] | None = None
+) -> CompressConfig:
+    """Validate a plain mapping (as read from YAML) into a :class:`CompressConfig`.
+
+    ``${NAME}`` references are first replaced from ``environ`` (default: the process
+    environment), see :func:`interpolate`.
+    """
     from ci_compress.passes import PASSES
 
     if not isinstance(raw, Mapping):
         raise ConfigError(
             f"{origin}: the top level must be a mapping of sections, got {type(raw).__name__}"
         )
-    data = dict(raw)
+    data = dict(interpolate(raw, os.environ if environ is None else environ))
     version = data.get("version", CONFIG_VERSION)
     if version != CONFIG_VERSION:
         raise ConfigError(
@@ -346,6 +455,7 @@ def parse_config(raw: Any, *, origin: str = "<config>") -> CompressConfig:
         except ValidationError as e:
             raise _convert(e, cls, prefix=where) from None
     _check_keys(CompressConfig, data, "")
+    _contradictions(passes)
     try:
         return CompressConfig.model_validate({**data, "passes": passes})
     except ValidationError as e:

@@ -23,6 +23,11 @@ class Check:
     measured: float
     passed: bool
     message: str
+    # The interval the confident rule used (None under the point rule or for figures
+    # without one) and the outcome: pass | fail | inconclusive.
+    ci_low: float | None = None
+    ci_high: float | None = None
+    outcome: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -30,15 +35,47 @@ class Check:
 
 @dataclass(frozen=True)
 class GateResult:
+    """The decision. ``passed`` means "does not block the merge"; ``verdict`` says why.
+
+    ``verdict`` is ``fail`` when any check fails, else ``inconclusive`` when any check
+    could not be decided with the holdout given (confident rule only), else ``pass``.
+    An inconclusive gate blocks unless the ``inconclusive`` policy is ``pass``/``warn``.
+    """
+
     passed: bool
     checks: tuple[Check, ...]
+    verdict: str = ""  # pass | fail | inconclusive ("" = derived from passed)
+    decision: str = "point"
+    inconclusive_policy: str = "fail"
 
     @property
     def failures(self) -> tuple[Check, ...]:
-        return tuple(c for c in self.checks if not c.passed)
+        return tuple(c for c in self.checks if c.outcome == "fail" or not (c.passed or c.outcome))
+
+    @property
+    def undecided(self) -> tuple[Check, ...]:
+        return tuple(c for c in self.checks if c.outcome == "inconclusive")
+
+    @property
+    def exit_code(self) -> int:
+        """0 pass (or a tolerated inconclusive), 1 failed, 5 inconclusive and blocking."""
+        from ci_compress.errors import ExitCode
+
+        verdict = self.verdict or ("pass" if self.passed else "fail")
+        if verdict == "fail":
+            return int(ExitCode.GATE_FAILED)
+        if verdict == "inconclusive" and not self.passed:
+            return int(ExitCode.INCONCLUSIVE)
+        return int(ExitCode.PASSED)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "checks": [c.to_dict() for c in self.checks]}
+        return {
+            "passed": self.passed,
+            "verdict": self.verdict or ("pass" if self.passed else "fail"),
+            "decision": self.decision,
+            "inconclusive_policy": self.inconclusive_policy,
+            "checks": [c.to_dict() for c in self.checks],
+        }
 
 
 def derive(m: Mapping[str, float]) -> dict[str, float]:
@@ -66,14 +103,45 @@ RULES: dict[str, tuple[str, str, str]] = {
 }
 
 
+# threshold -> (lower, upper) bound measurements of its figure's confidence interval
+INTERVALS: dict[str, tuple[str, str]] = {
+    "max_accuracy_drop": ("delta.accuracy_drop_ci_low", "delta.accuracy_drop_ci_high"),
+    "max_relative_accuracy_drop": (
+        "delta.relative_accuracy_drop_ci_low",
+        "delta.relative_accuracy_drop_ci_high",
+    ),
+}
+DECISIONS = ("point", "confident")
+INCONCLUSIVE_POLICIES = ("fail", "pass", "warn")
+
+
 def _fmt(v: float, unit: str) -> str:
     if unit == " bytes":
         return f"{int(v):,}{unit}"
     return f"{v:.4g}{unit}"
 
 
-def decide(thresholds: Mapping[str, float], measurements: Mapping[str, float]) -> GateResult:
-    """Check every set threshold; the gate passes when all checks pass."""
+def decide(
+    thresholds: Mapping[str, float],
+    measurements: Mapping[str, float],
+    *,
+    decision: str = "point",
+    confidence: float = 0.95,
+    inconclusive: str = "fail",
+) -> GateResult:
+    """Check every set threshold; the gate passes when all checks pass.
+
+    ``decision="point"`` compares the measured figure with the limit. ``"confident"``
+    does so for figures without an interval (size, ratio, latency) and, for the
+    accuracy thresholds, uses the interval measurements (``INTERVALS``): the check
+    fails only when the whole interval is above the limit (the drop exceeds it with
+    the given confidence), passes when the whole interval is at or below it, and is
+    inconclusive when the interval straddles the limit.
+    """
+    if decision not in DECISIONS:
+        raise ValueError(f"unknown decision rule {decision!r}")
+    if inconclusive not in INCONCLUSIVE_POLICIES:
+        raise ValueError(f"unknown inconclusive policy {inconclusive!r}")
     figures = {**measurements}
     if "delta.accuracy_drop_points" not in figures:
         figures.update(derive(measurements))
@@ -86,18 +154,61 @@ def decide(thresholds: Mapping[str, float], measurements: Mapping[str, float]) -
         if metric not in figures:
             raise KeyError(f"threshold {name} needs measurement {metric!r}")
         measured = float(figures[metric])
-        ok = measured <= limit if direction == "max" else measured >= limit
         word = "at most" if direction == "max" else "at least"
-        verdict = "ok" if ok else "FAILED"
-        message = f"{name}: {metric} = {_fmt(measured, unit)}, must be {word} {_fmt(limit, unit)} ({verdict})"
+        ci_low = ci_high = None
+        if name in INTERVALS and all(k in figures for k in INTERVALS[name]):
+            ci_low, ci_high = (float(figures[k]) for k in INTERVALS[name])
+        if decision == "confident" and name in INTERVALS:
+            if ci_low is None or ci_high is None:
+                raise KeyError(f"the confident rule needs measurements {INTERVALS[name]}")
+            # direction is "max" for every threshold with an interval
+            if ci_low > limit:
+                outcome = "fail"
+            elif ci_high <= limit:
+                outcome = "pass"
+            else:
+                outcome = "inconclusive"
+            pct = f"{confidence * 100:g}%"
+            verdict_word = {"pass": "ok", "fail": "FAILED", "inconclusive": "INCONCLUSIVE"}[outcome]
+            message = (
+                f"{name}: {metric} = {_fmt(measured, unit)}, {pct} interval "
+                f"[{_fmt(ci_low, unit)}, {_fmt(ci_high, unit)}], must be {word} "
+                f"{_fmt(limit, unit)} with {pct} confidence ({verdict_word})"
+            )
+        else:
+            ok = measured <= limit if direction == "max" else measured >= limit
+            outcome = "pass" if ok else "fail"
+            interval = (
+                f" (interval [{_fmt(ci_low, unit)}, {_fmt(ci_high, unit)}])"
+                if ci_low is not None and ci_high is not None
+                else ""
+            )
+            message = (
+                f"{name}: {metric} = {_fmt(measured, unit)}{interval}, must be {word} "
+                f"{_fmt(limit, unit)} ({'ok' if ok else 'FAILED'})"
+            )
         checks.append(
             Check(
                 threshold=name,
                 metric=metric,
                 limit=limit,
                 measured=measured,
-                passed=ok,
+                passed=outcome == "pass",
                 message=message,
+                ci_low=ci_low,
+                ci_high=ci_high,
+                outcome=outcome,
             )
         )
-    return GateResult(passed=all(c.passed for c in checks), checks=tuple(checks))
+    outcomes = {c.outcome for c in checks}
+    verdict = (
+        "fail" if "fail" in outcomes else "inconclusive" if "inconclusive" in outcomes else "pass"
+    )
+    passed = verdict == "pass" or (verdict == "inconclusive" and inconclusive in ("pass", "warn"))
+    return GateResult(
+        passed=passed,
+        checks=tuple(checks),
+        verdict=verdict,
+        decision=decision,
+        inconclusive_policy=inconclusive,
+    )

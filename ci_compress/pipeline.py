@@ -7,6 +7,7 @@ packed file, never the in-memory copy the passes produced.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import platform
@@ -34,7 +35,13 @@ def set_determinism(seed: int, threads: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
+    # may only be set before any inter-op parallel work has started
+    with contextlib.suppress(RuntimeError):
+        torch.set_num_interop_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    if hasattr(torch.backends, "cudnn"):
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
 
 
 def make_tracker(loaded: LoadedConfig, environ: Mapping[str, str], progress: Progress) -> Tracker:
@@ -92,7 +99,7 @@ def run(
         if url:
             report.mlflow["run_url"] = url
         say("recording in MLflow")
-        tracker.log_params(flatten(report.config))
+        tracker.log_params(flatten(report.config))  # report.config is redacted
         tracker.log_metrics(report.metrics())
         for rec in report.passes:
             tracker.log_metrics(
@@ -108,7 +115,7 @@ def run(
             if export.get("status") == "ok":
                 tracker.log_artifact(Path(export["file"]), "student")
         if loaded.source is not None:
-            tracker.log_artifact(loaded.source, "config")
+            tracker.log_artifact(_redacted_copy(loaded.source, out_dir), "config")
         tracker.set_tags({"ci_compress.status": "done", "ci_compress.verdict": report.verdict})
         tracker.end_run("FINISHED")
         return report
@@ -128,12 +135,10 @@ def _gate(loaded: LoadedConfig, out_dir: Path, ci: CIContext, say: Progress) -> 
     import torch
 
     from ci_compress.artifacts.data import load_dataset
-    from ci_compress.artifacts.models import _factory, resolve_model
-    from ci_compress.artifacts.packing import load_packed, pack, size_breakdown
-    from ci_compress.evaluation.metrics import evaluate
-    from ci_compress.evaluation.performance import latency_ms, model_memory_bytes
+    from ci_compress.artifacts.models import resolve_model
+    from ci_compress.artifacts.packing import pack
     from ci_compress.passes import PASSES
-    from ci_compress.passes.base import PassContext, apply_pass, count_parameters
+    from ci_compress.passes.base import PassContext, apply_pass
 
     cfg = loaded.config
     rt = cfg.runtime
@@ -176,13 +181,47 @@ def _gate(loaded: LoadedConfig, out_dir: Path, ci: CIContext, say: Progress) -> 
 
     say("packing the student and reading it back")
     shipped_path = out_dir / cfg.ship.filename
+    # Timings stay out of the shipped file: same inputs, byte-identical file.
     info = pack(
         student,
         shipped_path,
-        passes=pass_history,
+        passes=[{k: v for k, v in p.items() if k != "seconds"} for p in pass_history],
         factory=cfg.model.factory,
         level=cfg.ship.zstd_level,
     )
+    try:
+        return _evaluate_and_decide(
+            loaded, ci, say, teacher, holdout, shipped_path, info, pass_history
+        )
+    except BaseException:
+        # The tool could not decide: leave no un-gated student where a later step
+        # (an upload, a promotion) could pick it up as if it had been checked.
+        shipped_path.unlink(missing_ok=True)
+        raise
+
+
+def _evaluate_and_decide(
+    loaded: LoadedConfig,
+    ci: CIContext,
+    say: Progress,
+    teacher: Any,
+    holdout: Any,
+    shipped_path: Path,
+    info: Any,
+    pass_history: list[dict[str, Any]],
+) -> Report:
+    import torch
+
+    from ci_compress.artifacts.models import _factory
+    from ci_compress.artifacts.packing import load_packed
+    from ci_compress.evaluation.metrics import evaluate
+    from ci_compress.evaluation.performance import latency_ms, model_memory_bytes
+    from ci_compress.evaluation.statistics import paired_statistics
+    from ci_compress.passes.base import count_parameters
+    from ci_compress.redaction import redact_data
+
+    cfg = loaded.config
+    rt = cfg.runtime
     shipped, _ = load_packed(shipped_path, factory=_factory(cfg.model))
 
     say(f"evaluating on {holdout.name}")
@@ -242,8 +281,32 @@ def _gate(loaded: LoadedConfig, out_dir: Path, ci: CIContext, say: Progress) -> 
         f"student.{k}": v for k, v in s_metrics.items()
     }
     deltas = derive(flat)
-    thresholds = cfg.thresholds.active()
-    result = decide(thresholds, {**flat, **deltas})
+    th = cfg.thresholds
+    stats = paired_statistics(
+        task["teacher"].correct_mask,  # type: ignore[arg-type]
+        task["student"].correct_mask,  # type: ignore[arg-type]
+        confidence=th.confidence,
+        resamples=th.bootstrap_resamples,
+        seed=rt.seed,
+    )
+    deltas.update(stats.deltas())
+    thresholds = th.active()
+    result = decide(
+        thresholds,
+        {**flat, **deltas},
+        decision=th.decision,
+        confidence=th.confidence,
+        inconclusive=th.inconclusive,
+    )
+    if result.verdict == "inconclusive":
+        say(
+            "warning: the holdout is too small to decide at "
+            f"{th.confidence:.0%} confidence: "
+            + "; ".join(c.message for c in result.undecided)
+            + f" (thresholds.inconclusive: {th.inconclusive})"
+            if th.inconclusive != "pass"
+            else "the gate is inconclusive; thresholds.inconclusive: pass lets it through"
+        )
 
     import numpy
     import torch as _torch
@@ -251,7 +314,7 @@ def _gate(loaded: LoadedConfig, out_dir: Path, ci: CIContext, say: Progress) -> 
     from ci_compress import __version__
 
     return Report(
-        verdict="pass" if result.passed else "fail",
+        verdict=result.verdict,
         gate=result,
         teacher=ModelSummary(
             "teacher", str(teacher.path), teacher.file_bytes, teacher.sha256, t_metrics
@@ -268,10 +331,26 @@ def _gate(loaded: LoadedConfig, out_dir: Path, ci: CIContext, say: Progress) -> 
         environment=_environment(
             ci, rt.threads, rt.seed, __version__, _torch.__version__, numpy.__version__
         ),
-        config=cfg.model_dump(mode="json"),
+        config=redact_data(cfg.model_dump(mode="json")),
         size=size,
         exports=exports,
+        statistics=stats.to_dict(),
     )
+
+
+def _redacted_copy(source: Path, out_dir: Path) -> Path:
+    """The config file as written, or a redacted copy when it holds a secret."""
+    from ci_compress.redaction import redact
+
+    text = source.read_text(encoding="utf-8")
+    clean = redact(text)
+    if clean == text:
+        return source
+    copy_dir = out_dir / "config"
+    copy_dir.mkdir(parents=True, exist_ok=True)
+    target = copy_dir / source.name
+    target.write_text(clean, encoding="utf-8")
+    return target
 
 
 def _environment(

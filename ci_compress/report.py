@@ -26,7 +26,7 @@ class ModelSummary:
 
 @dataclass
 class Report:
-    verdict: str  # pass | fail
+    verdict: str  # pass | fail | inconclusive
     gate: GateResult
     teacher: ModelSummary
     student: ModelSummary
@@ -41,10 +41,17 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     size: dict[str, Any] = field(default_factory=dict)  # shipped-file breakdown, per layer
     exports: dict[str, dict[str, Any]] = field(default_factory=dict)  # torchscript / onnx
+    # The paired statistics of the accuracy drop (evaluation.statistics.PairedStatistics)
+    statistics: dict[str, Any] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
         return self.gate.passed
+
+    @property
+    def exit_code(self) -> int:
+        """0 pass, 1 gate failed, 5 inconclusive (when thresholds.inconclusive: fail)."""
+        return self.gate.exit_code
 
     def metrics(self) -> dict[str, float]:
         """Flat metric names, as logged to MLflow."""
@@ -82,6 +89,7 @@ class Report:
             "warnings": self.warnings,
             "size": self.size,
             "exports": self.exports,
+            "statistics": self.statistics,
         }
 
 
@@ -113,12 +121,21 @@ def report_from_dict(data: dict[str, Any]) -> Report:
             measured=float(c["measured"]),
             passed=bool(c["passed"]),
             message=str(c["message"]),
+            ci_low=None if c.get("ci_low") is None else float(c["ci_low"]),
+            ci_high=None if c.get("ci_high") is None else float(c["ci_high"]),
+            outcome=str(c.get("outcome", "")),
         )
         for c in gate["checks"]
     )
     return Report(
         verdict=str(data["verdict"]),
-        gate=GateResult(passed=bool(gate["passed"]), checks=checks),
+        gate=GateResult(
+            passed=bool(gate["passed"]),
+            checks=checks,
+            verdict=str(gate.get("verdict", data["verdict"])),
+            decision=str(gate.get("decision", "point")),
+            inconclusive_policy=str(gate.get("inconclusive_policy", "fail")),
+        ),
         teacher=model("teacher"),
         student=model("student"),
         deltas={k: float(v) for k, v in data["deltas"].items()},
@@ -130,4 +147,7 @@ def report_from_dict(data: dict[str, Any]) -> Report:
         mlflow=dict(data.get("mlflow", {})),
         artifacts={k: str(v) for k, v in data.get("artifacts", {}).items()},
         warnings=[str(w) for w in data.get("warnings", [])],
+        size=dict(data.get("size", {})),
+        exports=dict(data.get("exports", {})),
+        statistics=dict(data.get("statistics", {})),
     )

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ci_compress.artifacts.download import redact_url
 from ci_compress.errors import TrackingError
+from ci_compress.redaction import redact, redact_url
 
 # A CI gate must fail fast on a dead server; MLflow's defaults retry for minutes.
 FAST_FAIL_ENV = {
@@ -52,16 +52,6 @@ def resolve_tracking_uri(configured: str | None, environ: Mapping[str, str], bas
     if environ.get("MLFLOW_TRACKING_URI"):
         return environ["MLFLOW_TRACKING_URI"]
     return f"sqlite:///{(base_dir / 'mlflow.db').resolve()}"
-
-
-def redact(text: str) -> str:
-    """Remove credentials from URLs and known secret values in an error text."""
-    text = re.sub(r"(\w+://)[^/@\s]+@", r"\1***@", text)
-    for var in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD"):
-        secret = os.environ.get(var)
-        if secret:
-            text = text.replace(secret, "***")
-    return text
 
 
 @dataclass
@@ -130,6 +120,9 @@ class MlflowTracker:
     def __init__(self, uri: str, *, artifact_root: Path | None = None) -> None:
         for k, v in FAST_FAIL_ENV.items():
             os.environ.setdefault(k, v)
+        # MLflow prints "View run ... at: <tracking URI>" to stdout when a run ends:
+        # that corrupts `--json` output and prints URL credentials. Never let it.
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 
         self.uri = uri
         self.shown_uri = redact_url(uri)
@@ -186,7 +179,9 @@ class MlflowTracker:
             self.check(experiment)
         with self._errors("create a run"):
             run = self.client.create_run(
-                self.experiment_id or "0", run_name=run_name, tags=dict(tags)
+                self.experiment_id or "0",
+                run_name=redact(run_name),
+                tags={k: redact(str(v)) for k, v in tags.items()},
             )
         self.run_id = run.info.run_id
         return self.run_id
@@ -194,7 +189,9 @@ class MlflowTracker:
     def log_params(self, params: Mapping[str, str]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)[:PARAM_VALUE_LIMIT]) for k, v in sorted(params.items())]
+        items = [
+            Param(redact(k), redact(str(v))[:PARAM_VALUE_LIMIT]) for k, v in sorted(params.items())
+        ]
         with self._errors("log params"):
             for i in range(0, len(items), 100):
                 self.client.log_batch(self._id(), params=items[i : i + 100], synchronous=True)
@@ -216,7 +213,7 @@ class MlflowTracker:
         with self._errors("set tags"):
             self.client.log_batch(
                 self._id(),
-                tags=[RunTag(k, str(v)) for k, v in sorted(tags.items())],
+                tags=[RunTag(k, redact(str(v))) for k, v in sorted(tags.items())],
                 synchronous=True,
             )
 
@@ -227,7 +224,10 @@ class MlflowTracker:
     def end_run(self, status: str) -> None:
         if self.run_id is None:
             return
-        with self._errors("finish the run"):
+        import contextlib
+        import io
+
+        with self._errors("finish the run"), contextlib.redirect_stdout(io.StringIO()):
             self.client.set_terminated(self.run_id, status=status)
 
     def run_url(self) -> str | None:

@@ -12,22 +12,14 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from ci_compress.errors import ArtifactError, ConfigError, InfraError
+from ci_compress.redaction import redact_url
+
+__all__ = ["download", "redact_url"]
 
 CHUNK = 1 << 20
-
-
-def redact_url(url: str) -> str:
-    """The URL with any user:password@ part replaced, for messages and logs."""
-    parts = urlsplit(url)
-    if not (parts.username or parts.password):
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"***@{host}"))
 
 
 def download(
@@ -76,62 +68,119 @@ def download(
     raise last
 
 
+MAX_REDIRECTS = 5
+
+
 def _fetch(
     url: str, shown: str, dest: Path, sha256: str, max_bytes: int, timeout: float, allow_http: bool
 ) -> Path:
+    """One attempt. InfraError means "try again"; ArtifactError means "this will not work".
+
+    Redirects are followed by hand, at most :data:`MAX_REDIRECTS`, and each target is
+    checked *before* it is requested: an https URL that redirects to plain http is
+    refused without sending the http request. ``timeout`` bounds each socket wait and,
+    times the retry budget, the whole transfer (a server dripping one byte at a time
+    cannot hold the job). A body shorter than its Content-Length is a broken transfer
+    (retried); a longer one is cut at the announced length and then fails the sha256.
+    """
+    from urllib.parse import urljoin
+
     import requests as rq
 
+    deadline = time.monotonic() + max(timeout * 4, 60.0)
+    current = url
     try:
-        with rq.get(url, stream=True, timeout=timeout, allow_redirects=True) as r:
-            for hop in [*r.history, r]:
-                if urlsplit(hop.url).scheme == "http" and not allow_http:
+        with rq.Session() as session:
+            for _hop in range(MAX_REDIRECTS + 1):
+                r = session.get(current, stream=True, timeout=timeout, allow_redirects=False)
+                if not r.is_redirect:
+                    break
+                target = urljoin(current, r.headers.get("Location", ""))
+                r.close()
+                scheme = urlsplit(target).scheme
+                if scheme not in ("http", "https"):
                     raise ArtifactError(
-                        f"download of {shown} was redirected to plain http; refused",
-                        hint="fix the URL or set model.allow_http: true",
+                        f"download of {shown} was redirected to an unsupported URL scheme {scheme!r}; refused"
                     )
-            if r.status_code in (408, 429) or r.status_code >= 500:
-                raise InfraError(
-                    f"download of {shown} failed: HTTP {r.status_code}",
-                    hint="the server is busy or failing; retry later",
-                )
-            if r.status_code != 200:
-                raise ArtifactError(
-                    f"download of {shown} failed: HTTP {r.status_code}", hint="check model.url"
-                )
-            announced = r.headers.get("Content-Length")
-            if announced and announced.isdigit() and int(announced) > max_bytes:
-                raise ArtifactError(
-                    f"{shown} is {announced} bytes, over model.max_download_bytes ({max_bytes})"
-                )
-            h = hashlib.sha256()
-            got = 0
-            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".download-", suffix=".part")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    for chunk in r.iter_content(CHUNK):
-                        got += len(chunk)
-                        if got > max_bytes:
-                            raise ArtifactError(
-                                f"{shown} is larger than model.max_download_bytes ({max_bytes}); stopped"
-                            )
-                        h.update(chunk)
-                        f.write(chunk)
-                if h.hexdigest() != sha256:
+                if scheme == "http" and not allow_http:
                     raise ArtifactError(
-                        f"sha256 of {shown} is {h.hexdigest()}, model.sha256 expects {sha256}",
-                        hint="the file changed or was tampered with; re-pin only a file you trust",
+                        f"download of {shown} was redirected to plain http ({redact_url(target)}); refused",
+                        hint="fix model.url to the final https location, or set model.allow_http: true on a network you trust",
                     )
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, dest)
-            finally:
-                Path(tmp).unlink(missing_ok=True)
-            return dest
+                current = target
+            else:
+                raise ArtifactError(
+                    f"download of {shown} was redirected more than {MAX_REDIRECTS} times; refused",
+                    hint="fix model.url to the final location",
+                )
+            with r:
+                return _save(r, shown, dest, sha256, max_bytes, deadline)
     except (rq.ConnectionError, rq.Timeout) as e:
         raise InfraError(
             f"cannot download {shown}: {type(e).__name__}", hint="check the URL and the network"
         ) from None
+    except rq.exceptions.ChunkedEncodingError:
+        raise InfraError(
+            f"download of {shown} broke off before the end (fewer bytes than announced)",
+            hint="the server or the network dropped the connection; retry later",
+        ) from None
     except rq.RequestException as e:
         raise ArtifactError(f"cannot download {shown}: {type(e).__name__}") from None
+
+
+def _save(r: object, shown: str, dest: Path, sha256: str, max_bytes: int, deadline: float) -> Path:
+    import requests as rq
+
+    assert isinstance(r, rq.Response)
+    if r.status_code in (408, 429) or r.status_code >= 500:
+        raise InfraError(
+            f"download of {shown} failed: HTTP {r.status_code}",
+            hint="the server is busy or failing; retry later",
+        )
+    if r.status_code != 200:
+        raise ArtifactError(
+            f"download of {shown} failed: HTTP {r.status_code}", hint="check model.url"
+        )
+    announced = r.headers.get("Content-Length")
+    if announced and announced.isdigit() and int(announced) > max_bytes:
+        raise ArtifactError(
+            f"{shown} is {announced} bytes, over model.max_download_bytes ({max_bytes}); refused",
+            hint="raise model.max_download_bytes if the file is expected to be this large",
+        )
+    h = hashlib.sha256()
+    got = 0
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".download-", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in r.iter_content(CHUNK):
+                got += len(chunk)
+                if got > max_bytes:
+                    raise ArtifactError(
+                        f"{shown} is larger than model.max_download_bytes ({max_bytes}); stopped",
+                        hint="raise model.max_download_bytes if the file is expected to be this large",
+                    )
+                if time.monotonic() > deadline:
+                    raise InfraError(
+                        f"download of {shown} is too slow ({got} bytes so far); stopped",
+                        hint="the server is too slow; retry later",
+                    )
+                h.update(chunk)
+                f.write(chunk)
+        if announced and announced.isdigit() and got < int(announced):
+            raise InfraError(
+                f"download of {shown} broke off after {got} of {announced} bytes",
+                hint="the server or the network dropped the connection; retry later",
+            )
+        if h.hexdigest() != sha256:
+            raise ArtifactError(
+                f"sha256 of {shown} is {h.hexdigest()}, model.sha256 expects {sha256}",
+                hint="the file changed or was tampered with; re-pin only a file you trust",
+            )
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return dest
 
 
 def _sha256_of(path: Path) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import warnings
+import re
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,6 +90,29 @@ def _factory(source: ModelSource) -> Callable[[], nn.Module] | None:
     return make
 
 
+def _check_zip(path: Path) -> None:
+    """Verify the CRC-32 of every member of a zip-format file (torch.save, TorchScript).
+
+    torch's own zip reader does not check them: a TorchScript file with rewritten
+    weight bytes loads silently and is gated as if it were the real model.
+    """
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as e:
+        raise ArtifactError(
+            f"{path} is a corrupt zip archive ({e})",
+            hint="the file is truncated or was modified; export it again",
+        ) from None
+    if bad is not None:
+        raise ArtifactError(
+            f"{path} is corrupt or was tampered with: the checksum of {bad} does not match",
+            hint="the file was modified after it was saved; export it again, and pin model.sha256",
+        )
+
+
 def _is_torchscript(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as z:
@@ -126,6 +150,7 @@ def load_model_file(path: Path, source: ModelSource) -> LoadedModel:
 
     def done(module: nn.Module, kind: str) -> LoadedModel:
         module.eval()
+        _check_finite(module, path)
         return LoadedModel(module=module, path=path, file_bytes=size, sha256=digest, kind=kind)
 
     if head in MAGICS or path.suffix == ".ccz":
@@ -140,6 +165,7 @@ def load_model_file(path: Path, source: ModelSource) -> LoadedModel:
         except (SafetensorError, OSError, ValueError) as e:
             raise ArtifactError(f"{path} is not a readable safetensors file ({e})") from None
         return done(_into_factory(state, factory, path), "state_dict")
+    _check_zip(path)
     if _is_torchscript(path):
         try:
             with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; we still read it
@@ -156,14 +182,13 @@ def load_model_file(path: Path, source: ModelSource) -> LoadedModel:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
         text = str(e)
-        if (
-            "Weights only load failed" in text
-            or "Unsupported global" in text
-            or "UnpicklingError" in type(e).__name__
-        ):
+        # Only a pickle that names a Python global needs code to load; other unpickling
+        # errors ("Unsupported operand", "invalid load key") mean a corrupt file.
+        needs = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if needs:
             if not source.allow_pickle:
                 raise ArtifactError(
-                    f"{path} is a pickle that needs arbitrary code to load; refused",
+                    f"{path} is a pickle that needs arbitrary code to load (it references {needs.group(1)}); refused",
                     hint="save a state_dict or TorchScript instead, or set model.allow_pickle: true only if you trust this file",
                 ) from None
             try:
@@ -171,8 +196,10 @@ def load_model_file(path: Path, source: ModelSource) -> LoadedModel:
             except Exception as e2:
                 raise ArtifactError(f"cannot unpickle {path}: {type(e2).__name__}: {e2}") from None
         else:
+            first = text.splitlines()[0] if text else ""
+            detail = first if first and not isinstance(e, KeyError) else type(e).__name__
             raise ArtifactError(
-                f"{path} is not a model file ci-compress can read ({text.splitlines()[0] if text else type(e).__name__})",
+                f"{path} is not a model file ci-compress can read ({detail[:200]})",
                 hint="use TorchScript, a state_dict (.pt or .safetensors) with model.factory, or a .ccz packed file",
             ) from None
     if isinstance(obj, torch.nn.Module):
@@ -185,6 +212,22 @@ def load_model_file(path: Path, source: ModelSource) -> LoadedModel:
         f"{path} holds a {type(obj).__name__}, not a state_dict or a module",
         hint="save model.state_dict() or torch.jit.script(model)",
     )
+
+
+def _check_finite(module: nn.Module, path: Path) -> None:
+    """A NaN or inf weight makes every later number meaningless: refuse it at load."""
+    import torch
+
+    from ci_compress.passes.base import weight_tensors
+
+    for name, t in weight_tensors(module):
+        if torch.is_floating_point(t):
+            bad = int((~torch.isfinite(t)).sum())
+            if bad:
+                raise ArtifactError(
+                    f"the model in {path} has {bad} NaN or infinite values in {name}",
+                    hint="the saved model is broken; re-export it from a healthy checkpoint",
+                )
 
 
 def _into_factory(

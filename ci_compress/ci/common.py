@@ -12,7 +12,9 @@ fail    1                   1                   0
 ======  ==================  ==================  ==================
 
 "warn" is a passed gate that carries warnings (e.g. MLflow unreachable with
-``mlflow.required: false``), or a report whose verdict is ``warn``. Exit code 6 maps to
+``mlflow.required: false``), a report whose verdict is ``warn``, or an ``inconclusive``
+verdict that the config lets through (``thresholds.inconclusive: warn|pass``). An
+inconclusive verdict that blocks is "fail" here but keeps its own exit code, 5. Exit code 6 maps to
 each platform's own "not green, not red": Jenkins ``unstable``, GitLab
 ``allow_failure: exit_codes: [6]``; GitHub has no such state, so 6 fails the step.
 """
@@ -64,18 +66,24 @@ def state(report: Report) -> State:
     """pass | warn | fail, as the gate decided (warn: passed with warnings)."""
     if not report.passed or report.verdict == "fail":
         return "fail"
-    if report.verdict == "warn" or report.warnings:
+    if report.verdict in ("warn", "inconclusive") or report.warnings:
         return "warn"
     return "pass"
 
 
-def exit_code(st: State, fail_on: str) -> int:
-    """The process exit code for a state under the user's ``fail-on`` choice (table above)."""
+def exit_code(st: State, fail_on: str, verdict: str = "") -> int:
+    """The process exit code for a state under the user's ``fail-on`` choice (table above).
+
+    A blocking ``inconclusive`` verdict exits 5 rather than 1: the holdout could not
+    decide, which is not the same as a student shown to be worse.
+    """
     if fail_on not in FAIL_ON_CHOICES:
         raise ValueError(f"fail_on must be one of {FAIL_ON_CHOICES}, got {fail_on!r}")
     if fail_on == "never" or st == "pass":
         return int(ExitCode.PASSED)
     if st == "fail":
+        if verdict == "inconclusive":
+            return int(ExitCode.INCONCLUSIVE)
         return int(ExitCode.GATE_FAILED)
     return int(ExitCode.WARN) if fail_on == "warn" else int(ExitCode.PASSED)
 

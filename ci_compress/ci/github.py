@@ -245,7 +245,7 @@ def publish(
     if comment:
         _comment(md, environ, comment_key, comment_author, pr_number, echo)
 
-    code = exit_code(st, fail_on)
+    code = exit_code(st, fail_on, report.verdict)
     word = {"pass": "passed", "warn": "passed with warnings", "fail": "failed"}[st]
     echo(f"ci-compress: the gate {word} (fail-on: {fail_on}, exit {code})")
     return code

@@ -146,7 +146,7 @@ def publish(
         echo(f"ci-compress: warning: {w}")
     if note:
         _note(markdown(report), environ, note_key, token_variable, echo)
-    code = exit_code(st, fail_on)
+    code = exit_code(st, fail_on, report.verdict)
     word = {"pass": "passed", "warn": "passed with warnings", "fail": "failed"}[st]
     echo(f"ci-compress: the gate {word} (fail-on: {fail_on}, exit {code})")
     return code

@@ -40,7 +40,7 @@ def publish(
         echo(f"ci-compress: FAILED {c.message}")
     for w in report.warnings:
         echo(f"ci-compress: warning: {w}")
-    code = exit_code(st, fail_on)
+    code = exit_code(st, fail_on, report.verdict)
     word = {"pass": "passed", "warn": "passed with warnings", "fail": "failed"}[st]
     echo(f"ci-compress: the gate {word} (fail-on: {fail_on}, exit {code})")
     return code

@@ -45,7 +45,7 @@ def evaluate(
         for x, y in data.batches(batch_size):
             preds = {}
             for role, model in models.items():
-                out = _forward(model, x, role)
+                out = _forward(model, x, role, data.field)
                 if out.dim() != 2 or out.shape[0] != len(y):
                     raise ModelOutputError(
                         f"the {role} model returned shape {tuple(out.shape)} for a batch of {len(y)} samples; expected (samples, classes)",
@@ -84,7 +84,7 @@ def evaluate(
     return result
 
 
-def _forward(model: nn.Module, x: object, role: str) -> object:
+def _forward(model: nn.Module, x: object, role: str, field: str = "the holdout") -> object:
     import torch
 
     try:
@@ -92,7 +92,7 @@ def _forward(model: nn.Module, x: object, role: str) -> object:
     except (RuntimeError, ValueError, TypeError, IndexError) as e:
         first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
         raise ModelOutputError(
-            f"the {role} model failed on the holdout: {first}",
+            f"the {role} model failed on {field}: {first}",
             hint="check the holdout's x shape and dtype match what the model expects",
         ) from None
     if isinstance(out, tuple | list):

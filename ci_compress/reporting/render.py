@@ -49,11 +49,39 @@ def table_rows(report: Report) -> list[tuple[str, str, str]]:
     return rows
 
 
+def interval_text(report: Report) -> str:
+    """`` (95% CI -0.37 to 0.74)`` for the accuracy drop, or "" when not measured."""
+    d = report.deltas
+    lo, hi = d.get("delta.accuracy_drop_ci_low"), d.get("delta.accuracy_drop_ci_high")
+    if lo is None or hi is None:
+        return ""
+    conf = float(report.statistics.get("confidence", 0.95))
+    return f" ({conf:.0%} CI {lo:.2f} to {hi:.2f})"
+
+
+def statistics_line(report: Report) -> str:
+    """One line on how the interval was computed, for every report."""
+    st = report.statistics
+    if not st:
+        return ""
+    return (
+        f"paired statistics over {st['samples']} holdout samples: teacher-only correct "
+        f"{st['teacher_only']}, student-only correct {st['student_only']}; "
+        f"{st['confidence']:.0%} paired-bootstrap interval of the drop "
+        f"[{st['drop_ci_low']:.2f}, {st['drop_ci_high']:.2f}] points "
+        f"({st['resamples']} resamples, seed {st['seed']}); exact McNemar p = {st['mcnemar_p_value']:.3g}; "
+        f"decision rule: {report.gate.decision}"
+    )
+
+
 def verdict_line(report: Report) -> str:
-    word = "PASSED" if report.passed else "FAILED"
+    word = {"pass": "PASSED", "fail": "FAILED", "inconclusive": "INCONCLUSIVE"}.get(
+        report.verdict, "PASSED" if report.passed else "FAILED"
+    )
     d = report.deltas
     return (
-        f"ci-compress gate {word}: accuracy drop {d['delta.accuracy_drop_points']:.2f} points, "
+        f"ci-compress gate {word}: accuracy drop {d['delta.accuracy_drop_points']:.2f} points"
+        f"{interval_text(report)}, "
         f"{d['delta.compression_ratio']:.2f}x smaller"
         + (f", latency x{d['delta.latency_ratio']:.2f}" if "delta.latency_ratio" in d else "")
     )
@@ -69,7 +97,10 @@ def terminal(report: Report) -> str:
             lines.append(f"  {'-' * w[0]}  {'-' * w[1]}  {'-' * w[2]}")
     lines.append("")
     for c in report.gate.checks:
-        lines.append(f"  [{'ok' if c.passed else 'FAIL'}] {c.message}")
+        mark = {"inconclusive": "??"}.get(c.outcome, "ok" if c.passed else "FAIL")
+        lines.append(f"  [{mark}] {c.message}")
+    if statistics_line(report):
+        lines.append(f"  {statistics_line(report)}")
     for w in report.warnings:
         lines.append(f"  warning: {w}")
     if report.passes:
@@ -86,13 +117,23 @@ def terminal(report: Report) -> str:
 
 
 def markdown(report: Report) -> str:
-    icon = "✅" if report.passed else "❌"
+    icon = "❔" if report.verdict == "inconclusive" else ("✅" if report.passed else "❌")
     out = [f"## {icon} {verdict_line(report)}", ""]
-    out += ["| threshold | measured | limit | result |", "|---|---|---|---|"]
+    out += ["| threshold | measured | interval | limit | result |", "|---|---|---|---|---|"]
     for c in report.gate.checks:
-        out.append(
-            f"| `{c.threshold}` | {c.measured:.4g} | {c.limit:.4g} | {'pass' if c.passed else '**FAIL**'} |"
+        interval = (
+            f"[{c.ci_low:.4g}, {c.ci_high:.4g}]"
+            if c.ci_low is not None and c.ci_high is not None
+            else "-"
         )
+        result = {"inconclusive": "**INCONCLUSIVE**"}.get(
+            c.outcome, "pass" if c.passed else "**FAIL**"
+        )
+        out.append(
+            f"| `{c.threshold}` | {c.measured:.4g} | {interval} | {c.limit:.4g} | {result} |"
+        )
+    if statistics_line(report):
+        out += ["", statistics_line(report) + "."]
     out += ["", "| metric | teacher | student |", "|---|---:|---:|"]
     out += [f"| {a} | {b} | {c} |" for a, b, c in table_rows(report)]
     if report.passes:
@@ -135,9 +176,13 @@ def write_reports(report: Report, out_dir: Path) -> dict[str, Path]:
         "junit_xml": out_dir / "junit.xml",
     }
     report.artifacts.update({k: str(v) for k, v in paths.items()})
+    from ci_compress.redaction import redact, redact_data
+
+    # Redact the strings, not the JSON text: numbers and structure stay intact.
     atomic_write(
-        paths["report_json"], json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n"
+        paths["report_json"],
+        json.dumps(redact_data(report.to_dict()), indent=2, sort_keys=True) + "\n",
     )
-    atomic_write(paths["report_md"], markdown(report))
-    atomic_write(paths["junit_xml"], junit_xml(report))
+    atomic_write(paths["report_md"], redact(markdown(report)))
+    atomic_write(paths["junit_xml"], redact(junit_xml(report)))
     return paths

@@ -1,0 +1,149 @@
+"""How sure is the accuracy drop? Paired statistics over per-sample correctness.
+
+Teacher and student are evaluated on the same holdout samples, so every sample falls
+into one of four cells: both right (``n11``), only the teacher right (``n10``), only
+the student right (``n01``), both wrong (``n00``). The accuracy drop in points is
+``100 * (n10 - n01) / n``; only the *discordant* samples (``n10``, ``n01``) move it.
+
+Two figures are computed, both deterministic:
+
+* a **paired bootstrap** interval for the drop (points) and the relative drop: the
+  holdout is resampled with replacement ``resamples`` times with a fixed seed; since a
+  resample of paired samples is a multinomial draw over the four cells, each resample
+  is one ``Generator.multinomial`` call (exact, fast, identical for the same seed).
+  The interval is the two-sided percentile interval at ``confidence``.
+* an **exact McNemar test** of "teacher and student are equally accurate": the
+  two-sided binomial test of ``n10`` successes in ``n10 + n01`` trials at p = 0.5,
+  computed in log space with :mod:`math` (no scipy needed).
+
+Known limit of the bootstrap: with no discordant samples at all, every resample gives
+a drop of exactly 0 and the interval collapses to [0, 0], however small the holdout.
+The McNemar p-value (1.0) and the discordant counts are reported beside it so a reader
+can see that case.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+@dataclass(frozen=True)
+class PairedStatistics:
+    samples: int
+    both_correct: int  # n11
+    teacher_only: int  # n10: the teacher right, the student wrong
+    student_only: int  # n01: the student right, the teacher wrong
+    both_wrong: int  # n00
+    drop_points: float
+    drop_ci_low: float  # points
+    drop_ci_high: float  # points
+    relative_drop: float
+    relative_ci_low: float
+    relative_ci_high: float
+    mcnemar_p_value: float
+    confidence: float
+    resamples: int
+    seed: int
+    method: str = "paired bootstrap (percentile), exact McNemar"
+
+    def deltas(self) -> dict[str, float]:
+        """The figures as flat ``delta.*`` measurements (report, MLflow, gate)."""
+        return {
+            "delta.accuracy_drop_ci_low": self.drop_ci_low,
+            "delta.accuracy_drop_ci_high": self.drop_ci_high,
+            "delta.relative_accuracy_drop_ci_low": self.relative_ci_low,
+            "delta.relative_accuracy_drop_ci_high": self.relative_ci_high,
+            "delta.mcnemar_p_value": self.mcnemar_p_value,
+            "delta.discordant_teacher_only": float(self.teacher_only),
+            "delta.discordant_student_only": float(self.student_only),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def cells(teacher_correct: np.ndarray, student_correct: np.ndarray) -> tuple[int, int, int, int]:
+    """(n11, n10, n01, n00) from two boolean per-sample masks of equal length."""
+    import numpy as np
+
+    t = np.asarray(teacher_correct, dtype=bool)
+    s = np.asarray(student_correct, dtype=bool)
+    if t.shape != s.shape or t.ndim != 1:
+        raise ValueError(
+            f"paired masks must be 1-D and equal in length, got {t.shape} and {s.shape}"
+        )
+    return (
+        int((t & s).sum()),
+        int((t & ~s).sum()),
+        int((~t & s).sum()),
+        int((~t & ~s).sum()),
+    )
+
+
+def mcnemar_exact(teacher_only: int, student_only: int) -> float:
+    """Two-sided exact McNemar p-value: binomial test of b in b + c trials at p = 1/2."""
+    n = teacher_only + student_only
+    if n == 0:
+        return 1.0
+    k = min(teacher_only, student_only)
+    # P(X <= k) for X ~ Binomial(n, 1/2), summed in log space (n may be thousands).
+    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) for i in range(k + 1)]
+    top = max(logs)
+    tail = math.exp(top + math.log(sum(math.exp(v - top) for v in logs)) - n * math.log(2))
+    return min(1.0, 2.0 * tail)
+
+
+def paired_statistics(
+    teacher_correct: np.ndarray,
+    student_correct: np.ndarray,
+    *,
+    confidence: float = 0.95,
+    resamples: int = 10_000,
+    seed: int = 0,
+) -> PairedStatistics:
+    """Interval and test for the accuracy drop of a student against its teacher."""
+    import numpy as np
+
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    n11, n10, n01, n00 = cells(teacher_correct, student_correct)
+    n = n11 + n10 + n01 + n00
+    if n == 0:
+        raise ValueError("no paired samples")
+    rng = np.random.default_rng(seed)
+    draws = rng.multinomial(n, [n11 / n, n10 / n, n01 / n, n00 / n], size=resamples)
+    b, c = draws[:, 1].astype(np.float64), draws[:, 2].astype(np.float64)
+    drop = 100.0 * (b - c) / n
+    teacher_acc = draws[:, 0] + draws[:, 1]
+    relative = np.divide(b - c, teacher_acc, out=np.zeros_like(b), where=teacher_acc > 0)
+    alpha = (1.0 - confidence) / 2.0
+    lo_q, hi_q = alpha, 1.0 - alpha
+    t_correct = n11 + n10
+
+    def q(values: np.ndarray, p: float) -> float:
+        # "lower"/"higher" keep the bounds on values a resample can take (no interpolation).
+        method = "lower" if p < 0.5 else "higher"
+        return float(np.quantile(values, p, method=method))  # type: ignore[call-overload]
+
+    return PairedStatistics(
+        samples=n,
+        both_correct=n11,
+        teacher_only=n10,
+        student_only=n01,
+        both_wrong=n00,
+        drop_points=100.0 * (n10 - n01) / n,
+        drop_ci_low=q(drop, lo_q),
+        drop_ci_high=q(drop, hi_q),
+        relative_drop=(n10 - n01) / t_correct if t_correct else 0.0,
+        relative_ci_low=q(relative, lo_q),
+        relative_ci_high=q(relative, hi_q),
+        mcnemar_p_value=mcnemar_exact(n10, n01),
+        confidence=confidence,
+        resamples=resamples,
+        seed=seed,
+    )
