@@ -213,7 +213,7 @@ def _evaluate_and_decide(
     import torch
 
     from ci_compress.artifacts.models import _factory
-    from ci_compress.artifacts.packing import load_packed
+    from ci_compress.artifacts.packing import load_packed, size_breakdown
     from ci_compress.evaluation.metrics import evaluate
     from ci_compress.evaluation.performance import latency_ms, model_memory_bytes
     from ci_compress.evaluation.statistics import paired_statistics
@@ -267,7 +267,7 @@ def _evaluate_and_decide(
         exports = export_all(
             shipped,
             cfg.ship.export,
-            out_dir,
+            shipped_path.parent,
             shipped_path.name.removesuffix(".ccz"),
             x_lat,
             lambda: holdout.batches(cfg.data.batch_size),

@@ -101,7 +101,9 @@ def test_every_pass_config_round_trips(name: str) -> None:
 
     cls = PASSES[name].Config
     assert cls.__name__.endswith("Config") and PASSES[name].Config is cls
-    assert name in EXAMPLES, f"add a valid example config for pass {name!r} to tests/passes_support.py"
+    assert name in EXAMPLES, (
+        f"add a valid example config for pass {name!r} to tests/passes_support.py"
+    )
     cfg = cls.model_validate(EXAMPLES[name])
     assert cls.model_validate(cfg.model_dump(mode="json")) == cfg
     # through the YAML loader too, which checks keys and converts errors

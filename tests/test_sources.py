@@ -64,7 +64,9 @@ def test_pickled_module_loads_only_with_opt_in(tmp_path: Path) -> None:
 def test_sha256_pin_is_checked(tmp_path: Path) -> None:
     torch.save(digits_mlp().state_dict(), tmp_path / "sd.pt")
     with pytest.raises(ArtifactError, match="sha256 of"):
-        load_model_file(tmp_path / "sd.pt", ModelSource(path="sd.pt", factory=FACTORY, sha256="0" * 64))
+        load_model_file(
+            tmp_path / "sd.pt", ModelSource(path="sd.pt", factory=FACTORY, sha256="0" * 64)
+        )
 
 
 def _samples(ds, batch: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,7 +100,12 @@ def test_factory_holdout_streams_batches_and_honours_limit(tmp_path: Path) -> No
     assert ds.count() == 100
     x, _ = _samples(ds)
     assert torch.equal(x, torch.from_numpy(digits_split("test")[0][:100]))
-    assert ds.digest() == load_dataset(DataSource(builtin="digits", limit=100), tmp_path, field="data.holdout").digest()
+    assert (
+        ds.digest()
+        == load_dataset(
+            DataSource(builtin="digits", limit=100), tmp_path, field="data.holdout"
+        ).digest()
+    )
 
 
 def test_holdout_digest_changes_with_one_sample(tmp_path: Path) -> None:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import warnings
 import re
+import warnings
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
