@@ -535,7 +535,7 @@ CASES = [
         "ccz-bad-magic",
         with_model_file("m.ccz", packed_bad_magic),
         3,
-        "m.ccz is not a model file ci-compress can read",
+        "m.ccz is not a ci-compress packed file (bad magic bytes)",
     ),
     Case(
         "pickle-that-runs-code",
