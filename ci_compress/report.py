@@ -39,6 +39,12 @@ class Report:
     mlflow: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # The version holding mlflow.alias when the gate ran, measured on the same holdout.
+    champion: ModelSummary | None = None
+    # How the champion baseline was found: status compared|none|off, version, notes.
+    baseline: dict[str, Any] = field(default_factory=dict)
+    # Registration and promotion: registered_model, version, alias, promotion reason.
+    registry: dict[str, Any] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -48,6 +54,8 @@ class Report:
         """Flat metric names, as logged to MLflow."""
         out = {f"teacher.{k}": float(v) for k, v in self.teacher.metrics.items()}
         out.update({f"student.{k}": float(v) for k, v in self.student.metrics.items()})
+        if self.champion is not None:
+            out.update({f"champion.{k}": float(v) for k, v in self.champion.metrics.items()})
         out.update({k: float(v) for k, v in self.deltas.items()})
         out["gate.passed"] = 1.0 if self.gate.passed else 0.0
         return out
@@ -78,4 +86,7 @@ class Report:
             "mlflow": self.mlflow,
             "artifacts": self.artifacts,
             "warnings": self.warnings,
+            "champion": model(self.champion) if self.champion is not None else None,
+            "baseline": self.baseline,
+            "registry": self.registry,
         }
