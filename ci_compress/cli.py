@@ -51,13 +51,30 @@ def cli() -> None:
     gate on thresholds, record in MLflow and report."""
 
 
-def _run_and_report(config_path: Path, report_dir: Path | None, quiet: bool, as_json: bool) -> int:
+def _sigterm_as_interrupt() -> None:
+    """CI cancels a job with SIGTERM: raise so the pipeline marks the run FAILED."""
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _run_and_report(
+    config_path: Path,
+    report_dir: Path | None,
+    quiet: bool,
+    as_json: bool,
+    promote: bool = False,
+) -> int:
     from ci_compress import pipeline
     from ci_compress.config import load_config
     from ci_compress.reporting.render import terminal
 
     loaded = load_config(config_path)
-    report = pipeline.run(loaded, report_dir=report_dir, progress=_progress(quiet))
+    _sigterm_as_interrupt()
+    report = pipeline.run(loaded, report_dir=report_dir, progress=_progress(quiet), promote=promote)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
     else:
@@ -85,9 +102,16 @@ def _run_and_report(config_path: Path, report_dir: Path | None, quiet: bool, as_
 @click.option(
     "--json", "as_json", is_flag=True, help="Print report.json to stdout instead of the table."
 )
-def run(config_path: Path, report_dir: Path | None, quiet: bool, as_json: bool) -> int:
+@click.option(
+    "--promote",
+    is_flag=True,
+    help="Move mlflow.alias to the new version if the gate passes (a local run; CI promotes on the default branch by itself; refused in a PR/MR build).",
+)
+def run(
+    config_path: Path, report_dir: Path | None, quiet: bool, as_json: bool, promote: bool
+) -> int:
     """Compress, evaluate, gate, record and report, as the config says."""
-    return _run_and_report(config_path, report_dir, quiet, as_json)
+    return _run_and_report(config_path, report_dir, quiet, as_json, promote)
 
 
 @cli.command()
