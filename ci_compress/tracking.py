@@ -314,7 +314,20 @@ class MlflowTracker:
                 or "unauthorized" in lowered
                 or "permission" in lowered
             ):
-                hint = "check MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/PASSWORD"
+                given = [
+                    v
+                    for v in (
+                        "MLFLOW_TRACKING_TOKEN",
+                        "MLFLOW_TRACKING_USERNAME",
+                        "MLFLOW_TRACKING_PASSWORD",
+                    )
+                    if os.environ.get(v)
+                ]
+                hint = (
+                    f"the server refused the credentials in {', '.join(given)}; check them"
+                    if given
+                    else "the server needs credentials: set MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD"
+                )
             else:
                 hint = "check the server is running and the tracking URI (mlflow.tracking_uri or MLFLOW_TRACKING_URI); set mlflow.required: false for local checks"
             raise TrackingError(
