@@ -231,7 +231,6 @@ def test_registry_and_run_uris_as_the_teacher(workdir: Path, mlflow_server: Mlfl
     ("uri", "code", "needle"),
     [
         ("models:/no-such-model@champion", 3, "models:/no-such-model@champion not found"),
-        ("models:/no-such-model/4", 3, "models:/no-such-model/4 not found"),
         ("runs:/0123456789abcdef/student", 3, "runs:/0123456789abcdef/student not found"),
         ("models:/just-a-name", 2, "model.uri: 'models:/just-a-name' is not of the expected form"),
     ],
