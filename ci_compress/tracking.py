@@ -60,8 +60,8 @@ def request_bound_seconds(environ: Mapping[str, str]) -> float:
     factor = float(env["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"])
     jitter = float(env["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"])
     timeout = float(env["MLFLOW_HTTP_REQUEST_TIMEOUT"])
-    sleeps = sum(min(120.0, factor * 2 ** (n - 1)) + jitter for n in range(2, retries + 1))
-    return (retries + 1) * 2 * timeout + sleeps
+    sleeps = sum(min(120.0, factor * 2.0 ** (n - 1)) + jitter for n in range(2, retries + 1))
+    return float((retries + 1) * 2 * timeout + sleeps)
 
 
 @dataclass(frozen=True)
@@ -230,7 +230,10 @@ class MemoryTracker:
         version = self.get_alias(name, alias)
         if version is None:
             return None
-        return next(v for v in self.registry[name]["versions"] if v.version == version)
+        found: ModelVersionRef = next(
+            v for v in self.registry[name]["versions"] if v.version == version
+        )
+        return found
 
     def run_record(self, run_id: str) -> dict[str, dict[str, Any]]:
         run = self.runs.get(run_id, {})

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from ci_compress import pipeline
 from ci_compress.ci.env import CIContext, detect
-from ci_compress.config import parse_config
-from ci_compress.errors import ArtifactError, ConfigError
+from ci_compress.config import load_config, parse_config
+from ci_compress.errors import ArtifactError, ConfigError, TrackingError
 from ci_compress.gate import decide
 from ci_compress.pipeline import promotion_decision
-from ci_compress.tracking import parse_model_uri, pick_model_file, request_bound_seconds
-from tests.conftest import base_config
+from ci_compress.tracking import (
+    MemoryTracker,
+    parse_model_uri,
+    pick_model_file,
+    request_bound_seconds,
+)
+from tests.conftest import base_config, write_config
 
 
 def _parse(**over: object) -> object:
@@ -216,3 +224,88 @@ def test_request_bound_is_finite_and_follows_the_variables() -> None:
     assert request_bound_seconds(
         {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
     ) == pytest.approx(10.0)
+
+
+class _Recording(MemoryTracker):
+    """In-memory tracker that records the order of writes and can fail one of them."""
+
+    def __init__(self, fail_at: str | None = None) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+        self.fail_at = fail_at
+
+    def _note(self, what: str) -> None:
+        self.calls.append(what)
+        if what == self.fail_at:
+            raise TrackingError(f"MLflow refused {what}")
+
+    def log_metrics(self, metrics: Any) -> None:
+        self._note("log_metrics")
+        super().log_metrics(metrics)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self._note(f"log_artifact:{artifact_path or ''}/{path.name}")
+        super().log_artifact(path, artifact_path)
+
+    def register(self, name: str, artifact_path: str, tags: Any) -> Any:
+        self._note("register")
+        return super().register(name, artifact_path, tags)
+
+    def end_run(self, status: str) -> None:
+        self._note(f"end_run:{status}")
+        super().end_run(status)
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self._note("set_alias")
+        super().set_alias(name, alias, version)
+
+
+GH_MAIN = {"GITHUB_ACTIONS": "true", "GITHUB_REF": "refs/heads/main", "GITHUB_REF_NAME": "main"}
+
+
+def _loaded(workdir: Path) -> Any:
+    cfg = base_config(
+        passes=[{"type": "quantize"}],
+        mlflow={"enabled": True, "registered_model": "m"},
+        thresholds={"max_accuracy_drop": 5.0, "max_accuracy_drop_vs_champion": 0.0},
+    )
+    return load_config(write_config(workdir, cfg))
+
+
+def test_the_alias_moves_last_after_everything_is_recorded(workdir: Path) -> None:
+    t = _Recording()
+    report = pipeline.run(_loaded(workdir), tracker=t, environ=GH_MAIN)
+    assert report.passed and report.registry["promoted"] is True
+    assert t.calls[-1] == "set_alias"
+    before = t.calls[:-1]
+    for needed in (
+        "log_metrics",
+        "log_artifact:student/student.ccz",
+        "register",
+        "end_run:FINISHED",
+    ):
+        assert needed in before
+    assert before.index("register") > before.index("log_artifact:student/student.ccz")
+    assert t.get_alias("m", "champion") == "1"
+
+
+@pytest.mark.parametrize("fail_at", ["register", "log_artifact:/report.json", "set_alias"])
+def test_a_failure_anywhere_leaves_the_alias_and_marks_the_run_failed(
+    workdir: Path, fail_at: str
+) -> None:
+    t = _Recording(fail_at=fail_at)
+    with pytest.raises(TrackingError):
+        pipeline.run(_loaded(workdir), tracker=t, environ=GH_MAIN)
+    assert t.get_alias("m", "champion") is None
+    (run,) = t.runs.values()
+    assert run["status"] == "FAILED" and run["tags"]["ci_compress.status"] == "failed"
+    for v in t.registry.get("m", {}).get("versions", []):
+        assert v.tags["ci_compress.status"] == "failed"
+
+
+def test_promote_flag_is_refused_in_a_pull_request(workdir: Path) -> None:
+    t = _Recording()
+    env = {"GITHUB_ACTIONS": "true", "GITHUB_REF": "refs/pull/7/merge", "GITHUB_HEAD_REF": "f"}
+    with pytest.raises(ConfigError) as e:
+        pipeline.run(_loaded(workdir), tracker=t, environ=env, promote=True)
+    assert e.value.path == "--promote" and t.calls == [] and t.runs == {}
