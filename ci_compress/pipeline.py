@@ -139,6 +139,7 @@ def run(
         cfg.mlflow.experiment, run_name, {**ci.tags(), "ci_compress.status": "running"}
     )
     version: ModelVersionRef | None = None
+    promoted = False
     try:
         champion: ModelVersionRef | None = None
         champion_file: Path | None = None
@@ -213,10 +214,13 @@ def run(
             # Last write: everything the alias will point at is recorded and READY.
             say(f"moving @{alias} of {registered_model} to version {version.version}")
             tracker.set_alias(registered_model, alias, version.version)
+            promoted = True
             report.registry["promoted"] = True
             write_reports(report, out_dir)  # the local copy says it happened
         return report
     except BaseException:
+        if promoted:  # everything was recorded; only the local report rewrite failed
+            raise
         with tracker.cleanup():
             try:
                 tracker.set_tags({"ci_compress.status": "failed"})
