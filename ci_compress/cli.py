@@ -58,12 +58,23 @@ def cli() -> None:
     gate on thresholds, record in MLflow and report."""
 
 
+def _sigterm_as_interrupt() -> None:
+    """CI cancels a job with SIGTERM: raise so the pipeline marks the run FAILED."""
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def _run_and_report(
     config_path: Path,
     report_dir: Path | None,
     quiet: bool,
     as_json: bool,
     overrides: dict[str, Any] | None = None,
+    promote: bool = False,
 ) -> int:
     from ci_compress import pipeline
     from ci_compress.config import load_config, with_overrides
@@ -73,7 +84,8 @@ def _run_and_report(
     loaded = load_config(config_path)
     if overrides:
         loaded = with_overrides(loaded, **overrides)
-    report = pipeline.run(loaded, report_dir=report_dir, progress=_progress(quiet))
+    _sigterm_as_interrupt()
+    report = pipeline.run(loaded, report_dir=report_dir, progress=_progress(quiet), promote=promote)
     if as_json:
         click.echo(json.dumps(redact_data(report.to_dict()), indent=2, sort_keys=True))
     else:
@@ -113,6 +125,11 @@ def _run_and_report(
     is_flag=True,
     help=f"A quick local check (pre-push): --no-mlflow, --holdout-limit {FAST_HOLDOUT_LIMIT} unless given, 3 latency repeats.",
 )
+@click.option(
+    "--promote",
+    is_flag=True,
+    help="Move mlflow.alias to the new version if the gate passes (a local run; CI promotes on the default branch by itself; refused in a PR/MR build).",
+)
 def run(
     config_path: Path,
     report_dir: Path | None,
@@ -121,6 +138,7 @@ def run(
     holdout_limit: int | None,
     no_mlflow: bool,
     fast: bool,
+    promote: bool,
 ) -> int:
     """Compress, evaluate, gate, record and report, as the config says.
 
@@ -139,7 +157,7 @@ def run(
         overrides["holdout_limit"] = holdout_limit
     if no_mlflow:
         overrides["mlflow_enabled"] = False
-    return _run_and_report(config_path, report_dir, quiet, as_json, overrides)
+    return _run_and_report(config_path, report_dir, quiet, as_json, overrides, promote)
 
 
 @cli.command()

@@ -30,6 +30,7 @@ from ci_compress.errors import ConfigError
 CONFIG_VERSION = 1
 _FACTORY_RE = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
 _SHA256_RE = r"^[0-9a-fA-F]{64}$"
+_MODEL_URI_RE = r"^(models:/[^/@]+(@[\w-]+|/[0-9]+)(/.+)?|runs:/[0-9A-Za-z_-]+/.+)$"
 
 
 class Strict(BaseModel):
@@ -48,7 +49,8 @@ class ModelSource(Strict):
     url: str | None = Field(None, description="https URL of the model file; requires sha256.")
     uri: str | None = Field(
         None,
-        description="MLflow model URI: models:/<name>@<alias>, models:/<name>/<version> or runs:/<run_id>/<path>.",
+        pattern=_MODEL_URI_RE,
+        description="MLflow model URI: models:/<name>@<alias>, models:/<name>/<version> or runs:/<run_id>/<path>; downloaded from the tracking server (mlflow.tracking_uri or MLFLOW_TRACKING_URI) into the report folder, then loaded like a file.",
     )
     sha256: str | None = Field(
         None,
@@ -154,6 +156,17 @@ class Thresholds(Strict):
         gt=0,
         description="Largest allowed student latency / teacher latency (median, same batch and threads).",
     )
+    max_accuracy_drop_vs_champion: float | None = Field(
+        None,
+        ge=-100,
+        le=100,
+        description="Largest allowed top-1 accuracy drop against the current champion (the version holding mlflow.alias), in percentage points (champion - candidate), both measured on this holdout; 0 = no worse than production, negative = must improve. Skipped (not failed) while no version holds the alias. Needs mlflow.registered_model.",
+    )
+    max_size_ratio_vs_champion: float | None = Field(
+        None,
+        gt=0,
+        description="Largest allowed candidate file bytes / champion file bytes. Skipped while no version holds the alias. Needs mlflow.registered_model.",
+    )
 
     decision: Literal["point", "confident"] = Field(
         "point",
@@ -200,6 +213,28 @@ class MlflowConfig(Strict):
         True,
         description="When false, an unreachable server is a warning and the gate still runs (local pre-push checks).",
     )
+    registered_model: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        pattern=r"^[^/@:]+$",
+        description="Registry name: every gate registers its student as a new version of this model. Unset: no registration, no promotion, no champion baseline.",
+    )
+    alias: str = Field(
+        "champion",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\w-]+$",
+        description="Alias that marks the production version; moved to the new version when the gate passes on the default branch (or with --promote locally). 'latest' and v<number> are reserved by MLflow.",
+    )
+
+    @model_validator(mode="after")
+    def _alias_not_reserved(self) -> MlflowConfig:
+        if re.fullmatch(r"[vV]\d+", self.alias) or self.alias.lower() == "latest":
+            raise ValueError(
+                f"mlflow.alias: {self.alias!r} is reserved by MLflow (v<number> names a version, 'latest' the newest); pick a name such as 'champion'"
+            )
+        return self
 
 
 class ReportConfig(Strict):
@@ -269,6 +304,15 @@ class CompressConfig(Strict):
         if not self.thresholds.active():
             raise ValueError(
                 "thresholds: set at least one threshold; a gate that checks nothing passes anything"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _champion_needs_registry(self) -> CompressConfig:
+        vs = [k for k in self.thresholds.active() if k.endswith("_vs_champion")]
+        if vs and not (self.mlflow.enabled and self.mlflow.registered_model):
+            raise ValueError(
+                f"thresholds.{vs[0]}: a champion baseline needs mlflow.enabled: true and mlflow.registered_model (the registry holds the champion)"
             )
         return self
 
@@ -560,6 +604,9 @@ def _convert(err: ValidationError, cls: type[BaseModel], *, prefix: str) -> Conf
         msg = str(e.get("msg", "")).removeprefix("Value error, ")
         if msg.startswith("thresholds: "):
             return ConfigError(msg.removeprefix("thresholds: "), path="thresholds")
+        field_path, sep, rest = msg.partition(": ")
+        if sep and re.fullmatch(r"(mlflow|thresholds)\.\w+", field_path):
+            return ConfigError(rest, path=field_path)
         return ConfigError(msg, path=path or None)
     if kind == "literal_error":
         expected = e.get("ctx", {}).get("expected", "")
@@ -570,6 +617,12 @@ def _convert(err: ValidationError, cls: type[BaseModel], *, prefix: str) -> Conf
             hint = "write it as package.module:function"
         elif path.endswith("sha256"):
             hint = "give the 64 hex digits printed by `sha256sum FILE`"
+        elif path == "model.uri":
+            hint = "use models:/<name>@<alias>, models:/<name>/<version> or runs:/<run_id>/<path>"
+        elif path == "mlflow.alias":
+            hint = "aliases hold letters, digits, '_' and '-'"
+        elif path == "mlflow.registered_model":
+            hint = "a registered model name without '/', '@' or ':'"
         return ConfigError(f"{value!r} is not of the expected form", path=path, hint=hint)
     return ConfigError(f"{e.get('msg', 'invalid value')}, got {value!r}", path=path or None)
 

@@ -28,9 +28,13 @@ class Check:
     ci_low: float | None = None
     ci_high: float | None = None
     outcome: str = ""
+    skipped: bool = False  # a baseline check with no baseline to compare (counts as passed)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if self.skipped:
+            out["measured"] = None  # nothing was measured; NaN is not JSON
+        return out
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,10 @@ def derive(m: Mapping[str, float]) -> dict[str, float]:
         out["delta.latency_ratio"] = m["student.latency_ms"] / m["teacher.latency_ms"]
     if m.get("teacher.parameters"):
         out["delta.parameter_ratio"] = m["student.parameters"] / m["teacher.parameters"]
+    if "champion.accuracy" in m:
+        out["delta.accuracy_drop_vs_champion_points"] = (m["champion.accuracy"] - s_acc) * 100.0
+    if m.get("champion.file_bytes"):
+        out["delta.size_ratio_vs_champion"] = m["student.file_bytes"] / m["champion.file_bytes"]
     return out
 
 
@@ -100,7 +108,11 @@ RULES: dict[str, tuple[str, str, str]] = {
     "min_compression_ratio": ("delta.compression_ratio", "min", "x"),
     "max_size_bytes": ("student.file_bytes", "max", " bytes"),
     "max_latency_ratio": ("delta.latency_ratio", "max", "x"),
+    "max_accuracy_drop_vs_champion": ("delta.accuracy_drop_vs_champion_points", "max", " points"),
+    "max_size_ratio_vs_champion": ("delta.size_ratio_vs_champion", "max", "x"),
 }
+# Thresholds against the current champion: skipped (not failed) when there is none yet.
+BASELINE_THRESHOLDS = frozenset(k for k in RULES if k.endswith("_vs_champion"))
 
 
 # threshold -> (lower, upper) bound measurements of its figure's confidence interval
@@ -151,6 +163,19 @@ def decide(
             raise KeyError(f"unknown threshold {name!r}")
         metric, direction, unit = RULES[name]
         limit = float(thresholds[name])
+        if metric not in figures and name in BASELINE_THRESHOLDS:
+            checks.append(
+                Check(
+                    threshold=name,
+                    metric=metric,
+                    limit=limit,
+                    measured=float("nan"),
+                    passed=True,
+                    message=f"{name}: skipped, no champion to compare against yet",
+                    skipped=True,
+                )
+            )
+            continue
         if metric not in figures:
             raise KeyError(f"threshold {name} needs measurement {metric!r}")
         measured = float(figures[metric])

@@ -18,10 +18,16 @@ from typing import Any
 
 from ci_compress.ci.env import CIContext, detect
 from ci_compress.config import LoadedConfig, flatten
-from ci_compress.errors import CICompressError, TrackingError
+from ci_compress.errors import CICompressError, ConfigError, TrackingError
 from ci_compress.gate import decide, derive
 from ci_compress.report import ModelSummary, Report
-from ci_compress.tracking import MlflowTracker, NullTracker, Tracker, resolve_tracking_uri
+from ci_compress.tracking import (
+    MlflowTracker,
+    ModelVersionRef,
+    NullTracker,
+    Tracker,
+    resolve_tracking_uri,
+)
 
 Progress = Callable[[str], None]
 
@@ -60,6 +66,33 @@ def make_tracker(loaded: LoadedConfig, environ: Mapping[str, str], progress: Pro
     return tracker
 
 
+def promotion_decision(
+    *, passed: bool, ci: CIContext, promote: bool, registered: bool, verdict: str = "pass"
+) -> tuple[bool, str]:
+    """Whether this gate moves the alias, and why (recorded as a version tag).
+
+    Only a passing gate moves it: in CI on the default branch, or locally with
+    ``--promote``. A PR/MR build never moves it, whatever the flags say. An
+    inconclusive gate that the config lets through (``thresholds.inconclusive:
+    warn|pass``) does not block the merge, but it never promotes either.
+    """
+    if not registered:
+        return False, "not-registered"
+    if not passed:
+        return False, "gate-failed"
+    if verdict == "inconclusive":
+        return False, "inconclusive"
+    if ci.is_pull_request:
+        return False, "pull-request"
+    if promote:
+        return True, "promote-flag"
+    if ci.is_ci and ci.on_default_branch:
+        return True, "default-branch"
+    if ci.is_ci:
+        return False, "not-default-branch"
+    return False, "local-run"
+
+
 def run(
     loaded: LoadedConfig,
     *,
@@ -67,8 +100,16 @@ def run(
     environ: Mapping[str, str] | None = None,
     report_dir: Path | None = None,
     progress: Progress | None = None,
+    promote: bool = False,
 ) -> Report:
-    """Run the whole gate for one config and return its report."""
+    """Run the whole gate for one config and return its report.
+
+    Order of the MLflow writes, so that no failure leaves a half-done promotion: run
+    params, metrics, holdout input and student artifact; the new model version (waited
+    for until READY); the reports; the run marked FINISHED; and only then, last, the
+    alias moves. Any failure before that leaves the alias where it was and marks the
+    run FAILED (when the server still answers).
+    """
     environ = os.environ if environ is None else environ
     warnings: list[str] = []
 
@@ -79,25 +120,76 @@ def run(
             progress(msg)
 
     cfg = loaded.config
+    ci = detect(environ, loaded.base_dir)
+    registered_model = cfg.mlflow.registered_model if cfg.mlflow.enabled else None
+    alias = cfg.mlflow.alias
+    if promote and ci.is_pull_request:
+        raise ConfigError(
+            f"a pull/merge request build (#{ci.pr_number}) never moves the alias {alias!r}",
+            path="--promote",
+            hint="drop --promote; the alias moves when the change is merged and the gate passes on the default branch",
+        )
+    if promote and not registered_model:
+        raise ConfigError(
+            "--promote needs a registry to promote in",
+            path="mlflow.registered_model",
+            hint="set mlflow.registered_model (and mlflow.enabled: true)",
+        )
     out_dir = report_dir or loaded.resolve(cfg.report.dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tracker = tracker or make_tracker(loaded, environ, say)
-    ci = detect(environ, loaded.base_dir)
+    offline = isinstance(tracker, NullTracker)
+    if registered_model and offline:
+        say(
+            "warning: MLflow is not available: no registration, no promotion, champion checks skipped"
+        )
+    fetched: dict[str, Any] = {}
+    fetch = _model_fetcher(loaded, environ, tracker, fetched)
     run_name = cfg.mlflow.run_name or f"gate-{(ci.commit or 'local')[:8]}"
     run_id = tracker.start_run(
         cfg.mlflow.experiment, run_name, {**ci.tags(), "ci_compress.status": "running"}
     )
+    version: ModelVersionRef | None = None
+    promoted = False
     try:
-        report = _gate(loaded, out_dir, ci, say)
+        champion: ModelVersionRef | None = None
+        champion_file: Path | None = None
+        baseline: dict[str, Any] = {"status": "off"}
+        if registered_model and not offline:
+            say(f"looking up {registered_model}@{alias}")
+            champion = tracker.champion(registered_model, alias)
+            baseline = {"status": "none", "registered_model": registered_model, "alias": alias}
+            if champion is None:
+                baseline["note"] = (
+                    f"no version of {registered_model} holds @{alias} yet: "
+                    "champion checks skipped (not failed)"
+                )
+            else:
+                champion_file = tracker.fetch(
+                    f"models:/{registered_model}/{champion.version}", out_dir / "champion"
+                ).path
+        report = _gate(loaded, out_dir, ci, say, fetch=fetch, champion_file=champion_file)
+        if champion is not None and report.champion is not None:
+            baseline = _baseline(champion, alias, tracker, report, say)
+        report.baseline = baseline
         report.warnings = warnings
         report.mlflow = {
             "run_id": run_id,
             "tracking_uri": getattr(tracker, "shown_uri", tracker.uri),
             "experiment": cfg.mlflow.experiment,
         }
+        if fetched:
+            report.mlflow["teacher_source"] = fetched
         url = tracker.run_url()
         if url:
             report.mlflow["run_url"] = url
+        eligible, reason = promotion_decision(
+            passed=report.passed,
+            ci=ci,
+            promote=promote,
+            registered=bool(registered_model) and not offline,
+            verdict=report.verdict,
+        )
         say("recording in MLflow")
         tracker.log_params(flatten(report.config))  # report.config is redacted
         tracker.log_metrics(report.metrics())
@@ -105,37 +197,191 @@ def run(
             tracker.log_metrics(
                 {f"pass.{k}": float(rec[k]) for k in _PASS_METRICS}, step=int(rec["index"])
             )
-        from ci_compress.reporting.render import write_reports
-
-        paths = write_reports(report, out_dir)
-        for key in ("report_json", "report_md"):
-            tracker.log_artifact(paths[key])
+        tracker.log_dataset(_dataset_info(loaded, report))
+        tracker.set_tags({"ci_compress.holdout_sha256": str(report.holdout["sha256"])})
         tracker.log_artifact(Path(report.student.file), "student")
         for export in report.exports.values():
             if export.get("status") == "ok":
                 tracker.log_artifact(Path(export["file"]), "student")
         if loaded.source is not None:
             tracker.log_artifact(_redacted_copy(loaded.source, out_dir), "config")
+        if registered_model and not offline:
+            say(f"registering the student as a new version of {registered_model}")
+            version = tracker.register(
+                registered_model,
+                "student",
+                _version_tags(report, ci, reason, eligible, champion),
+            )
+            report.registry = {
+                "registered_model": registered_model,
+                "version": version.version,
+                "source": version.source,
+                "alias": alias,
+                "promotion": reason,
+                "promoted": False,
+                "will_promote": eligible,
+            }
+            tracker.set_tags({"ci_compress.registered_version": version.version})
+        from ci_compress.reporting.render import write_reports
+
+        paths = write_reports(report, out_dir)
+        for key in ("report_json", "report_md"):
+            tracker.log_artifact(paths[key])
         tracker.set_tags({"ci_compress.status": "done", "ci_compress.verdict": report.verdict})
         tracker.end_run("FINISHED")
+        if eligible and version is not None and registered_model:
+            # Last write: everything the alias will point at is recorded and READY.
+            say(f"moving @{alias} of {registered_model} to version {version.version}")
+            tracker.set_alias(registered_model, alias, version.version)
+            promoted = True
+            report.registry["promoted"] = True
+            write_reports(report, out_dir)  # the local copy says it happened
         return report
     except BaseException:
-        try:
-            tracker.set_tags({"ci_compress.status": "failed"})
-            tracker.end_run("FAILED")
-        except CICompressError:
-            pass
+        if promoted:  # everything was recorded; only the local report rewrite failed
+            raise
+        with tracker.cleanup():
+            try:
+                tracker.set_tags({"ci_compress.status": "failed"})
+                tracker.end_run("FAILED")
+                if version is not None and registered_model:
+                    tracker.set_version_tags(
+                        registered_model, version.version, {"ci_compress.status": "failed"}
+                    )
+            except CICompressError:
+                pass
         raise
 
 
 _PASS_METRICS = ("params_before", "params_after", "nonzero_before", "nonzero_after", "seconds")
 
 
-def _gate(loaded: LoadedConfig, out_dir: Path, ci: CIContext, say: Progress) -> Report:
+def _model_fetcher(
+    loaded: LoadedConfig, environ: Mapping[str, str], tracker: Tracker, fetched: dict[str, Any]
+) -> Callable[[str, Path], Path] | None:
+    """Downloader for ``model.uri`` (MLflow is needed even with mlflow.enabled: false)."""
+    if not loaded.config.model.uri:
+        return None
+
+    def fetch(uri: str, dest: Path) -> Path:
+        client: Tracker = tracker
+        if not isinstance(tracker, MlflowTracker):
+            client = MlflowTracker(
+                resolve_tracking_uri(loaded.config.mlflow.tracking_uri, environ, loaded.base_dir)
+            )
+        got = client.fetch(uri, dest)
+        fetched["uri"] = uri
+        if got.version is not None:
+            fetched.update(
+                registered_model=got.version.name,
+                version=got.version.version,
+                run_id=got.version.run_id,
+            )
+        return got.path
+
+    return fetch
+
+
+def _baseline(
+    champion: ModelVersionRef, alias: str, tracker: Tracker, report: Report, say: Progress
+) -> dict[str, Any]:
+    """What is known about the champion: re-measured now, and what its own run recorded."""
+    assert report.champion is not None
+    out: dict[str, Any] = {
+        "status": "compared",
+        "registered_model": champion.name,
+        "alias": alias,
+        "version": champion.version,
+        "run_id": champion.run_id,
+        "source": champion.source,
+    }
+    recorded = tracker.run_record(champion.run_id) if champion.run_id else {}
+    metrics = recorded.get("metrics", {})
+    tags = recorded.get("tags", {})
+    out["recorded"] = {
+        k: v
+        for k, v in {
+            "accuracy": metrics.get("student.accuracy"),
+            "file_bytes": metrics.get("student.file_bytes"),
+            "holdout_sha256": tags.get("ci_compress.holdout_sha256"),
+        }.items()
+        if v is not None
+    }
+    rec_holdout = tags.get("ci_compress.holdout_sha256")
+    rec_acc = metrics.get("student.accuracy")
+    if rec_holdout and rec_holdout != report.holdout["sha256"]:
+        out["note"] = (
+            f"version {champion.version} was gated on another holdout "
+            f"(sha256 {rec_holdout[:12]}); both are compared on this one"
+        )
+    elif rec_acc is not None and abs(rec_acc - report.champion.metrics["accuracy"]) > 1e-9:
+        say(
+            f"warning: champion version {champion.version} recorded accuracy {rec_acc:.4%} "
+            f"but measures {report.champion.metrics['accuracy']:.4%} on the same holdout now "
+            "(library versions changed?); the gate uses the new measurement"
+        )
+    return out
+
+
+def _version_tags(
+    report: Report,
+    ci: CIContext,
+    reason: str,
+    eligible: bool,
+    champion: ModelVersionRef | None,
+) -> dict[str, str]:
+    import json
+
+    tags = {
+        "ci_compress.verdict": report.verdict,
+        "ci_compress.thresholds": json.dumps(report.thresholds, sort_keys=True),
+        "ci_compress.promotion": reason,
+        "ci_compress.student_sha256": report.student.sha256,
+        "ci_compress.holdout_sha256": str(report.holdout["sha256"]),
+        "ci_compress.baseline_version": champion.version if champion else "none",
+        **{f"ci_compress.threshold.{k}": repr(v) for k, v in report.thresholds.items()},
+        **ci.tags(),
+    }
+    if report.passed and not eligible:
+        tags["candidate"] = "true"
+    return tags
+
+
+def _dataset_info(loaded: LoadedConfig, report: Report) -> dict[str, Any]:
+    src = loaded.config.data.holdout
+    info: dict[str, Any] = {
+        "name": report.holdout["name"],
+        "sha256": report.holdout["sha256"],
+        "samples": report.holdout["samples"],
+    }
+    if src.builtin:
+        info.update(source_type="code", source={"builtin": src.builtin, "split": src.split})
+    elif src.path:
+        info.update(source_type="local", source={"uri": str(loaded.resolve(src.path))})
+    else:
+        info.update(source_type="code", source={"factory": src.factory})
+    if report.holdout.get("x_shape") is not None:
+        info["schema_shapes"] = {
+            "x_shape": report.holdout["x_shape"],
+            "x_dtype": report.holdout["x_dtype"],
+            "y_dtype": report.holdout["y_dtype"],
+        }
+    return info
+
+
+def _gate(
+    loaded: LoadedConfig,
+    out_dir: Path,
+    ci: CIContext,
+    say: Progress,
+    *,
+    fetch: Callable[[str, Path], Path] | None = None,
+    champion_file: Path | None = None,
+) -> Report:
     import torch
 
     from ci_compress.artifacts.data import load_dataset
-    from ci_compress.artifacts.models import resolve_model
+    from ci_compress.artifacts.models import load_model_file, resolve_model
     from ci_compress.artifacts.packing import pack
     from ci_compress.passes import PASSES
     from ci_compress.passes.base import PassContext, apply_pass
@@ -150,7 +396,23 @@ def _gate(loaded: LoadedConfig, out_dir: Path, ci: CIContext, say: Progress) -> 
         check_available(cfg.ship.export)
 
     say("loading the model and the holdout")
-    teacher = resolve_model(cfg.model, loaded.base_dir, out_dir / "downloads")
+    teacher = resolve_model(cfg.model, loaded.base_dir, out_dir / "downloads", fetch=fetch)
+    champion = None
+    if champion_file is not None:
+        say("loading the champion")
+        # Same safe loader as the teacher; a champion is never unpickled.
+        champion = load_model_file(
+            champion_file,
+            cfg.model.model_copy(
+                update={
+                    "path": str(champion_file),
+                    "url": None,
+                    "uri": None,
+                    "sha256": None,
+                    "allow_pickle": False,
+                }
+            ),
+        )
     holdout = load_dataset(cfg.data.holdout, loaded.base_dir, field="data.holdout")
     train = (
         load_dataset(cfg.data.train, loaded.base_dir, field="data.train")
@@ -191,7 +453,7 @@ def _gate(loaded: LoadedConfig, out_dir: Path, ci: CIContext, say: Progress) -> 
     )
     try:
         return _evaluate_and_decide(
-            loaded, ci, say, teacher, holdout, shipped_path, info, pass_history
+            loaded, ci, say, teacher, holdout, shipped_path, info, pass_history, champion
         )
     except BaseException:
         # The tool could not decide: leave no un-gated student where a later step
@@ -209,6 +471,7 @@ def _evaluate_and_decide(
     shipped_path: Path,
     info: Any,
     pass_history: list[dict[str, Any]],
+    champion: Any = None,
 ) -> Report:
     import torch
 
@@ -225,12 +488,13 @@ def _evaluate_and_decide(
     shipped, _ = load_packed(shipped_path, factory=_factory(cfg.model))
 
     say(f"evaluating on {holdout.name}")
-    task = evaluate(
-        {"teacher": teacher.module, "student": shipped}, holdout, batch_size=cfg.data.batch_size
-    )
-    x_lat = next(holdout.batches(rt.latency_batch_size))[0]
+    models = {"teacher": teacher.module, "student": shipped}
+    if champion is not None:
+        models["champion"] = champion.module
+    task = evaluate(models, holdout, batch_size=cfg.data.batch_size)
+    x_lat, y_lat = next(holdout.batches(rt.latency_batch_size))
     lat = latency_ms(
-        {"teacher": teacher.module, "student": shipped},
+        models,
         x_lat,
         repeats=rt.latency_repeats,
         warmup=rt.latency_warmup,
@@ -280,6 +544,10 @@ def _evaluate_and_decide(
     flat = {f"teacher.{k}": v for k, v in t_metrics.items()} | {
         f"student.{k}": v for k, v in s_metrics.items()
     }
+    c_metrics = None
+    if champion is not None:
+        c_metrics = measure("champion", champion.module, champion.file_bytes)
+        flat |= {f"champion.{k}": v for k, v in c_metrics.items()}
     deltas = derive(flat)
     th = cfg.thresholds
     stats = paired_statistics(
@@ -327,6 +595,9 @@ def _evaluate_and_decide(
             "name": holdout.name,
             "samples": task["teacher"].samples,
             "sha256": holdout.digest(),
+            "x_shape": list(x_lat.shape[1:]),
+            "x_dtype": str(x_lat.dtype).removeprefix("torch."),
+            "y_dtype": str(y_lat.dtype).removeprefix("torch."),
         },
         environment=_environment(
             ci, rt.threads, rt.seed, __version__, _torch.__version__, numpy.__version__
@@ -335,6 +606,13 @@ def _evaluate_and_decide(
         size=size,
         exports=exports,
         statistics=stats.to_dict(),
+        champion=(
+            ModelSummary(
+                "champion", str(champion.path), champion.file_bytes, champion.sha256, c_metrics
+            )
+            if champion is not None and c_metrics is not None
+            else None
+        ),
     )
 
 

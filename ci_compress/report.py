@@ -43,6 +43,12 @@ class Report:
     exports: dict[str, dict[str, Any]] = field(default_factory=dict)  # torchscript / onnx
     # The paired statistics of the accuracy drop (evaluation.statistics.PairedStatistics)
     statistics: dict[str, Any] = field(default_factory=dict)
+    # The version holding mlflow.alias when the gate ran, measured on the same holdout.
+    champion: ModelSummary | None = None
+    # How the champion baseline was found: status compared|none|off, version, notes.
+    baseline: dict[str, Any] = field(default_factory=dict)
+    # Registration and promotion: registered_model, version, alias, promotion reason.
+    registry: dict[str, Any] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -57,6 +63,8 @@ class Report:
         """Flat metric names, as logged to MLflow."""
         out = {f"teacher.{k}": float(v) for k, v in self.teacher.metrics.items()}
         out.update({f"student.{k}": float(v) for k, v in self.student.metrics.items()})
+        if self.champion is not None:
+            out.update({f"champion.{k}": float(v) for k, v in self.champion.metrics.items()})
         out.update({k: float(v) for k, v in self.deltas.items()})
         out["gate.passed"] = 1.0 if self.gate.passed else 0.0
         return out
@@ -90,6 +98,9 @@ class Report:
             "size": self.size,
             "exports": self.exports,
             "statistics": self.statistics,
+            "champion": model(self.champion) if self.champion is not None else None,
+            "baseline": self.baseline,
+            "registry": self.registry,
         }
 
 
@@ -118,9 +129,10 @@ def report_from_dict(data: dict[str, Any]) -> Report:
             threshold=str(c["threshold"]),
             metric=str(c["metric"]),
             limit=float(c["limit"]),
-            measured=float(c["measured"]),
+            measured=float("nan") if c["measured"] is None else float(c["measured"]),
             passed=bool(c["passed"]),
             message=str(c["message"]),
+            skipped=bool(c.get("skipped", False)),
             ci_low=None if c.get("ci_low") is None else float(c["ci_low"]),
             ci_high=None if c.get("ci_high") is None else float(c["ci_high"]),
             outcome=str(c.get("outcome", "")),
@@ -150,4 +162,7 @@ def report_from_dict(data: dict[str, Any]) -> Report:
         size=dict(data.get("size", {})),
         exports=dict(data.get("exports", {})),
         statistics=dict(data.get("statistics", {})),
+        champion=model("champion") if data.get("champion") else None,
+        baseline=dict(data.get("baseline", {})),
+        registry=dict(data.get("registry", {})),
     )

@@ -13,6 +13,7 @@ environment variables (``MLFLOW_TRACKING_TOKEN``, ``MLFLOW_TRACKING_USERNAME`` /
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -21,16 +22,111 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ci_compress.errors import TrackingError
+from ci_compress.errors import ArtifactError, CICompressError, TrackingError
 from ci_compress.redaction import redact, redact_url
 
-# A CI gate must fail fast on a dead server; MLflow's defaults retry for minutes.
+# A CI gate must fail fast on a dead server; MLflow's defaults retry for minutes
+# (7 retries, backoff factor 2, 120 s timeout, and it obeys any Retry-After header).
+# Only set when the user has not set them. See request_bound_seconds() for the bound.
 FAST_FAIL_ENV = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+    "MLFLOW_HTTP_RESPECT_RETRY_AFTER_HEADER": "false",
 }
+# Always: MlflowClient.set_terminated prints "View run ... at <host>" to stdout, which
+# would corrupt `--json` output and could echo a URI with credentials.
+FORCED_ENV = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+# Best-effort clean-up after a failure (mark the run FAILED): one attempt, short timeout,
+# so a dead server does not double the time to fail.
+CLEANUP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 PARAM_VALUE_LIMIT = 6000
+DATASET_DIGEST_CHARS = 32  # MLflow stores dataset digests in a 36-character column
+MODEL_FILE_SUFFIXES = (".ccz", ".safetensors", ".pt", ".pth")
+
+
+def request_bound_seconds(environ: Mapping[str, str]) -> float:
+    """Worst-case seconds one MLflow HTTP request can take before it fails.
+
+    MLflow retries through urllib3: ``1 + MAX_RETRIES`` attempts, each waiting at most
+    ``TIMEOUT`` s to connect and ``TIMEOUT`` s for the answer; before retry *n* >= 2 it
+    sleeps ``BACKOFF_FACTOR * 2**(n-1)`` s plus up to ``BACKOFF_JITTER`` s (urllib3 2.x
+    sleeps 0 before the first retry). Retry-After headers are ignored by our defaults.
+    The gate stops at the first request that fails, so this bounds the time to fail.
+    """
+    env = {**FAST_FAIL_ENV, **{k: v for k, v in environ.items() if k in FAST_FAIL_ENV}}
+    retries = int(env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"])
+    factor = float(env["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"])
+    jitter = float(env["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"])
+    timeout = float(env["MLFLOW_HTTP_REQUEST_TIMEOUT"])
+    sleeps = sum(min(120.0, factor * 2.0 ** (n - 1)) + jitter for n in range(2, retries + 1))
+    return float((retries + 1) * 2 * timeout + sleeps)
+
+
+@dataclass(frozen=True)
+class ModelVersionRef:
+    """One registered model version (what the registry says about it)."""
+
+    name: str
+    version: str
+    run_id: str | None
+    source: str
+    status: str
+    aliases: tuple[str, ...] = ()
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FetchedModel:
+    """A model artifact downloaded from MLflow: the local file and where it came from."""
+
+    path: Path
+    uri: str
+    version: ModelVersionRef | None = None
+
+
+def parse_model_uri(uri: str) -> tuple[str, str, str, str]:
+    """Split an MLflow model URI into (kind, name_or_run, version_or_alias, sub_path).
+
+    ``kind`` is ``alias``, ``version`` or ``run``. The forms are the ones config.py
+    accepts: ``models:/<name>@<alias>``, ``models:/<name>/<version>`` (each with an
+    optional ``/<path>`` inside the version) and ``runs:/<run_id>/<path>``.
+    """
+    m = re.fullmatch(r"models:/([^/@]+)@([\w-]+)(?:/(.+))?", uri)
+    if m:
+        return "alias", m.group(1), m.group(2), m.group(3) or ""
+    m = re.fullmatch(r"models:/([^/@]+)/([0-9]+)(?:/(.+))?", uri)
+    if m:
+        return "version", m.group(1), m.group(2), m.group(3) or ""
+    m = re.fullmatch(r"runs:/([^/]+)/(.+)", uri)
+    if m:
+        return "run", m.group(1), "", m.group(2)
+    raise ArtifactError(
+        f"unsupported MLflow model URI {uri!r}",
+        hint="use models:/<name>@<alias>, models:/<name>/<version> or runs:/<run_id>/<path>",
+    )
+
+
+def pick_model_file(local: Path, uri: str) -> Path:
+    """The one model file inside a downloaded artifact (a file, or a folder holding one)."""
+    if local.is_file():
+        return local
+    found = sorted(
+        p for p in local.rglob("*") if p.is_file() and p.suffix.lower() in MODEL_FILE_SUFFIXES
+    )
+    if len(found) == 1:
+        return found[0]
+    names = sorted(str(p.relative_to(local)) for p in local.rglob("*") if p.is_file())
+    if not found:
+        raise ArtifactError(
+            f"{uri} holds no model file ci-compress can read ({', '.join(names[:8]) or 'it is empty'})",
+            hint=f"point model.uri at a {', '.join(MODEL_FILE_SUFFIXES)} file inside the artifact, e.g. {uri.rstrip('/')}/<file>",
+        )
+    raise ArtifactError(
+        f"{uri} holds several model files ({', '.join(str(p.relative_to(local)) for p in found[:8])})",
+        hint=f"name the one to use: {uri.rstrip('/')}/<file>",
+    )
 
 
 class Tracker(Protocol):
@@ -44,6 +140,17 @@ class Tracker(Protocol):
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
     def end_run(self, status: str) -> None: ...
     def run_url(self) -> str | None: ...
+    def log_dataset(self, dataset: Mapping[str, Any]) -> None: ...
+    def champion(self, name: str, alias: str) -> ModelVersionRef | None: ...
+    def run_record(self, run_id: str) -> dict[str, dict[str, Any]]: ...
+    def fetch(self, uri: str, dest: Path) -> FetchedModel: ...
+    def register(
+        self, name: str, artifact_path: str, tags: Mapping[str, str]
+    ) -> ModelVersionRef: ...
+    def set_alias(self, name: str, alias: str, version: str) -> None: ...
+    def get_alias(self, name: str, alias: str) -> str | None: ...
+    def set_version_tags(self, name: str, version: str, tags: Mapping[str, str]) -> None: ...
+    def cleanup(self) -> contextlib.AbstractContextManager[None]: ...
 
 
 def resolve_tracking_uri(configured: str | None, environ: Mapping[str, str], base_dir: Path) -> str:
@@ -106,6 +213,57 @@ class MemoryTracker:
     def run_url(self) -> str | None:
         return None
 
+    # registry, kept in memory: name -> {"versions": [ModelVersionRef], "aliases": {alias: version}}
+    registry: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def log_dataset(self, dataset: Mapping[str, Any]) -> None:
+        self._run().setdefault("inputs", []).append(dict(dataset))
+
+    def champion(self, name: str, alias: str) -> ModelVersionRef | None:
+        version = self.get_alias(name, alias)
+        if version is None:
+            return None
+        found: ModelVersionRef = next(
+            v for v in self.registry[name]["versions"] if v.version == version
+        )
+        return found
+
+    def run_record(self, run_id: str) -> dict[str, dict[str, Any]]:
+        run = self.runs.get(run_id, {})
+        return {"metrics": dict(run.get("metrics", {})), "tags": dict(run.get("tags", {}))}
+
+    def fetch(self, uri: str, dest: Path) -> FetchedModel:
+        raise TrackingError(f"the in-memory tracker cannot download {uri}")
+
+    def register(self, name: str, artifact_path: str, tags: Mapping[str, str]) -> ModelVersionRef:
+        model = self.registry.setdefault(name, {"versions": [], "aliases": {}})
+        ref = ModelVersionRef(
+            name=name,
+            version=str(len(model["versions"]) + 1),
+            run_id=self.current,
+            source=f"runs:/{self.current}/{artifact_path}",
+            status="READY",
+            tags=dict(tags),
+        )
+        model["versions"].append(ref)
+        return ref
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.registry[name]["aliases"][alias] = version
+
+    def get_alias(self, name: str, alias: str) -> str | None:
+        model = self.registry.get(name)
+        return None if model is None else model["aliases"].get(alias)
+
+    def set_version_tags(self, name: str, version: str, tags: Mapping[str, str]) -> None:
+        for v in self.registry[name]["versions"]:
+            if v.version == version:
+                v.tags.update(tags)  # type: ignore[attr-defined]
+
+    @contextmanager
+    def cleanup(self) -> Iterator[None]:
+        yield
+
 
 class NullTracker(MemoryTracker):
     """Records nothing anyone will read (mlflow.enabled: false, or not required and down)."""
@@ -122,7 +280,7 @@ class MlflowTracker:
             os.environ.setdefault(k, v)
         # MLflow prints "View run ... at: <tracking URI>" to stdout when a run ends:
         # that corrupts `--json` output and prints URL credentials. Never let it.
-        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+        os.environ.update(FORCED_ENV)
 
         self.uri = uri
         self.shown_uri = redact_url(uri)
@@ -132,7 +290,7 @@ class MlflowTracker:
         with self._errors("connect"):
             from mlflow import MlflowClient
 
-            self.client = MlflowClient(tracking_uri=uri)
+            self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         import logging
 
         for name in ("mlflow", "alembic"):
@@ -142,7 +300,7 @@ class MlflowTracker:
     def _errors(self, what: str) -> Iterator[None]:
         try:
             yield
-        except TrackingError:
+        except CICompressError:
             raise
         except Exception as e:  # MlflowException, requests errors, sqlalchemy errors
             detail = redact(str(e)).splitlines()[0] if str(e) else type(e).__name__
@@ -154,7 +312,20 @@ class MlflowTracker:
                 or "unauthorized" in lowered
                 or "permission" in lowered
             ):
-                hint = "check MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/PASSWORD"
+                given = [
+                    v
+                    for v in (
+                        "MLFLOW_TRACKING_TOKEN",
+                        "MLFLOW_TRACKING_USERNAME",
+                        "MLFLOW_TRACKING_PASSWORD",
+                    )
+                    if os.environ.get(v)
+                ]
+                hint = (
+                    f"the server refused the credentials in {', '.join(given)}; check them"
+                    if given
+                    else "the server needs credentials: set MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD"
+                )
             else:
                 hint = "check the server is running and the tracking URI (mlflow.tracking_uri or MLFLOW_TRACKING_URI); set mlflow.required: false for local checks"
             raise TrackingError(
@@ -234,6 +405,208 @@ class MlflowTracker:
         if self.run_id is None or not self.uri.startswith(("http://", "https://")):
             return None
         return f"{self.shown_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+
+    @contextmanager
+    def cleanup(self) -> Iterator[None]:
+        """Best-effort requests after a failure: one attempt, short timeout."""
+        saved = {k: os.environ.get(k) for k in CLEANUP_ENV}
+        os.environ.update(CLEANUP_ENV)
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def log_dataset(self, dataset: Mapping[str, Any]) -> None:
+        """Log the holdout as the run's dataset input (context ``evaluation``).
+
+        Only metadata goes to MLflow (name, digest, source, schema, row count): the
+        data itself stays where it is. ``digest`` is the start of the holdout's sha256;
+        the full sha256 is in the profile and the ``ci_compress.holdout_sha256`` tag.
+        """
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        schema = None
+        shapes = dataset.get("schema_shapes")
+        if shapes:
+            import numpy as np
+            from mlflow.types.schema import Schema, TensorSpec
+
+            # The layout mlflow.data.from_numpy writes, so the UI shows it the same way.
+            schema = {
+                "mlflow_tensorspec": {
+                    "features": Schema(
+                        [TensorSpec(np.dtype(shapes["x_dtype"]), (-1, *shapes["x_shape"]))]
+                    ).to_json(),
+                    "targets": Schema([TensorSpec(np.dtype(shapes["y_dtype"]), (-1,))]).to_json(),
+                }
+            }
+        entity = Dataset(
+            name=str(dataset["name"]),
+            digest=str(dataset["sha256"])[:DATASET_DIGEST_CHARS],
+            source_type=str(dataset.get("source_type", "code")),
+            source=json.dumps(dataset.get("source", {}), sort_keys=True),
+            schema=json.dumps(schema) if schema else None,
+            profile=json.dumps(
+                {"num_rows": dataset.get("samples"), "sha256": dataset["sha256"]}, sort_keys=True
+            ),
+        )
+        with self._errors("log the holdout dataset"):
+            self.client.log_inputs(
+                self._id(),
+                datasets=[
+                    DatasetInput(entity, tags=[InputTag("mlflow.data.context", "evaluation")])
+                ],
+            )
+
+    def _version_ref(self, mv: Any) -> ModelVersionRef:
+        return ModelVersionRef(
+            name=mv.name,
+            version=str(mv.version),
+            run_id=mv.run_id or None,
+            source=mv.source,
+            status=str(mv.status),
+            aliases=tuple(getattr(mv, "aliases", ()) or ()),
+            tags=dict(mv.tags or {}),
+        )
+
+    @staticmethod
+    def _not_found(e: Exception) -> bool:
+        code = getattr(e, "error_code", "")
+        text = str(e).lower()
+        return code == "RESOURCE_DOES_NOT_EXIST" or (
+            code == "INVALID_PARAMETER_VALUE" and "alias" in text and "not found" in text
+        )
+
+    def get_alias(self, name: str, alias: str) -> str | None:
+        ref = self.champion(name, alias)
+        return None if ref is None else ref.version
+
+    def champion(self, name: str, alias: str) -> ModelVersionRef | None:
+        """The version holding ``alias`` now, or None (no such model, or alias unset)."""
+        from mlflow.exceptions import MlflowException
+
+        with self._errors(f"look up {name}@{alias}"):
+            try:
+                mv = self.client.get_model_version_by_alias(name, alias)
+            except MlflowException as e:
+                if self._not_found(e):
+                    return None
+                raise
+        return self._version_ref(mv)
+
+    def run_record(self, run_id: str) -> dict[str, dict[str, Any]]:
+        """Metrics and tags recorded by a run (the champion's gate run)."""
+        from mlflow.exceptions import MlflowException
+
+        with self._errors(f"read run {run_id}"):
+            try:
+                run = self.client.get_run(run_id)
+            except MlflowException as e:
+                if self._not_found(e):
+                    return {"metrics": {}, "tags": {}}
+                raise
+        return {"metrics": dict(run.data.metrics), "tags": dict(run.data.tags)}
+
+    def fetch(self, uri: str, dest: Path) -> FetchedModel:
+        """Download a ``models:/`` or ``runs:/`` URI into ``dest`` and pick its model file.
+
+        Registry URIs are resolved with this client (``mlflow.artifacts`` would read a
+        ``models:/`` URI from the default registry, not this server), then the version's
+        download URI is fetched. Unknown model, version, alias, run or path:
+        ArtifactError naming the URI (exit 3); server trouble: TrackingError (exit 4).
+        """
+        import shutil
+
+        from mlflow.artifacts import download_artifacts
+        from mlflow.exceptions import MlflowException
+
+        kind, name, ref, sub = parse_model_uri(uri)
+        version: ModelVersionRef | None = None
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.mkdir(parents=True)
+        with self._errors(f"download {uri}"):
+            try:
+                if kind == "run":
+                    artifact_uri = uri
+                else:
+                    mv = (
+                        self.client.get_model_version_by_alias(name, ref)
+                        if kind == "alias"
+                        else self.client.get_model_version(name, ref)
+                    )
+                    version = self._version_ref(mv)
+                    if version.status != "READY":
+                        raise ArtifactError(
+                            f"{uri} is version {version.version} in status {version.status}, not READY",
+                            hint="wait for the registry to finish creating it, or use another version",
+                        )
+                    base = self.client.get_model_version_download_uri(name, version.version)
+                    artifact_uri = f"{base.rstrip('/')}/{sub}" if sub else base
+                local = Path(
+                    download_artifacts(
+                        artifact_uri=artifact_uri,
+                        dst_path=str(dest),
+                        tracking_uri=self.uri,
+                        registry_uri=self.uri,
+                    )
+                )
+            except MlflowException as e:
+                if self._not_found(e) or getattr(e, "error_code", "") == "INVALID_PARAMETER_VALUE":
+                    detail = redact(str(e)).splitlines()[0][:300]
+                    raise ArtifactError(
+                        f"model.uri {uri} not found in MLflow at {self.shown_uri}: {detail}",
+                        hint="check the registered model name, version or alias (or run id and artifact path) in the MLflow UI",
+                    ) from None
+                raise
+        return FetchedModel(path=pick_model_file(local, uri), uri=uri, version=version)
+
+    def register(self, name: str, artifact_path: str, tags: Mapping[str, str]) -> ModelVersionRef:
+        """New version of ``name`` from this run's ``artifact_path``; waits until READY."""
+        from mlflow.exceptions import MlflowException
+
+        run_id = self._id()
+        with self._errors(f"register a version of {name}"):
+            try:
+                self.client.create_registered_model(name)
+            except MlflowException as e:
+                if getattr(e, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+                    raise
+            import logging
+
+            logging.getLogger("mlflow.store.model_registry.abstract_store").setLevel(
+                logging.WARNING
+            )
+            mv = self.client.create_model_version(
+                name,
+                f"runs:/{run_id}/{artifact_path}",
+                run_id=run_id,
+                tags={k: str(v) for k, v in tags.items()},
+                await_creation_for=120,
+            )
+            mv = self.client.get_model_version(name, str(mv.version))
+        ref = self._version_ref(mv)
+        if ref.status != "READY":
+            raise TrackingError(
+                f"MLflow at {self.shown_uri}: {name} version {ref.version} is {ref.status}, not READY; the alias was not moved",
+                hint="check the registry's storage; rerun the job",
+            )
+        return ref
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        with self._errors(f"move alias {alias} of {name} to version {version}"):
+            self.client.set_registered_model_alias(name, alias, version)
+
+    def set_version_tags(self, name: str, version: str, tags: Mapping[str, str]) -> None:
+        with self._errors(f"tag {name} version {version}"):
+            for k, v in sorted(tags.items()):
+                self.client.set_model_version_tag(name, version, k, str(v))
 
     def _id(self) -> str:
         if self.run_id is None:

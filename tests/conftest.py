@@ -40,16 +40,22 @@ class MlflowServer:
 
 
 def start_mlflow_server(
-    root: Path, port: int | None = None, timeout: float = 120.0
+    root: Path,
+    port: int | None = None,
+    timeout: float = 120.0,
+    *,
+    app_name: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> MlflowServer:
     root.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     exe = shutil.which("mlflow") or str(Path(sys.executable).parent / "mlflow")
-    log = (root / "server.log").open("wb")
+    log = (root / "server.log").open("ab")
     proc = subprocess.Popen(
         [
             exe,
             "server",
+            *(["--app-name", app_name] if app_name else []),
             "--backend-store-uri",
             f"sqlite:///{root / 'mlflow.db'}",
             "--artifacts-destination",
@@ -64,6 +70,7 @@ def start_mlflow_server(
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        env={**os.environ, **(env or {})},
     )
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout

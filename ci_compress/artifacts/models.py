@@ -289,8 +289,19 @@ def script_to_eager(scripted: Any, path: Path) -> nn.Module:
     return convert(scripted, "")
 
 
-def resolve_model(source: ModelSource, base_dir: Path, workdir: Path) -> LoadedModel:
-    """Load the teacher from the config's model source."""
+def resolve_model(
+    source: ModelSource,
+    base_dir: Path,
+    workdir: Path,
+    fetch: Callable[[str, Path], Path] | None = None,
+) -> LoadedModel:
+    """Load the teacher from the config's model source.
+
+    ``model.uri`` (``models:/...`` or ``runs:/...``) is downloaded by ``fetch`` (the
+    pipeline passes the MLflow tracker's downloader, so this module never imports
+    mlflow) into ``workdir``; the file is then loaded like any local file, pickle rules
+    and ``model.sha256`` included.
+    """
     if source.path:
         p = Path(source.path).expanduser()
         return load_model_file(p if p.is_absolute() else base_dir / p, source)
@@ -305,8 +316,10 @@ def resolve_model(source: ModelSource, base_dir: Path, workdir: Path) -> LoadedM
             max_bytes=source.max_download_bytes,
         )
         return load_model_file(local, source)
+    if source.uri and fetch is not None:
+        return load_model_file(fetch(source.uri, workdir / "mlflow-model"), source)
     raise ConfigError(
-        "MLflow model URIs are not supported yet in this build",
+        f"model.uri {source.uri} needs MLflow, and no tracking client is available",
         path="model.uri",
-        hint="download the artifact and use model.path",
+        hint="set mlflow.tracking_uri or MLFLOW_TRACKING_URI, or download the file and use model.path",
     )

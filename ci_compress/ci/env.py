@@ -1,8 +1,10 @@
 """What the CI environment (or the local git checkout) says about this run.
 
 The only place that reads provider environment variables. Each provider's variables are
-the documented ones: GitHub Actions (``GITHUB_*``), GitLab CI (``CI_*``), Jenkins
-(``JENKINS_URL``, ``BUILD_URL``, ``GIT_*``, ``CHANGE_ID``).
+the documented ones: GitHub Actions (``GITHUB_*``, ``RUNNER_NAME``), GitLab CI (``CI_*``,
+``CI_PIPELINE_URL``, ``CI_RUNNER_DESCRIPTION``), Jenkins (``JENKINS_URL``, ``BUILD_URL``,
+``GIT_*``, ``CHANGE_ID``, ``NODE_NAME``; ``BUILD_USER_ID`` from the build-user-vars
+plugin and ``RUN_DISPLAY_URL`` from Blue Ocean when present).
 """
 
 from __future__ import annotations
@@ -23,10 +25,16 @@ class CIContext:
     repository: str | None = None
     job_url: str | None = None
     actor: str | None = None
+    pipeline_url: str | None = None
+    runner: str | None = None
 
     @property
     def is_pull_request(self) -> bool:
         return self.pr_number is not None
+
+    @property
+    def is_ci(self) -> bool:
+        return self.provider != "local"
 
     @property
     def on_default_branch(self) -> bool:
@@ -46,6 +54,8 @@ class CIContext:
             "repository": "ci.repository",
             "job_url": "ci.job_url",
             "actor": "ci.actor",
+            "pipeline_url": "ci.pipeline_url",
+            "runner": "ci.runner",
         }
         return {names[k]: str(v) for k, v in asdict(self).items() if k in names and v}
 
@@ -84,7 +94,12 @@ def detect(environ: Mapping[str, str], cwd: Path) -> CIContext:
             pr_number=pr,
             repository=e.get("GITHUB_REPOSITORY"),
             job_url=job,
-            actor=e.get("GITHUB_ACTOR"),
+            actor=e.get("GITHUB_TRIGGERING_ACTOR") or e.get("GITHUB_ACTOR"),
+            # The workflow run (GitHub has no per-job URL in the environment).
+            pipeline_url=f"{job}/attempts/{e['GITHUB_RUN_ATTEMPT']}"
+            if job and e.get("GITHUB_RUN_ATTEMPT")
+            else job,
+            runner=e.get("RUNNER_NAME"),
         )
     if e.get("GITLAB_CI") == "true":
         return CIContext(
@@ -98,6 +113,8 @@ def detect(environ: Mapping[str, str], cwd: Path) -> CIContext:
             repository=e.get("CI_PROJECT_PATH"),
             job_url=e.get("CI_JOB_URL"),
             actor=e.get("GITLAB_USER_LOGIN"),
+            pipeline_url=e.get("CI_PIPELINE_URL"),
+            runner=e.get("CI_RUNNER_DESCRIPTION") or e.get("CI_RUNNER_ID"),
         )
     if e.get("JENKINS_URL"):
         branch = e.get("CHANGE_BRANCH") or e.get("BRANCH_NAME") or e.get("GIT_BRANCH")
@@ -109,7 +126,9 @@ def detect(environ: Mapping[str, str], cwd: Path) -> CIContext:
             pr_number=e.get("CHANGE_ID"),
             repository=e.get("GIT_URL"),
             job_url=e.get("BUILD_URL"),
-            actor=e.get("CHANGE_AUTHOR"),
+            actor=e.get("CHANGE_AUTHOR") or e.get("BUILD_USER_ID"),
+            pipeline_url=e.get("RUN_DISPLAY_URL") or e.get("BUILD_URL"),
+            runner=e.get("NODE_NAME"),
         )
     return CIContext(
         provider="local",

@@ -74,6 +74,51 @@ def statistics_line(report: Report) -> str:
     )
 
 
+def has_champion_column(report: Report) -> bool:
+    """Three columns (original, champion, candidate) when a registry baseline is configured."""
+    return report.champion is not None or report.baseline.get("status") in ("none", "compared")
+
+
+def champion_label(report: Report) -> str:
+    v = report.baseline.get("version")
+    return f"champion v{v}" if v else "champion"
+
+
+def table_rows_with_champion(report: Report) -> list[tuple[str, str, str, str]]:
+    """metric, original (teacher), current champion ("-" when none), candidate (student)."""
+    c = report.champion.metrics if report.champion is not None else {}
+    rows = []
+    for key, label, kind in ROWS:
+        t, s = report.teacher.metrics.get(key), report.student.metrics.get(key)
+        if t is None and s is None and c.get(key) is None:
+            continue
+        rows.append((label, _fmt(t, kind), _fmt(c.get(key), kind), _fmt(s, kind)))
+    return rows
+
+
+def baseline_lines(report: Report) -> list[str]:
+    """One line on the champion baseline and one on the registry, when configured."""
+    out = []
+    b = report.baseline
+    if b.get("status") == "none":
+        out.append(f"baseline: {b.get('note')}")
+    elif b.get("status") == "compared":
+        out.append(
+            f"baseline: {b['registered_model']}@{b['alias']} = version {b['version']}, re-measured on this holdout"
+            + (f"; {b['note']}" if b.get("note") else "")
+        )
+    r = report.registry
+    if r.get("version"):
+        if r.get("promoted"):
+            what = f"@{r['alias']} moved to version {r['version']}"
+        elif r.get("will_promote"):
+            what = f"@{r['alias']} to move to version {r['version']} once recorded"
+        else:
+            what = f"@{r['alias']} not moved ({r.get('promotion')})"
+        out.append(f"registry: {r['registered_model']} version {r['version']} registered; {what}")
+    return out
+
+
 def verdict_line(report: Report) -> str:
     word = {"pass": "PASSED", "fail": "FAILED", "inconclusive": "INCONCLUSIVE"}.get(
         report.verdict, "PASSED" if report.passed else "FAILED"
@@ -88,19 +133,33 @@ def verdict_line(report: Report) -> str:
 
 
 def terminal(report: Report) -> str:
-    rows = [("metric", "teacher", "student"), *table_rows(report)]
-    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    rows: list[tuple[str, ...]]
+    if has_champion_column(report):
+        rows = [
+            ("metric", "original", champion_label(report), "candidate"),
+            *table_rows_with_champion(report),
+        ]
+    else:
+        rows = [("metric", "teacher", "student"), *table_rows(report)]
+    n = len(rows[0])
+    w = [max(len(r[i]) for r in rows) for i in range(n)]
     lines = [verdict_line(report), ""]
     for i, r in enumerate(rows):
-        lines.append(f"  {r[0]:<{w[0]}}  {r[1]:>{w[1]}}  {r[2]:>{w[2]}}")
+        cells = [f"{r[0]:<{w[0]}}", *(f"{r[j]:>{w[j]}}" for j in range(1, n))]
+        lines.append("  " + "  ".join(cells))
         if i == 0:
-            lines.append(f"  {'-' * w[0]}  {'-' * w[1]}  {'-' * w[2]}")
+            lines.append("  " + "  ".join("-" * w[j] for j in range(n)))
     lines.append("")
     for c in report.gate.checks:
-        mark = {"inconclusive": "??"}.get(c.outcome, "ok" if c.passed else "FAIL")
+        if c.skipped:
+            mark = "skip"
+        else:
+            mark = {"inconclusive": "??"}.get(c.outcome, "ok" if c.passed else "FAIL")
         lines.append(f"  [{mark}] {c.message}")
     if statistics_line(report):
         lines.append(f"  {statistics_line(report)}")
+    for line in baseline_lines(report):
+        lines.append(f"  {line}")
     for w in report.warnings:
         lines.append(f"  warning: {w}")
     if report.passes:
@@ -121,6 +180,9 @@ def markdown(report: Report) -> str:
     out = [f"## {icon} {verdict_line(report)}", ""]
     out += ["| threshold | measured | interval | limit | result |", "|---|---|---|---|---|"]
     for c in report.gate.checks:
+        if c.skipped:
+            out.append(f"| `{c.threshold}` | - | - | {c.limit:.4g} | skipped (no champion yet) |")
+            continue
         interval = (
             f"[{c.ci_low:.4g}, {c.ci_high:.4g}]"
             if c.ci_low is not None and c.ci_high is not None
@@ -134,8 +196,17 @@ def markdown(report: Report) -> str:
         )
     if statistics_line(report):
         out += ["", statistics_line(report) + "."]
-    out += ["", "| metric | teacher | student |", "|---|---:|---:|"]
-    out += [f"| {a} | {b} | {c} |" for a, b, c in table_rows(report)]
+    if has_champion_column(report):
+        out += [
+            "",
+            f"| metric | original | {champion_label(report)} | candidate |",
+            "|---|---:|---:|---:|",
+        ]
+        out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in table_rows_with_champion(report)]
+        out += [""] + [f"- {line}" for line in baseline_lines(report)]
+    else:
+        out += ["", "| metric | teacher | student |", "|---|---:|---:|"]
+        out += [f"| {a} | {b} | {c} |" for a, b, c in table_rows(report)]
     if report.passes:
         out += ["", "**Passes:** " + " → ".join(f"`{p['name']}`" for p in report.passes)]
     for w in report.warnings:
