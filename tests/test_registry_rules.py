@@ -239,9 +239,9 @@ class _Recording(MemoryTracker):
         if what == self.fail_at:
             raise TrackingError(f"MLflow refused {what}")
 
-    def log_metrics(self, metrics: Any) -> None:
+    def log_metrics(self, metrics: Any, step: int = 0) -> None:
         self._note("log_metrics")
-        super().log_metrics(metrics)
+        super().log_metrics(metrics, step)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self._note(f"log_artifact:{artifact_path or ''}/{path.name}")
