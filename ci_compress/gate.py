@@ -48,6 +48,7 @@ def derive(m: Mapping[str, float]) -> dict[str, float]:
         "delta.accuracy_drop_points": (t_acc - s_acc) * 100.0,
         "delta.relative_accuracy_drop": (t_acc - s_acc) / t_acc if t_acc > 0 else 0.0,
         "delta.compression_ratio": m["teacher.file_bytes"] / m["student.file_bytes"],
+        "delta.accuracy_recovery": s_acc / t_acc if t_acc > 0 else 1.0,
     }
     if m.get("teacher.latency_ms"):
         out["delta.latency_ratio"] = m["student.latency_ms"] / m["teacher.latency_ms"]
@@ -63,7 +64,33 @@ RULES: dict[str, tuple[str, str, str]] = {
     "min_compression_ratio": ("delta.compression_ratio", "min", "x"),
     "max_size_bytes": ("student.file_bytes", "max", " bytes"),
     "max_latency_ratio": ("delta.latency_ratio", "max", "x"),
+    "min_recovery": ("delta.accuracy_recovery", "min", ""),
+    "max_class_drop": ("delta.max_class_drop_points", "max", " points"),
 }
+
+# Thresholds about task quality (the ones a per-layer exclude list can fix).
+ACCURACY_THRESHOLDS = frozenset(
+    {"max_accuracy_drop", "max_relative_accuracy_drop", "min_recovery", "max_class_drop"}
+)
+
+
+def class_drops(
+    teacher: Mapping[str, float], student: Mapping[str, float]
+) -> dict[str, float]:
+    """Per-class accuracy drop in points (teacher - student), for classes both were scored on."""
+    return {k: (teacher[k] - student[k]) * 100.0 for k in teacher if k in student}
+
+
+def worst_class(drops: Mapping[str, float]) -> tuple[str, float] | None:
+    """The class with the largest drop (ties: the first label in sort order), or None."""
+    if not drops:
+        return None
+    label = min(drops, key=lambda k: (-drops[k], _label_key(k)))
+    return label, drops[label]
+
+
+def _label_key(label: str) -> tuple[int, int | str]:
+    return (0, int(label)) if label.lstrip("-").isdigit() else (1, label)
 
 
 def _fmt(v: float, unit: str) -> str:
@@ -72,8 +99,18 @@ def _fmt(v: float, unit: str) -> str:
     return f"{v:.4g}{unit}"
 
 
-def decide(thresholds: Mapping[str, float], measurements: Mapping[str, float]) -> GateResult:
-    """Check every set threshold; the gate passes when all checks pass."""
+def decide(
+    thresholds: Mapping[str, float],
+    measurements: Mapping[str, float],
+    *,
+    notes: Mapping[str, str] | None = None,
+) -> GateResult:
+    """Check every set threshold; the gate passes when all checks pass.
+
+    ``notes`` adds words to a measured figure's message, e.g.
+    ``{"delta.max_class_drop_points": "class 3"}`` names the class behind a worst-class drop.
+    """
+    notes = notes or {}
     figures = {**measurements}
     if "delta.accuracy_drop_points" not in figures:
         figures.update(derive(measurements))
@@ -89,7 +126,8 @@ def decide(thresholds: Mapping[str, float], measurements: Mapping[str, float]) -
         ok = measured <= limit if direction == "max" else measured >= limit
         word = "at most" if direction == "max" else "at least"
         verdict = "ok" if ok else "FAILED"
-        message = f"{name}: {metric} = {_fmt(measured, unit)}, must be {word} {_fmt(limit, unit)} ({verdict})"
+        note = f" ({notes[metric]})" if notes.get(metric) else ""
+        message = f"{name}: {metric} = {_fmt(measured, unit)}{note}, must be {word} {_fmt(limit, unit)} ({verdict})"
         checks.append(
             Check(
                 threshold=name,

@@ -11,16 +11,28 @@ import copy
 import os
 import platform
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ci_compress.ci.env import CIContext, detect
 from ci_compress.config import LoadedConfig, flatten
 from ci_compress.errors import CICompressError, TrackingError
-from ci_compress.gate import decide, derive
+from ci_compress.gate import class_drops, decide, derive, worst_class
+from ci_compress.manifest import build_manifest
 from ci_compress.report import ModelSummary, Report
 from ci_compress.tracking import MlflowTracker, NullTracker, Tracker, resolve_tracking_uri
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ci_compress.artifacts.data import Dataset
+    from ci_compress.artifacts.models import LoadedModel
+    from ci_compress.artifacts.packing import PackInfo
+    from ci_compress.config import PassConfig
+    from ci_compress.evaluation.metrics import TaskMetrics
+    from ci_compress.passes.base import PassRecord
 
 Progress = Callable[[str], None]
 
@@ -82,6 +94,16 @@ def run(
     )
     try:
         report = _gate(loaded, out_dir, ci, say)
+        when = cfg.explain.when
+        if when == "always" or (when == "fail" and not report.passed):
+            from ci_compress.explain import explain, write_chart
+
+            say("explaining: per-layer sensitivity")
+            result = explain(loaded, report_dir=out_dir, progress=say)
+            report.explain = result.to_dict()
+            report.artifacts["sensitivity_png"] = str(
+                write_chart(result, out_dir / "sensitivity.png")
+            )
         report.warnings = warnings
         report.mlflow = {
             "run_id": run_id,
@@ -97,8 +119,11 @@ def run(
         from ci_compress.reporting.render import write_reports
 
         paths = write_reports(report, out_dir)
-        for key in ("report_json", "report_md"):
-            tracker.log_artifact(paths[key])
+        for key in ("report_json", "report_md", "manifest_json"):
+            if key in paths:
+                tracker.log_artifact(paths[key])
+        if report.artifacts.get("sensitivity_png"):
+            tracker.log_artifact(Path(report.artifacts["sensitivity_png"]))
         tracker.log_artifact(Path(report.student.file), "student")
         if loaded.source is not None:
             tracker.log_artifact(loaded.source, "config")
@@ -117,57 +142,24 @@ def run(
 def _gate(loaded: LoadedConfig, out_dir: Path, ci: CIContext, say: Progress) -> Report:
     import torch
 
-    from ci_compress.artifacts.data import load_dataset
-    from ci_compress.artifacts.models import _factory, resolve_model
-    from ci_compress.artifacts.packing import load_packed, pack
-    from ci_compress.evaluation.metrics import evaluate
+    from ci_compress.evaluation.metrics import evaluate, per_class_table
     from ci_compress.evaluation.performance import latency_ms, model_memory_bytes
-    from ci_compress.passes import PASSES
-    from ci_compress.passes.base import PassContext, count_parameters, run_pass
+    from ci_compress.passes.base import count_parameters
 
     cfg = loaded.config
     rt = cfg.runtime
     set_determinism(rt.seed, rt.threads)
 
     say("loading the model and the holdout")
-    teacher = resolve_model(cfg.model, loaded.base_dir, out_dir / "downloads")
-    holdout = load_dataset(cfg.data.holdout, loaded.base_dir, field="data.holdout")
-    train = (
-        load_dataset(cfg.data.train, loaded.base_dir, field="data.train")
-        if cfg.data.train
-        else None
-    )
-    calib = (
-        load_dataset(cfg.data.calibration, loaded.base_dir, field="data.calibration")
-        if cfg.data.calibration
-        else None
-    )
+    inputs = load_inputs(loaded, out_dir)
+    teacher, holdout = inputs.teacher, inputs.holdout
 
-    student = copy.deepcopy(teacher.module)
-    records = []
-    for i, pass_cfg in enumerate(cfg.passes):
-        say(f"pass {i + 1}/{len(cfg.passes)}: {pass_cfg.type}")
-        ctx = PassContext(
-            seed=rt.seed + i,
-            index=i,
-            train_data=(lambda d=train: d.batches(cfg.data.batch_size)) if train else None,
-            calibration_data=(lambda d=calib: d.batches(cfg.data.batch_size)) if calib else None,
-            teacher=teacher.module,
-        )
-        torch.manual_seed(rt.seed + i)
-        records.append(run_pass(PASSES[pass_cfg.type], student, pass_cfg, ctx))
+    student, records = apply_passes(loaded, inputs, cfg.passes, say)
     pass_history = [r.to_dict() for r in records]
 
     say("packing the student and reading it back")
     shipped_path = out_dir / cfg.ship.filename
-    info = pack(
-        student,
-        shipped_path,
-        passes=pass_history,
-        factory=cfg.model.factory,
-        level=cfg.ship.zstd_level,
-    )
-    shipped, _ = load_packed(shipped_path, factory=_factory(cfg.model))
+    shipped, info = ship(loaded, student, pass_history, shipped_path)
 
     say(f"evaluating on {holdout.name}")
     task = evaluate(
@@ -205,8 +197,10 @@ def _gate(loaded: LoadedConfig, out_dir: Path, ci: CIContext, say: Progress) -> 
         f"student.{k}": v for k, v in s_metrics.items()
     }
     deltas = derive(flat)
+    class_delta, notes = class_figures(task["teacher"], task["student"])
+    deltas.update(class_delta)
     thresholds = cfg.thresholds.active()
-    result = decide(thresholds, {**flat, **deltas})
+    result = decide(thresholds, {**flat, **deltas}, notes=notes)
 
     import numpy
     import torch as _torch
@@ -232,7 +226,120 @@ def _gate(loaded: LoadedConfig, out_dir: Path, ci: CIContext, say: Progress) -> 
             ci, rt.threads, rt.seed, __version__, _torch.__version__, numpy.__version__
         ),
         config=cfg.model_dump(mode="json"),
+        per_class=per_class_table(task),
+        reproducibility=build_manifest(
+            loaded,
+            model_file=str(teacher.path),
+            model_sha256=teacher.sha256,
+            holdout_name=holdout.name,
+            holdout_sha256=holdout.digest(),
+            holdout_samples=task["teacher"].samples,
+            student_sha256=info.sha256,
+            pass_history=pass_history,
+            measurements={**flat, **deltas},
+            per_class=per_class_table(task),
+            verdict="pass" if result.passed else "fail",
+        ),
     )
+
+
+@dataclass
+class Inputs:
+    """What a gate reads: the teacher and the data sets, loaded and checked."""
+
+    teacher: LoadedModel
+    holdout: Dataset
+    train: Dataset | None
+    calibration: Dataset | None
+
+
+def load_inputs(loaded: LoadedConfig, out_dir: Path) -> Inputs:
+    """Load the teacher and the data sets the config names (downloads go under out_dir)."""
+    from ci_compress.artifacts.data import load_dataset
+    from ci_compress.artifacts.models import resolve_model
+
+    cfg = loaded.config
+    teacher = resolve_model(cfg.model, loaded.base_dir, out_dir / "downloads")
+    holdout = load_dataset(cfg.data.holdout, loaded.base_dir, field="data.holdout")
+    train = (
+        load_dataset(cfg.data.train, loaded.base_dir, field="data.train")
+        if cfg.data.train
+        else None
+    )
+    calib = (
+        load_dataset(cfg.data.calibration, loaded.base_dir, field="data.calibration")
+        if cfg.data.calibration
+        else None
+    )
+    return Inputs(teacher=teacher, holdout=holdout, train=train, calibration=calib)
+
+
+def apply_passes(
+    loaded: LoadedConfig,
+    inputs: Inputs,
+    passes: Sequence[PassConfig],
+    say: Progress | None = None,
+) -> tuple[nn.Module, list[PassRecord]]:
+    """A copy of the teacher with ``passes`` applied in order (the teacher is untouched).
+
+    Each pass is seeded with ``runtime.seed + index``, so the same passes give the same
+    student; ``explain`` calls this with passes restricted to one layer.
+    """
+    import torch
+
+    from ci_compress.passes import PASSES
+    from ci_compress.passes.base import PassContext, run_pass
+
+    cfg = loaded.config
+    rt = cfg.runtime
+    train, calib = inputs.train, inputs.calibration
+    student = copy.deepcopy(inputs.teacher.module)
+    records = []
+    for i, pass_cfg in enumerate(passes):
+        if say is not None:
+            say(f"pass {i + 1}/{len(passes)}: {pass_cfg.type}")
+        ctx = PassContext(
+            seed=rt.seed + i,
+            index=i,
+            train_data=(lambda d=train: d.batches(cfg.data.batch_size)) if train else None,
+            calibration_data=(lambda d=calib: d.batches(cfg.data.batch_size)) if calib else None,
+            teacher=inputs.teacher.module,
+        )
+        torch.manual_seed(rt.seed + i)
+        records.append(run_pass(PASSES[pass_cfg.type], student, pass_cfg, ctx))
+    return student, records
+
+
+def ship(
+    loaded: LoadedConfig, student: nn.Module, pass_history: list[dict[str, Any]], path: Path
+) -> tuple[nn.Module, PackInfo]:
+    """Write the packed file and rebuild the model from it: the student as it ships.
+
+    Pass timings are left out of the packed file so that the same passes give the same
+    bytes (the report keeps them).
+    """
+    from ci_compress.artifacts.models import _factory
+    from ci_compress.artifacts.packing import load_packed, pack
+
+    cfg = loaded.config
+    info = pack(
+        student,
+        path,
+        passes=[{k: v for k, v in p.items() if k != "seconds"} for p in pass_history],
+        factory=cfg.model.factory,
+        level=cfg.ship.zstd_level,
+    )
+    shipped, _ = load_packed(path, factory=_factory(cfg.model))
+    return shipped, info
+
+
+def class_figures(teacher: TaskMetrics, student: TaskMetrics) -> tuple[dict[str, float], dict[str, str]]:
+    """The worst per-class drop (``delta.max_class_drop_points``) and a note naming the class."""
+    worst = worst_class(class_drops(teacher.class_accuracy(), student.class_accuracy()))
+    if worst is None:
+        return {}, {}
+    label, drop = worst
+    return {"delta.max_class_drop_points": drop}, {"delta.max_class_drop_points": f"class {label}"}
 
 
 def _environment(

@@ -39,6 +39,9 @@ class Report:
     mlflow: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    per_class: dict[str, Any] = field(default_factory=dict)  # evaluation.metrics.per_class_table
+    reproducibility: dict[str, Any] = field(default_factory=dict)  # manifest.build_manifest
+    explain: dict[str, Any] | None = None  # explain.ExplainResult.to_dict, when run
 
     @property
     def passed(self) -> bool:
@@ -78,4 +81,7 @@ class Report:
             "mlflow": self.mlflow,
             "artifacts": self.artifacts,
             "warnings": self.warnings,
+            "per_class": self.per_class,
+            "reproducibility": self.reproducibility,
+            "explain": self.explain,
         }

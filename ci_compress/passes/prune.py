@@ -67,6 +67,9 @@ def apply(model: nn.Module, config: PruneConfig, ctx: PassContext) -> PassRecord
         modules=[n for n, _ in chosen],
     )
     weights = [m.weight for _, m in chosen]  # type: ignore[union-attr]
+    if not weights:  # everything excluded: nothing to prune
+        record.details = {"sparsity": 0.0, "pruned_weights": 0}
+        return record
     with torch.no_grad():
         if config.threshold is not None:
             for w in weights:

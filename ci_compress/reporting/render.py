@@ -71,6 +71,15 @@ def terminal(report: Report) -> str:
     if report.passes:
         lines.append("")
         lines.append("  passes: " + " -> ".join(p["name"] for p in report.passes))
+    worst = report.per_class.get("worst", {}).get("student")
+    if worst:
+        lines.append(
+            f"  worst class: {worst['label']} (drop {worst['drop_points']:.2f} points; per-class table in report.md)"
+        )
+    if report.explain:
+        from ci_compress.explain import terminal_table
+
+        lines += ["", *("  " + line for line in terminal_table(report.explain).splitlines())]
     if report.mlflow.get("run_id"):
         lines.append(
             f"  mlflow run: {report.mlflow['run_id']}"
@@ -95,6 +104,11 @@ def markdown(report: Report) -> str:
         out += ["", "**Passes:** " + " → ".join(f"`{p['name']}`" for p in report.passes)]
     for w in report.warnings:
         out += ["", f"> **Warning:** {w}"]
+    out += per_class_markdown(report.per_class)
+    if report.explain:
+        from ci_compress.explain import markdown_section
+
+        out += ["", markdown_section(report.explain)]
     h = report.holdout
     out += [
         "",
@@ -106,6 +120,31 @@ def markdown(report: Report) -> str:
             f"MLflow run: {'[' + report.mlflow['run_id'] + '](' + link + ')' if link else '`' + report.mlflow['run_id'] + '`'}."
         )
     return "\n".join(out) + "\n"
+
+
+def per_class_markdown(per_class: dict[str, Any]) -> list[str]:
+    """The per-class accuracy table (one column per role, one drop column per compared role)."""
+    classes = per_class.get("classes") or []
+    if not classes:
+        return []
+    roles = per_class["roles"]
+    ref = per_class["reference"]
+    others = [r for r in roles if r != ref]
+    head = ["class", "samples", *roles, *(f"drop {r} (points)" for r in others)]
+    out = [
+        "",
+        "<details><summary>Per-class accuracy</summary>",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---:|" * len(head),
+    ]
+    for row in classes:
+        cells = [str(row["label"]), str(row["samples"])]
+        cells += [f"{100 * row['accuracy'][r]:.2f}%" for r in roles]
+        cells += [f"{row['drop_points'][r]:.2f}" for r in others]
+        out.append("| " + " | ".join(cells) + " |")
+    out += ["", "</details>"]
+    return out
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -124,9 +163,16 @@ def atomic_write(path: Path, text: str) -> None:
 def write_reports(report: Report, out_dir: Path) -> dict[str, Path]:
     """Write report.json and report.md; returns their paths."""
     paths = {"report_json": out_dir / "report.json", "report_md": out_dir / "report.md"}
+    if report.reproducibility:
+        paths["manifest_json"] = out_dir / "manifest.json"
     report.artifacts.update({k: str(v) for k, v in paths.items()})
     atomic_write(
         paths["report_json"], json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n"
     )
     atomic_write(paths["report_md"], markdown(report))
+    if report.reproducibility:
+        atomic_write(
+            paths["manifest_json"],
+            json.dumps(report.reproducibility, indent=2, sort_keys=True) + "\n",
+        )
     return paths
