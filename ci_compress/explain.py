@@ -40,6 +40,7 @@ class LayerSensitivity:
     """The effect of compressing one layer alone."""
 
     layer: str
+    kind: str  # the teacher module's class, e.g. Conv2d
     passes: tuple[str, ...]  # pass types that touched it, in order
     parameters: int  # of the teacher layer
     accuracy: float  # student with only this layer compressed
@@ -146,6 +147,7 @@ def explain(
             layers.append(
                 LayerSensitivity(
                     layer=layer,
+                    kind=_kind(inputs.teacher.module, layer),
                     passes=tuple(p.type for p in restricted),
                     parameters=_parameters(inputs.teacher.module, layer),
                     accuracy=m.accuracy,
@@ -295,6 +297,13 @@ def _teacher_layer(module: str, names: set[str]) -> str:
     return module
 
 
+def _kind(teacher: Any, layer: str) -> str:
+    try:
+        return type(teacher.get_submodule(layer)).__name__
+    except AttributeError:
+        return "?"
+
+
 def _parameters(teacher: Any, layer: str) -> int:
     try:
         return sum(p.numel() for p in teacher.get_submodule(layer).parameters())
@@ -323,10 +332,22 @@ def _with_exclude(
 
 
 def _rows(data: dict[str, Any]) -> list[tuple[str, ...]]:
-    rows = [("rank", "layer", "passes", "params", "drop (pts)", "accuracy", "worst class", "bytes saved")]
+    rows = [
+        (
+            "rank",
+            "layer",
+            "type",
+            "passes",
+            "params",
+            "drop (pts)",
+            "accuracy",
+            "worst class (drop)",
+            "bytes saved",
+        )
+    ]
     for i, s in enumerate(data["layers"], 1):
         worst = (
-            f"{s['worst_class']} ({s['worst_class_drop_points']:+.1f})"
+            f"{s['worst_class']} ({s['worst_class_drop_points']:.1f})"
             if s.get("worst_class") is not None
             else "-"
         )
@@ -334,6 +355,7 @@ def _rows(data: dict[str, Any]) -> list[tuple[str, ...]]:
             (
                 str(i),
                 s["layer"],
+                s.get("kind", "?"),
                 "+".join(s["passes"]),
                 f"{s['parameters']:,}",
                 f"{s['drop_points']:.2f}",
@@ -372,7 +394,7 @@ def terminal_table(data: dict[str, Any]) -> str:
     """The ranking as an aligned text table, then the suggestion."""
     rows = _rows(data)
     w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    right = {0, 3, 4, 5, 7}
+    right = {0, 4, 5, 6, 8}
     lines = ["per-layer sensitivity (each layer compressed alone, others untouched):"]
     for i, r in enumerate(rows):
         cells = [c.rjust(w[j]) if j in right else c.ljust(w[j]) for j, c in enumerate(r)]
@@ -392,7 +414,7 @@ def markdown_section(data: dict[str, Any]) -> str:
         "accuracy drop on the holdout, most sensitive first.",
         "",
         "| " + " | ".join(rows[0]) + " |",
-        "|---:|---|---|---:|---:|---:|---|---:|",
+        "|---:|---|---|---|---:|---:|---:|---|---:|",
     ]
     out += ["| " + " | ".join(f"`{c}`" if j == 1 else c for j, c in enumerate(r)) + " |" for r in rows[1:]]
     out += [""] + [f"- {line.strip()}" for line in _suggestion_lines(data)]
