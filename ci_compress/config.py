@@ -263,7 +263,7 @@ class CompressConfig(Strict):
     report: ReportConfig = ReportConfig()
     ship: ShipConfig = ShipConfig()
     runtime: RuntimeConfig = RuntimeConfig()
-    explain: ExplainConfig = ExplainConfig()
+    explain: ExplainConfig = Field(default_factory=lambda: ExplainConfig.model_validate({}))
 
     @model_validator(mode="after")
     def _some_threshold(self) -> CompressConfig:

@@ -320,9 +320,7 @@ def _with_exclude(
     pass that touched them."""
     out = []
     for i, p in enumerate(passes):
-        extra = [
-            layer for layer in excluded if touched.get(layer) and touched[layer][i]
-        ]
+        extra = [layer for layer in excluded if touched.get(layer) and touched[layer][i]]
         extra = [layer for layer in extra if layer not in p.exclude]
         out.append(p.model_copy(update={"exclude": (*p.exclude, *extra)}) if extra else p)
     return out
@@ -332,7 +330,7 @@ def _with_exclude(
 
 
 def _rows(data: dict[str, Any]) -> list[tuple[str, ...]]:
-    rows = [
+    rows: list[tuple[str, ...]] = [
         (
             "rank",
             "layer",
@@ -372,7 +370,11 @@ def _suggestion_lines(data: dict[str, Any]) -> list[str]:
     full = data["full"]
     lines = [
         f"configured compression: accuracy drop {full['drop_points']:.2f} points"
-        + (" (accuracy thresholds met)" if full["accuracy_passed"] else " (accuracy thresholds FAILED)")
+        + (
+            " (accuracy thresholds met)"
+            if full["accuracy_passed"]
+            else " (accuracy thresholds FAILED)"
+        )
     ]
     if sug == []:
         lines.append("nothing to exclude: the configured compression meets the accuracy thresholds")
@@ -416,7 +418,10 @@ def markdown_section(data: dict[str, Any]) -> str:
         "| " + " | ".join(rows[0]) + " |",
         "|---:|---|---|---|---:|---:|---:|---|---:|",
     ]
-    out += ["| " + " | ".join(f"`{c}`" if j == 1 else c for j, c in enumerate(r)) + " |" for r in rows[1:]]
+    out += [
+        "| " + " | ".join(f"`{c}`" if j == 1 else c for j, c in enumerate(r)) + " |"
+        for r in rows[1:]
+    ]
     out += [""] + [f"- {line.strip()}" for line in _suggestion_lines(data)]
     return "\n".join(out)
 
@@ -436,10 +441,18 @@ def write_chart(result: ExplainResult | dict[str, Any], path: Path) -> Path:
     colors = ["#c0392b" if d > 0 else "#7f8c8d" for d in drops]
     ax.barh(names, drops, color=colors)
     for y, d in enumerate(drops):
-        ax.annotate(f"{d:.2f}", (d, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
+        ax.annotate(
+            f"{d:.2f}", (d, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8
+        )
     limit = data["thresholds"].get("max_accuracy_drop")
     if limit is not None:
-        ax.axvline(limit, color="#2c3e50", linestyle="--", linewidth=1, label=f"max_accuracy_drop {limit:g}")
+        ax.axvline(
+            limit,
+            color="#2c3e50",
+            linestyle="--",
+            linewidth=1,
+            label=f"max_accuracy_drop {limit:g}",
+        )
         ax.legend(loc="lower right", fontsize=8)
     ax.set_xlabel("accuracy drop when only this layer is compressed (points)")
     ax.set_title("ci-compress: per-layer sensitivity")

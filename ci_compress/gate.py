@@ -74,9 +74,7 @@ ACCURACY_THRESHOLDS = frozenset(
 )
 
 
-def class_drops(
-    teacher: Mapping[str, float], student: Mapping[str, float]
-) -> dict[str, float]:
+def class_drops(teacher: Mapping[str, float], student: Mapping[str, float]) -> dict[str, float]:
     """Per-class accuracy drop in points (teacher - student), for classes both were scored on."""
     return {k: (teacher[k] - student[k]) * 100.0 for k in teacher if k in student}
 

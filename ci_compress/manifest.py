@@ -14,6 +14,7 @@ heavy (mlflow in particular is imported only by :mod:`ci_compress.tracking`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
@@ -53,10 +54,8 @@ def package_versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             out[name] = None
     if out.get("mlflow") is None:  # the runtime may use mlflow-skinny
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out["mlflow-skinny"] = metadata.version("mlflow-skinny")
-        except metadata.PackageNotFoundError:
-            pass
     out["python"] = platform.python_version()
     return out
 

@@ -333,7 +333,9 @@ def ship(
     return shipped, info
 
 
-def class_figures(teacher: TaskMetrics, student: TaskMetrics) -> tuple[dict[str, float], dict[str, str]]:
+def class_figures(
+    teacher: TaskMetrics, student: TaskMetrics
+) -> tuple[dict[str, float], dict[str, str]]:
     """The worst per-class drop (``delta.max_class_drop_points``) and a note naming the class."""
     worst = worst_class(class_drops(teacher.class_accuracy(), student.class_accuracy()))
     if worst is None:

@@ -140,7 +140,8 @@ def reproduce(
     loaded = parse_config_text(manifest["config"]["text"], base_dir=base)
     # The re-run only measures: no explain, no MLflow run.
     loaded = dataclasses.replace(
-        loaded, config=loaded.config.model_copy(update={"explain": ExplainConfig()})
+        loaded,
+        config=loaded.config.model_copy(update={"explain": ExplainConfig.model_validate({})}),
     )
     if workdir is None:
         workdir = Path(tempfile.mkdtemp(prefix="ci-compress-reproduce-"))

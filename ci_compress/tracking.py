@@ -257,7 +257,10 @@ def download_run_file(uri: str, run_id: str, name: str, dest: Path) -> Path:
         try:
             client.get_run(run_id)
         except MlflowException as e:
-            if "RESOURCE_DOES_NOT_EXIST" in str(getattr(e, "error_code", "")) or "not found" in str(e).lower():
+            if (
+                "RESOURCE_DOES_NOT_EXIST" in str(getattr(e, "error_code", ""))
+                or "not found" in str(e).lower()
+            ):
                 raise InputError(
                     f"MLflow run {run_id} not found at {shown}",
                     hint="check the run id and the tracking URI (--tracking-uri or MLFLOW_TRACKING_URI)",
@@ -274,7 +277,9 @@ def download_run_file(uri: str, run_id: str, name: str, dest: Path) -> Path:
     except (InputError, TrackingError):
         raise
     except Exception as e:
-        detail = re.sub(r"\s+", " ", redact(str(e)).splitlines()[0] if str(e) else type(e).__name__)[:300]
+        detail = re.sub(
+            r"\s+", " ", redact(str(e)).splitlines()[0] if str(e) else type(e).__name__
+        )[:300]
         raise TrackingError(
             f"MLflow at {shown} failed to download {name} of run {run_id}: {detail}",
             hint="check the server is running and the tracking URI (--tracking-uri or MLFLOW_TRACKING_URI)",

@@ -25,9 +25,7 @@ def _holdout(folder: Path, *, change_one: bool = False) -> None:
 
 
 def _run(folder: Path, **overrides: object) -> dict:
-    cfg = write_config(
-        folder, base_config(data={"holdout": {"path": "holdout.npz"}}, **overrides)
-    )
+    cfg = write_config(folder, base_config(data={"holdout": {"path": "holdout.npz"}}, **overrides))
     proc = run_cli("run", "--config", str(cfg), "--quiet", cwd=folder)
     assert proc.returncode == 0, proc.stderr
     return json.loads((folder / "report" / "report.json").read_text())

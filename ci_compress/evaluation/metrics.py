@@ -17,6 +17,7 @@ from ci_compress.errors import DataError, ModelOutputError
 
 if TYPE_CHECKING:
     import numpy as np
+    import torch
     from torch import nn
 
     from ci_compress.artifacts.data import Dataset
@@ -120,7 +121,10 @@ def evaluate(
 def _pad(a: np.ndarray, n: int) -> np.ndarray:
     import numpy as np
 
-    return a if len(a) >= n else np.concatenate([a, np.zeros(n - len(a), dtype=a.dtype)])
+    if len(a) >= n:
+        return a
+    padded: np.ndarray = np.concatenate([a, np.zeros(n - len(a), dtype=a.dtype)])
+    return padded
 
 
 def _add(acc: np.ndarray | None, counts: np.ndarray) -> np.ndarray:
@@ -128,10 +132,11 @@ def _add(acc: np.ndarray | None, counts: np.ndarray) -> np.ndarray:
     if acc is None:
         return counts.astype("int64")
     n = max(len(acc), len(counts))
-    return _pad(acc, n) + _pad(counts.astype("int64"), n)
+    total: np.ndarray = _pad(acc, n) + _pad(counts.astype("int64"), n)
+    return total
 
 
-def _forward(model: nn.Module, x: object, role: str) -> object:
+def _forward(model: nn.Module, x: object, role: str) -> torch.Tensor:
     import torch
 
     try:
@@ -176,8 +181,8 @@ def per_class_table(
         row_drops = {
             r: (accuracy[reference] - accuracy[r]) * 100.0 for r in roles if r != reference
         }
-        for r, d in row_drops.items():
-            drops[r][label] = d
+        for r, drop in row_drops.items():
+            drops[r][label] = drop
         classes.append(
             {
                 "label": label,
@@ -188,8 +193,8 @@ def per_class_table(
             }
         )
     worst = {}
-    for r, d in drops.items():
-        w = worst_class(d)
+    for r, role_drops in drops.items():
+        w = worst_class(role_drops)
         if w is not None:
             worst[r] = {"label": w[0], "drop_points": w[1]}
     return {"reference": reference, "roles": roles, "classes": classes, "worst": worst}
