@@ -198,7 +198,7 @@ class ExplainConfig(Strict):
 
     when: Literal["never", "fail", "always"] = Field(
         "never",
-        description="When `run` adds the analysis to the report: never, fail (only when the gate fails) or always. `explain: true` means always.",
+        description="When `run` adds the analysis to the report: never, fail (only when the gate fails) or always. `explain: true` means always, `explain: fail` is short for `explain: {when: fail}`.",
     )
     max_exclude: int | None = Field(
         None,
@@ -211,6 +211,8 @@ class ExplainConfig(Strict):
     def _from_bool(cls, value: Any) -> Any:
         if isinstance(value, bool):
             return {"when": "always" if value else "never"}
+        if isinstance(value, str):  # explain: fail
+            return {"when": value}
         return value
 
 

@@ -109,6 +109,7 @@ def test_every_pass_config_round_trips(name: str) -> None:
 def test_explain_section_accepts_true_and_a_mapping() -> None:
     assert parse_config(base_config(explain=True)).explain.when == "always"
     assert parse_config(base_config()).explain.when == "never"
+    assert parse_config(base_config(explain="fail")).explain.when == "fail"
     cfg = parse_config(base_config(explain={"when": "fail", "max_exclude": 3}))
     assert (cfg.explain.when, cfg.explain.max_exclude) == ("fail", 3)
     with pytest.raises(ConfigError, match=r"explain.when"):
