@@ -163,20 +163,25 @@ def explain(config_path: Path, report_dir: Path | None, quiet: bool, as_json: bo
     Compresses one layer at a time with the configured passes, ranks layers by the
     accuracy drop each causes, and searches (with real runs) the shortest exclude list
     of the most sensitive layers that meets the accuracy thresholds. Exit 0 when the
-    analysis ran, whatever it found; nothing is recorded in MLflow.
+    analysis ran, whatever it found. With MLflow enabled it is recorded as its own run
+    (tag ci_compress.kind=explain).
     """
     from ci_compress import explain as explain_mod
     from ci_compress.config import load_config
 
     loaded = load_config(config_path)
     out_dir = report_dir or loaded.resolve(loaded.config.report.dir)
-    result = explain_mod.explain(loaded, report_dir=out_dir, progress=_progress(quiet))
+    say = _progress(quiet)
+    result = explain_mod.explain(loaded, report_dir=out_dir, progress=say)
     paths = explain_mod.write_outputs(result, out_dir)
+    run_id = explain_mod.record(loaded, result, paths, progress=say)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True))
     else:
         click.echo(explain_mod.terminal_table(result.to_dict()))
         click.echo(f"  chart: {paths['sensitivity_png']}")
+        if run_id:
+            click.echo(f"  mlflow run: {run_id}")
     return 0
 
 

@@ -478,3 +478,51 @@ def write_outputs(result: ExplainResult, out_dir: Path) -> dict[str, Path]:
     atomic_write(paths["explain_md"], markdown_section(data) + "\n")
     write_chart(data, paths["sensitivity_png"])
     return paths
+
+
+def record(
+    loaded: LoadedConfig,
+    result: ExplainResult,
+    paths: dict[str, Path],
+    *,
+    environ: Any = None,
+    progress: Progress | None = None,
+) -> str | None:
+    """Record a standalone analysis as its own MLflow run (tag ``ci_compress.kind=explain``).
+
+    Returns the run id, or None when MLflow is disabled in the config. Metrics are
+    ``explain.drop_points.<layer>`` per layer; the outputs are artifacts.
+    """
+    import os
+
+    from ci_compress.ci.env import detect
+    from ci_compress.pipeline import make_tracker
+    from ci_compress.tracking import NullTracker
+
+    cfg = loaded.config
+    environ = os.environ if environ is None else environ
+    tracker = make_tracker(loaded, environ, progress or (lambda _msg: None))
+    if isinstance(tracker, NullTracker):
+        return None
+    ci = detect(environ, loaded.base_dir)
+    run_id = tracker.start_run(
+        cfg.mlflow.experiment,
+        f"explain-{(ci.commit or 'local')[:8]}",
+        {**ci.tags(), "ci_compress.kind": "explain"},
+    )
+    try:
+        metrics = {f"explain.drop_points.{s.layer}": s.drop_points for s in result.layers}
+        metrics["explain.full.drop_points"] = result.full.drop_points
+        if result.suggested_exclude is not None:
+            metrics["explain.suggested_exclude_count"] = float(len(result.suggested_exclude))
+        tracker.log_metrics(metrics)
+        tracker.set_tags(
+            {"ci_compress.suggested_exclude": ",".join(result.suggested_exclude or []) or "-"}
+        )
+        for path in paths.values():
+            tracker.log_artifact(path)
+        tracker.end_run("FINISHED")
+    except BaseException:
+        tracker.end_run("FAILED")
+        raise
+    return run_id

@@ -112,6 +112,16 @@ def test_run_explains_a_failed_gate_into_the_report_and_mlflow(
     assert proc.returncode == 0, proc.stderr
     assert json.loads((cnn_workdir / "report" / "report.json").read_text())["explain"] is None
 
+    # a standalone analysis is recorded as its own run
+    proc = run_cli("explain", "--config", str(cnn_workdir / "compress.yaml"), "-q", cwd=cnn_workdir)
+    assert proc.returncode == 0, proc.stderr
+    run_id = re.search(r"mlflow run: (\w+)", proc.stdout).group(1)  # type: ignore[union-attr]
+    run = client.get_run(run_id)
+    assert run.data.tags["ci_compress.kind"] == "explain"
+    assert run.data.metrics["explain.drop_points.1"] > 5.0
+    names = {f.path for f in client.list_artifacts(run_id)}
+    assert {"explain.json", "explain.md", "sensitivity.png"} <= names
+
 
 def _per_class_accuracy(model: torch.nn.Module) -> dict[int, float]:
     from ci_compress.artifacts.data import digits_split
