@@ -259,7 +259,9 @@ class _Runner:
             "student.file_bytes": float(file_bytes),
         }
         figures = {**flat, **derive(flat)}
-        class_delta, notes = class_figures(self.teacher_m, m)
+        class_delta, notes = class_figures(
+            self.teacher_m, m, limit=acc_thresholds.get("max_class_drop")
+        )
         figures.update(class_delta)
         acc = decide(acc_thresholds, figures, notes=notes) if acc_thresholds else None
         gate = decide(gate_thresholds, figures, notes=notes) if gate_thresholds else None

@@ -197,10 +197,20 @@ def _gate(loaded: LoadedConfig, out_dir: Path, ci: CIContext, say: Progress) -> 
         f"student.{k}": v for k, v in s_metrics.items()
     }
     deltas = derive(flat)
-    class_delta, notes = class_figures(task["teacher"], task["student"])
-    deltas.update(class_delta)
     thresholds = cfg.thresholds.active()
+    class_delta, notes = class_figures(
+        task["teacher"], task["student"], limit=thresholds.get("max_class_drop")
+    )
+    deltas.update(class_delta)
     result = decide(thresholds, {**flat, **deltas}, notes=notes)
+    holdout_digest = holdout.digest()
+    per_class = per_class_table(task)
+    if "max_class_drop" in thresholds and per_class:
+        limit = thresholds["max_class_drop"]
+        per_class["max_class_drop"] = limit
+        per_class["flagged"] = [
+            row["label"] for row in per_class["classes"] if row["drop_points"]["student"] > limit
+        ]
 
     import numpy
     import torch as _torch
@@ -220,24 +230,24 @@ def _gate(loaded: LoadedConfig, out_dir: Path, ci: CIContext, say: Progress) -> 
         holdout={
             "name": holdout.name,
             "samples": task["teacher"].samples,
-            "sha256": holdout.digest(),
+            "sha256": holdout_digest,
         },
         environment=_environment(
             ci, rt.threads, rt.seed, __version__, _torch.__version__, numpy.__version__
         ),
         config=cfg.model_dump(mode="json"),
-        per_class=per_class_table(task),
+        per_class=per_class,
         reproducibility=build_manifest(
             loaded,
             model_file=str(teacher.path),
             model_sha256=teacher.sha256,
             holdout_name=holdout.name,
-            holdout_sha256=holdout.digest(),
+            holdout_sha256=holdout_digest,
             holdout_samples=task["teacher"].samples,
             student_sha256=info.sha256,
             pass_history=pass_history,
             measurements={**flat, **deltas},
-            per_class=per_class_table(task),
+            per_class=per_class,
             verdict="pass" if result.passed else "fail",
         ),
     )
@@ -334,14 +344,28 @@ def ship(
 
 
 def class_figures(
-    teacher: TaskMetrics, student: TaskMetrics
+    teacher: TaskMetrics, student: TaskMetrics, *, limit: float | None = None
 ) -> tuple[dict[str, float], dict[str, str]]:
-    """The worst per-class drop (``delta.max_class_drop_points``) and a note naming the class."""
-    worst = worst_class(class_drops(teacher.class_accuracy(), student.class_accuracy()))
+    """The worst per-class drop (``delta.max_class_drop_points``) and a note naming the
+    class, and every other class over ``limit`` when one is given."""
+    drops = class_drops(teacher.class_accuracy(), student.class_accuracy())
+    worst = worst_class(drops)
     if worst is None:
         return {}, {}
     label, drop = worst
-    return {"delta.max_class_drop_points": drop}, {"delta.max_class_drop_points": f"class {label}"}
+    note = f"class {label}"
+    others = [
+        k
+        for k in sorted(drops, key=_label_order)
+        if k != label and limit is not None and drops[k] > limit
+    ]
+    if others:
+        note += f"; also over the limit: class {', '.join(others)}"
+    return {"delta.max_class_drop_points": drop}, {"delta.max_class_drop_points": note}
+
+
+def _label_order(label: str) -> tuple[int, int | str]:
+    return (0, int(label)) if label.lstrip("-").isdigit() else (1, label)
 
 
 def _environment(

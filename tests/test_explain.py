@@ -172,6 +172,11 @@ def test_a_collapsed_class_fails_the_gate_while_the_overall_drop_passes(
     assert row["accuracy"]["student"] == pytest.approx(s[1], abs=1e-6)
     assert row["drop_points"]["student"] == pytest.approx(drops[1], abs=1e-4)
     assert report["per_class"]["worst"]["student"]["label"] == "1"
+    assert report["per_class"]["flagged"] == [str(c) for c in sorted(drops) if drops[c] > 10.0]
+    assert (
+        "**Classes over `max_class_drop` (10 points):** `1`"
+        in (cnn_workdir / "report" / "report.md").read_text()
+    )
     assert sum(r["samples"] for r in report["per_class"]["classes"]) == 540
     assert (
         sum(r["correct"]["student"] for r in report["per_class"]["classes"])

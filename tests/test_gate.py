@@ -83,3 +83,18 @@ def test_max_class_drop_names_the_worst_class() -> None:
     assert not result.passed
     assert [c.threshold for c in result.failures] == ["max_class_drop"]
     assert "20 points (class 1), must be at most 10 points" in result.failures[0].message
+
+
+def test_class_note_lists_every_class_over_the_limit() -> None:
+    from ci_compress.evaluation.metrics import TaskMetrics
+    from ci_compress.pipeline import class_figures
+
+    np = pytest.importorskip("numpy")
+    total = np.array([10, 10, 10, 10])
+    teacher = TaskMetrics(40, 40, 1.0, class_correct=np.array([10, 10, 10, 10]), class_total=total)
+    student = TaskMetrics(31, 31, 0.775, class_correct=np.array([10, 5, 9, 7]), class_total=total)
+    figures, notes = class_figures(teacher, student, limit=15.0)
+    assert figures == {"delta.max_class_drop_points": pytest.approx(50.0)}
+    assert notes["delta.max_class_drop_points"] == "class 1; also over the limit: class 3"
+    _, notes = class_figures(teacher, student)
+    assert notes["delta.max_class_drop_points"] == "class 1"

@@ -141,9 +141,21 @@ def per_class_markdown(per_class: dict[str, Any]) -> list[str]:
     for row in classes:
         cells = [str(row["label"]), str(row["samples"])]
         cells += [f"{100 * row['accuracy'][r]:.2f}%" for r in roles]
-        cells += [f"{row['drop_points'][r]:.2f}" for r in others]
+        flagged = row["label"] in per_class.get("flagged", [])
+        cells += [
+            f"**{row['drop_points'][r]:.2f}**"
+            if flagged and r == "student"
+            else f"{row['drop_points'][r]:.2f}"
+            for r in others
+        ]
         out.append("| " + " | ".join(cells) + " |")
     out += ["", "</details>"]
+    if per_class.get("flagged"):
+        out += [
+            "",
+            f"**Classes over `max_class_drop` ({per_class['max_class_drop']:g} points):** "
+            + ", ".join(f"`{label}`" for label in per_class["flagged"]),
+        ]
     return out
 
 
