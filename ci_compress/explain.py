@@ -161,7 +161,7 @@ def explain(
         layers.sort(key=lambda s: (-s.drop_points, -s.bytes_saved, s.layer))
 
         steps = [full_step]
-        suggested: list[str] | None = [] if full_step.accuracy_passed else None
+        suggested: list[str] | None = [] if acc_thresholds and full_step.accuracy_passed else None
         if suggested is None and acc_thresholds:
             limit = cfg.explain.max_exclude or len(layers)
             for k in range(1, min(limit, len(layers)) + 1):

@@ -31,9 +31,22 @@ def _run(folder: Path, **overrides: object) -> dict:
     return json.loads((folder / "report" / "report.json").read_text())
 
 
+def _run_in_process(folder: Path) -> dict:
+    """The library call the CLI makes (cheaper than a subprocess for a second run)."""
+    from ci_compress import pipeline
+    from ci_compress.config import load_config
+
+    cfg = write_config(folder, base_config(data={"holdout": {"path": "holdout.npz"}}))
+    report = pipeline.run(load_config(cfg))
+    assert json.loads((folder / "report" / "report.json").read_text()) == json.loads(
+        json.dumps(report.to_dict())
+    )
+    return report.to_dict()
+
+
 def test_manifest_records_versions_machine_seeds_and_digests(workdir: Path) -> None:
     _holdout(workdir)
-    report = _run(workdir)
+    report = _run_in_process(workdir)
     manifest = report["reproducibility"]
     assert json.loads((workdir / "report" / "manifest.json").read_text()) == manifest
     import torch
@@ -62,7 +75,7 @@ def test_manifest_records_versions_machine_seeds_and_digests(workdir: Path) -> N
 
     # One pixel of one holdout sample changes the holdout digest, and only that.
     _holdout(workdir, change_one=True)
-    changed = _run(workdir)["reproducibility"]["digests"]
+    changed = _run_in_process(workdir)["reproducibility"]["digests"]
     assert changed["holdout"] != digests["holdout"]
     assert (changed["model"], changed["config"]) == (digests["model"], digests["config"])
 

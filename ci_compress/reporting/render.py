@@ -173,7 +173,7 @@ def atomic_write(path: Path, text: str) -> None:
 
 
 def write_reports(report: Report, out_dir: Path) -> dict[str, Path]:
-    """Write report.json and report.md; returns their paths."""
+    """Write report.json, report.md and manifest.json (when recorded); returns their paths."""
     paths = {"report_json": out_dir / "report.json", "report_md": out_dir / "report.md"}
     if report.reproducibility:
         paths["manifest_json"] = out_dir / "manifest.json"
