@@ -116,6 +116,10 @@ def run(
         say("recording in MLflow")
         tracker.log_params(flatten(report.config))
         tracker.log_metrics(report.metrics())
+        for rec in report.passes:
+            tracker.log_metrics(
+                {f"pass.{k}": float(rec[k]) for k in _PASS_METRICS}, step=int(rec["index"])
+            )
         from ci_compress.reporting.render import write_reports
 
         paths = write_reports(report, out_dir)
@@ -137,6 +141,9 @@ def run(
         except CICompressError:
             pass
         raise
+
+
+_PASS_METRICS = ("params_before", "params_after", "nonzero_before", "nonzero_after", "seconds")
 
 
 def _gate(loaded: LoadedConfig, out_dir: Path, ci: CIContext, say: Progress) -> Report:
@@ -298,7 +305,7 @@ def apply_passes(
     import torch
 
     from ci_compress.passes import PASSES
-    from ci_compress.passes.base import PassContext, run_pass
+    from ci_compress.passes.base import PassContext, apply_pass
 
     cfg = loaded.config
     rt = cfg.runtime
@@ -316,7 +323,8 @@ def apply_passes(
             teacher=inputs.teacher.module,
         )
         torch.manual_seed(rt.seed + i)
-        records.append(run_pass(PASSES[pass_cfg.type], student, pass_cfg, ctx))
+        student, record = apply_pass(PASSES[pass_cfg.type], student, pass_cfg, ctx)
+        records.append(record)
     return student, records
 
 

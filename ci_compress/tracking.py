@@ -39,7 +39,7 @@ class Tracker(Protocol):
     def check(self, experiment: str) -> None: ...
     def start_run(self, experiment: str, run_name: str, tags: Mapping[str, str]) -> str: ...
     def log_params(self, params: Mapping[str, str]) -> None: ...
-    def log_metrics(self, metrics: Mapping[str, float]) -> None: ...
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None: ...
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
     def end_run(self, status: str) -> None: ...
@@ -96,8 +96,11 @@ class MemoryTracker:
     def log_params(self, params: Mapping[str, str]) -> None:
         self._run()["params"].update(params)
 
-    def log_metrics(self, metrics: Mapping[str, float]) -> None:
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         self._run()["metrics"].update(metrics)
+        history = self._run().setdefault("history", {})
+        for k, v in metrics.items():
+            history.setdefault(k, []).append((step, v))
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         self._run()["tags"].update(tags)
@@ -196,13 +199,13 @@ class MlflowTracker:
             for i in range(0, len(items), 100):
                 self.client.log_batch(self._id(), params=items[i : i + 100], synchronous=True)
 
-    def log_metrics(self, metrics: Mapping[str, float]) -> None:
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         import time
 
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, 0) for k, v in sorted(metrics.items())]
+        items = [Metric(k, float(v), now, step) for k, v in sorted(metrics.items())]
         with self._errors("log metrics"):
             for i in range(0, len(items), 500):
                 self.client.log_batch(self._id(), metrics=items[i : i + 500], synchronous=True)

@@ -97,12 +97,16 @@ def test_schema_lists_every_registered_pass() -> None:
 
 @pytest.mark.parametrize("name", sorted(PASSES))
 def test_every_pass_config_round_trips(name: str) -> None:
+    from tests.passes_support import EXAMPLES
+
     cls = PASSES[name].Config
-    fields = {"type": name}
-    if name == "prune":
-        fields["amount"] = 0.3
-    cfg = cls.model_validate(fields)
+    assert cls.__name__.endswith("Config") and PASSES[name].Config is cls
+    assert name in EXAMPLES, f"add a valid example config for pass {name!r} to tests/passes_support.py"
+    cfg = cls.model_validate(EXAMPLES[name])
     assert cls.model_validate(cfg.model_dump(mode="json")) == cfg
+    # through the YAML loader too, which checks keys and converts errors
+    loaded = parse_config(base_config(passes=[cfg.model_dump(mode="json")]))
+    assert loaded.passes == (cfg,)
     assert PASSES[name].apply.__doc__ is not None or PASSES[name].__doc__
 
 

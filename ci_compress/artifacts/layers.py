@@ -133,6 +133,45 @@ def _dyn_args(m: Any) -> dict[str, Any]:
     return {"in_features": m.in_features, "out_features": m.out_features}
 
 
+# ---------------------------------------------------------------- pass-made layers
+
+
+def _pass_module(name: str) -> Callable[[], type]:
+    def get() -> type:
+        from ci_compress.passes import modules
+
+        return modules.CLASSES[name]
+
+    return get
+
+
+def _pass_codec(name: str) -> Codec:
+    """Codec of a layer class from :mod:`ci_compress.passes.modules`: args + plain tensors.
+
+    int8 weights are stored as int8 plus float32 scales, cluster indices as uint8 plus the
+    codebook, fp16/bf16 weights in their own dtype; the default tensor path stores the
+    module's parameters and buffers as they are.
+    """
+    return Codec(
+        name,
+        _pass_module(name),
+        to_args=lambda m: m.args(),
+        learned=lambda m: m.learned(),
+    )
+
+
+_PASS_LAYERS = (
+    "Int8WeightOnlyLinear",
+    "Int8WeightOnlyConv2d",
+    "ClusteredLinear",
+    "ClusteredConv2d",
+    "LowPrecisionLinear",
+    "LowPrecisionConv2d",
+    "StaticInt8Linear",
+    "StaticInt8Conv2d",
+)
+
+
 def _torch() -> Any:
     import torch
 
@@ -197,6 +236,7 @@ CODECS: dict[str, Codec] = {
             build=_dyn_build,
             learned=_dyn_learned,
         ),
+        *[_pass_codec(n) for n in _PASS_LAYERS],
     ]
 }
 

@@ -6,10 +6,13 @@ here. The config loader, the JSON Schema and the contract tests all read this ta
 
 from __future__ import annotations
 
-from ci_compress.passes import prune, quantize
+from ci_compress.passes import cluster, distill, lowrank, prune, quantize
 from ci_compress.passes.base import PassModule
 
 PASSES: dict[str, PassModule] = {
+    "cluster": cluster,
+    "distill": distill,
+    "lowrank": lowrank,
     "prune": prune,
     "quantize": quantize,
 }

@@ -48,6 +48,9 @@ class PassRecord:
     seconds: float = 0.0
     modules: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    # A pass that builds a new model (distill) puts it here; the caller must use it in
+    # place of the model it passed in. Not part of the record's dict.
+    replacement: nn.Module | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -157,14 +160,28 @@ class Timer:
 def run_pass(
     module: PassModule, model: nn.Module, config: PassConfig, ctx: PassContext
 ) -> PassRecord:
-    """Apply one pass and fill in the before/after counts and time of its record."""
+    """Apply one pass and fill in the before/after counts and time of its record.
+
+    When the pass returns a new model (``record.replacement``), the after-counts are the
+    new model's; the caller continues with ``record.replacement`` (see :func:`apply_pass`).
+    """
     before, nz_before = count_parameters(model)
     with Timer() as t:
         record = module.apply(model, config, ctx)
     record.params_before, record.nonzero_before = before, nz_before
-    record.params_after, record.nonzero_after = count_parameters(model)
+    after = record.replacement if record.replacement is not None else model
+    record.params_after, record.nonzero_after = count_parameters(after)
     record.seconds = t.seconds
     return record
+
+
+def apply_pass(
+    module: PassModule, model: nn.Module, config: PassConfig, ctx: PassContext
+) -> tuple[nn.Module, PassRecord]:
+    """Run one pass; returns the model to continue with (the same or its replacement)."""
+    record = run_pass(module, model, config, ctx)
+    new, record.replacement = record.replacement, None
+    return (new if new is not None else model), record
 
 
 def set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:

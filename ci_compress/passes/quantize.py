@@ -1,4 +1,5 @@
-"""Quantization of Linear layers.
+"""Quantization of Linear (and Conv2d) layers: int8 dynamic, int8 static, int8 weight-only,
+fp16, bf16.
 
 ``int8-dynamic``: int8 weights (symmetric, per output channel) with activations
 quantized on the fly, through ``torch.ao.nn.quantized.dynamic.Linear``. torch.ao is
@@ -6,52 +7,186 @@ deprecated in torch 2.13, but on CPU it is the only int8 Linear with fast kernel
 without ``torch.compile`` (torchao's dynamic-activation int8 config ran 25x slower here,
 see README "Why these libraries"); when torchao gains a fast eager CPU path this pass
 switches to it without changing its config. Weights shrink 4x; biases stay fp32.
+
+``int8-static``: post-training static quantization of Linear and Conv2d. The input and
+output range of each layer is measured on ``calibration_batches`` batches of
+``data.calibration`` (min/max), weights are int8 per output channel, and the layer runs
+torch.ao's int8 kernels (the deprecated API again, for the same reason: torchao has no
+eager CPU static int8 path). Each layer quantizes its input and dequantizes its output,
+so it composes with any float layer around it.
+
+``int8-weight-only``: int8 weights + per-channel scales, dequantized in forward; 4x
+smaller weights, float compute. torchao's ``Int8WeightOnlyConfig`` does the same math but
+makes tensor subclasses that safetensors cannot store (and measured slower than fp32 on
+this CPU), so the pass uses its own plain module (:mod:`ci_compress.passes.modules`).
+
+``fp16`` / ``bf16``: weights stored and computed in half precision (2x smaller); inputs
+and outputs stay float32.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
 from ci_compress.config import PassConfig
 from ci_compress.passes.base import PassContext, PassRecord, select, set_submodule
+from ci_compress.passes.training import require
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
 TYPE = "quantize"
+Scheme = Literal["int8-dynamic", "int8-static", "int8-weight-only", "fp16", "bf16"]
 
 
 class QuantizeConfig(PassConfig):
-    """Quantize Linear layers."""
+    """Quantize Linear (and, except int8-dynamic, Conv2d) layers."""
 
     type: Literal["quantize"] = "quantize"
-    scheme: Literal["int8-dynamic"] = Field(
+    scheme: Scheme = Field(
         "int8-dynamic",
-        description="int8-dynamic: int8 weights, activations quantized per batch (fast CPU kernels).",
+        description=(
+            "int8-dynamic: int8 weights, activations quantized per batch (fast CPU kernels, Linear only); "
+            "int8-static: int8 weights and activations calibrated on data.calibration (Linear, Conv2d); "
+            "int8-weight-only: int8 weights, float compute; fp16 / bf16: half-precision weights."
+        ),
+    )
+    calibration_batches: int = Field(
+        8,
+        ge=1,
+        le=100000,
+        description="int8-static: batches of data.calibration to measure ranges on.",
     )
 
 
 Config = QuantizeConfig
 
 
-def apply(model: nn.Module, config: QuantizeConfig, ctx: PassContext) -> PassRecord:
+def _kinds(scheme: str) -> tuple[type, ...]:
     from torch import nn
 
-    from ci_compress.artifacts.layers import int8_dynamic_linear, quantize_weight_int8
+    return (nn.Linear,) if scheme == "int8-dynamic" else (nn.Linear, nn.Conv2d)
 
-    chosen = select(
-        model, config.include, config.exclude, (nn.Linear,), path=f"passes[{ctx.index}]"
-    )
-    for name, module in chosen:
-        assert isinstance(module, nn.Linear)
-        q, scale = quantize_weight_int8(module.weight)
-        set_submodule(model, name, int8_dynamic_linear(q, scale, module.bias))
+
+def apply(model: nn.Module, config: QuantizeConfig, ctx: PassContext) -> PassRecord:
+    """Replace each selected layer by its quantized counterpart, in place."""
+    from torch import nn
+
+    where = f"passes[{ctx.index}]"
+    calib = None
+    if config.scheme == "int8-static":
+        calib = require(ctx.calibration_data, "data.calibration", where, "uses scheme int8-static")
+    chosen = select(model, config.include, config.exclude, _kinds(config.scheme), path=where)
+    chosen = [
+        (n, m) for n, m in chosen if not (isinstance(m, nn.Conv2d) and m.padding_mode != "zeros")
+    ]
+    details: dict[str, Any] = {
+        "scheme": config.scheme,
+        "weight_bits": 16 if config.scheme in ("fp16", "bf16") else 8,
+    }
+    if config.scheme == "int8-dynamic":
+        _dynamic(model, chosen)
+    elif config.scheme == "int8-static":
+        assert calib is not None
+        ranges = calibrate(model, [n for n, _ in chosen], calib, config.calibration_batches)
+        from ci_compress.passes import modules
+
+        for name, module in chosen:
+            cls = (
+                modules.StaticInt8Linear
+                if isinstance(module, nn.Linear)
+                else modules.StaticInt8Conv2d
+            )
+            inp, out = ranges[name]
+            set_submodule(model, name, cls.from_float(module, inp, out))
+        details["activation_bits"] = 8
+        details["calibration_batches"] = config.calibration_batches
+        details["ranges"] = {
+            n: [list(map(_r, i)), list(map(_r, o))] for n, (i, o) in ranges.items()
+        }
+    elif config.scheme == "int8-weight-only":
+        from ci_compress.passes import modules
+
+        for name, module in chosen:
+            wo = (
+                modules.Int8WeightOnlyLinear
+                if isinstance(module, nn.Linear)
+                else modules.Int8WeightOnlyConv2d
+            )
+            set_submodule(model, name, wo.from_float(module))
+    else:
+        from ci_compress.passes import modules
+
+        dtype = "float16" if config.scheme == "fp16" else "bfloat16"
+        for name, module in chosen:
+            half = (
+                modules.LowPrecisionLinear
+                if isinstance(module, nn.Linear)
+                else modules.LowPrecisionConv2d
+            )
+            set_submodule(model, name, half.from_float(module, dtype))
     return PassRecord(
         name=TYPE,
         index=ctx.index,
         options=config.model_dump(mode="json"),
         modules=[n for n, _ in chosen],
-        details={"scheme": config.scheme, "weight_bits": 8},
+        details=details,
     )
+
+
+def _r(v: float) -> float:
+    return round(float(v), 6)
+
+
+def _dynamic(model: nn.Module, chosen: list[tuple[str, nn.Module]]) -> None:
+    from ci_compress.artifacts.layers import int8_dynamic_linear, quantize_weight_int8
+
+    for name, module in chosen:
+        q, scale = quantize_weight_int8(module.weight)  # type: ignore[arg-type]
+        set_submodule(model, name, int8_dynamic_linear(q, scale, module.bias))  # type: ignore[arg-type]
+
+
+def calibrate(
+    model: nn.Module, names: list[str], data: Any, batches: int
+) -> dict[str, tuple[tuple[float, float], tuple[float, float]]]:
+    """(input min, max) and (output min, max) of each named layer over ``batches`` batches."""
+    import torch
+
+    ranges: dict[str, list[float]] = {n: [0.0, 0.0, 0.0, 0.0] for n in names}
+    seen: set[str] = set()
+
+    def hook(name: str) -> Any:
+        def record(mod: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+            x = args[0].detach()
+            r = ranges[name]
+            lo_i, hi_i, lo_o, hi_o = (
+                float(x.min()),
+                float(x.max()),
+                float(out.detach().min()),
+                float(out.detach().max()),
+            )
+            if name not in seen:
+                r[:] = [lo_i, hi_i, lo_o, hi_o]
+                seen.add(name)
+            else:
+                r[:] = [min(r[0], lo_i), max(r[1], hi_i), min(r[2], lo_o), max(r[3], hi_o)]
+
+        return record
+
+    handles = [model.get_submodule(n).register_forward_hook(hook(n)) for n in names]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i, (x, _) in enumerate(data()):
+                if i >= batches:
+                    break
+                model(x.float())
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return {n: ((r[0], r[1]), (r[2], r[3])) for n, r in ranges.items()}

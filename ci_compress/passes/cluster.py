@@ -1,0 +1,163 @@
+"""k-means weight sharing (Han et al. 2016, "Deep Compression"): non-uniform quantization.
+
+Each selected Linear/Conv2d layer gets ``2**bits`` centroids (bits 1..8); every weight is
+replaced by its nearest centroid and the layer stores small integer indices (uint8) plus
+the codebook. k-means is deterministic: centroids start spread linearly over
+[min, max] of the layer's weights (the initialisation the paper found best, since it
+keeps the rare large weights) and run a fixed number of Lloyd iterations.
+
+When the layer is sparse (pruned before), zero is reserved as one centroid that never
+moves, so pruned weights stay exactly zero and the rest share ``2**bits - 1`` centroids.
+``fine_tune_epochs > 0`` then trains only the centroids on ``data.train``: the gradient of
+a centroid is the sum of the gradients of the weights that share it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
+
+from ci_compress.config import PassConfig
+from ci_compress.passes.base import PassContext, PassRecord, select, set_submodule
+from ci_compress.passes.training import fit, materialize, require
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+TYPE = "cluster"
+
+
+class ClusterConfig(PassConfig):
+    """Share weights through 2**bits k-means centroids per layer."""
+
+    type: Literal["cluster"] = "cluster"
+    bits: int = Field(4, ge=1, le=8, description="Index bits: 2**bits centroids per layer.")
+    iterations: int = Field(
+        30, ge=1, le=1000, description="Lloyd iterations of k-means (fixed, for determinism)."
+    )
+    fine_tune_epochs: int = Field(
+        0, ge=0, le=1000, description="Epochs of centroid fine-tuning on data.train (0: none)."
+    )
+    lr: float = Field(1e-4, gt=0, le=1, description="Centroid fine-tuning learning rate (Adam).")
+    batch_size: int = Field(64, ge=1, le=65536, description="Fine-tuning batch size.")
+    max_steps: int | None = Field(None, ge=1, description="Cap on fine-tuning optimizer steps.")
+
+
+Config = ClusterConfig
+
+
+def kmeans_1d(values: torch.Tensor, k: int, iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(centroids sorted ascending, index of each value): deterministic 1-D k-means."""
+    import torch
+
+    v = values.detach().float().reshape(-1)
+    lo, hi = float(v.min()), float(v.max())
+    k = max(1, min(k, v.numel()))
+    c = torch.linspace(lo, hi, k) if k > 1 else v.mean().reshape(1)
+    idx = torch.zeros(v.numel(), dtype=torch.long)
+    for _ in range(iterations):
+        c, _order = torch.sort(c)
+        idx = torch.bucketize(v, (c[1:] + c[:-1]) / 2) if k > 1 else torch.zeros_like(idx)
+        sums = torch.zeros(k).scatter_add_(0, idx, v)
+        counts = torch.zeros(k).scatter_add_(0, idx, torch.ones_like(v))
+        new = torch.where(counts > 0, sums / counts.clamp(min=1), c)
+        if torch.equal(new, c):
+            break
+        c = new
+    c, _ = torch.sort(c)
+    idx = torch.bucketize(v, (c[1:] + c[:-1]) / 2) if k > 1 else torch.zeros_like(idx)
+    return c, idx
+
+
+def cluster_layer(layer: nn.Module, bits: int, iterations: int) -> nn.Module:
+    """A ClusteredLinear/ClusteredConv2d with the layer's weights shared by k-means."""
+    import torch
+    from torch import nn
+
+    from ci_compress.passes import modules
+
+    cls = modules.ClusteredLinear if isinstance(layer, nn.Linear) else modules.ClusteredConv2d
+    new = cls(**cls.geometry_of(layer), bits=bits)
+    w = layer.weight.detach().float().reshape(-1)  # type: ignore[union-attr,operator]
+    k = 2**bits
+    codebook = torch.zeros(k)
+    index = torch.zeros(w.numel(), dtype=torch.long)
+    nz = w != 0
+    if bool((~nz).any()) and k > 1:
+        # zero keeps index 0 and value 0; the nonzero weights share the other k-1 centroids
+        if bool(nz.any()):
+            c, idx = kmeans_1d(w[nz], k - 1, iterations)
+            codebook[1 : 1 + len(c)] = c
+            index[nz] = idx + 1
+    else:
+        c, idx = kmeans_1d(w, k, iterations)
+        codebook[: len(c)] = c
+        index = idx
+    with torch.no_grad():
+        new.codebook.copy_(codebook)
+        new.indices.copy_(index.to(torch.uint8).view(new.indices.shape))
+        if layer.bias is not None:
+            new.bias.copy_(layer.bias)  # type: ignore[union-attr,arg-type]
+    return new
+
+
+def apply(model: nn.Module, config: ClusterConfig, ctx: PassContext) -> PassRecord:
+    """Replace each selected layer with its k-means clustered version; tune centroids."""
+    import torch
+    from torch import nn
+
+    where = f"passes[{ctx.index}]"
+    x = y = None
+    if config.fine_tune_epochs:
+        data = require(
+            ctx.train_data, "data.train", where, "fine-tunes centroids (fine_tune_epochs > 0)"
+        )
+        x, y = materialize(data)
+    chosen = select(model, config.include, config.exclude, (nn.Linear, nn.Conv2d), path=where)
+    zero_kept: dict[str, bool] = {}
+    for name, layer in chosen:
+        new = cluster_layer(layer, config.bits, config.iterations)
+        zero_kept[name] = bool((layer.weight == 0).any())  # type: ignore[union-attr,operator]
+        set_submodule(model, name, new)
+    details: dict[str, Any] = {"bits": config.bits, "centroids": 2**config.bits}
+    if x is not None and y is not None:
+        clustered = [model.get_submodule(n) for n, _ in chosen]
+        frozen = [p for p in model.parameters() if p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(False)
+        for m in clustered:
+            m.codebook.requires_grad_(True)  # type: ignore[union-attr,operator]
+
+        def keep_zero() -> None:
+            for (name, _), m in zip(chosen, clustered, strict=True):
+                if zero_kept[name]:
+                    m.codebook[0] = 0.0  # type: ignore[index,operator]
+
+        try:
+            details["fine_tune"] = fit(
+                model,
+                x,
+                y,
+                epochs=config.fine_tune_epochs,
+                lr=config.lr,
+                batch_size=config.batch_size,
+                seed=ctx.seed,
+                max_steps=config.max_steps,
+                after_step=keep_zero,
+            )
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+    details["distinct_values"] = {
+        n: int(torch.unique(model.get_submodule(n).decoded_weight()).numel())  # type: ignore[operator]
+        for n, _ in chosen
+    }
+    return PassRecord(
+        name=TYPE,
+        index=ctx.index,
+        options=config.model_dump(mode="json"),
+        modules=[n for n, _ in chosen],
+        details=details,
+    )
