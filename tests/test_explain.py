@@ -24,10 +24,43 @@ FRAGILE_PASSES: list[dict[str, Any]] = [
 ]
 
 
+# The classifier head ("11") clustered to 1 bit (two shared values), every other layer
+# clustered to 4 bits.
+CLUSTERED_HEAD: list[dict[str, Any]] = [
+    {"type": "cluster", "bits": 1, "include": ["11"]},
+    {"type": "cluster", "bits": 4, "exclude": ["11"]},
+]
+
+
+@pytest.mark.parametrize(
+    ("passes", "fragile", "kind", "fragile_passes", "suggested_passes"),
+    [
+        (
+            FRAGILE_PASSES,
+            "1",
+            "Conv2d",
+            ["prune"],
+            [{"index": 0, "type": "prune", "exclude": ["1"]}],
+        ),
+        (
+            CLUSTERED_HEAD,
+            "11",
+            "Linear",
+            ["cluster"],
+            [{"index": 0, "type": "cluster", "exclude": ["11"]}],
+        ),
+    ],
+    ids=["prune-first-conv", "cluster-head-1bit"],
+)
 def test_explain_ranks_the_fragile_layer_first_and_its_exclude_list_passes_the_gate(
     cnn_workdir: Path,
+    passes: list[dict[str, Any]],
+    fragile: str,
+    kind: str,
+    fragile_passes: list[str],
+    suggested_passes: list[dict[str, Any]],
 ) -> None:
-    cfg = cnn_config(passes=FRAGILE_PASSES, thresholds={"max_accuracy_drop": 2.0})
+    cfg = cnn_config(passes=passes, thresholds={"max_accuracy_drop": 2.0})
     failing = write_config(cnn_workdir, cfg, name="fragile.yaml")
     gate = run_cli("run", "--config", str(failing), "--quiet", cwd=cnn_workdir)
     assert gate.returncode == 1, gate.stderr
@@ -43,27 +76,33 @@ def test_explain_ranks_the_fragile_layer_first_and_its_exclude_list_passes_the_g
     ranking = [layer["layer"] for layer in data["layers"]]
     assert sorted(ranking) == ["1", "11", "4", "9"]  # every layer a pass touched
     first, *rest = data["layers"]
-    assert first["layer"] == "1" and first["kind"] == "Conv2d" and first["passes"] == ["prune"]
+    assert first["layer"] == fragile and first["kind"] == kind
+    assert first["passes"] == fragile_passes
     assert first["drop_points"] > 5.0
     assert all(first["drop_points"] > 5 * max(r["drop_points"], 0.2) for r in rest)
-    assert {tuple(r["passes"]) for r in rest if r["kind"] == "Linear"} == {("prune", "quantize")}
+    if passes is FRAGILE_PASSES:  # Linear layers get both passes, restricted to them
+        assert {tuple(r["passes"]) for r in rest if r["kind"] == "Linear"} == {
+            ("prune", "quantize")
+        }
     # the configured compression, measured by explain, is the gate's own number
     assert data["full"]["drop_points"] == pytest.approx(gate_drop, abs=1e-9)
     assert data["full"]["accuracy_passed"] is False
 
-    assert data["suggested_exclude"] == ["1"]
-    assert data["suggested_passes"] == [{"index": 0, "type": "prune", "exclude": ["1"]}]
+    assert data["suggested_exclude"] == [fragile]
+    assert data["suggested_passes"] == suggested_passes
     verified = data["steps"][-1]
-    assert verified["exclude"] == ["1"] and verified["accuracy_passed"] is True
-    assert re.search(r"^\s+1\s+1\s+Conv2d\s+prune\s", proc.stdout, re.M), proc.stdout
-    assert "suggested exclude: ['1']" in proc.stdout
+    assert verified["exclude"] == [fragile] and verified["accuracy_passed"] is True
+    row = rf"^\s+1\s+{fragile}\s+{kind}\s+{fragile_passes[0]}\s"
+    assert re.search(row, proc.stdout, re.M), proc.stdout
+    assert f"suggested exclude: ['{fragile}']" in proc.stdout
 
     png = (cnn_workdir / "report" / "sensitivity.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
-    assert "| 1 | `1` | Conv2d | prune |" in (cnn_workdir / "report" / "explain.md").read_text()
+    md_row = f"| 1 | `{fragile}` | {kind} | {fragile_passes[0]} |"
+    assert md_row in (cnn_workdir / "report" / "explain.md").read_text()
 
     # Apply the suggestion to the config and run the real gate: it passes now.
-    fixed = [dict(p) for p in FRAGILE_PASSES]
+    fixed = [dict(p) for p in passes]
     for s in data["suggested_passes"]:
         fixed[s["index"]]["exclude"] = s["exclude"]
     passing = write_config(
