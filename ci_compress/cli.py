@@ -208,6 +208,106 @@ def validate(config_path: Path) -> int:
 
 
 @cli.command()
+@click.option(
+    "--config",
+    "-c",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default="compress.yaml",
+    show_default=True,
+    help="Gate config (YAML).",
+)
+@click.option(
+    "--report-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Override report.dir (explain.json, explain.md, sensitivity.png go there).",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print explain.json to stdout instead of the table."
+)
+def explain(config_path: Path, report_dir: Path | None, quiet: bool, as_json: bool) -> int:
+    """Per-layer sensitivity: which layer costs the accuracy, and what to exclude.
+
+    Compresses one layer at a time with the configured passes, ranks layers by the
+    accuracy drop each causes, and searches (with real runs) the shortest exclude list
+    of the most sensitive layers that meets the accuracy thresholds. Exit 0 when the
+    analysis ran, whatever it found. With MLflow enabled it is recorded as its own run
+    (tag ci_compress.kind=explain).
+    """
+    from ci_compress import explain as explain_mod
+    from ci_compress.config import load_config
+
+    loaded = load_config(config_path)
+    out_dir = report_dir or loaded.resolve(loaded.config.report.dir)
+    say = _progress(quiet)
+    result = explain_mod.explain(loaded, report_dir=out_dir, progress=say)
+    paths = explain_mod.write_outputs(result, out_dir)
+    run_id = explain_mod.record(loaded, result, paths, progress=say)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True))
+    else:
+        click.echo(explain_mod.terminal_table(result.to_dict()))
+        click.echo(f"  chart: {paths['sensitivity_png']}")
+        if run_id:
+            click.echo(f"  mlflow run: {run_id}")
+    return 0
+
+
+@cli.command()
+@click.argument("target")
+@click.option(
+    "--tracking-uri",
+    default=None,
+    help="MLflow tracking URI for a run id (default: $MLFLOW_TRACKING_URI).",
+)
+@click.option(
+    "--workdir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Fresh, empty directory for the re-run (default: a new temporary directory).",
+)
+@click.option(
+    "--base-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Folder the config's relative paths refer to (default: the original config's folder).",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+def reproduce(
+    target: str,
+    tracking_uri: str | None,
+    workdir: Path | None,
+    base_dir: Path | None,
+    quiet: bool,
+    as_json: bool,
+) -> int:
+    """Re-run a recorded gate and compare: TARGET is a report.json (or manifest.json,
+    or a report folder) or an MLflow run id.
+
+    Exit 0 when every digest and deterministic measurement matches exactly (latency is
+    excluded), 1 when something differs (each difference is listed).
+    """
+    from ci_compress import reproduce as rep
+
+    with tempfile.TemporaryDirectory(prefix="ci-compress-fetch-") as tmp:
+        path, source = rep.locate(
+            target, tracking_uri=tracking_uri, environ=os.environ, dest=Path(tmp)
+        )
+        manifest = rep.read_manifest(path)
+    result = rep.reproduce(
+        manifest, workdir=workdir, base_dir=base_dir, source=source, progress=_progress(quiet)
+    )
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True, default=str))
+    else:
+        click.echo(rep.render(result))
+    return int(ExitCode.PASSED if result.matched else ExitCode.GATE_FAILED)
+
+
+@cli.command()
 def schema() -> int:
     """Print the JSON Schema of the config file."""
     from ci_compress.config import json_schema

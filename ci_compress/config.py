@@ -188,6 +188,18 @@ class Thresholds(Strict):
         le=1_000_000,
         description="Paired bootstrap resamples (seeded by runtime.seed).",
     )
+    min_recovery: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Smallest allowed student accuracy / teacher accuracy (e.g. 0.99): stays meaningful when the base model's score drifts.",
+    )
+    max_class_drop: float | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="Largest allowed accuracy drop of any single class (label), in percentage points; catches a class that collapses while the overall drop passes.",
+    )
 
     def active(self) -> dict[str, float]:
         """The thresholds that are set (the decision-rule fields are not thresholds)."""
@@ -245,6 +257,29 @@ class ReportConfig(Strict):
     )
 
 
+class ExplainConfig(Strict):
+    """Per-layer sensitivity analysis inside ``ci-compress run`` (``ci-compress explain`` always runs it)."""
+
+    when: Literal["never", "fail", "always"] = Field(
+        "never",
+        description="When `run` adds the analysis to the report: never, fail (only when the gate fails) or always. `explain: true` means always, `explain: fail` is short for `explain: {when: fail}`.",
+    )
+    max_exclude: int | None = Field(
+        None,
+        ge=1,
+        description="Stop the exclude-list search after this many layers (default: all compressed layers).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return {"when": "always" if value else "never"}
+        if isinstance(value, str):  # explain: fail
+            return {"when": value}
+        return value
+
+
 class ShipConfig(Strict):
     filename: str = Field(
         "student.ccz",
@@ -298,6 +333,7 @@ class CompressConfig(Strict):
     report: ReportConfig = ReportConfig()
     ship: ShipConfig = ShipConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    explain: ExplainConfig = Field(default_factory=lambda: ExplainConfig.model_validate({}))
 
     @model_validator(mode="after")
     def _some_threshold(self) -> CompressConfig:
@@ -325,6 +361,7 @@ class LoadedConfig:
     source: Path | None
     base_dir: Path
     sha256: str
+    text: str | None = None  # the config text as read (kept for the reproducibility manifest)
 
     def resolve(self, path: str) -> Path:
         p = Path(os.path.expanduser(path))
@@ -377,6 +414,7 @@ def parse_config_text(
         source=source,
         base_dir=base,
         sha256=hashlib.sha256(text.encode()).hexdigest(),
+        text=text,
     )
 
 

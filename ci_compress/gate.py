@@ -89,6 +89,7 @@ def derive(m: Mapping[str, float]) -> dict[str, float]:
         "delta.accuracy_drop_points": (t_acc - s_acc) * 100.0,
         "delta.relative_accuracy_drop": (t_acc - s_acc) / t_acc if t_acc > 0 else 0.0,
         "delta.compression_ratio": m["teacher.file_bytes"] / m["student.file_bytes"],
+        "delta.accuracy_recovery": s_acc / t_acc if t_acc > 0 else 1.0,
     }
     if m.get("teacher.latency_ms"):
         out["delta.latency_ratio"] = m["student.latency_ms"] / m["teacher.latency_ms"]
@@ -110,6 +111,8 @@ RULES: dict[str, tuple[str, str, str]] = {
     "max_latency_ratio": ("delta.latency_ratio", "max", "x"),
     "max_accuracy_drop_vs_champion": ("delta.accuracy_drop_vs_champion_points", "max", " points"),
     "max_size_ratio_vs_champion": ("delta.size_ratio_vs_champion", "max", "x"),
+    "min_recovery": ("delta.accuracy_recovery", "min", ""),
+    "max_class_drop": ("delta.max_class_drop_points", "max", " points"),
 }
 # Thresholds against the current champion: skipped (not failed) when there is none yet.
 BASELINE_THRESHOLDS = frozenset(k for k in RULES if k.endswith("_vs_champion"))
@@ -126,6 +129,28 @@ INTERVALS: dict[str, tuple[str, str]] = {
 DECISIONS = ("point", "confident")
 INCONCLUSIVE_POLICIES = ("fail", "pass", "warn")
 
+# Thresholds about task quality (the ones a per-layer exclude list can fix).
+ACCURACY_THRESHOLDS = frozenset(
+    {"max_accuracy_drop", "max_relative_accuracy_drop", "min_recovery", "max_class_drop"}
+)
+
+
+def class_drops(teacher: Mapping[str, float], student: Mapping[str, float]) -> dict[str, float]:
+    """Per-class accuracy drop in points (teacher - student), for classes both were scored on."""
+    return {k: (teacher[k] - student[k]) * 100.0 for k in teacher if k in student}
+
+
+def worst_class(drops: Mapping[str, float]) -> tuple[str, float] | None:
+    """The class with the largest drop (ties: the first label in sort order), or None."""
+    if not drops:
+        return None
+    label = min(drops, key=lambda k: (-drops[k], _label_key(k)))
+    return label, drops[label]
+
+
+def _label_key(label: str) -> tuple[int, int | str]:
+    return (0, int(label)) if label.lstrip("-").isdigit() else (1, label)
+
 
 def _fmt(v: float, unit: str) -> str:
     if unit == " bytes":
@@ -140,6 +165,7 @@ def decide(
     decision: str = "point",
     confidence: float = 0.95,
     inconclusive: str = "fail",
+    notes: Mapping[str, str] | None = None,
 ) -> GateResult:
     """Check every set threshold; the gate passes when all checks pass.
 
@@ -154,6 +180,7 @@ def decide(
         raise ValueError(f"unknown decision rule {decision!r}")
     if inconclusive not in INCONCLUSIVE_POLICIES:
         raise ValueError(f"unknown inconclusive policy {inconclusive!r}")
+    notes = notes or {}
     figures = {**measurements}
     if "delta.accuracy_drop_points" not in figures:
         figures.update(derive(measurements))
@@ -180,6 +207,7 @@ def decide(
             raise KeyError(f"threshold {name} needs measurement {metric!r}")
         measured = float(figures[metric])
         word = "at most" if direction == "max" else "at least"
+        note = f" ({notes[metric]})" if notes.get(metric) else ""
         ci_low = ci_high = None
         if name in INTERVALS and all(k in figures for k in INTERVALS[name]):
             ci_low, ci_high = (float(figures[k]) for k in INTERVALS[name])
@@ -196,7 +224,7 @@ def decide(
             pct = f"{confidence * 100:g}%"
             verdict_word = {"pass": "ok", "fail": "FAILED", "inconclusive": "INCONCLUSIVE"}[outcome]
             message = (
-                f"{name}: {metric} = {_fmt(measured, unit)}, {pct} interval "
+                f"{name}: {metric} = {_fmt(measured, unit)}{note}, {pct} interval "
                 f"[{_fmt(ci_low, unit)}, {_fmt(ci_high, unit)}], must be {word} "
                 f"{_fmt(limit, unit)} with {pct} confidence ({verdict_word})"
             )
@@ -209,7 +237,7 @@ def decide(
                 else ""
             )
             message = (
-                f"{name}: {metric} = {_fmt(measured, unit)}{interval}, must be {word} "
+                f"{name}: {metric} = {_fmt(measured, unit)}{note}{interval}, must be {word} "
                 f"{_fmt(limit, unit)} ({'ok' if ok else 'FAILED'})"
             )
         checks.append(

@@ -12,14 +12,16 @@ import copy
 import os
 import platform
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ci_compress.ci.env import CIContext, detect
 from ci_compress.config import LoadedConfig, flatten
 from ci_compress.errors import CICompressError, ConfigError, TrackingError
-from ci_compress.gate import decide, derive
+from ci_compress.gate import class_drops, decide, derive, worst_class
+from ci_compress.manifest import build_manifest
 from ci_compress.report import ModelSummary, Report
 from ci_compress.tracking import (
     MlflowTracker,
@@ -28,6 +30,16 @@ from ci_compress.tracking import (
     Tracker,
     resolve_tracking_uri,
 )
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ci_compress.artifacts.data import Dataset
+    from ci_compress.artifacts.models import LoadedModel
+    from ci_compress.artifacts.packing import PackInfo
+    from ci_compress.config import PassConfig
+    from ci_compress.evaluation.metrics import TaskMetrics
+    from ci_compress.passes.base import PassRecord
 
 Progress = Callable[[str], None]
 
@@ -172,6 +184,16 @@ def run(
         if champion is not None and report.champion is not None:
             baseline = _baseline(champion, alias, tracker, report, say)
         report.baseline = baseline
+        when = cfg.explain.when
+        if when == "always" or (when == "fail" and not report.passed):
+            from ci_compress.explain import explain, write_chart
+
+            say("explaining: per-layer sensitivity")
+            result = explain(loaded, report_dir=out_dir, progress=say, fetch=fetch)
+            report.explain = result.to_dict()
+            report.artifacts["sensitivity_png"] = str(
+                write_chart(result, out_dir / "sensitivity.png")
+            )
         report.warnings = warnings
         report.mlflow = {
             "run_id": run_id,
@@ -225,8 +247,11 @@ def run(
         from ci_compress.reporting.render import write_reports
 
         paths = write_reports(report, out_dir)
-        for key in ("report_json", "report_md"):
-            tracker.log_artifact(paths[key])
+        for key in ("report_json", "report_md", "junit_xml", "manifest_json"):
+            if key in paths:
+                tracker.log_artifact(paths[key])
+        if report.artifacts.get("sensitivity_png"):
+            tracker.log_artifact(Path(report.artifacts["sensitivity_png"]))
         tracker.set_tags({"ci_compress.status": "done", "ci_compress.verdict": report.verdict})
         tracker.end_run("FINISHED")
         if eligible and version is not None and registered_model:
@@ -378,13 +403,7 @@ def _gate(
     fetch: Callable[[str, Path], Path] | None = None,
     champion_file: Path | None = None,
 ) -> Report:
-    import torch
-
-    from ci_compress.artifacts.data import load_dataset
-    from ci_compress.artifacts.models import load_model_file, resolve_model
-    from ci_compress.artifacts.packing import pack
-    from ci_compress.passes import PASSES
-    from ci_compress.passes.base import PassContext, apply_pass
+    from ci_compress.artifacts.models import load_model_file
 
     cfg = loaded.config
     rt = cfg.runtime
@@ -396,7 +415,8 @@ def _gate(
         check_available(cfg.ship.export)
 
     say("loading the model and the holdout")
-    teacher = resolve_model(cfg.model, loaded.base_dir, out_dir / "downloads", fetch=fetch)
+    inputs = load_inputs(loaded, out_dir, fetch=fetch)
+    teacher, holdout = inputs.teacher, inputs.holdout
     champion = None
     if champion_file is not None:
         say("loading the champion")
@@ -413,47 +433,16 @@ def _gate(
                 }
             ),
         )
-    holdout = load_dataset(cfg.data.holdout, loaded.base_dir, field="data.holdout")
-    train = (
-        load_dataset(cfg.data.train, loaded.base_dir, field="data.train")
-        if cfg.data.train
-        else None
-    )
-    calib = (
-        load_dataset(cfg.data.calibration, loaded.base_dir, field="data.calibration")
-        if cfg.data.calibration
-        else None
-    )
 
-    student = copy.deepcopy(teacher.module)
-    records = []
-    for i, pass_cfg in enumerate(cfg.passes):
-        say(f"pass {i + 1}/{len(cfg.passes)}: {pass_cfg.type}")
-        ctx = PassContext(
-            seed=rt.seed + i,
-            index=i,
-            train_data=(lambda d=train: d.batches(cfg.data.batch_size)) if train else None,
-            calibration_data=(lambda d=calib: d.batches(cfg.data.batch_size)) if calib else None,
-            teacher=teacher.module,
-        )
-        torch.manual_seed(rt.seed + i)
-        student, record = apply_pass(PASSES[pass_cfg.type], student, pass_cfg, ctx)
-        records.append(record)
+    student, records = apply_passes(loaded, inputs, cfg.passes, say)
     pass_history = [r.to_dict() for r in records]
 
     say("packing the student and reading it back")
     shipped_path = out_dir / cfg.ship.filename
-    # Timings stay out of the shipped file: same inputs, byte-identical file.
-    info = pack(
-        student,
-        shipped_path,
-        passes=[{k: v for k, v in p.items() if k != "seconds"} for p in pass_history],
-        factory=cfg.model.factory,
-        level=cfg.ship.zstd_level,
-    )
     try:
+        shipped, info = ship(loaded, student, pass_history, shipped_path)
         return _evaluate_and_decide(
-            loaded, ci, say, teacher, holdout, shipped_path, info, pass_history, champion
+            loaded, ci, say, teacher, holdout, shipped_path, shipped, info, pass_history, champion
         )
     except BaseException:
         # The tool could not decide: leave no un-gated student where a later step
@@ -469,15 +458,15 @@ def _evaluate_and_decide(
     teacher: Any,
     holdout: Any,
     shipped_path: Path,
+    shipped: Any,
     info: Any,
     pass_history: list[dict[str, Any]],
     champion: Any = None,
 ) -> Report:
     import torch
 
-    from ci_compress.artifacts.models import _factory
-    from ci_compress.artifacts.packing import load_packed, size_breakdown
-    from ci_compress.evaluation.metrics import evaluate
+    from ci_compress.artifacts.packing import size_breakdown
+    from ci_compress.evaluation.metrics import evaluate, per_class_table
     from ci_compress.evaluation.performance import latency_ms, model_memory_bytes
     from ci_compress.evaluation.statistics import paired_statistics
     from ci_compress.passes.base import count_parameters
@@ -485,7 +474,6 @@ def _evaluate_and_decide(
 
     cfg = loaded.config
     rt = cfg.runtime
-    shipped, _ = load_packed(shipped_path, factory=_factory(cfg.model))
 
     say(f"evaluating on {holdout.name}")
     models = {"teacher": teacher.module, "student": shipped}
@@ -559,12 +547,17 @@ def _evaluate_and_decide(
     )
     deltas.update(stats.deltas())
     thresholds = th.active()
+    class_delta, notes = class_figures(
+        task["teacher"], task["student"], limit=thresholds.get("max_class_drop")
+    )
+    deltas.update(class_delta)
     result = decide(
         thresholds,
         {**flat, **deltas},
         decision=th.decision,
         confidence=th.confidence,
         inconclusive=th.inconclusive,
+        notes=notes,
     )
     if result.verdict == "inconclusive":
         say(
@@ -575,6 +568,14 @@ def _evaluate_and_decide(
             if th.inconclusive != "pass"
             else "the gate is inconclusive; thresholds.inconclusive: pass lets it through"
         )
+    holdout_digest = holdout.digest()
+    per_class = per_class_table(task)
+    if "max_class_drop" in thresholds and per_class:
+        limit = thresholds["max_class_drop"]
+        per_class["max_class_drop"] = limit
+        per_class["flagged"] = [
+            row["label"] for row in per_class["classes"] if row["drop_points"]["student"] > limit
+        ]
 
     import numpy
     import torch as _torch
@@ -594,7 +595,7 @@ def _evaluate_and_decide(
         holdout={
             "name": holdout.name,
             "samples": task["teacher"].samples,
-            "sha256": holdout.digest(),
+            "sha256": holdout_digest,
             "x_shape": list(x_lat.shape[1:]),
             "x_dtype": str(x_lat.dtype).removeprefix("torch."),
             "y_dtype": str(y_lat.dtype).removeprefix("torch."),
@@ -613,6 +614,20 @@ def _evaluate_and_decide(
             if champion is not None and c_metrics is not None
             else None
         ),
+        per_class=per_class,
+        reproducibility=build_manifest(
+            loaded,
+            model_file=str(teacher.path),
+            model_sha256=teacher.sha256,
+            holdout_name=holdout.name,
+            holdout_sha256=holdout_digest,
+            holdout_samples=task["teacher"].samples,
+            student_sha256=info.sha256,
+            pass_history=pass_history,
+            measurements={**flat, **deltas},
+            per_class=per_class,
+            verdict=result.verdict,
+        ),
     )
 
 
@@ -629,6 +644,125 @@ def _redacted_copy(source: Path, out_dir: Path) -> Path:
     target = copy_dir / source.name
     target.write_text(clean, encoding="utf-8")
     return target
+
+
+@dataclass
+class Inputs:
+    """What a gate reads: the teacher and the data sets, loaded and checked."""
+
+    teacher: LoadedModel
+    holdout: Dataset
+    train: Dataset | None
+    calibration: Dataset | None
+
+
+def load_inputs(
+    loaded: LoadedConfig, out_dir: Path, *, fetch: Callable[[str, Path], Path] | None = None
+) -> Inputs:
+    """Load the teacher and the data sets the config names (downloads go under out_dir;
+    ``fetch`` downloads a ``model.uri`` from MLflow)."""
+    from ci_compress.artifacts.data import load_dataset
+    from ci_compress.artifacts.models import resolve_model
+
+    cfg = loaded.config
+    teacher = resolve_model(cfg.model, loaded.base_dir, out_dir / "downloads", fetch=fetch)
+    holdout = load_dataset(cfg.data.holdout, loaded.base_dir, field="data.holdout")
+    train = (
+        load_dataset(cfg.data.train, loaded.base_dir, field="data.train")
+        if cfg.data.train
+        else None
+    )
+    calib = (
+        load_dataset(cfg.data.calibration, loaded.base_dir, field="data.calibration")
+        if cfg.data.calibration
+        else None
+    )
+    return Inputs(teacher=teacher, holdout=holdout, train=train, calibration=calib)
+
+
+def apply_passes(
+    loaded: LoadedConfig,
+    inputs: Inputs,
+    passes: Sequence[PassConfig],
+    say: Progress | None = None,
+) -> tuple[nn.Module, list[PassRecord]]:
+    """A copy of the teacher with ``passes`` applied in order (the teacher is untouched).
+
+    Each pass is seeded with ``runtime.seed + index``, so the same passes give the same
+    student; ``explain`` calls this with passes restricted to one layer.
+    """
+    import torch
+
+    from ci_compress.passes import PASSES
+    from ci_compress.passes.base import PassContext, apply_pass
+
+    cfg = loaded.config
+    rt = cfg.runtime
+    train, calib = inputs.train, inputs.calibration
+    student = copy.deepcopy(inputs.teacher.module)
+    records = []
+    for i, pass_cfg in enumerate(passes):
+        if say is not None:
+            say(f"pass {i + 1}/{len(passes)}: {pass_cfg.type}")
+        ctx = PassContext(
+            seed=rt.seed + i,
+            index=i,
+            train_data=(lambda d=train: d.batches(cfg.data.batch_size)) if train else None,
+            calibration_data=(lambda d=calib: d.batches(cfg.data.batch_size)) if calib else None,
+            teacher=inputs.teacher.module,
+        )
+        torch.manual_seed(rt.seed + i)
+        student, record = apply_pass(PASSES[pass_cfg.type], student, pass_cfg, ctx)
+        records.append(record)
+    return student, records
+
+
+def ship(
+    loaded: LoadedConfig, student: nn.Module, pass_history: list[dict[str, Any]], path: Path
+) -> tuple[nn.Module, PackInfo]:
+    """Write the packed file and rebuild the model from it: the student as it ships.
+
+    Pass timings are left out of the packed file so that the same passes give the same
+    bytes (the report keeps them).
+    """
+    from ci_compress.artifacts.models import _factory
+    from ci_compress.artifacts.packing import load_packed, pack
+
+    cfg = loaded.config
+    info = pack(
+        student,
+        path,
+        passes=[{k: v for k, v in p.items() if k != "seconds"} for p in pass_history],
+        factory=cfg.model.factory,
+        level=cfg.ship.zstd_level,
+    )
+    shipped, _ = load_packed(path, factory=_factory(cfg.model))
+    return shipped, info
+
+
+def class_figures(
+    teacher: TaskMetrics, student: TaskMetrics, *, limit: float | None = None
+) -> tuple[dict[str, float], dict[str, str]]:
+    """The worst per-class drop (``delta.max_class_drop_points``) and a note naming the
+    class, and every other class over ``limit`` when one is given."""
+    drops = class_drops(teacher.class_accuracy(), student.class_accuracy())
+    worst = worst_class(drops)
+    if worst is None:
+        return {}, {}
+    label, drop = worst
+    note = f"class {label}"
+    others = [
+        k
+        for k in sorted(drops, key=_label_order)
+        if k != label and limit is not None and drops[k] > limit
+    ]
+    if others:
+        note += f"; also over the limit: class {', '.join(others)}"
+    return {"delta.max_class_drop_points": drop}, {"delta.max_class_drop_points": note}
+
+
+def _label_order(label: str) -> tuple[int, int | str]:
+    return (0, int(label)) if label.lstrip("-").isdigit() else (1, label)
 
 
 def _environment(

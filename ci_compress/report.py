@@ -49,6 +49,9 @@ class Report:
     baseline: dict[str, Any] = field(default_factory=dict)
     # Registration and promotion: registered_model, version, alias, promotion reason.
     registry: dict[str, Any] = field(default_factory=dict)
+    per_class: dict[str, Any] = field(default_factory=dict)  # evaluation.metrics.per_class_table
+    reproducibility: dict[str, Any] = field(default_factory=dict)  # manifest.build_manifest
+    explain: dict[str, Any] | None = None  # explain.ExplainResult.to_dict, when run
 
     @property
     def passed(self) -> bool:
@@ -101,6 +104,9 @@ class Report:
             "champion": model(self.champion) if self.champion is not None else None,
             "baseline": self.baseline,
             "registry": self.registry,
+            "per_class": self.per_class,
+            "reproducibility": self.reproducibility,
+            "explain": self.explain,
         }
 
 
@@ -165,4 +171,7 @@ def report_from_dict(data: dict[str, Any]) -> Report:
         champion=model("champion") if data.get("champion") else None,
         baseline=dict(data.get("baseline", {})),
         registry=dict(data.get("registry", {})),
+        per_class=dict(data.get("per_class") or {}),
+        reproducibility=dict(data.get("reproducibility") or {}),
+        explain=data.get("explain"),
     )

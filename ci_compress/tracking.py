@@ -612,3 +612,51 @@ class MlflowTracker:
         if self.run_id is None:
             raise TrackingError("no MLflow run is active (internal ordering error)")
         return self.run_id
+
+
+def download_run_file(uri: str, run_id: str, name: str, dest: Path) -> Path:
+    """Download one artifact file of a run (e.g. ``report.json``) into ``dest``.
+
+    Used by ``ci-compress reproduce <run id>``; errors become TrackingError (exit 4),
+    a run or file that does not exist an InputError naming it (exit 3).
+    """
+    from ci_compress.errors import InputError
+
+    for k, v in FAST_FAIL_ENV.items():
+        os.environ.setdefault(k, v)
+    shown = redact_url(uri)
+    try:
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        client = MlflowClient(tracking_uri=uri)
+        try:
+            client.get_run(run_id)
+        except MlflowException as e:
+            if (
+                "RESOURCE_DOES_NOT_EXIST" in str(getattr(e, "error_code", ""))
+                or "not found" in str(e).lower()
+            ):
+                raise InputError(
+                    f"MLflow run {run_id} not found at {shown}",
+                    hint="check the run id and the tracking URI (--tracking-uri or MLFLOW_TRACKING_URI)",
+                ) from None
+            raise
+        names = {f.path for f in client.list_artifacts(run_id)}
+        if name not in names:
+            raise InputError(
+                f"MLflow run {run_id} has no artifact {name!r} (it has: {', '.join(sorted(names)) or 'none'})",
+                hint="only runs recorded by `ci-compress run` can be reproduced",
+            )
+        dest.mkdir(parents=True, exist_ok=True)
+        return Path(client.download_artifacts(run_id, name, str(dest)))
+    except (InputError, TrackingError):
+        raise
+    except Exception as e:
+        detail = re.sub(
+            r"\s+", " ", redact(str(e)).splitlines()[0] if str(e) else type(e).__name__
+        )[:300]
+        raise TrackingError(
+            f"MLflow at {shown} failed to download {name} of run {run_id}: {detail}",
+            hint="check the server is running and the tracking URI (--tracking-uri or MLFLOW_TRACKING_URI)",
+        ) from None

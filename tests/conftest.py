@@ -168,3 +168,34 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture(scope="session")
+def cnn_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained demo CNN teacher (digits_cnn.safetensors), trained once per session."""
+    from safetensors.torch import save_file
+
+    from ci_compress.demo.train import train_teacher
+
+    d = tmp_path_factory.mktemp("cnn")
+    model = train_teacher("cnn")
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},  # type: ignore[attr-defined]
+        str(d / "digits_cnn.safetensors"),
+    )
+    return d
+
+
+@pytest.fixture
+def cnn_workdir(tmp_path: Path, cnn_dir: Path) -> Path:
+    """A fresh folder holding a copy of the demo CNN teacher."""
+    shutil.copy(cnn_dir / "digits_cnn.safetensors", tmp_path / "digits_cnn.safetensors")
+    return tmp_path
+
+
+def cnn_config(**overrides: Any) -> dict[str, Any]:
+    """base_config for the demo CNN."""
+    return base_config(
+        model={"path": "digits_cnn.safetensors", "factory": "ci_compress.demo.models:digits_cnn"},
+        **overrides,
+    )

@@ -110,3 +110,22 @@ def test_every_pass_config_round_trips(name: str) -> None:
     loaded = parse_config(base_config(passes=[cfg.model_dump(mode="json")]))
     assert loaded.passes == (cfg,)
     assert PASSES[name].apply.__doc__ is not None or PASSES[name].__doc__
+
+
+def test_explain_section_accepts_true_and_a_mapping() -> None:
+    assert parse_config(base_config(explain=True)).explain.when == "always"
+    assert parse_config(base_config()).explain.when == "never"
+    assert parse_config(base_config(explain="fail")).explain.when == "fail"
+    cfg = parse_config(base_config(explain={"when": "fail", "max_exclude": 3}))
+    assert (cfg.explain.when, cfg.explain.max_exclude) == ("fail", 3)
+    with pytest.raises(ConfigError, match=r"explain.when"):
+        parse_config(base_config(explain={"when": "sometimes"}))
+
+
+def test_recovery_and_class_drop_thresholds_are_validated() -> None:
+    t = parse_config(base_config(thresholds={"min_recovery": 0.99, "max_class_drop": 5})).thresholds
+    assert t.active() == {"min_recovery": 0.99, "max_class_drop": 5.0}
+    with pytest.raises(ConfigError, match=r"thresholds.min_recovery"):
+        parse_config(base_config(thresholds={"min_recovery": 1.5}))
+    with pytest.raises(ConfigError, match=r"did you mean 'max_class_drop'"):
+        parse_config(base_config(thresholds={"max_clas_drop": 5}))

@@ -57,3 +57,44 @@ def test_one_failing_threshold_fails_the_gate_and_names_itself() -> None:
         "1.5 points" in result.failures[0].message
         and "at most 1 points" in result.failures[0].message
     )
+
+
+@pytest.mark.parametrize(("limit", "passed"), [(0.98, True), (0.99, False)])
+def test_min_recovery_is_student_over_teacher(limit: float, passed: bool) -> None:
+    d = derive(M)
+    assert d["delta.accuracy_recovery"] == pytest.approx(0.955 / 0.97)  # 0.9845
+    (check,) = decide({"min_recovery": limit}, M).checks
+    assert check.passed is passed and check.metric == "delta.accuracy_recovery"
+
+
+def test_max_class_drop_names_the_worst_class() -> None:
+    from ci_compress.gate import class_drops, worst_class
+
+    drops = class_drops({"0": 1.0, "1": 0.9, "2": 0.95}, {"0": 1.0, "1": 0.7, "2": 0.95})
+    assert worst_class(drops) == ("1", pytest.approx(20.0))
+    assert worst_class({"3": 5.0, "10": 5.0, "2": 1.0}) == ("3", 5.0)  # ties: lowest label
+    assert worst_class({}) is None
+    m = {**M, "delta.max_class_drop_points": 20.0}
+    result = decide(
+        {"max_accuracy_drop": 2.0, "max_class_drop": 10.0},
+        m,
+        notes={"delta.max_class_drop_points": "class 1"},
+    )
+    assert not result.passed
+    assert [c.threshold for c in result.failures] == ["max_class_drop"]
+    assert "20 points (class 1), must be at most 10 points" in result.failures[0].message
+
+
+def test_class_note_lists_every_class_over_the_limit() -> None:
+    from ci_compress.evaluation.metrics import TaskMetrics
+    from ci_compress.pipeline import class_figures
+
+    np = pytest.importorskip("numpy")
+    total = np.array([10, 10, 10, 10])
+    teacher = TaskMetrics(40, 40, 1.0, class_correct=np.array([10, 10, 10, 10]), class_total=total)
+    student = TaskMetrics(31, 31, 0.775, class_correct=np.array([10, 5, 9, 7]), class_total=total)
+    figures, notes = class_figures(teacher, student, limit=15.0)
+    assert figures == {"delta.max_class_drop_points": pytest.approx(50.0)}
+    assert notes["delta.max_class_drop_points"] == "class 1; also over the limit: class 3"
+    _, notes = class_figures(teacher, student)
+    assert notes["delta.max_class_drop_points"] == "class 1"

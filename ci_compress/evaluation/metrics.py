@@ -3,13 +3,15 @@
 All models see the same batches in the same order (paired predictions), under
 ``torch.inference_mode()``. Only what the metrics need is kept: per sample, whether
 each model was right and whether it agreed with the teacher (booleans), never the
-whole holdout's outputs.
+whole holdout's outputs. Per-class (per-label) counts are accumulated batch by batch
+(two integer vectors of length ``classes`` per model).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ci_compress.errors import DataError, ModelOutputError
 
@@ -27,6 +29,28 @@ class TaskMetrics:
     accuracy: float
     agreement: float | None = None  # with the teacher; None for the teacher itself
     correct_mask: np.ndarray | None = field(default=None, repr=False)
+    class_correct: np.ndarray | None = field(default=None, repr=False)  # per label
+    class_total: np.ndarray | None = field(default=None, repr=False)  # per label
+
+    def class_accuracy(self) -> dict[str, float]:
+        """Accuracy per label (as a string key), for every label the holdout contains."""
+        if self.class_correct is None or self.class_total is None:
+            return {}
+        return {
+            str(k): int(self.class_correct[k]) / int(self.class_total[k])
+            for k in range(len(self.class_total))
+            if self.class_total[k] > 0
+        }
+
+    def class_counts(self) -> dict[str, tuple[int, int]]:
+        """(correct, samples) per label present in the holdout."""
+        if self.class_correct is None or self.class_total is None:
+            return {}
+        return {
+            str(k): (int(self.class_correct[k]), int(self.class_total[k]))
+            for k in range(len(self.class_total))
+            if self.class_total[k] > 0
+        }
 
 
 def evaluate(
@@ -38,6 +62,8 @@ def evaluate(
 
     masks: dict[str, list[np.ndarray]] = {k: [] for k in models}
     agree: dict[str, int] = dict.fromkeys(models, 0)
+    per_class: dict[str, np.ndarray] = {}
+    class_total = np.zeros(0, dtype=np.int64)
     n = 0
     for m in models.values():
         m.eval()
@@ -62,9 +88,14 @@ def evaluate(
                         hint="the model or a compression pass is numerically broken",
                     )
                 preds[role] = out.argmax(dim=1)
-                masks[role].append((preds[role] == y).numpy())
+                hit = (preds[role] == y).numpy()
+                masks[role].append(hit)
+                per_class[role] = _add(
+                    per_class.get(role), np.bincount(y.numpy()[hit], minlength=out.shape[1])
+                )
             for role in models:
                 agree[role] += int((preds[role] == preds[reference]).sum())
+            class_total = _add(class_total, np.bincount(y.numpy(), minlength=1))
             n += len(y)
     if n == 0:
         raise DataError(
@@ -80,8 +111,28 @@ def evaluate(
             accuracy=correct / n,
             agreement=None if role == reference else agree[role] / n,
             correct_mask=mask,
+            class_correct=_pad(per_class[role], len(class_total)),
+            class_total=_pad(class_total, len(per_class[role])),
         )
     return result
+
+
+def _pad(a: np.ndarray, n: int) -> np.ndarray:
+    import numpy as np
+
+    if len(a) >= n:
+        return a
+    padded: np.ndarray = np.concatenate([a, np.zeros(n - len(a), dtype=a.dtype)])
+    return padded
+
+
+def _add(acc: np.ndarray | None, counts: np.ndarray) -> np.ndarray:
+    """Element-wise sum of two count vectors of possibly different lengths."""
+    if acc is None:
+        return counts.astype("int64")
+    n = max(len(acc), len(counts))
+    total: np.ndarray = _pad(acc, n) + _pad(counts.astype("int64"), n)
+    return total
 
 
 def _forward(model: nn.Module, x: object, role: str, field: str = "the holdout") -> object:
@@ -102,3 +153,47 @@ def _forward(model: nn.Module, x: object, role: str, field: str = "the holdout")
             f"the {role} model returned {type(out).__name__}, expected a tensor of logits"
         )
     return out
+
+
+def per_class_table(
+    results: Mapping[str, TaskMetrics], *, reference: str = "teacher"
+) -> dict[str, Any]:
+    """Per-class accuracy of every role, and each role's drop against ``reference``.
+
+    Roles are whatever was evaluated (teacher, student, and e.g. a champion baseline):
+    every row holds ``correct``, ``accuracy`` and ``drop_points`` keyed by role, so a
+    further role adds columns, not a new structure. ``worst`` names, per compared role,
+    the class with the largest drop (ties: the lowest label).
+    """
+    from ci_compress.gate import worst_class
+
+    roles = list(results)
+    counts = {role: results[role].class_counts() for role in roles}
+    if reference not in counts or not counts[reference]:
+        return {}
+    classes = []
+    drops: dict[str, dict[str, float]] = {r: {} for r in roles if r != reference}
+    for label in sorted(counts[reference], key=int):
+        samples = counts[reference][label][1]
+        correct = {r: counts[r].get(label, (0, samples))[0] for r in roles}
+        accuracy = {r: c / samples for r, c in correct.items()}
+        row_drops = {
+            r: (accuracy[reference] - accuracy[r]) * 100.0 for r in roles if r != reference
+        }
+        for r, drop in row_drops.items():
+            drops[r][label] = drop
+        classes.append(
+            {
+                "label": label,
+                "samples": samples,
+                "correct": correct,
+                "accuracy": accuracy,
+                "drop_points": row_drops,
+            }
+        )
+    worst = {}
+    for r, role_drops in drops.items():
+        w = worst_class(role_drops)
+        if w is not None:
+            worst[r] = {"label": w[0], "drop_points": w[1]}
+    return {"reference": reference, "roles": roles, "classes": classes, "worst": worst}

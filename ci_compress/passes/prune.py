@@ -171,6 +171,8 @@ def _prune_step(
     import torch
 
     weights = [_weight(m) for _, m in chosen]
+    if not weights:  # everything excluded: nothing to prune
+        return
     with torch.no_grad():
         if amount is None:
             for w in weights:

@@ -165,6 +165,15 @@ def terminal(report: Report) -> str:
     if report.passes:
         lines.append("")
         lines.append("  passes: " + " -> ".join(p["name"] for p in report.passes))
+    worst = report.per_class.get("worst", {}).get("student")
+    if worst:
+        lines.append(
+            f"  worst class: {worst['label']} (drop {worst['drop_points']:.2f} points; per-class table in report.md)"
+        )
+    if report.explain:
+        from ci_compress.explain import terminal_table
+
+        lines += ["", *("  " + line for line in terminal_table(report.explain).splitlines())]
     if report.mlflow.get("run_id"):
         lines.append(
             f"  mlflow run: {report.mlflow['run_id']}"
@@ -211,6 +220,11 @@ def markdown(report: Report) -> str:
         out += ["", "**Passes:** " + " → ".join(f"`{p['name']}`" for p in report.passes)]
     for w in report.warnings:
         out += ["", f"> **Warning:** {w}"]
+    out += per_class_markdown(report.per_class)
+    if report.explain:
+        from ci_compress.explain import markdown_section
+
+        out += ["", markdown_section(report.explain)]
     h = report.holdout
     out += [
         "",
@@ -222,6 +236,43 @@ def markdown(report: Report) -> str:
             f"MLflow run: {'[' + report.mlflow['run_id'] + '](' + link + ')' if link else '`' + report.mlflow['run_id'] + '`'}."
         )
     return "\n".join(out) + "\n"
+
+
+def per_class_markdown(per_class: dict[str, Any]) -> list[str]:
+    """The per-class accuracy table (one column per role, one drop column per compared role)."""
+    classes = per_class.get("classes") or []
+    if not classes:
+        return []
+    roles = per_class["roles"]
+    ref = per_class["reference"]
+    others = [r for r in roles if r != ref]
+    head = ["class", "samples", *roles, *(f"drop {r} (points)" for r in others)]
+    out = [
+        "",
+        "<details><summary>Per-class accuracy</summary>",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---:|" * len(head),
+    ]
+    for row in classes:
+        cells = [str(row["label"]), str(row["samples"])]
+        cells += [f"{100 * row['accuracy'][r]:.2f}%" for r in roles]
+        flagged = row["label"] in per_class.get("flagged", [])
+        cells += [
+            f"**{row['drop_points'][r]:.2f}**"
+            if flagged and r == "student"
+            else f"{row['drop_points'][r]:.2f}"
+            for r in others
+        ]
+        out.append("| " + " | ".join(cells) + " |")
+    out += ["", "</details>"]
+    if per_class.get("flagged"):
+        out += [
+            "",
+            f"**Classes over `max_class_drop` ({per_class['max_class_drop']:g} points):** "
+            + ", ".join(f"`{label}`" for label in per_class["flagged"]),
+        ]
+    return out
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -238,7 +289,8 @@ def atomic_write(path: Path, text: str) -> None:
 
 
 def write_reports(report: Report, out_dir: Path) -> dict[str, Path]:
-    """Write report.json, report.md and junit.xml; returns their paths."""
+    """Write report.json, report.md, junit.xml and manifest.json (when recorded); returns
+    their paths."""
     from ci_compress.reporting.junit import junit_xml
 
     paths = {
@@ -246,6 +298,8 @@ def write_reports(report: Report, out_dir: Path) -> dict[str, Path]:
         "report_md": out_dir / "report.md",
         "junit_xml": out_dir / "junit.xml",
     }
+    if report.reproducibility:
+        paths["manifest_json"] = out_dir / "manifest.json"
     report.artifacts.update({k: str(v) for k, v in paths.items()})
     from ci_compress.redaction import redact, redact_data
 
@@ -256,4 +310,9 @@ def write_reports(report: Report, out_dir: Path) -> dict[str, Path]:
     )
     atomic_write(paths["report_md"], redact(markdown(report)))
     atomic_write(paths["junit_xml"], redact(junit_xml(report)))
+    if report.reproducibility:
+        atomic_write(
+            paths["manifest_json"],
+            json.dumps(redact_data(report.reproducibility), indent=2, sort_keys=True) + "\n",
+        )
     return paths

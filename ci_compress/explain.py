@@ -1,0 +1,534 @@
+"""Explain a verdict: which layer costs the accuracy, and what to exclude to pass.
+
+:func:`explain` compresses the teacher once per layer, with the configured passes
+restricted to that one layer (``include: [layer]``, every other layer untouched), packs
+and reloads each student as it would ship, and measures the accuracy drop each layer
+causes on the holdout. Layers are ranked by that drop. Then it searches an ``exclude:``
+list greedily: exclude the most sensitive layer, run the full configured compression
+with it excluded, check the accuracy thresholds; add the next layer until they are met.
+Every step is a real run, so the suggestion is verified, not predicted.
+
+It works over whatever passes are configured: a pass only has to honour
+``include``/``exclude`` and report the modules it touched (``PassRecord.modules``), as
+every registered pass does. A "layer" is a module of the teacher; modules a pass
+creates inside it (say ``fc.0`` when a pass splits ``fc``) count towards that layer.
+
+The library returns an :class:`ExplainResult`; rendering (terminal table, Markdown,
+bar chart) lives here too but never decides anything.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ci_compress.gate import ACCURACY_THRESHOLDS, decide, derive
+
+if TYPE_CHECKING:
+    from ci_compress.config import LoadedConfig, PassConfig
+    from ci_compress.evaluation.metrics import TaskMetrics
+    from ci_compress.pipeline import Inputs
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class LayerSensitivity:
+    """The effect of compressing one layer alone."""
+
+    layer: str
+    kind: str  # the teacher module's class, e.g. Conv2d
+    passes: tuple[str, ...]  # pass types that touched it, in order
+    parameters: int  # of the teacher layer
+    accuracy: float  # student with only this layer compressed
+    drop_points: float  # teacher - that student, percentage points
+    file_bytes: int  # shipped size with only this layer compressed
+    bytes_saved: int  # against the uncompressed teacher packed the same way
+    worst_class: str | None = None
+    worst_class_drop_points: float | None = None
+
+
+@dataclass(frozen=True)
+class ExcludeStep:
+    """One verified run of the full compression with some layers excluded."""
+
+    exclude: tuple[str, ...]
+    accuracy: float
+    drop_points: float
+    file_bytes: int
+    figures: dict[str, float]
+    accuracy_passed: bool  # the accuracy thresholds are met
+    gate_passed: bool  # every threshold that explain can measure (no latency) is met
+    failures: tuple[str, ...] = ()
+
+
+@dataclass
+class ExplainResult:
+    teacher_accuracy: float
+    teacher_file_bytes: int
+    samples: int
+    thresholds: dict[str, float]
+    full: ExcludeStep  # the configuration as given
+    layers: list[LayerSensitivity]  # ranked, most sensitive first
+    steps: list[ExcludeStep]  # the greedy search, in order (full config first)
+    suggested_exclude: list[str] | None  # None: no exclude list met the thresholds
+    suggested_passes: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "teacher_accuracy": self.teacher_accuracy,
+            "teacher_file_bytes": self.teacher_file_bytes,
+            "samples": self.samples,
+            "thresholds": self.thresholds,
+            "full": asdict(self.full),
+            "layers": [asdict(layer) for layer in self.layers],
+            "steps": [asdict(s) for s in self.steps],
+            "suggested_exclude": self.suggested_exclude,
+            "suggested_passes": self.suggested_passes,
+            "notes": self.notes,
+        }
+
+
+# ---------------------------------------------------------------- the analysis
+
+
+def explain(
+    loaded: LoadedConfig,
+    *,
+    report_dir: Path | None = None,
+    progress: Progress | None = None,
+    fetch: Callable[[str, Path], Path] | None = None,
+) -> ExplainResult:
+    """Rank layers by the accuracy drop their compression causes; suggest an exclude list.
+
+    ``fetch`` downloads a ``model.uri`` from MLflow (the gate passes its own).
+    """
+    from ci_compress.evaluation.metrics import evaluate
+    from ci_compress.pipeline import load_inputs, set_determinism
+
+    cfg = loaded.config
+    say = progress or (lambda _msg: None)
+    out_dir = report_dir or loaded.resolve(cfg.report.dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    set_determinism(cfg.runtime.seed, cfg.runtime.threads)
+    inputs = load_inputs(loaded, out_dir, fetch=fetch)
+    teacher_m = evaluate(
+        {"teacher": inputs.teacher.module}, inputs.holdout, batch_size=cfg.data.batch_size
+    )["teacher"]
+    thresholds = cfg.thresholds.active()
+    acc_thresholds = {k: v for k, v in thresholds.items() if k in ACCURACY_THRESHOLDS}
+    # Latency is not measured here: every other threshold is checked.
+    gate_thresholds = {k: v for k, v in thresholds.items() if k != "max_latency_ratio"}
+    notes: list[str] = []
+    if not acc_thresholds:
+        notes.append(
+            "no accuracy threshold is set: layers are ranked, but there is nothing for an exclude list to meet"
+        )
+
+    with tempfile.TemporaryDirectory(prefix="ci-compress-explain-", dir=out_dir) as tmp:
+        work = Path(tmp)
+        runner = _Runner(loaded, inputs, teacher_m, work)
+
+        say("explain: the configured compression")
+        full_step, records = runner.step(cfg.passes, (), acc_thresholds, gate_thresholds)
+        touched = _layers_touched(inputs.teacher.module, [r.modules for r in records])
+        base_bytes = runner.base_bytes()
+
+        layers = []
+        for n, (layer, per_pass) in enumerate(touched.items(), 1):
+            say(f"explain: layer {n}/{len(touched)}: {layer}")
+            restricted = [
+                p.model_copy(update={"include": tuple(names), "exclude": ()})
+                for p, names in zip(cfg.passes, per_pass, strict=True)
+                if names
+            ]
+            m, file_bytes, _ = runner.measure(restricted)
+            worst = runner.worst_class(m)
+            layers.append(
+                LayerSensitivity(
+                    layer=layer,
+                    kind=_kind(inputs.teacher.module, layer),
+                    passes=tuple(p.type for p in restricted),
+                    parameters=_parameters(inputs.teacher.module, layer),
+                    accuracy=m.accuracy,
+                    drop_points=(teacher_m.accuracy - m.accuracy) * 100.0,
+                    file_bytes=file_bytes,
+                    bytes_saved=base_bytes - file_bytes,
+                    worst_class=worst[0] if worst else None,
+                    worst_class_drop_points=worst[1] if worst else None,
+                )
+            )
+        layers.sort(key=lambda s: (-s.drop_points, -s.bytes_saved, s.layer))
+
+        steps = [full_step]
+        suggested: list[str] | None = [] if acc_thresholds and full_step.accuracy_passed else None
+        if suggested is None and acc_thresholds:
+            limit = cfg.explain.max_exclude or len(layers)
+            for k in range(1, min(limit, len(layers)) + 1):
+                excluded = tuple(s.layer for s in layers[:k])
+                say(f"explain: full compression excluding {', '.join(excluded)}")
+                passes = _with_exclude(cfg.passes, touched, excluded)
+                step, _ = runner.step(passes, excluded, acc_thresholds, gate_thresholds)
+                steps.append(step)
+                if step.accuracy_passed:
+                    suggested = list(excluded)
+                    break
+        if suggested is None and acc_thresholds:
+            notes.append(
+                "no exclude list of the most sensitive layers meets the accuracy thresholds: "
+                "make the passes gentler (smaller amount, more bits) or loosen the thresholds"
+            )
+        suggested_passes: list[dict[str, Any]] = []
+        if suggested:
+            for i, p in enumerate(_with_exclude(cfg.passes, touched, tuple(suggested))):
+                if p.exclude != cfg.passes[i].exclude:
+                    suggested_passes.append(
+                        {"index": i, "type": p.type, "exclude": list(p.exclude)}
+                    )
+            final = steps[-1]
+            if not final.gate_passed:
+                notes.append(
+                    "with the suggested exclude list the accuracy thresholds are met but "
+                    + "; ".join(final.failures)
+                )
+    return ExplainResult(
+        teacher_accuracy=teacher_m.accuracy,
+        teacher_file_bytes=inputs.teacher.file_bytes,
+        samples=teacher_m.samples,
+        thresholds=thresholds,
+        full=full_step,
+        layers=layers,
+        steps=steps,
+        suggested_exclude=suggested,
+        suggested_passes=suggested_passes,
+        notes=notes,
+    )
+
+
+class _Runner:
+    """Compress with given passes, ship, reload, evaluate: the pipeline's own functions."""
+
+    def __init__(
+        self, loaded: LoadedConfig, inputs: Inputs, teacher_m: TaskMetrics, work: Path
+    ) -> None:
+        self.loaded, self.inputs, self.teacher_m, self.work = loaded, inputs, teacher_m, work
+        self.count = 0
+
+    def measure(self, passes: Sequence[PassConfig]) -> tuple[TaskMetrics, int, list[Any]]:
+        from ci_compress.evaluation.metrics import evaluate
+        from ci_compress.pipeline import apply_passes, ship
+
+        cfg = self.loaded.config
+        student, records = apply_passes(self.loaded, self.inputs, passes)
+        self.count += 1
+        path = self.work / f"student-{self.count}.ccz"
+        shipped, info = ship(self.loaded, student, [r.to_dict() for r in records], path)
+        m = evaluate(
+            {"student": shipped},
+            self.inputs.holdout,
+            batch_size=cfg.data.batch_size,
+            reference="student",
+        )["student"]
+        path.unlink(missing_ok=True)
+        return m, info.file_bytes, records
+
+    def base_bytes(self) -> int:
+        """The teacher packed with no pass: what 'bytes saved' is measured against."""
+        _, file_bytes, _ = self.measure(())
+        return file_bytes
+
+    def worst_class(self, m: TaskMetrics) -> tuple[str, float] | None:
+        from ci_compress.gate import class_drops, worst_class
+
+        return worst_class(class_drops(self.teacher_m.class_accuracy(), m.class_accuracy()))
+
+    def step(
+        self,
+        passes: Sequence[PassConfig],
+        excluded: tuple[str, ...],
+        acc_thresholds: dict[str, float],
+        gate_thresholds: dict[str, float],
+    ) -> tuple[ExcludeStep, list[Any]]:
+        from ci_compress.pipeline import class_figures
+
+        m, file_bytes, records = self.measure(passes)
+        flat = {
+            "teacher.accuracy": self.teacher_m.accuracy,
+            "student.accuracy": m.accuracy,
+            "teacher.file_bytes": float(self.inputs.teacher.file_bytes),
+            "student.file_bytes": float(file_bytes),
+        }
+        figures = {**flat, **derive(flat)}
+        class_delta, notes = class_figures(
+            self.teacher_m, m, limit=acc_thresholds.get("max_class_drop")
+        )
+        figures.update(class_delta)
+        acc = decide(acc_thresholds, figures, notes=notes) if acc_thresholds else None
+        gate = decide(gate_thresholds, figures, notes=notes) if gate_thresholds else None
+        return (
+            ExcludeStep(
+                exclude=excluded,
+                accuracy=m.accuracy,
+                drop_points=figures["delta.accuracy_drop_points"],
+                file_bytes=file_bytes,
+                figures=figures,
+                accuracy_passed=acc.passed if acc else True,
+                gate_passed=gate.passed if gate else True,
+                failures=tuple(c.message for c in gate.failures) if gate else (),
+            ),
+            records,
+        )
+
+
+def _layers_touched(teacher: Any, per_pass: list[list[str]]) -> dict[str, list[list[str]]]:
+    """Teacher layer -> for each pass, the module names it touched inside that layer."""
+    names = {n for n, _ in teacher.named_modules() if n}
+    out: dict[str, list[list[str]]] = {}
+    for i, modules in enumerate(per_pass):
+        for module in modules:
+            layer = _teacher_layer(module, names)
+            out.setdefault(layer, [[] for _ in per_pass])[i].append(module)
+    return out
+
+
+def _teacher_layer(module: str, names: set[str]) -> str:
+    parts = module.split(".")
+    for k in range(len(parts), 0, -1):
+        if ".".join(parts[:k]) in names:
+            return ".".join(parts[:k])
+    return module
+
+
+def _kind(teacher: Any, layer: str) -> str:
+    try:
+        return type(teacher.get_submodule(layer)).__name__
+    except AttributeError:
+        return "?"
+
+
+def _parameters(teacher: Any, layer: str) -> int:
+    try:
+        return sum(p.numel() for p in teacher.get_submodule(layer).parameters())
+    except AttributeError:
+        return 0
+
+
+def _with_exclude(
+    passes: Sequence[PassConfig],
+    touched: dict[str, list[list[str]]],
+    excluded: tuple[str, ...],
+) -> list[PassConfig]:
+    """The configured passes with ``excluded`` layers added to the exclude list of every
+    pass that touched them."""
+    out = []
+    for i, p in enumerate(passes):
+        extra = [layer for layer in excluded if touched.get(layer) and touched[layer][i]]
+        extra = [layer for layer in extra if layer not in p.exclude]
+        out.append(p.model_copy(update={"exclude": (*p.exclude, *extra)}) if extra else p)
+    return out
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def _rows(data: dict[str, Any]) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = [
+        (
+            "rank",
+            "layer",
+            "type",
+            "passes",
+            "params",
+            "drop (pts)",
+            "accuracy",
+            "worst class (drop)",
+            "bytes saved",
+        )
+    ]
+    for i, s in enumerate(data["layers"], 1):
+        worst = (
+            f"{s['worst_class']} ({s['worst_class_drop_points']:.1f})"
+            if s.get("worst_class") is not None
+            else "-"
+        )
+        rows.append(
+            (
+                str(i),
+                s["layer"],
+                s.get("kind", "?"),
+                "+".join(s["passes"]),
+                f"{s['parameters']:,}",
+                f"{s['drop_points']:.2f}",
+                f"{100 * s['accuracy']:.2f}%",
+                worst,
+                f"{s['bytes_saved']:,}",
+            )
+        )
+    return rows
+
+
+def _suggestion_lines(data: dict[str, Any]) -> list[str]:
+    sug = data["suggested_exclude"]
+    full = data["full"]
+    lines = [
+        f"configured compression: accuracy drop {full['drop_points']:.2f} points"
+        + (
+            " (accuracy thresholds met)"
+            if full["accuracy_passed"]
+            else " (accuracy thresholds FAILED)"
+        )
+    ]
+    if sug == []:
+        lines.append("nothing to exclude: the configured compression meets the accuracy thresholds")
+    elif sug:
+        last = data["steps"][-1]
+        lines.append(
+            f"suggested exclude: {sug} -> accuracy drop {last['drop_points']:.2f} points, "
+            f"{last['figures']['delta.compression_ratio']:.2f}x smaller "
+            f"(verified by a full run; {'all measured thresholds met' if last['gate_passed'] else 'accuracy thresholds met'})"
+        )
+        for p in data["suggested_passes"]:
+            lines.append(f"  passes[{p['index']}] ({p['type']}): exclude: {p['exclude']}")
+    for note in data["notes"]:
+        lines.append(f"note: {note}")
+    return lines
+
+
+def terminal_table(data: dict[str, Any]) -> str:
+    """The ranking as an aligned text table, then the suggestion."""
+    rows = _rows(data)
+    w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    right = {0, 4, 5, 6, 8}
+    lines = ["per-layer sensitivity (each layer compressed alone, others untouched):"]
+    for i, r in enumerate(rows):
+        cells = [c.rjust(w[j]) if j in right else c.ljust(w[j]) for j, c in enumerate(r)]
+        lines.append("  " + "  ".join(cells).rstrip())
+        if i == 0:
+            lines.append("  " + "  ".join("-" * x for x in w))
+    lines += ["", *_suggestion_lines(data)]
+    return "\n".join(lines)
+
+
+def markdown_section(data: dict[str, Any]) -> str:
+    rows = _rows(data)
+    out = [
+        "### Per-layer sensitivity",
+        "",
+        "Each layer compressed alone with the configured passes (others untouched); "
+        "accuracy drop on the holdout, most sensitive first.",
+        "",
+        "| " + " | ".join(rows[0]) + " |",
+        "|---:|---|---|---|---:|---:|---:|---|---:|",
+    ]
+    out += [
+        "| " + " | ".join(f"`{c}`" if j == 1 else c for j, c in enumerate(r)) + " |"
+        for r in rows[1:]
+    ]
+    out += [""] + [f"- {line.strip()}" for line in _suggestion_lines(data)]
+    return "\n".join(out)
+
+
+def write_chart(result: ExplainResult | dict[str, Any], path: Path) -> Path:
+    """A horizontal bar chart of the per-layer drops (matplotlib, Agg, no global state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    data = result.to_dict() if isinstance(result, ExplainResult) else result
+    layers = data["layers"]
+    names = [s["layer"] for s in layers][::-1]
+    drops = [s["drop_points"] for s in layers][::-1]
+    fig = Figure(figsize=(7.0, 1.2 + 0.4 * max(len(layers), 1)), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    colors = ["#c0392b" if d > 0 else "#7f8c8d" for d in drops]
+    ax.barh(names, drops, color=colors)
+    for y, d in enumerate(drops):
+        ax.annotate(
+            f"{d:.2f}", (d, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8
+        )
+    limit = data["thresholds"].get("max_accuracy_drop")
+    if limit is not None:
+        ax.axvline(
+            limit,
+            color="#2c3e50",
+            linestyle="--",
+            linewidth=1,
+            label=f"max_accuracy_drop {limit:g}",
+        )
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_xlabel("accuracy drop when only this layer is compressed (points)")
+    ax.set_title("ci-compress: per-layer sensitivity")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", metadata={"Software": None})
+    return path
+
+
+def write_outputs(result: ExplainResult, out_dir: Path) -> dict[str, Path]:
+    """explain.json, explain.md and sensitivity.png in ``out_dir``."""
+    import json
+
+    from ci_compress.reporting.render import atomic_write
+
+    data = result.to_dict()
+    paths = {
+        "explain_json": out_dir / "explain.json",
+        "explain_md": out_dir / "explain.md",
+        "sensitivity_png": out_dir / "sensitivity.png",
+    }
+    atomic_write(paths["explain_json"], json.dumps(data, indent=2, sort_keys=True) + "\n")
+    atomic_write(paths["explain_md"], markdown_section(data) + "\n")
+    write_chart(data, paths["sensitivity_png"])
+    return paths
+
+
+def record(
+    loaded: LoadedConfig,
+    result: ExplainResult,
+    paths: dict[str, Path],
+    *,
+    environ: Any = None,
+    progress: Progress | None = None,
+) -> str | None:
+    """Record a standalone analysis as its own MLflow run (tag ``ci_compress.kind=explain``).
+
+    Returns the run id, or None when MLflow is disabled in the config. Metrics are
+    ``explain.drop_points.<layer>`` per layer; the outputs are artifacts.
+    """
+    import os
+
+    from ci_compress.ci.env import detect
+    from ci_compress.pipeline import make_tracker
+    from ci_compress.tracking import NullTracker
+
+    cfg = loaded.config
+    environ = os.environ if environ is None else environ
+    tracker = make_tracker(loaded, environ, progress or (lambda _msg: None))
+    if isinstance(tracker, NullTracker):
+        return None
+    ci = detect(environ, loaded.base_dir)
+    run_id = tracker.start_run(
+        cfg.mlflow.experiment,
+        f"explain-{(ci.commit or 'local')[:8]}",
+        {**ci.tags(), "ci_compress.kind": "explain"},
+    )
+    try:
+        metrics = {f"explain.drop_points.{s.layer}": s.drop_points for s in result.layers}
+        metrics["explain.full.drop_points"] = result.full.drop_points
+        if result.suggested_exclude is not None:
+            metrics["explain.suggested_exclude_count"] = float(len(result.suggested_exclude))
+        tracker.log_metrics(metrics)
+        tracker.set_tags(
+            {"ci_compress.suggested_exclude": ",".join(result.suggested_exclude or []) or "-"}
+        )
+        for path in paths.values():
+            tracker.log_artifact(path)
+        tracker.end_run("FINISHED")
+    except BaseException:
+        tracker.end_run("FAILED")
+        raise
+    return run_id

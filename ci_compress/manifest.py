@@ -1,0 +1,141 @@
+"""The reproducibility manifest: what a gate needs to be run again, and what it measured.
+
+Every run writes ``manifest.json`` beside ``report.json`` (and embeds it there under
+``reproducibility``): the library versions, Python, CPU model and thread count, the
+seeds, the sha256 of the model artifact, of the holdout samples, of the config and of
+the shipped student, the config text itself (so the gate can be re-run from the
+manifest alone), the pass history and the deterministic measurements.
+``ci-compress reproduce`` (:mod:`ci_compress.reproduce`) re-runs the gate from it and
+compares.
+
+Versions are read with :mod:`importlib.metadata`, so recording them imports nothing
+heavy (mlflow in particular is imported only by :mod:`ci_compress.tracking`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import platform
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ci_compress.config import LoadedConfig
+
+MANIFEST_VERSION = 1
+
+# Distribution names whose versions can change a measurement.
+PACKAGES = (
+    "ci-compress",
+    "torch",
+    "torchao",
+    "numpy",
+    "mlflow",
+    "safetensors",
+    "zstandard",
+    "scikit-learn",
+)
+
+# Measurements that must reproduce exactly (latency and time-based figures are excluded:
+# they depend on the machine's load, not on the model).
+EXCLUDED_MEASUREMENTS = ("latency_ms", "latency_ratio")
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages that matter (None when not installed)."""
+    out: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    if out.get("mlflow") is None:  # the runtime may use mlflow-skinny
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out["mlflow-skinny"] = metadata.version("mlflow-skinny")
+    out["python"] = platform.python_version()
+    return out
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what :mod:`platform` knows."""
+    try:
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "Hardware") and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def reproducible(measurements: Mapping[str, float]) -> dict[str, float]:
+    """The measurements expected to repeat exactly (no latency)."""
+    return {
+        k: float(v)
+        for k, v in sorted(measurements.items())
+        if not k.endswith(EXCLUDED_MEASUREMENTS)
+    }
+
+
+def build_manifest(
+    loaded: LoadedConfig,
+    *,
+    model_file: str,
+    model_sha256: str,
+    holdout_name: str,
+    holdout_sha256: str,
+    holdout_samples: int,
+    student_sha256: str,
+    pass_history: list[dict[str, Any]],
+    measurements: Mapping[str, float],
+    per_class: Mapping[str, Any],
+    verdict: str,
+) -> dict[str, Any]:
+    """The manifest of one gate run (plain JSON-able dict)."""
+    import yaml
+
+    cfg = loaded.config
+    text = loaded.text
+    if text is None:  # built in Python, not read from a file: store an equivalent YAML
+        text = yaml.safe_dump(cfg.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "versions": package_versions(),
+        "machine": {
+            "platform": platform.platform(),
+            "machine": platform.machine(),
+            "cpu_model": cpu_model(),
+            "cpu_count": os.cpu_count(),
+            "threads": cfg.runtime.threads,
+        },
+        "seeds": {
+            "runtime.seed": cfg.runtime.seed,
+            "passes": [cfg.runtime.seed + i for i in range(len(cfg.passes))],
+        },
+        "digests": {
+            "model": model_sha256,
+            "holdout": holdout_sha256,
+            "config": loaded.sha256,
+            "student": student_sha256,
+        },
+        "model": {"file": model_file},
+        "holdout": {"name": holdout_name, "samples": holdout_samples},
+        "config": {
+            "file": str(loaded.source) if loaded.source else None,
+            "base_dir": str(loaded.base_dir),
+            "text": text,
+            "text_sha256": hashlib.sha256(text.encode()).hexdigest(),
+        },
+        "passes": [{k: v for k, v in p.items() if k != "seconds"} for p in pass_history],
+        "expected": {
+            "verdict": verdict,
+            "measurements": reproducible(measurements),
+            "per_class_correct": {
+                row["label"]: row["correct"] for row in per_class.get("classes", [])
+            },
+        },
+    }
