@@ -19,6 +19,7 @@ from ci_compress.ci.env import CIContext, detect
 from ci_compress.config import LoadedConfig, flatten
 from ci_compress.errors import CICompressError, TrackingError
 from ci_compress.gate import decide, derive
+from ci_compress.progress import Step, step_of
 from ci_compress.report import ModelSummary, Report
 from ci_compress.tracking import MlflowTracker, NullTracker, Tracker, resolve_tracking_uri
 
@@ -81,7 +82,7 @@ def run(
         cfg.mlflow.experiment, run_name, {**ci.tags(), "ci_compress.status": "running"}
     )
     try:
-        report = _gate(loaded, out_dir, ci, say)
+        report = _gate(loaded, out_dir, ci, say, step=step_of(progress))
         report.warnings = warnings
         report.mlflow = {
             "run_id": run_id,
@@ -114,7 +115,9 @@ def run(
         raise
 
 
-def _gate(loaded: LoadedConfig, out_dir: Path, ci: CIContext, say: Progress) -> Report:
+def _gate(
+    loaded: LoadedConfig, out_dir: Path, ci: CIContext, say: Progress, step: Step | None = None
+) -> Report:
     import torch
 
     from ci_compress.artifacts.data import load_dataset
@@ -153,6 +156,7 @@ def _gate(loaded: LoadedConfig, out_dir: Path, ci: CIContext, say: Progress) -> 
             train_data=(lambda d=train: d.batches(cfg.data.batch_size)) if train else None,
             calibration_data=(lambda d=calib: d.batches(cfg.data.batch_size)) if calib else None,
             teacher=teacher.module,
+            step=step,
         )
         torch.manual_seed(rt.seed + i)
         records.append(run_pass(PASSES[pass_cfg.type], student, pass_cfg, ctx))
@@ -170,10 +174,26 @@ def _gate(loaded: LoadedConfig, out_dir: Path, ci: CIContext, say: Progress) -> 
     shipped, _ = load_packed(shipped_path, factory=_factory(cfg.model))
 
     say(f"evaluating on {holdout.name}")
+    # One streaming pass: metrics, the holdout's digest and progress from the same batches.
+    from ci_compress.artifacts.data import HoldoutDigest
+
+    holdout_digest, total, seen = HoldoutDigest(), holdout.size_hint(), [0]
+
+    def on_batch(x: torch.Tensor, y: torch.Tensor) -> None:
+        holdout_digest.update(x, y)
+        seen[0] += len(y)
+        if step is not None:
+            step("evaluating", seen[0], total)
+
     task = evaluate(
-        {"teacher": teacher.module, "student": shipped}, holdout, batch_size=cfg.data.batch_size
+        {"teacher": teacher.module, "student": shipped},
+        holdout,
+        batch_size=cfg.data.batch_size,
+        on_batch=on_batch,
     )
-    x_lat = next(holdout.batches(rt.latency_batch_size))[0]
+    if step is not None and total is None:
+        step("evaluating", seen[0], seen[0])
+    x_lat = next(holdout.batches(rt.latency_batch_size))[0][: rt.latency_batch_size]
     lat = latency_ms(
         {"teacher": teacher.module, "student": shipped},
         x_lat,
@@ -226,7 +246,7 @@ def _gate(loaded: LoadedConfig, out_dir: Path, ci: CIContext, say: Progress) -> 
         holdout={
             "name": holdout.name,
             "samples": task["teacher"].samples,
-            "sha256": holdout.digest(),
+            "sha256": holdout_digest.hexdigest(),
         },
         environment=_environment(
             ci, rt.threads, rt.seed, __version__, _torch.__version__, numpy.__version__
