@@ -35,7 +35,23 @@ def set_determinism(seed: int, threads: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    _deterministic_algorithms(torch)
+
+
+def _deterministic_algorithms(torch: Any) -> None:
+    """``torch.use_deterministic_algorithms(True, warn_only=True)``, without its import cost.
+
+    The public call also imports ``torch._inductor.config`` (and with it torch._dynamo:
+    1.5-4 s of start-up on a 2-core runner) only to set the compiler's flag. The gate
+    runs eager models, so unless the compiler is already loaded, set the eager flag alone.
+    """
+    import sys
+
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None or "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        setter(True, warn_only=True)
 
 
 def make_tracker(loaded: LoadedConfig, environ: Mapping[str, str], progress: Progress) -> Tracker:
