@@ -26,6 +26,7 @@ Targets are printed beside the numbers; a missed target does not fail the comman
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -122,7 +123,7 @@ def _phases(stderr: str, wall: float) -> dict[str, float]:
     if not marks:
         return out
     out["imports (torch ...), config"] = marks[0][0]
-    for (t0, msg), (t1, _) in zip(marks, marks[1:], strict=False):
+    for (t0, msg), (t1, _) in itertools.pairwise(marks):
         out[re.sub(r"^pass \d+/\d+: ", "pass: ", msg)] = t1 - t0
     out[f"{marks[-1][1]}, reports, exit; interpreter start"] = max(0.0, wall - marks[-1][0])
     return out
@@ -189,9 +190,9 @@ def bench_pipeline(work: Path, repeats: int, warmup: bool) -> dict[str, Any]:
         },
         "same_result": {
             "bare_student_accuracy": bare_out.get("student_accuracy"),
-            "gate_student_accuracy": gate_report.get("student", {}).get("metrics", {}).get(
-                "accuracy"
-            )
+            "gate_student_accuracy": gate_report.get("student", {})
+            .get("metrics", {})
+            .get("accuracy")
             if gate_report
             else None,
         },
