@@ -237,6 +237,44 @@ def bench_cold_start(repeats: int) -> dict[str, Any]:
     }
 
 
+def _mlflow_worker(uri: str, artifact: Path, out: Path) -> None:
+    """Runs in its own process: where MLflow's time goes (import, store, logging calls)."""
+    t0 = time.perf_counter()
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    t1 = time.perf_counter()
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("bench-breakdown")
+    exp_id = exp.experiment_id if exp else client.create_experiment("bench-breakdown")
+    t2 = time.perf_counter()
+    run = client.create_run(exp_id, run_name="breakdown")
+    rid = run.info.run_id
+    client.log_batch(rid, params=[Param(f"p{i}", str(i)) for i in range(40)], synchronous=True)
+    now = int(time.time() * 1000)
+    client.log_batch(rid, metrics=[Metric(f"m{i}", float(i), now, 0) for i in range(30)])
+    client.log_artifact(rid, str(artifact))
+    client.set_terminated(rid, "FINISHED")
+    t3 = time.perf_counter()
+    out.write_text(
+        json.dumps(
+            {
+                "import mlflow": t1 - t0,
+                "open the store (sqlite: schema check)": t2 - t1,
+                "run, params, metrics, artifact, end": t3 - t2,
+            }
+        )
+    )
+
+
+def bench_mlflow_breakdown(work: Path) -> dict[str, float]:
+    out = work / "mlflow-breakdown.json"
+    uri = f"sqlite:///{work / 'demo' / 'mlflow.db'}"  # the store the gate runs used
+    artifact = work / "demo" / "compress.yaml"
+    _timed([sys.executable, __file__, "_mlflow", uri, str(artifact), str(out)], work)
+    return dict(json.loads(out.read_text()))
+
+
 def _latency_worker(repeats_small: int, repeats_large: int, out: Path) -> None:
     """Runs in its own process: teachers, students as shipped, latency per batch size."""
     import copy
@@ -413,6 +451,11 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
             "met": wide256["speedup"] >= 1.5,
         },
         {
+            "target": f"Python-side peak (tracemalloc), x{m['repeat']} streamed / x1 <= 1.2",
+            "measured": f"{m['tracemalloc_ratio']:.3f}",
+            "met": m["tracemalloc_ratio"] <= 1.2,
+        },
+        {
             "target": f"peak RSS, x{m['repeat']} streamed / x1 streamed <= 1.2",
             "measured": f"{m['peak_rss_ratio']:.3f}",
             "met": m["peak_rss_ratio"] <= 1.2,
@@ -435,6 +478,10 @@ def table(res: dict[str, Any]) -> str:
         f"  ci-compress run, MLflow (sqlite store)  {p['wall_s']['gate_mlflow']['median']:8.2f}",
         f"  ratio gate / bare                       {p['ratio_gate_over_bare']:8.2f}",
         f"  MLflow logging (difference)             {p['mlflow_logging_s']:8.2f}",
+    ]
+    for name, secs in p.get("mlflow_breakdown_s", {}).items():
+        lines.append(f"    MLflow: {name:<40} {secs:6.2f}")
+    lines += [
         "",
         "  gate phases (MLflow off)                                  s",
     ]
@@ -481,6 +528,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "_latency":
         _latency_worker(int(argv[1]), int(argv[2]), Path(argv[3]))
         return 0
+    if argv and argv[0] == "_mlflow":
+        _mlflow_worker(argv[1], Path(argv[2]), Path(argv[3]))
+        return 0
     if argv and argv[0] == "_memory":
         _memory_worker(Path(argv[1]), Path(argv[2]))
         return 0
@@ -502,6 +552,7 @@ def main(argv: list[str] | None = None) -> int:
         res["pipeline"] = bench_pipeline(
             work, args.repeats or (1 if args.smoke else 5), warmup=not args.smoke
         )
+        res["pipeline"]["mlflow_breakdown_s"] = bench_mlflow_breakdown(work)
         res["cold_start"] = bench_cold_start(1 if args.smoke else 15)
         res["latency"] = bench_latency(work, args.smoke)
         res["memory"] = bench_memory(work, 2 if args.smoke else 50)

@@ -36,6 +36,7 @@ def test_benchmark_smoke_run_reports_every_row(tmp_path: Path) -> None:
     same = p["same_result"]
     assert same["bare_student_accuracy"] == pytest.approx(same["gate_student_accuracy"], abs=0.01)
     assert "evaluating on digits/test" in p["gate_phases_s"]
+    assert len(p["mlflow_breakdown_s"]) == 3
     assert res["cold_start"]["heavy_modules_imported"] == []
     assert {(r["model"].split()[0], r["batch"]) for r in res["latency"]} >= {
         ("mlp", 1),
@@ -47,5 +48,5 @@ def test_benchmark_smoke_run_reports_every_row(tmp_path: Path) -> None:
     assert len(rows) == 3 and all(r["peak_rss_kib"] > 0 for r in rows.values())
     samples = [r["samples"] for r in rows.values()]
     assert samples == [540, 1080, 1080]
-    assert len(res["targets"]) == 7 and all(isinstance(t["met"], bool) for t in res["targets"])
+    assert len(res["targets"]) == 8 and all(isinstance(t["met"], bool) for t in res["targets"])
     assert "gate vs bare script" in proc.stdout and "targets" in proc.stdout
