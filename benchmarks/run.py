@@ -86,12 +86,9 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    torch_version = subprocess.run(
-        [sys.executable, "-c", "import torch; print(torch.__version__)"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    from importlib.metadata import version
+
+    torch_version = version("torch")  # without importing it
     return {
         "nproc": os.cpu_count(),
         "cpu": cpu,
