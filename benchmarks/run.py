@@ -106,10 +106,9 @@ _STEP = re.compile(r"^\S+ [\d,]+(/[\d,]+ \(\d+%\))?$")  # "evaluating 540/540 (1
 def _phases(stderr: str, wall: float) -> dict[str, float]:
     """Seconds between the gate's progress lines, from its own stderr.
 
-    Stamps count from when the CLI set up its progress output, so the first phase is
-    the imports and config loading inside the command, and the last one (after the
-    last line until the process ended, as seen from outside) also holds the
-    interpreter's start-up.
+    Stamps count from when the CLI set up its progress output (after the interpreter
+    started, the pipeline was imported and the config loaded), so the last phase (after
+    the last line until the process ended, as seen from outside) also holds that start.
     """
     marks = []
     for line in stderr.splitlines():
@@ -119,10 +118,10 @@ def _phases(stderr: str, wall: float) -> dict[str, float]:
     out: dict[str, float] = {}
     if not marks:
         return out
-    out["imports (torch ...), config"] = marks[0][0]
+    out["tracker, CI detection, import torch"] = marks[0][0]
     for (t0, msg), (t1, _) in itertools.pairwise(marks):
         out[re.sub(r"^pass \d+/\d+: ", "pass: ", msg)] = t1 - t0
-    out[f"{marks[-1][1]}, reports, exit; interpreter start"] = max(0.0, wall - marks[-1][0])
+    out[f"{marks[-1][1]}, reports, exit + interpreter, config"] = max(0.0, wall - marks[-1][0])
     return out
 
 
