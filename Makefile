@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint install
+.PHONY: demo test lint install bench
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -20,6 +20,9 @@ demo: install
 
 test: install
 	$(PY) -m pytest -n 2
+
+bench: install
+	$(PY) benchmarks/run.py
 
 lint: install
 	$(VENV)/bin/ruff check ci_compress tests

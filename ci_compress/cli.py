@@ -12,7 +12,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -40,15 +39,10 @@ FAST_HOLDOUT_LIMIT = 200
 
 
 def _progress(quiet: bool) -> Any:
-    start = time.perf_counter()
+    """Progress lines on stderr: a bar on a terminal, plain periodic lines in CI logs."""
+    from ci_compress.progress import Progress
 
-    def say(msg: str) -> None:
-        if not quiet or msg.startswith("warning:"):
-            from ci_compress.redaction import redact
-
-            click.echo(f"[{time.perf_counter() - start:6.1f}s] {redact(msg)}", err=True)
-
-    return say
+    return Progress(quiet=quiet)
 
 
 @click.group(epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})

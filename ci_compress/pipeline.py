@@ -22,6 +22,7 @@ from ci_compress.config import LoadedConfig, flatten
 from ci_compress.errors import CICompressError, ConfigError, TrackingError
 from ci_compress.gate import class_drops, decide, derive, worst_class
 from ci_compress.manifest import build_manifest
+from ci_compress.progress import Step, step_of
 from ci_compress.report import ModelSummary, Report
 from ci_compress.tracking import (
     MlflowTracker,
@@ -56,10 +57,26 @@ def set_determinism(seed: int, threads: int) -> None:
     # may only be set before any inter-op parallel work has started
     with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    _deterministic_algorithms(torch)
     if hasattr(torch.backends, "cudnn"):
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
+
+
+def _deterministic_algorithms(torch: Any) -> None:
+    """``torch.use_deterministic_algorithms(True, warn_only=True)``, without its import cost.
+
+    The public call also imports ``torch._inductor.config`` (and with it torch._dynamo:
+    1.5-4 s of start-up on a 2-core runner) only to set the compiler's flag. The gate
+    runs eager models, so unless the compiler is already loaded, set the eager flag alone.
+    """
+    import sys
+
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None or "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        setter(True, warn_only=True)
 
 
 def make_tracker(loaded: LoadedConfig, environ: Mapping[str, str], progress: Progress) -> Tracker:
@@ -180,7 +197,15 @@ def run(
                 champion_file = tracker.fetch(
                     f"models:/{registered_model}/{champion.version}", out_dir / "champion"
                 ).path
-        report = _gate(loaded, out_dir, ci, say, fetch=fetch, champion_file=champion_file)
+        report = _gate(
+            loaded,
+            out_dir,
+            ci,
+            say,
+            fetch=fetch,
+            champion_file=champion_file,
+            step=step_of(progress),
+        )
         if champion is not None and report.champion is not None:
             baseline = _baseline(champion, alias, tracker, report, say)
         report.baseline = baseline
@@ -402,6 +427,7 @@ def _gate(
     *,
     fetch: Callable[[str, Path], Path] | None = None,
     champion_file: Path | None = None,
+    step: Step | None = None,
 ) -> Report:
     from ci_compress.artifacts.models import load_model_file
 
@@ -434,7 +460,7 @@ def _gate(
             ),
         )
 
-    student, records = apply_passes(loaded, inputs, cfg.passes, say)
+    student, records = apply_passes(loaded, inputs, cfg.passes, say, step=step)
     pass_history = [r.to_dict() for r in records]
 
     say("packing the student and reading it back")
@@ -442,7 +468,17 @@ def _gate(
     try:
         shipped, info = ship(loaded, student, pass_history, shipped_path)
         return _evaluate_and_decide(
-            loaded, ci, say, teacher, holdout, shipped_path, shipped, info, pass_history, champion
+            loaded,
+            ci,
+            say,
+            teacher,
+            holdout,
+            shipped_path,
+            shipped,
+            info,
+            pass_history,
+            champion,
+            step,
         )
     except BaseException:
         # The tool could not decide: leave no un-gated student where a later step
@@ -462,6 +498,7 @@ def _evaluate_and_decide(
     info: Any,
     pass_history: list[dict[str, Any]],
     champion: Any = None,
+    step: Step | None = None,
 ) -> Report:
     import torch
 
@@ -479,8 +516,23 @@ def _evaluate_and_decide(
     models = {"teacher": teacher.module, "student": shipped}
     if champion is not None:
         models["champion"] = champion.module
-    task = evaluate(models, holdout, batch_size=cfg.data.batch_size)
+    # One streaming pass: metrics, the holdout's digest and progress from the same batches.
+    from ci_compress.artifacts.data import HoldoutDigest
+
+    digest, total, seen = HoldoutDigest(), holdout.size_hint(), [0]
+
+    def on_batch(x: torch.Tensor, y: torch.Tensor) -> None:
+        digest.update(x, y)
+        seen[0] += len(y)
+        if step is not None:
+            step("evaluating", seen[0], total)
+
+    task = evaluate(models, holdout, batch_size=cfg.data.batch_size, on_batch=on_batch)
+    if step is not None and total is None:
+        step("evaluating", seen[0], seen[0])
+    holdout_digest = digest.hexdigest()
     x_lat, y_lat = next(holdout.batches(rt.latency_batch_size))
+    x_lat, y_lat = x_lat[: rt.latency_batch_size], y_lat[: rt.latency_batch_size]
     lat = latency_ms(
         models,
         x_lat,
@@ -568,7 +620,6 @@ def _evaluate_and_decide(
             if th.inconclusive != "pass"
             else "the gate is inconclusive; thresholds.inconclusive: pass lets it through"
         )
-    holdout_digest = holdout.digest()
     per_class = per_class_table(task)
     if "max_class_drop" in thresholds and per_class:
         limit = thresholds["max_class_drop"]
@@ -685,6 +736,8 @@ def apply_passes(
     inputs: Inputs,
     passes: Sequence[PassConfig],
     say: Progress | None = None,
+    *,
+    step: Step | None = None,
 ) -> tuple[nn.Module, list[PassRecord]]:
     """A copy of the teacher with ``passes`` applied in order (the teacher is untouched).
 
@@ -710,6 +763,7 @@ def apply_passes(
             train_data=(lambda d=train: d.batches(cfg.data.batch_size)) if train else None,
             calibration_data=(lambda d=calib: d.batches(cfg.data.batch_size)) if calib else None,
             teacher=inputs.teacher.module,
+            step=step,
         )
         torch.manual_seed(rt.seed + i)
         student, record = apply_pass(PASSES[pass_cfg.type], student, pass_cfg, ctx)

@@ -2,8 +2,9 @@
 
 Every batch is checked as it is read: x floating point and finite, y a 1-D integer
 label vector of the same length. An empty set is an error, not an accuracy of 0/0.
-The digest (sha256 over every batch's bytes, in order) identifies exactly the data
-that was evaluated.
+The digest (sha256 over the samples' bytes, in order, independent of batching)
+identifies exactly the data that was evaluated; the pipeline computes it during the
+evaluation pass, so a streaming factory is read once.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ class Dataset:
 
         if self._tensors is not None and self.limit is None:
             return self._tensors
-        xs, ys = zip(*self.batches(4096), strict=True) if self.count() else ((), ())
+        pairs = list(self.batches(4096))  # one pass over a factory, not two
+        xs, ys = zip(*pairs, strict=True) if pairs else ((), ())
         if not xs:
             raise DataError(
                 f"{self.field}: the dataset is empty",
@@ -84,17 +86,44 @@ class Dataset:
             return n if self.limit is None else min(n, self.limit)
         return sum(len(y) for _, y in self.batches(4096))
 
-    def digest(self) -> str:
-        """sha256 of the samples, independent of how they are batched."""
-        import torch
+    def size_hint(self) -> int | None:
+        """The number of samples if known without reading the data (None for a factory)."""
+        return self.count() if self._tensors is not None else None
 
-        hx, hy = hashlib.sha256(), hashlib.sha256()
-        shape: tuple[object, ...] | None = None
+    def digest(self) -> str:
+        """sha256 of the samples (a full read; the pipeline computes it while evaluating)."""
+        d = HoldoutDigest()
         for x, y in self.batches(4096):
-            shape = (*x.shape[1:], str(x.dtype))
-            hx.update(x.contiguous().numpy().tobytes())
-            hy.update(y.to(torch.int64).contiguous().numpy().tobytes())
-        return hashlib.sha256(f"{shape}|{hx.hexdigest()}|{hy.hexdigest()}".encode()).hexdigest()
+            d.update(x, y)
+        return d.hexdigest()
+
+
+class HoldoutDigest:
+    """A streaming sha256 of ``(x, y)`` batches that does not depend on the batch size.
+
+    x bytes and y bytes go into two running hashes and the per-sample shapes are
+    recorded whenever they change, so the same samples give the same digest
+    whether they arrive in one batch or in many. This lets the pipeline compute the
+    holdout's digest during the evaluation pass instead of reading the data twice.
+    """
+
+    def __init__(self) -> None:
+        self._x = hashlib.sha256()
+        self._y = hashlib.sha256()
+        self._shapes: list[str] = []
+
+    def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        shape = str(tuple(x.shape[1:]))
+        if not self._shapes or self._shapes[-1] != shape:
+            self._shapes.append(shape)
+        self._x.update(x.detach().contiguous().numpy().reshape(-1).view("uint8").data)
+        self._y.update(y.detach().contiguous().numpy().reshape(-1).view("uint8").data)
+
+    def hexdigest(self) -> str:
+        h = hashlib.sha256(";".join(self._shapes).encode())
+        h.update(self._x.digest())
+        h.update(self._y.digest())
+        return h.hexdigest()
 
 
 def _as_tensors(x: Any, y: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,7 +212,8 @@ def load_dataset(source: DataSource, base_dir: Path, *, field: str) -> Dataset:
     ds = Dataset(
         name=source.factory, field=field, _factory=lambda: fn(**kwargs), limit=source.limit
     )
-    if ds.count() == 0:
+    # Read only the first batch: a streaming factory is not run through twice.
+    if next(iter(ds.batches(source.limit or 4096)), None) is None:
         raise DataError(
             f"{field}: the factory {source.factory} yielded no samples",
             hint="give a holdout with at least one sample",

@@ -16,7 +16,10 @@ from typing import TYPE_CHECKING, Any
 from ci_compress.errors import DataError, ModelOutputError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import numpy as np
+    import torch
     from torch import nn
 
     from ci_compress.artifacts.data import Dataset
@@ -54,9 +57,18 @@ class TaskMetrics:
 
 
 def evaluate(
-    models: dict[str, nn.Module], data: Dataset, *, batch_size: int, reference: str = "teacher"
+    models: dict[str, nn.Module],
+    data: Dataset,
+    *,
+    batch_size: int,
+    reference: str = "teacher",
+    on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
 ) -> dict[str, TaskMetrics]:
-    """Top-1 accuracy of every model and agreement with ``reference``, streaming batches."""
+    """Top-1 accuracy of every model and agreement with ``reference``, streaming batches.
+
+    ``on_batch(x, y)`` is called once per batch after the models have seen it: the
+    pipeline uses it to hash the holdout and report progress in the same single pass.
+    """
     import numpy as np
     import torch
 
@@ -97,6 +109,8 @@ def evaluate(
                 agree[role] += int((preds[role] == preds[reference]).sum())
             class_total = _add(class_total, np.bincount(y.numpy(), minlength=1))
             n += len(y)
+            if on_batch is not None:
+                on_batch(x, y)
     if n == 0:
         raise DataError(
             f"{data.field}: no samples to evaluate", hint="give a holdout with at least one sample"

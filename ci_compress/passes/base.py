@@ -32,6 +32,8 @@ class PassContext:
     train_data: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None
     calibration_data: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None
     teacher: nn.Module | None = None
+    step: Callable[[str, int, int | None], None] | None = None
+    """Progress of a long pass: ``step(task, done, total)`` (e.g. training steps); may be None."""
 
 
 @dataclass
