@@ -23,6 +23,7 @@ from ci_compress.report import ModelSummary, Report
 from ci_compress.tracking import MlflowTracker, NullTracker, Tracker, resolve_tracking_uri
 
 Progress = Callable[[str], None]
+EarlyStop = Callable[[Mapping[str, float]], None]
 
 
 def set_determinism(seed: int, threads: int) -> None:
@@ -114,7 +115,34 @@ def run(
         raise
 
 
-def _gate(loaded: LoadedConfig, out_dir: Path, ci: CIContext, say: Progress) -> Report:
+def evaluate(
+    loaded: LoadedConfig,
+    *,
+    report_dir: Path,
+    environ: Mapping[str, str] | None = None,
+    progress: Progress | None = None,
+    early_stop: EarlyStop | None = None,
+) -> Report:
+    """Compress, pack, reload, evaluate and gate one config, without MLflow or report files.
+
+    The student is written to ``report_dir``. ``early_stop`` is called with the task
+    and size measurements before latency is measured; it may raise to abandon a
+    hopeless candidate (``ci-compress tune`` prunes trials this way).
+    """
+    environ = os.environ if environ is None else environ
+    report_dir.mkdir(parents=True, exist_ok=True)
+    ci = detect(environ, loaded.base_dir)
+    return _gate(loaded, report_dir, ci, progress or (lambda _msg: None), early_stop=early_stop)
+
+
+def _gate(
+    loaded: LoadedConfig,
+    out_dir: Path,
+    ci: CIContext,
+    say: Progress,
+    *,
+    early_stop: EarlyStop | None = None,
+) -> Report:
     import torch
 
     from ci_compress.artifacts.data import load_dataset
@@ -173,6 +201,24 @@ def _gate(loaded: LoadedConfig, out_dir: Path, ci: CIContext, say: Progress) -> 
     task = evaluate(
         {"teacher": teacher.module, "student": shipped}, holdout, batch_size=cfg.data.batch_size
     )
+    if early_stop is not None:
+        t_acc, s_acc = task["teacher"].accuracy, task["student"].accuracy
+        early_stop(
+            {
+                "teacher.accuracy": t_acc,
+                "student.accuracy": s_acc,
+                "teacher.file_bytes": float(teacher.file_bytes),
+                "student.file_bytes": float(info.file_bytes),
+                **derive(
+                    {
+                        "teacher.accuracy": t_acc,
+                        "student.accuracy": s_acc,
+                        "teacher.file_bytes": float(teacher.file_bytes),
+                        "student.file_bytes": float(info.file_bytes),
+                    }
+                ),
+            }
+        )
     x_lat = next(holdout.batches(rt.latency_batch_size))[0]
     lat = latency_ms(
         {"teacher": teacher.module, "student": shipped},
