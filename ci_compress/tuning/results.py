@@ -31,6 +31,7 @@ class TrialSummary:
     metrics: dict[str, float]
     worker: str = ""
     error: str | None = None
+    duplicate_of: int | None = None
 
     @property
     def file_bytes(self) -> float | None:
@@ -90,6 +91,7 @@ def summarize(study: optuna.Study) -> list[TrialSummary]:
                 metrics=dict(t.user_attrs.get("metrics", {})),
                 worker=str(t.user_attrs.get("worker", "")),
                 error=t.user_attrs.get("error"),
+                duplicate_of=t.user_attrs.get("duplicate_of"),
             )
         )
     return out
@@ -122,7 +124,9 @@ def describe_passes(passes: Sequence[Mapping[str, Any]]) -> str:
     parts = []
     for p in passes:
         opts = ", ".join(
-            f"{k}={_short(v)}" for k, v in p.items() if k != "type" and k not in ("include", "exclude")
+            f"{k}={_short(v)}"
+            for k, v in p.items()
+            if k != "type" and k not in ("include", "exclude")
         )
         parts.append(f"{p['type']}({opts})")
     return " → ".join(parts)
@@ -135,9 +139,7 @@ def _short(v: Any) -> str:
 # ---------------------------------------------------------------- files
 
 
-def write_tuned(
-    space: Space, best: TrialSummary, path: Path, *, study: str, storage: str
-) -> Path:
+def write_tuned(space: Space, best: TrialSummary, path: Path, *, study: str, storage: str) -> Path:
     """Write the best passing trial as a config ``ci-compress run`` and ``validate`` accept."""
     import yaml
 
@@ -168,13 +170,18 @@ def plot_pareto(result: TuneResult, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
     groups = [
         ("passed the gate", [t for t in pts if t.passed], "tab:green", "o"),
-        ("failed the gate", [t for t in pts if not t.passed and t.state == "complete"], "tab:red", "x"),
+        (
+            "failed the gate",
+            [t for t in pts if not t.passed and t.state == "complete"],
+            "tab:red",
+            "x",
+        ),
         ("pruned (failed early)", [t for t in pts if t.state == "pruned"], "tab:gray", "v"),
     ]
     for label, ts, color, marker in groups:
         if ts:
             ax.scatter(
-                [t.file_bytes for t in ts],
+                [float(t.file_bytes or 0) for t in ts],
                 [100 * t.accuracy for t in ts],  # type: ignore[operator]
                 c=color,
                 marker=marker,
@@ -184,7 +191,7 @@ def plot_pareto(result: TuneResult, path: Path) -> Path:
             )
     if result.front:
         ax.step(
-            [t.file_bytes for t in result.front],
+            [float(t.file_bytes or 0) for t in result.front],
             [100 * t.accuracy for t in result.front],  # type: ignore[operator]
             where="post",
             color="tab:blue",
@@ -198,11 +205,17 @@ def plot_pareto(result: TuneResult, path: Path) -> Path:
         ax.axhline(t_acc, color="black", lw=0.8, ls=":", label=f"teacher {t_acc:.2f}%")
         drop = result.thresholds.get("max_accuracy_drop")
         if drop is not None:
-            ax.axhline(t_acc - drop, color="tab:red", lw=0.8, ls="--", label=f"gate: drop ≤ {drop:g} points")
+            ax.axhline(
+                t_acc - drop,
+                color="tab:red",
+                lw=0.8,
+                ls="--",
+                label=f"gate: drop ≤ {drop:g} points",
+            )
     if result.best is not None:
         b = result.best
         ax.scatter(
-            [b.file_bytes],
+            [float(b.file_bytes or 0)],
             [100 * b.accuracy],  # type: ignore[operator]
             s=260,
             marker="*",
@@ -215,7 +228,7 @@ def plot_pareto(result: TuneResult, path: Path) -> Path:
     accs = [100 * t.accuracy for t in pts]  # type: ignore[operator]
     if accs and teacher is not None:
         limit = 100 * teacher["teacher.accuracy"] - result.thresholds.get("max_accuracy_drop", 5.0)
-        floor = min(limit - 4.0, *[100 * t.accuracy for t in pts if t.passed])  # type: ignore[operator]
+        floor = min([limit - 4.0, *[100 * t.accuracy for t in pts if t.passed]])  # type: ignore[operator]
         below = sum(a < floor for a in accs)
         if below:
             ax.set_ylim(bottom=floor, top=max(accs) + 0.5)
@@ -267,7 +280,10 @@ def render_markdown(result: TuneResult) -> str:
             )
         lines.append("")
         if result.tuned_path is not None:
-            lines += [f"Ready to commit: `{result.tuned_path.name}` (`ci-compress run --config {result.tuned_path.name}`).", ""]
+            lines += [
+                f"Ready to commit: `{result.tuned_path.name}` (`ci-compress run --config {result.tuned_path.name}`).",
+                "",
+            ]
     lines += [
         f"Trials: {len(result.trials)} in the study (budget {result.budget}; {result.ran_here} run by this process), "
         f"{c.get('passed', 0)} passed, {c.get('complete', 0)} completed, {c.get('pruned', 0)} pruned early, "
@@ -276,8 +292,11 @@ def render_markdown(result: TuneResult) -> str:
         "",
     ]
     if result.thresholds:
-        lines += ["Constraints (the gate's thresholds): "
-                  + ", ".join(f"`{k}` {v:g}" for k, v in sorted(result.thresholds.items())), ""]
+        lines += [
+            "Constraints (the gate's thresholds): "
+            + ", ".join(f"`{k}` {v:g}" for k, v in sorted(result.thresholds.items())),
+            "",
+        ]
     if result.profile:
         lines.append(f"Profile: `{result.profile}`.")
         if result.skipped:
@@ -298,11 +317,18 @@ def render_markdown(result: TuneResult) -> str:
             f"| {t.number} | {describe_passes(t.passes)} | {int(t.file_bytes or 0):,} | "
             f"{100 * (t.accuracy or 0):.2f}% | {gate} |"
         )
-    lines += ["", "## All trials", "", "| trial | state | passes | bytes | accuracy | gate | worker |", "|---:|---|---|---:|---:|---|---|"]
+    lines += [
+        "",
+        "## All trials",
+        "",
+        "| trial | state | passes | bytes | accuracy | gate | worker |",
+        "|---:|---|---|---:|---:|---|---|",
+    ]
     for t in result.trials:
         gate = "pass" if t.passed else ("-" if t.file_bytes is None else "fail")
+        state = t.state + (f" (as trial {t.duplicate_of})" if t.duplicate_of is not None else "")
         lines.append(
-            f"| {t.number} | {t.state} | {describe_passes(t.passes)} | "
+            f"| {t.number} | {state} | {describe_passes(t.passes)} | "
             f"{'-' if t.file_bytes is None else f'{int(t.file_bytes):,}'} | "
             f"{'-' if t.accuracy is None else f'{100 * t.accuracy:.2f}%'} | {gate}"
             f"{' (' + t.error + ')' if t.error else ''} | {t.worker} |"

@@ -124,9 +124,7 @@ PROFILES: dict[str, Profile] = {
         favours="the fewest shipped bytes: aggressive pruning, clustering to few distinct weights, int8, and the strongest packing",
         passes=(
             ProfilePass("prune", {"amount": 0.7}, {"amount": {"low": 0.5, "high": 0.95}}),
-            ProfilePass(
-                "cluster", {"bits": 4}, {"bits": {"low": 2, "high": 6}}, optional=True
-            ),
+            ProfilePass("cluster", {"bits": 4}, {"bits": {"low": 2, "high": 6}}, optional=True),
             ProfilePass("quantize", {"scheme": "int8-dynamic"}, optional=True),
         ),
         objective="size",
@@ -155,9 +153,7 @@ class Dimension:
     @property
     def encoded(self) -> bool:
         """Non-scalar choices (lists, mappings) are searched by their index."""
-        return self.choices is not None and not all(
-            isinstance(c, _PRIMITIVE) for c in self.choices
-        )
+        return self.choices is not None and not all(isinstance(c, _PRIMITIVE) for c in self.choices)
 
     def suggest(self, trial: optuna.Trial) -> Any:
         if self.choices is not None:
@@ -275,7 +271,7 @@ def resolve(loaded: LoadedConfig, tune: TuneConfig) -> Space:
     passes = [p.model_dump(mode="json", exclude_unset=True) for p in cfg.passes]
     for p, obj in zip(passes, cfg.passes, strict=True):
         p["type"] = obj.type
-    objective = tune.objective
+    objective: str = tune.objective
     weights = tune.weights.model_dump()
     skipped: list[str] = []
     dims: list[Dimension] = []
@@ -376,7 +372,9 @@ def resolve(loaded: LoadedConfig, tune: TuneConfig) -> Space:
     return space
 
 
-def _dimension(name: str, index: int, option: str, spec: SpaceEntry | Mapping[str, Any]) -> Dimension:
+def _dimension(
+    name: str, index: int, option: str, spec: SpaceEntry | Mapping[str, Any]
+) -> Dimension:
     from ci_compress.tuning.config import SpaceEntry
 
     entry = spec if isinstance(spec, SpaceEntry) else SpaceEntry.model_validate(dict(spec))

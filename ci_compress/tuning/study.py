@@ -219,6 +219,22 @@ class _Objective:
         trial.set_user_attr("passes", passes)
         summary = ", ".join(_describe(p) for p in passes) or "no passes"
         self.say(f"trial {trial.number}: {summary}")
+        seen = _already_measured(trial, passes)
+        if seen is not None:
+            # Same config as an earlier trial: reuse its measurements, do not re-run.
+            trial.set_user_attr("duplicate_of", seen.number)
+            for key in ("metrics", "passed", "pruned", "constraints", "value"):
+                if key in seen.user_attrs:
+                    trial.set_user_attr(key, seen.user_attrs[key])
+            names = sorted(self.settings.loaded.config.thresholds.active())
+            for name, value in zip(names, seen.user_attrs.get("constraints", []), strict=False):
+                trial.set_constraint(name, value)
+            self.say(
+                f"trial {trial.number}: same config as trial {seen.number}, reusing its result"
+            )
+            if seen.state == optuna.trial.TrialState.PRUNED:
+                raise optuna.TrialPruned()
+            return float(seen.user_attrs["value"])
         try:
             config = self.space.build(passes)
         except ConfigError as e:
@@ -320,6 +336,19 @@ class _Objective:
             trial.set_constraint(name, value)
 
 
+def _already_measured(trial: optuna.Trial, passes: list[dict[str, Any]]) -> Any | None:
+    """An earlier finished trial with exactly these passes, if any."""
+    import optuna
+
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    for t in trial.study.get_trials(deepcopy=False, states=done):
+        if t.user_attrs.get("passes") == passes and "metrics" in t.user_attrs:
+            if t.state == optuna.trial.TrialState.COMPLETE and "value" not in t.user_attrs:
+                continue
+            return t
+    return None
+
+
 def _describe(p: Mapping[str, Any]) -> str:
     opts = ", ".join(f"{k}={v}" for k, v in p.items() if k != "type")
     return f"{p['type']}({opts})"
@@ -334,9 +363,7 @@ def _write_json(path: Path, report: Report) -> None:
 # ---------------------------------------------------------------- MLflow
 
 
-def _trial_tracker(
-    s: Settings, number: int, passes: list[dict[str, Any]], tag: str
-) -> Any | None:
+def _trial_tracker(s: Settings, number: int, passes: list[dict[str, Any]], tag: str) -> Any | None:
     if s.parent_run_id is None or s.tracking_uri is None:
         return None
     from ci_compress.tracking import MlflowTracker
@@ -474,6 +501,7 @@ def search(
 
 def _child(settings: Settings, space: Space) -> None:
     """Entry point of a spawned local worker: errors print one line and set the exit code."""
+
     def say(msg: str) -> None:
         print(f"[worker {settings.worker}] {msg}", file=sys.stderr, flush=True)
 
