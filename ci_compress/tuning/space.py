@@ -110,10 +110,12 @@ PROFILES: dict[str, Profile] = {
                 optional=True,
                 label="structured pruning",
             ),
+            # optional: on a small model int8 can be slower than fp32; let latency decide
             ProfilePass(
                 "quantize",
                 {"scheme": "int8-dynamic"},
                 {"scheme": {"choices": ["int8-dynamic", "int8-static"]}},
+                optional=True,
             ),
         ),
         objective="mix",
