@@ -99,10 +99,21 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     if url.startswith("sqlite:"):
         # Several processes share the file; wait for the write lock instead of failing.
         kwargs = {"connect_args": {"timeout": 60}}
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=kwargs, heartbeat_interval=10, grace_period=60
+            )
+        except Exception as e:
+            # Two workers creating the tables of a new database at once: the loser sees
+            # "table ... already exists"; the tables are there now, so try again.
+            if "already exists" in str(e) and attempt < 4:
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            error = e
+            break
     try:
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs=kwargs, heartbeat_interval=10, grace_period=60
-        )
+        raise error
     except Exception as e:
         raise StorageError(
             f"cannot open the tuning storage {redact(url)}: {redact(str(e)).splitlines()[0][:300]}",
