@@ -286,6 +286,9 @@ class _Objective:
                 f"({int(early['student.file_bytes']):,} bytes, accuracy {100 * early['student.accuracy']:.2f}%)"
             )
             if tracker is not None:
+                from ci_compress.config import flatten
+
+                tracker.log_params(flatten(config.model_dump(mode="json")))
                 tracker.log_metrics(early)
                 tracker.set_tags({"ci_compress.verdict": "pruned"})
                 tracker.end_run("FINISHED")
@@ -393,13 +396,13 @@ def _trial_tracker(s: Settings, number: int, passes: list[dict[str, Any]], tag: 
         },
         parent_run_id=s.parent_run_id,
     )
-    from ci_compress.config import flatten
-
-    tracker.log_params(flatten({"passes": passes}))
     return tracker
 
 
 def _log_trial(tracker: Any, report: Report, trial_dir: Path, value: float) -> None:
+    from ci_compress.config import flatten
+
+    tracker.log_params(flatten(report.config))
     tracker.log_metrics({**report.metrics(), "tune.objective": value})
     tracker.log_artifact(trial_dir / "report.json")
     tracker.set_tags({"ci_compress.verdict": report.verdict})
