@@ -202,23 +202,13 @@ def _gate(
         {"teacher": teacher.module, "student": shipped}, holdout, batch_size=cfg.data.batch_size
     )
     if early_stop is not None:
-        t_acc, s_acc = task["teacher"].accuracy, task["student"].accuracy
-        early_stop(
-            {
-                "teacher.accuracy": t_acc,
-                "student.accuracy": s_acc,
-                "teacher.file_bytes": float(teacher.file_bytes),
-                "student.file_bytes": float(info.file_bytes),
-                **derive(
-                    {
-                        "teacher.accuracy": t_acc,
-                        "student.accuracy": s_acc,
-                        "teacher.file_bytes": float(teacher.file_bytes),
-                        "student.file_bytes": float(info.file_bytes),
-                    }
-                ),
-            }
-        )
+        known = {
+            "teacher.accuracy": task["teacher"].accuracy,
+            "student.accuracy": task["student"].accuracy,
+            "teacher.file_bytes": float(teacher.file_bytes),
+            "student.file_bytes": float(info.file_bytes),
+        }
+        early_stop({**known, **derive(known)})
     x_lat = next(holdout.batches(rt.latency_batch_size))[0]
     lat = latency_ms(
         {"teacher": teacher.module, "student": shipped},

@@ -8,10 +8,11 @@ trials under the same parent) and one nested run per trial.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from ci_compress.errors import TrackingError
+from ci_compress.errors import CICompressError, TrackingError
 
 if TYPE_CHECKING:
     from ci_compress.config import LoadedConfig
@@ -52,18 +53,24 @@ def tune(
     if loaded.config.tune is not None and loaded.config.mlflow.enabled:
         tracker, parent = _parent_run(loaded, url, name, environ, say)
 
-    outcome = st.search(
-        loaded,
-        max_trials=max_trials,
-        timeout_s=timeout_s,
-        storage=url,
-        study_name=name,
-        jobs=jobs,
-        parent_run_id=parent,
-        tracking_uri=tracker.uri if tracker is not None else None,
-        progress=say,
-    )
-    result = finish(outcome)
+    try:
+        outcome = st.search(
+            loaded,
+            max_trials=max_trials,
+            timeout_s=timeout_s,
+            storage=url,
+            study_name=name,
+            jobs=jobs,
+            parent_run_id=parent,
+            tracking_uri=tracker.uri if tracker is not None else None,
+            progress=say,
+        )
+        result = finish(outcome)
+    except BaseException:
+        if tracker is not None and parent is not None:
+            with contextlib.suppress(CICompressError):
+                tracker.end_run("FAILED")
+        raise
     if tracker is not None and parent is not None:
         result.mlflow = {"parent_run_id": parent, "tracking_uri": tracker.shown_uri}
         url_ = tracker.run_url()
