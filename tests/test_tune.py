@@ -289,3 +289,13 @@ def test_every_trial_is_a_nested_mlflow_run(workdir: Path, mlflow_server: Mlflow
     assert {"tune/pareto.png", "tune/tune-report.md", "tune/tuned.yaml"} <= art
     assert parent.data.tags["ci_compress.verdict"] == "pass"
     assert parent.data.metrics["tune.trials"] == 3.0
+
+
+def test_spent_timeout_starts_no_trial_and_exits_1(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, tune_config(max_trials=5))
+    proc = run_cli("tune", "--config", str(cfg), "--timeout", "0.001", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert "NO PASSING CONFIG" in proc.stdout
+    assert not (tmp_path / "tuned.yaml").exists()
+    states = [t.state for t in _trials(tmp_path, "compress")]
+    assert states == [optuna.trial.TrialState.WAITING]  # the base config, queued for next time

@@ -21,13 +21,14 @@ Budget and determinism:
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import socket
 import sys
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -99,15 +100,18 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     if url.startswith("sqlite:"):
         # Several processes share the file; wait for the write lock instead of failing.
         kwargs = {"connect_args": {"timeout": 60}}
+    races = ("already exists", "UNIQUE constraint", "duplicate key")
     for attempt in range(5):
         try:
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=kwargs, heartbeat_interval=10, grace_period=60
-            )
+            with _init_lock(url):
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=kwargs, heartbeat_interval=10, grace_period=60
+                )
         except Exception as e:
-            # Two workers creating the tables of a new database at once: the loser sees
-            # "table ... already exists"; the tables are there now, so try again.
-            if "already exists" in str(e) and attempt < 4:
+            # Workers creating the tables of a new database at once (several CI jobs on
+            # one server): the loser sees the tables or version row already there, so
+            # it tries again and finds a ready database.
+            if any(r in str(e) for r in races) and attempt < 4:
                 time.sleep(0.5 * (attempt + 1))
                 continue
             error = e
@@ -119,6 +123,28 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             f"cannot open the tuning storage {redact(url)}: {redact(str(e)).splitlines()[0][:300]}",
             hint="check tune.storage / --storage (sqlite:///file.db or postgresql://user@host/db) and that its driver is installed",
         ) from None
+
+
+@contextlib.contextmanager
+def _init_lock(url: str) -> Iterator[None]:
+    """For a sqlite file, one process at a time creates or upgrades its tables."""
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    lock = Path(url.removeprefix("sqlite:///") + ".lock")
+    try:
+        f = lock.open("a")
+    except OSError:
+        yield  # read-only folder: nothing we can lock, the retry loop still helps
+        return
+    with f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _quiet_optuna() -> None:
