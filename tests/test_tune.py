@@ -141,6 +141,8 @@ def test_tune_finds_a_smaller_passing_student_than_single_pass_defaults(workdir:
     best = min(passing, key=lambda t: (t.value, t.number))
     best_bytes = int(best.user_attrs["metrics"]["student.file_bytes"])
     assert best_bytes < best_single, (best_bytes, singles)
+    # and the search improved on its own starting point (the config's passes, trial 0)
+    assert best_bytes < trials[0].user_attrs["metrics"]["student.file_bytes"]
     assert best.user_attrs["metrics"]["delta.accuracy_drop_points"] <= 2.0
     # the base config is tried first
     assert trials[0].user_attrs["passes"] == [
