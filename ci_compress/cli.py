@@ -198,6 +198,18 @@ def validate(config_path: Path) -> int:
     click.echo(
         f"{config_path}: valid (passes: {names}; thresholds: {', '.join(loaded.config.thresholds.active())})"
     )
+    if loaded.config.tune is not None:
+        from ci_compress.tuning.space import resolve
+
+        space = resolve(loaded, loaded.config.tune)
+        click.echo(
+            f"tune: {len(space.dimensions)} searched option(s), {len(space.optional)} optional pass(es)"
+            + (
+                f"; profile {space.profile} left out {len(space.skipped)} item(s)"
+                if space.skipped
+                else ""
+            )
+        )
     return 0
 
 
@@ -299,6 +311,77 @@ def reproduce(
     else:
         click.echo(rep.render(result))
     return int(ExitCode.PASSED if result.matched else ExitCode.GATE_FAILED)
+
+
+@cli.command()
+@click.option(
+    "--config",
+    "-c",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default="compress.yaml",
+    show_default=True,
+    help="Gate config with a tune: section (YAML).",
+)
+@click.option("--trials", type=int, default=None, help="Override tune.max_trials (whole study).")
+@click.option("--timeout", type=float, default=None, help="Override tune.timeout_s (seconds).")
+@click.option(
+    "--storage", default=None, help="Override tune.storage (sqlite:///f.db, postgresql://...)."
+)
+@click.option("--study", "study_name", default=None, help="Override tune.study_name.")
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes on this machine, sharing the storage.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
+def tune(
+    config_path: Path,
+    trials: int | None,
+    timeout: float | None,
+    storage: str | None,
+    study_name: str | None,
+    jobs: int,
+    quiet: bool,
+) -> int:
+    """Find the most compressed config that still passes the gate.
+
+    Exit code 0 when a passing config was found (written to tune.output, default
+    tuned.yaml), 1 when no trial passed (nothing is written).
+    """
+    from ci_compress.config import load_config
+    from ci_compress.tuning.results import describe_passes
+    from ci_compress.tuning.run import tune as run_tune
+
+    loaded = load_config(config_path)
+    result = run_tune(
+        loaded,
+        max_trials=trials,
+        timeout_s=timeout,
+        storage=storage,
+        study_name=study_name,
+        jobs=jobs,
+        progress=_progress(quiet),
+    )
+    c = result.counts()
+    click.echo(
+        f"study {result.study_name!r}: {len(result.trials)} trials "
+        f"({c.get('passed', 0)} passed, {c.get('pruned', 0)} pruned, {c.get('failed', 0)} failed)"
+    )
+    if result.best is None:
+        click.echo("NO PASSING CONFIG: no trial passed the gate; tuned.yaml was not written.")
+    else:
+        m = result.best.metrics
+        click.echo(
+            f"best passing config: trial {result.best.number}: {describe_passes(result.best.passes)}\n"
+            f"  {int(m['student.file_bytes']):,} bytes ({m['delta.compression_ratio']:.2f}x smaller), "
+            f"accuracy {100 * m['student.accuracy']:.2f}% (drop {m['delta.accuracy_drop_points']:.2f} points)\n"
+            f"  written to {result.tuned_path}"
+        )
+    click.echo(f"report: {result.report_md}  plot: {result.plot}")
+    return int(ExitCode.PASSED if result.passed else ExitCode.GATE_FAILED)
 
 
 @cli.command()

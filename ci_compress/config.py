@@ -26,6 +26,7 @@ import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
 
 from ci_compress.errors import ConfigError
+from ci_compress.tuning.config import TuneConfig
 
 CONFIG_VERSION = 1
 _FACTORY_RE = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
@@ -334,6 +335,9 @@ class CompressConfig(Strict):
     ship: ShipConfig = ShipConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     explain: ExplainConfig = Field(default_factory=lambda: ExplainConfig.model_validate({}))
+    tune: TuneConfig | None = Field(
+        None, description="Search for the most compressed student that passes (ci-compress tune)."
+    )
 
     @model_validator(mode="after")
     def _some_threshold(self) -> CompressConfig:

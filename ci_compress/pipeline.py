@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from ci_compress.passes.base import PassRecord
 
 Progress = Callable[[str], None]
+EarlyStop = Callable[[Mapping[str, float]], None]
 
 
 def set_determinism(seed: int, threads: int) -> None:
@@ -306,6 +307,26 @@ def run(
 _PASS_METRICS = ("params_before", "params_after", "nonzero_before", "nonzero_after", "seconds")
 
 
+def evaluate(
+    loaded: LoadedConfig,
+    *,
+    report_dir: Path,
+    environ: Mapping[str, str] | None = None,
+    progress: Progress | None = None,
+    early_stop: EarlyStop | None = None,
+) -> Report:
+    """Compress, pack, reload, evaluate and gate one config, without MLflow or report files.
+
+    The student is written to ``report_dir``. ``early_stop`` is called with the task
+    and size measurements before latency is measured; it may raise to abandon a
+    hopeless candidate (``ci-compress tune`` prunes trials this way).
+    """
+    environ = os.environ if environ is None else environ
+    report_dir.mkdir(parents=True, exist_ok=True)
+    ci = detect(environ, loaded.base_dir)
+    return _gate(loaded, report_dir, ci, progress or (lambda _msg: None), early_stop=early_stop)
+
+
 def _model_fetcher(
     loaded: LoadedConfig, environ: Mapping[str, str], tracker: Tracker, fetched: dict[str, Any]
 ) -> Callable[[str, Path], Path] | None:
@@ -428,6 +449,7 @@ def _gate(
     fetch: Callable[[str, Path], Path] | None = None,
     champion_file: Path | None = None,
     step: Step | None = None,
+    early_stop: EarlyStop | None = None,
 ) -> Report:
     from ci_compress.artifacts.models import load_model_file
 
@@ -479,6 +501,7 @@ def _gate(
             pass_history,
             champion,
             step,
+            early_stop,
         )
     except BaseException:
         # The tool could not decide: leave no un-gated student where a later step
@@ -499,6 +522,7 @@ def _evaluate_and_decide(
     pass_history: list[dict[str, Any]],
     champion: Any = None,
     step: Step | None = None,
+    early_stop: EarlyStop | None = None,
 ) -> Report:
     import torch
 
@@ -533,6 +557,14 @@ def _evaluate_and_decide(
     holdout_digest = digest.hexdigest()
     x_lat, y_lat = next(holdout.batches(rt.latency_batch_size))
     x_lat, y_lat = x_lat[: rt.latency_batch_size], y_lat[: rt.latency_batch_size]
+    if early_stop is not None:
+        known = {
+            "teacher.accuracy": task["teacher"].accuracy,
+            "student.accuracy": task["student"].accuracy,
+            "teacher.file_bytes": float(teacher.file_bytes),
+            "student.file_bytes": float(info.file_bytes),
+        }
+        early_stop({**known, **derive(known)})
     lat = latency_ms(
         models,
         x_lat,

@@ -133,7 +133,14 @@ class Tracker(Protocol):
     uri: str
 
     def check(self, experiment: str) -> None: ...
-    def start_run(self, experiment: str, run_name: str, tags: Mapping[str, str]) -> str: ...
+    def start_run(
+        self,
+        experiment: str,
+        run_name: str,
+        tags: Mapping[str, str],
+        *,
+        parent_run_id: str | None = None,
+    ) -> str: ...
     def log_params(self, params: Mapping[str, str]) -> None: ...
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None: ...
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
@@ -161,6 +168,10 @@ def resolve_tracking_uri(configured: str | None, environ: Mapping[str, str], bas
     return f"sqlite:///{(base_dir / 'mlflow.db').resolve()}"
 
 
+def _parent_tag(parent_run_id: str | None) -> dict[str, str]:
+    return {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
+
+
 @dataclass
 class MemoryTracker:
     """Keeps runs in memory (unit tests)."""
@@ -172,12 +183,19 @@ class MemoryTracker:
     def check(self, experiment: str) -> None:
         return None
 
-    def start_run(self, experiment: str, run_name: str, tags: Mapping[str, str]) -> str:
+    def start_run(
+        self,
+        experiment: str,
+        run_name: str,
+        tags: Mapping[str, str],
+        *,
+        parent_run_id: str | None = None,
+    ) -> str:
         run_id = f"run{len(self.runs)}"
         self.runs[run_id] = {
             "experiment": experiment,
             "name": run_name,
-            "tags": dict(tags),
+            "tags": {**tags, **_parent_tag(parent_run_id)},
             "params": {},
             "metrics": {},
             "artifacts": [],
@@ -345,14 +363,23 @@ class MlflowTracker:
             else:
                 self.experiment_id = exp.experiment_id
 
-    def start_run(self, experiment: str, run_name: str, tags: Mapping[str, str]) -> str:
+    def start_run(
+        self,
+        experiment: str,
+        run_name: str,
+        tags: Mapping[str, str],
+        *,
+        parent_run_id: str | None = None,
+    ) -> str:
+        """Create a run; with ``parent_run_id`` it is nested under that run (MLflow's
+        ``mlflow.parentRunId`` tag, as ``mlflow.start_run(nested=True)`` sets it)."""
         if self.experiment_id is None:
             self.check(experiment)
         with self._errors("create a run"):
             run = self.client.create_run(
                 self.experiment_id or "0",
                 run_name=redact(run_name),
-                tags={k: redact(str(v)) for k, v in tags.items()},
+                tags={k: redact(str(v)) for k, v in {**tags, **_parent_tag(parent_run_id)}.items()},
             )
         self.run_id = run.info.run_id
         return self.run_id

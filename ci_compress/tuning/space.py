@@ -1,0 +1,394 @@
+"""The search space: which pass options vary, checked against the registered passes.
+
+A space key names one option of one pass, ``passes[<i>].<option>``, in the config's
+own ``passes:`` list (or in the profile's list when ``tune.profile`` is set). Each
+candidate value a key can take (both ends of a range, every choice) is put into a copy
+of the config and validated with :func:`ci_compress.config.parse_config`, so a bad
+entry fails at load with the pass's own field-path message, and any option of any
+registered pass (today's or one added later) can be searched without code here.
+
+Profiles are starting spaces for a target (README, "Tuning"). They may name passes or
+options this version does not have: those are left out and listed in
+:attr:`Space.skipped`, never silently.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ci_compress.errors import ConfigError
+
+if TYPE_CHECKING:
+    import optuna
+
+    from ci_compress.config import CompressConfig, LoadedConfig
+    from ci_compress.tuning.config import SpaceEntry, TuneConfig
+
+_KEY_RE = re.compile(r"^passes\[(\d+)\]\.([A-Za-z_]\w*)$")
+_PRIMITIVE = (bool, int, float, str, type(None))
+
+
+def parse_key(key: str) -> tuple[int, str]:
+    """``passes[1].amount`` -> ``(1, "amount")``; anything else is a ConfigError."""
+    m = _KEY_RE.match(key)
+    if not m:
+        raise ConfigError(
+            f"bad key {key!r}: write passes[<index>].<option>, e.g. passes[0].amount",
+            path="tune.space",
+        )
+    if m.group(2) in {"type", "enabled"}:
+        raise ConfigError(
+            f"{key!r} cannot be searched: list the pass index in tune.optional_passes to switch it on and off",
+            path="tune.space",
+        )
+    return int(m.group(1)), m.group(2)
+
+
+# ---------------------------------------------------------------- profiles
+
+
+@dataclass(frozen=True)
+class ProfilePass:
+    """One pass of a profile: its base options (must be accepted), the searched ones,
+    and ``extras`` that are used when the pass knows them and recorded as skipped if not."""
+
+    type: str
+    options: Mapping[str, Any]
+    space: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    extras: Mapping[str, Any] = field(default_factory=dict)
+    optional: bool = False
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    favours: str
+    passes: tuple[ProfilePass, ...]
+    objective: str = "size"
+    weights: Mapping[str, float] = field(default_factory=lambda: {"size": 1.0, "latency": 0.0})
+    ship: Mapping[str, Any] = field(default_factory=dict)
+
+
+PROFILES: dict[str, Profile] = {
+    "arm-edge": Profile(
+        name="arm-edge",
+        favours="small and fast on ARM CPUs: int8 with the qnnpack engine, weight sharing (clustering) and moderate pruning",
+        passes=(
+            ProfilePass(
+                "prune", {"amount": 0.5}, {"amount": {"low": 0.2, "high": 0.8}}, optional=True
+            ),
+            ProfilePass(
+                "cluster",
+                {"bits": 6},
+                {"bits": {"choices": [4, 5, 6, 8]}},
+                optional=True,
+                label="weight sharing",
+            ),
+            ProfilePass(
+                "quantize",
+                {"scheme": "int8-dynamic"},
+                {"scheme": {"choices": ["int8-dynamic", "int8-weight-only"]}},
+                extras={"engine": "qnnpack"},
+            ),
+        ),
+        objective="mix",
+        weights={"size": 0.5, "latency": 0.5},
+    ),
+    "cpu-x86": Profile(
+        name="cpu-x86",
+        favours="latency on x86 servers: int8 (dynamic or static) with fast kernels and structured pruning, which removes whole rows that dense kernels then skip",
+        passes=(
+            ProfilePass(
+                "prune",
+                {"amount": 0.25, "structured": True},
+                {"amount": {"low": 0.05, "high": 0.5}},
+                optional=True,
+                label="structured pruning",
+            ),
+            # optional: on a small model int8 can be slower than fp32; let latency decide
+            ProfilePass(
+                "quantize",
+                {"scheme": "int8-dynamic"},
+                {"scheme": {"choices": ["int8-dynamic", "int8-static"]}},
+                optional=True,
+            ),
+        ),
+        objective="mix",
+        weights={"size": 0.3, "latency": 0.7},
+    ),
+    "size-first": Profile(
+        name="size-first",
+        favours="the fewest shipped bytes: aggressive pruning, clustering to few distinct weights, int8, and the strongest packing",
+        passes=(
+            ProfilePass("prune", {"amount": 0.7}, {"amount": {"low": 0.5, "high": 0.95}}),
+            ProfilePass("cluster", {"bits": 4}, {"bits": {"low": 2, "high": 6}}, optional=True),
+            ProfilePass("quantize", {"scheme": "int8-dynamic"}, optional=True),
+        ),
+        objective="size",
+        ship={"zstd_level": 22},
+    ),
+}
+
+
+# ---------------------------------------------------------------- the resolved space
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched option: the Optuna parameter and how to turn it into a value."""
+
+    name: str  # the space key, also the Optuna parameter name
+    index: int
+    option: str
+    low: float | int | None = None
+    high: float | int | None = None
+    step: float | int | None = None
+    log: bool = False
+    is_int: bool = False
+    choices: tuple[Any, ...] | None = None
+
+    @property
+    def encoded(self) -> bool:
+        """Non-scalar choices (lists, mappings) are searched by their index."""
+        return self.choices is not None and not all(isinstance(c, _PRIMITIVE) for c in self.choices)
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        if self.choices is not None:
+            if self.encoded:
+                i = trial.suggest_categorical(self.name, list(range(len(self.choices))))
+                return copy.deepcopy(self.choices[int(i)])  # type: ignore[arg-type]
+            return trial.suggest_categorical(self.name, list(self.choices))
+        assert self.low is not None and self.high is not None
+        if self.is_int:
+            return trial.suggest_int(
+                self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log
+            )
+        value = trial.suggest_float(
+            self.name, float(self.low), float(self.high), step=self.step, log=self.log
+        )
+        # Readable configs: without a step, float options are searched to 4 decimals.
+        return value if self.step else min(max(round(value, 4), self.low), self.high)
+
+    def param_for(self, value: Any) -> Any | None:
+        """The Optuna parameter value that yields ``value``, or None if outside the space."""
+        if self.choices is not None:
+            for i, c in enumerate(self.choices):
+                if c == value:
+                    return i if self.encoded else c
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        assert self.low is not None and self.high is not None
+        if not self.low <= value <= self.high:
+            return None
+        return int(value) if self.is_int else float(value)
+
+    def candidates(self) -> list[Any]:
+        if self.choices is not None:
+            return list(self.choices)
+        return [self.low, self.high]
+
+    def describe(self) -> str:
+        if self.choices is not None:
+            return "one of " + ", ".join(map(repr, self.choices))
+        scale = ", log" if self.log else ""
+        step = f", step {self.step}" if self.step else ""
+        return f"{self.low} .. {self.high}{step}{scale}"
+
+
+@dataclass
+class Space:
+    """The passes a trial starts from, what varies, and what a profile had to leave out."""
+
+    base: dict[str, Any]  # the config (tune section removed) as a plain mapping
+    passes: list[dict[str, Any]]  # base pass mappings, in order
+    dimensions: list[Dimension]
+    optional: tuple[int, ...]
+    objective: str
+    weights: dict[str, float]
+    profile: str | None = None
+    skipped: list[str] = field(default_factory=list)
+
+    def sample(self, trial: optuna.Trial) -> list[dict[str, Any]]:
+        """The pass list of one trial (Optuna suggests every value)."""
+        out = []
+        for i, base in enumerate(self.passes):
+            if i in self.optional and not trial.suggest_categorical(
+                f"passes[{i}].enabled", [True, False]
+            ):
+                continue
+            opts = copy.deepcopy(base)
+            for d in self.dimensions:
+                if d.index == i:
+                    opts[d.option] = d.suggest(trial)
+            out.append(opts)
+        return out
+
+    def base_params(self) -> dict[str, Any]:
+        """Optuna parameters reproducing the base passes (the first trial tries them)."""
+        params: dict[str, Any] = {f"passes[{i}].enabled": True for i in self.optional}
+        full = [p.model_dump(mode="json") for p in self.build(self.passes).passes]
+        for d in self.dimensions:
+            p = d.param_for(full[d.index].get(d.option))
+            if p is not None:
+                params[d.name] = p
+        return params
+
+    def config_mapping(self, passes: list[dict[str, Any]]) -> dict[str, Any]:
+        """The config file a trial stands for, sections in the usual order."""
+        from ci_compress.config import CompressConfig
+
+        full = {**copy.deepcopy(self.base), "passes": copy.deepcopy(passes)}
+        return {k: full[k] for k in CompressConfig.model_fields if k in full}
+
+    def build(self, passes: list[dict[str, Any]]) -> CompressConfig:
+        """Validate a trial's config exactly as ``ci-compress run`` would read it."""
+        from ci_compress.config import parse_config
+
+        return parse_config(self.config_mapping(passes), origin="<trial config>")
+
+
+def _check(space: Space, index: int, option: str | None, value: Any) -> ConfigError | None:
+    passes = copy.deepcopy(space.passes)
+    if option is not None:
+        passes[index][option] = value
+    try:
+        space.build(passes)
+    except ConfigError as e:
+        return e
+    return None
+
+
+def resolve(loaded: LoadedConfig, tune: TuneConfig) -> Space:
+    """Build and validate the search space of a config's ``tune:`` section."""
+    from ci_compress.passes import PASSES
+
+    cfg = loaded.config
+    base = cfg.model_dump(mode="json", exclude_unset=True, exclude={"tune", "passes"})
+    passes = [p.model_dump(mode="json", exclude_unset=True) for p in cfg.passes]
+    for p, obj in zip(passes, cfg.passes, strict=True):
+        p["type"] = obj.type
+    objective: str = tune.objective
+    weights = tune.weights.model_dump()
+    skipped: list[str] = []
+    dims: list[Dimension] = []
+    optional: list[int] = []
+
+    if tune.profile is not None:
+        prof = PROFILES[tune.profile]
+        if "objective" not in tune.model_fields_set:
+            objective = prof.objective
+        if "weights" not in tune.model_fields_set:
+            weights = dict(prof.weights)
+        if prof.ship:
+            base["ship"] = {**base.get("ship", {}), **prof.ship}
+        passes = []
+        probe = Space(base, [], [], (), objective, weights)
+        for pp in prof.passes:
+            label = f"{pp.type}" + (f" ({pp.label})" if pp.label else "")
+            if pp.type not in PASSES:
+                skipped.append(f"{label}: pass {pp.type!r} is not registered in this ci-compress")
+                continue
+            known = PASSES[pp.type].Config.model_fields
+            missing = [k for k in pp.options if k not in known]
+            if missing:
+                skipped.append(
+                    f"{label}: pass {pp.type!r} has no option {', '.join(map(repr, missing))} in this ci-compress"
+                )
+                continue
+            opts: dict[str, Any] = {"type": pp.type, **pp.options}
+            for k, v in pp.extras.items():
+                if k in known:
+                    opts[k] = v
+                else:
+                    skipped.append(f"{label}: option {k}={v!r} (not known to pass {pp.type!r})")
+            probe.passes = [opts]
+            err = _check(probe, 0, None, None)
+            if err is not None:
+                skipped.append(f"{label}: {err.message}")
+                continue
+            idx = len(passes)
+            passes.append(opts)
+            if pp.optional:
+                optional.append(idx)
+            for option, spec in pp.space.items():
+                dim = _dimension(f"passes[{idx}].{option}", idx, option, spec)
+                if dim.choices is not None:
+                    ok = []
+                    for c in dim.choices:
+                        e = _check(probe, 0, option, c)
+                        if e is None:
+                            ok.append(c)
+                        else:
+                            skipped.append(f"{label}: {option}={c!r} ({e.message})")
+                    if len(ok) < 2:
+                        continue
+                    dim = Dimension(dim.name, idx, option, choices=tuple(ok))
+                dims.append(dim)
+
+    space = Space(
+        base=base,
+        passes=passes,
+        dimensions=[],
+        optional=(),
+        objective=objective,
+        weights=weights,
+        profile=tune.profile,
+        skipped=skipped,
+    )
+    for i in tune.optional_passes:
+        if not 0 <= i < len(passes):
+            raise ConfigError(
+                f"pass index {i} is out of range: there are {len(passes)} passes",
+                path="tune.optional_passes",
+            )
+    space.optional = tuple(sorted({*optional, *tune.optional_passes}))
+    user = {name: _dimension(name, *parse_key(name), entry) for name, entry in tune.space.items()}
+    dims = [d for d in dims if d.name not in user] + list(user.values())
+    for d in user.values():
+        if d.index >= len(passes):
+            raise ConfigError(
+                f"there is no pass {d.index}: the {'profile' if tune.profile else 'config'} has {len(passes)} passes"
+                + (f" ({', '.join(p['type'] for p in passes)})" if passes else ""),
+                path=f"tune.space.{d.name}",
+            )
+        for value in d.candidates():
+            err = _check(space, d.index, d.option, value)
+            if err is not None:
+                raise ConfigError(
+                    f"{value!r} does not fit the pass: {err.message}",
+                    path=f"tune.space.{d.name}",
+                    hint=err.hint,
+                ) from None
+    space.dimensions = sorted(dims, key=lambda d: (d.index, d.option))
+    if not space.dimensions and not space.optional:
+        raise ConfigError(
+            "nothing to search: add tune.space entries (passes[<i>].<option>: {low, high} or {choices}), tune.optional_passes or a tune.profile",
+            path="tune",
+        )
+    return space
+
+
+def _dimension(
+    name: str, index: int, option: str, spec: SpaceEntry | Mapping[str, Any]
+) -> Dimension:
+    from ci_compress.tuning.config import SpaceEntry
+
+    entry = spec if isinstance(spec, SpaceEntry) else SpaceEntry.model_validate(dict(spec))
+    if entry.choices is not None:
+        return Dimension(name, index, option, choices=tuple(entry.choices))
+    return Dimension(
+        name,
+        index,
+        option,
+        low=entry.low,
+        high=entry.high,
+        step=entry.step,
+        log=entry.log,
+        is_int=entry.is_int,
+    )
