@@ -28,7 +28,7 @@ import socket
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -216,7 +216,9 @@ def run_worker(settings: Settings, space: Space, progress: Progress | None = Non
     ran = 0
     while settings.deadline is None or time.time() < settings.deadline:
         try:
-            n = len(storage.get_all_trials(_study_id(storage, settings.study_name), deepcopy=False))
+            n = _spent(
+                storage.get_all_trials(_study_id(storage, settings.study_name), deepcopy=False)
+            )
         except Exception as e:
             raise StorageError(f"cannot read the study: {e}") from None
         if n >= settings.max_trials:
@@ -230,6 +232,19 @@ def run_worker(settings: Settings, space: Space, progress: Progress | None = Non
             break
         ran += 1
     return ran
+
+
+def _spent(trials: Sequence[optuna.trial.FrozenTrial], before: int | None = None) -> int:
+    """Trials that count against max_trials (those numbered below ``before``, if given).
+
+    A trial a worker created after the budget was spent is marked ``over_budget`` and
+    does not count: otherwise a race between workers would eat a later run's budget.
+    """
+    return sum(
+        1
+        for t in trials
+        if not t.user_attrs.get("over_budget") and (before is None or t.number < before)
+    )
 
 
 def _study_id(storage: optuna.storages.BaseStorage, name: str) -> int:
@@ -247,7 +262,7 @@ class _Objective:
         import optuna
 
         s = self.settings
-        if trial.number >= s.max_trials:
+        if _spent(trial.study.get_trials(deepcopy=False), before=trial.number) >= s.max_trials:
             self.over_budget = True
             trial.set_user_attr("over_budget", True)
             raise _OverBudget(f"trial {trial.number} is beyond max_trials {s.max_trials}")
