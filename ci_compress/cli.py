@@ -13,8 +13,9 @@ import os
 import sys
 import tempfile
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -36,6 +37,23 @@ Exit codes:
 
 
 FAST_HOLDOUT_LIMIT = 200
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _config_option(help: str = "Gate config (YAML).") -> Callable[[F], F]:
+    """The ``--config/-c`` option every config-reading command takes."""
+    return click.option(
+        "--config",
+        "-c",
+        "config_path",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default="compress.yaml",
+        show_default=True,
+        help=help,
+    )
+
+
+_quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
 
 
 def _progress(quiet: bool) -> Any:
@@ -88,22 +106,14 @@ def _run_and_report(
 
 
 @cli.command()
-@click.option(
-    "--config",
-    "-c",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default="compress.yaml",
-    show_default=True,
-    help="Gate config (YAML).",
-)
+@_config_option()
 @click.option(
     "--report-dir",
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
     help="Override report.dir.",
 )
-@click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
+@_quiet_option
 @click.option(
     "--json", "as_json", is_flag=True, help="Print report.json to stdout instead of the table."
 )
@@ -170,7 +180,7 @@ def run(
     show_default=True,
     help="Demo architecture.",
 )
-@click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
+@_quiet_option
 def demo(workdir: Path, kind: str, quiet: bool) -> int:
     """Run the whole gate on the built-in default: a model trained on digits."""
     from ci_compress.demo.train import prepare
@@ -181,14 +191,7 @@ def demo(workdir: Path, kind: str, quiet: bool) -> int:
 
 
 @cli.command()
-@click.option(
-    "--config",
-    "-c",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default="compress.yaml",
-    show_default=True,
-)
+@_config_option()
 def validate(config_path: Path) -> int:
     """Check a config without running anything."""
     from ci_compress.config import load_config
@@ -214,22 +217,14 @@ def validate(config_path: Path) -> int:
 
 
 @cli.command()
-@click.option(
-    "--config",
-    "-c",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default="compress.yaml",
-    show_default=True,
-    help="Gate config (YAML).",
-)
+@_config_option()
 @click.option(
     "--report-dir",
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
     help="Override report.dir (explain.json, explain.md, sensitivity.png go there).",
 )
-@click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
+@_quiet_option
 @click.option(
     "--json", "as_json", is_flag=True, help="Print explain.json to stdout instead of the table."
 )
@@ -280,7 +275,7 @@ def explain(config_path: Path, report_dir: Path | None, quiet: bool, as_json: bo
     default=None,
     help="Folder the config's relative paths refer to (default: the original config's folder).",
 )
-@click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
+@_quiet_option
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
 def reproduce(
     target: str,
@@ -314,15 +309,7 @@ def reproduce(
 
 
 @cli.command()
-@click.option(
-    "--config",
-    "-c",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default="compress.yaml",
-    show_default=True,
-    help="Gate config with a tune: section (YAML).",
-)
+@_config_option("Gate config with a tune: section (YAML).")
 @click.option("--trials", type=int, default=None, help="Override tune.max_trials (whole study).")
 @click.option("--timeout", type=float, default=None, help="Override tune.timeout_s (seconds).")
 @click.option(
@@ -336,7 +323,7 @@ def reproduce(
     show_default=True,
     help="Worker processes on this machine, sharing the storage.",
 )
-@click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
+@_quiet_option
 def tune(
     config_path: Path,
     trials: int | None,

@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from ci_compress.errors import CICompressError, TrackingError
+from ci_compress.errors import CICompressError
 
 if TYPE_CHECKING:
     from ci_compress.config import LoadedConfig
@@ -92,18 +92,13 @@ def _parent_run(
     import optuna
 
     from ci_compress.ci.env import detect
-    from ci_compress.tracking import MlflowTracker, resolve_tracking_uri
+    from ci_compress.pipeline import make_tracker
+    from ci_compress.tracking import MlflowTracker
     from ci_compress.tuning.study import StorageError, open_storage
 
     cfg = loaded.config.mlflow
-    uri = resolve_tracking_uri(cfg.tracking_uri, environ, loaded.base_dir)
-    try:
-        tracker = MlflowTracker(uri, artifact_root=loaded.base_dir / "mlartifacts")
-        tracker.check(cfg.experiment)
-    except TrackingError as e:
-        if cfg.required:
-            raise
-        say(f"warning: {e.message}; continuing without MLflow (mlflow.required: false)")
+    tracker = make_tracker(loaded, environ, say)  # a NullTracker when MLflow may be skipped
+    if not isinstance(tracker, MlflowTracker):
         return None, None
     storage = open_storage(storage_url)
     try:
