@@ -309,3 +309,21 @@ def test_promote_flag_is_refused_in_a_pull_request(workdir: Path) -> None:
     with pytest.raises(ConfigError) as e:
         pipeline.run(_loaded(workdir), tracker=t, environ=env, promote=True)
     assert e.value.path == "--promote" and t.calls == [] and t.runs == {}
+
+
+def test_a_tolerated_inconclusive_gate_does_not_block_and_never_promotes(workdir: Path) -> None:
+    """inconclusive: warn lets the merge through, but 'not shown worse' is not 'shown
+    good enough': the alias stays where it was (the README's worked example, 80%)."""
+    cfg = base_config(
+        passes=[{"type": "prune", "amount": 0.8}, {"type": "quantize"}],
+        mlflow={"enabled": True, "registered_model": "m"},
+        thresholds={"max_accuracy_drop": 1.5, "decision": "confident", "inconclusive": "warn"},
+    )
+    t = _Recording()
+    report = pipeline.run(load_config(write_config(workdir, cfg)), tracker=t, environ=GH_MAIN)
+    assert report.verdict == "inconclusive" and report.passed and report.exit_code == 0
+    assert report.registry["promotion"] == "inconclusive"
+    assert report.registry["promoted"] is False and "set_alias" not in t.calls
+    assert t.get_alias("m", "champion") is None
+    (version,) = t.registry["m"]["versions"]
+    assert version.tags["ci_compress.promotion"] == "inconclusive"
