@@ -604,7 +604,8 @@ def _field_info(cls: type[BaseModel], loc: tuple[Any, ...]) -> Any:
 
 
 def _interval(info: Any) -> str | None:
-    lo = hi = None
+    lo: object = None
+    hi: object = None
     lo_c = hi_c = ""
     for m in getattr(info, "metadata", []):
         if isinstance(m, annotated_types.Ge):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import os
 import platform
 import random
@@ -792,8 +793,10 @@ def apply_passes(
         ctx = PassContext(
             seed=rt.seed + i,
             index=i,
-            train_data=(lambda d=train: d.batches(cfg.data.batch_size)) if train else None,
-            calibration_data=(lambda d=calib: d.batches(cfg.data.batch_size)) if calib else None,
+            train_data=functools.partial(train.batches, cfg.data.batch_size) if train else None,
+            calibration_data=(
+                functools.partial(calib.batches, cfg.data.batch_size) if calib else None
+            ),
             teacher=inputs.teacher.module,
             step=step,
         )

@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     import torch
@@ -94,7 +94,8 @@ def int8_dynamic_linear(
         qw = torch._make_per_channel_quantized_tensor(
             q, scale.double(), torch.zeros(out_f, dtype=torch.long), 0
         )
-        m = DynLinear(in_f, out_f, bias_=bias is not None, dtype=torch.qint8)
+        make = cast("Callable[..., DynLinear]", DynLinear)  # its __init__ is unannotated
+        m = make(in_f, out_f, bias_=bias is not None, dtype=torch.qint8)
         m.set_weight_bias(qw, None if bias is None else bias.detach().float())
     return m
 

@@ -22,7 +22,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ci_compress.errors import ArtifactError, ConfigError
 
@@ -170,7 +170,9 @@ def load_model_file(path: Path, source: ModelSource) -> LoadedModel:
         try:
             with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; we still read it
                 warnings.filterwarnings("ignore", category=DeprecationWarning)
-                scripted = torch.jit.load(str(path), map_location="cpu")
+                # torch.jit.load is unannotated; this path only ever holds a scripted module
+                jit_load = cast("Callable[..., torch.jit.ScriptModule]", torch.jit.load)
+                scripted = jit_load(str(path), map_location="cpu")
         except Exception as e:  # torch raises RuntimeError and friends for bad archives
             raise ArtifactError(
                 f"{path} looks like TorchScript but cannot be loaded ({str(e).splitlines()[0]})"

@@ -149,7 +149,7 @@ def _add(acc: np.ndarray | None, counts: np.ndarray) -> np.ndarray:
     return total
 
 
-def _forward(model: nn.Module, x: object, role: str, field: str = "the holdout") -> object:
+def _forward(model: nn.Module, x: object, role: str, field: str = "the holdout") -> torch.Tensor:
     import torch
 
     try:

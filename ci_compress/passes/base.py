@@ -72,7 +72,8 @@ class PassRecord:
 class PassModule(Protocol):
     """The shape of a pass module, checked by mypy for every entry of PASSES."""
 
-    Config: type[PassConfig]
+    @property
+    def Config(self) -> type[PassConfig]: ...  # read-only: each module binds its own subclass
 
     def apply(self, model: nn.Module, config: Any, ctx: PassContext) -> PassRecord: ...
 
@@ -92,7 +93,7 @@ def select(
     model: nn.Module,
     include: Iterable[str],
     exclude: Iterable[str],
-    kinds: tuple[type, ...],
+    kinds: tuple[type[nn.Module], ...],
     *,
     path: str,
 ) -> list[tuple[str, nn.Module]]:

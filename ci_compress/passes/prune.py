@@ -88,7 +88,7 @@ class PruneConfig(PassConfig):
 Config = PruneConfig
 
 
-def _kinds() -> tuple[type, ...]:
+def _kinds() -> tuple[type[nn.Module], ...]:
     from torch import nn
 
     return (nn.Linear, nn.Conv1d, nn.Conv2d)

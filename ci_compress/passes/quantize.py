@@ -65,7 +65,7 @@ class QuantizeConfig(PassConfig):
 Config = QuantizeConfig
 
 
-def _kinds(scheme: str) -> tuple[type, ...]:
+def _kinds(scheme: str) -> tuple[type[nn.Module], ...]:
     from torch import nn
 
     return (nn.Linear,) if scheme == "int8-dynamic" else (nn.Linear, nn.Conv2d)

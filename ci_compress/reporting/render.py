@@ -160,8 +160,8 @@ def terminal(report: Report) -> str:
         lines.append(f"  {statistics_line(report)}")
     for line in baseline_lines(report):
         lines.append(f"  {line}")
-    for w in report.warnings:
-        lines.append(f"  warning: {w}")
+    for warning in report.warnings:
+        lines.append(f"  warning: {warning}")
     if report.passes:
         lines.append("")
         lines.append("  passes: " + " -> ".join(p["name"] for p in report.passes))
