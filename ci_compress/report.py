@@ -7,7 +7,9 @@ platforms' formats; none of them decides anything.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ci_compress.gate import GateResult
@@ -175,3 +177,16 @@ def report_from_dict(data: dict[str, Any]) -> Report:
         reproducibility=dict(data.get("reproducibility") or {}),
         explain=data.get("explain"),
     )
+
+
+def read_report_json(path: Path, *, hint: str) -> Any:
+    """Parse a report.json (or manifest.json) a user named: a missing or malformed file is
+    one ``InputError`` line (exit 3) with ``hint``, never a traceback."""
+    from ci_compress.errors import InputError
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"report not found: {path}", hint=hint) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"cannot read {path} as JSON: {e}", hint=hint) from None

@@ -14,7 +14,6 @@ a mismatch, but are not mismatches themselves.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import tempfile
 from collections.abc import Callable, Mapping
@@ -62,15 +61,11 @@ class ReproduceResult:
 
 def read_manifest(path: Path) -> dict[str, Any]:
     """The manifest inside a report.json, or a manifest.json itself."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(
-            f"report not found: {path}",
-            hint="give the report.json of a ci-compress run, or an MLflow run id",
-        ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"cannot read {path} as JSON: {e}") from None
+    from ci_compress.report import read_report_json
+
+    data = read_report_json(
+        path, hint="give the report.json of a ci-compress run, or an MLflow run id"
+    )
     manifest = data.get("reproducibility", data) if isinstance(data, dict) else None
     if not isinstance(manifest, dict) or "manifest_version" not in manifest:
         raise InputError(

@@ -21,12 +21,11 @@ each platform's own "not green, not red": Jenkins ``unstable``, GitLab
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
 from ci_compress.errors import ExitCode, InputError
-from ci_compress.report import Report, report_from_dict
+from ci_compress.report import Report, read_report_json, report_from_dict
 
 FailOn = Literal["fail", "warn", "never"]
 State = Literal["pass", "warn", "fail"]
@@ -42,17 +41,10 @@ def marker(key: str = "default") -> str:
 
 def load_report(path: Path) -> Report:
     """Read a report.json written by ``ci-compress run``."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(
-            f"report not found: {path}",
-            hint="run `ci-compress run` first; it writes report.json into report.dir (or --report-dir)",
-        ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(
-            f"cannot read report {path}: {e}", hint="pass the report.json ci-compress run wrote"
-        ) from e
+    data = read_report_json(
+        path,
+        hint="run `ci-compress run` first; it writes report.json into report.dir (or --report-dir)",
+    )
     try:
         return report_from_dict(data)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
