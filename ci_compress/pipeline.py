@@ -320,12 +320,21 @@ def evaluate(
 
     The student is written to ``report_dir``. ``early_stop`` is called with the task
     and size measurements before latency is measured; it may raise to abandon a
-    hopeless candidate (``ci-compress tune`` prunes trials this way).
+    hopeless candidate (``ci-compress tune`` prunes trials this way). A ``model.uri``
+    teacher is downloaded from the configured MLflow server (nothing is recorded there).
     """
     environ = os.environ if environ is None else environ
     report_dir.mkdir(parents=True, exist_ok=True)
     ci = detect(environ, loaded.base_dir)
-    return _gate(loaded, report_dir, ci, progress or (lambda _msg: None), early_stop=early_stop)
+    fetch = _model_fetcher(loaded, environ, NullTracker(), {})
+    return _gate(
+        loaded,
+        report_dir,
+        ci,
+        progress or (lambda _msg: None),
+        fetch=fetch,
+        early_stop=early_stop,
+    )
 
 
 def _model_fetcher(

@@ -226,6 +226,19 @@ def test_registry_and_run_uris_as_the_teacher(workdir: Path, mlflow_server: Mlfl
         source = report["mlflow"]["teacher_source"]
         assert source["uri"] == uri and source.get("version") == version
 
+    # The tuner's per-trial gate (pipeline.evaluate, no MLflow run) fetches the same teacher.
+    from ci_compress import pipeline
+    from ci_compress.config import load_config
+
+    cfg = base_config(
+        model={"uri": f"models:/{name}@champion", "factory": FACTORY},
+        passes=[{"type": "quantize"}],
+        mlflow={"enabled": False, "tracking_uri": mlflow_server.uri},
+    )
+    loaded = load_config(write_config(workdir, cfg, name="trial.yaml"))
+    trial = pipeline.evaluate(loaded, report_dir=workdir / "trial")
+    assert trial.teacher.sha256 == first["student"]["sha256"]
+
 
 @pytest.mark.parametrize(
     ("uri", "code", "needle"),
