@@ -167,11 +167,12 @@ def _agreement(
     run: Callable[[torch.Tensor], torch.Tensor],
     batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
 ) -> tuple[int, int, float]:
-    import torch
+
+    from ci_compress.evaluation.inference import inference
 
     agree = total = 0
     max_diff = 0.0
-    with torch.inference_mode():
+    with inference([model]):
         for x, _ in batches():
             a, b = model(x), run(x)
             agree += int((a.argmax(1) == b.argmax(1)).sum())

@@ -72,6 +72,8 @@ def evaluate(
     import numpy as np
     import torch
 
+    from ci_compress.evaluation.inference import inference
+
     masks: dict[str, list[np.ndarray]] = {k: [] for k in models}
     agree: dict[str, int] = dict.fromkeys(models, 0)
     per_class: dict[str, np.ndarray] = {}
@@ -79,7 +81,7 @@ def evaluate(
     n = 0
     for m in models.values():
         m.eval()
-    with torch.inference_mode():
+    with inference(models.values()):
         for x, y in data.batches(batch_size):
             preds = {}
             for role, model in models.items():

@@ -21,10 +21,11 @@ if TYPE_CHECKING:
 def latency_ms(
     models: dict[str, nn.Module], batch: torch.Tensor, *, repeats: int, warmup: int
 ) -> dict[str, float]:
-    import torch
+
+    from ci_compress.evaluation.inference import inference
 
     times: dict[str, list[float]] = {k: [] for k in models}
-    with torch.inference_mode():
+    with inference(models.values()):
         for _ in range(warmup):
             for m in models.values():
                 m(batch)

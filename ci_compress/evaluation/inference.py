@@ -1,0 +1,55 @@
+"""The one way the gate runs models for measurement: ``inference()``.
+
+``torch.inference_mode()``, plus one accommodation. torch.ao's static int8 kernels
+resize their quantized output with ``quantized_resize_cpu_``, which torch flags as having
+no deterministic implementation (with deterministic algorithms on, a resized tensor's
+new memory is not filled). With ``warn_only=True`` that is a C++ warning on *every*
+call: hundreds of lines in a CI log for one gate. The kernel then writes every output
+element, so nothing uninitialised is read; ``tests/test_determinism.py`` runs the
+static int8 gate repeatedly and checks the reports are identical. So while a model
+holding torch.ao quantized modules runs, deterministic-algorithm alerts are switched
+off and restored afterwards; for every other model nothing changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import nn
+
+_QUANTIZED_PREFIX = "torch.ao.nn.quantized"
+
+
+def has_torch_ao_quantized(models: Iterable[nn.Module]) -> bool:
+    """Whether any model runs torch.ao's quantized int8 kernels: its own quantized
+    modules, or ours that call them (``uses_torch_ao_kernels``, the static int8 layers)."""
+    return any(
+        type(m).__module__.startswith(_QUANTIZED_PREFIX)
+        or getattr(m, "uses_torch_ao_kernels", False)
+        for model in models
+        for m in model.modules()
+    )
+
+
+@contextlib.contextmanager
+def inference(models: Iterable[nn.Module]) -> Iterator[None]:
+    """``torch.inference_mode()``; for torch.ao quantized models, without the per-call
+    non-determinism alerts (see the module docstring)."""
+    import torch
+
+    quiet = has_torch_ao_quantized(models) and torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    # torch._C's setter: the public torch.use_deterministic_algorithms also imports
+    # torch._inductor (seconds of start-up) only to set the compiler's flag.
+    setter = torch._C._set_deterministic_algorithms
+    with torch.inference_mode():
+        if quiet:
+            setter(False)
+        try:
+            yield
+        finally:
+            if quiet:
+                setter(True, warn_only=warn_only)
