@@ -72,6 +72,36 @@ def test_outcome_table() -> None:
         assert exit_code(st, fail_on) == code, (st, fail_on)  # type: ignore[arg-type]
 
 
+def test_an_inconclusive_gate_keeps_exit_5_through_every_renderer(
+    demo_dir: Path, tmp_path: Path
+) -> None:
+    """A real inconclusive gate (the README's worked example: prune 80%, confident rule,
+    limit 1.5): 540 samples cannot tell, which is not the same as shown worse (exit 1)."""
+    shutil.copy(demo_dir / "digits_mlp.safetensors", tmp_path / "digits_mlp.safetensors")
+    cfg = write_config(
+        tmp_path,
+        base_config(
+            passes=[{"type": "prune", "amount": 0.8}, {"type": "quantize"}],
+            thresholds={"max_accuracy_drop": 1.5, "decision": "confident"},
+        ),
+    )
+    proc = run_cli("run", "--config", str(cfg), "--quiet", cwd=tmp_path)
+    assert proc.returncode == 5, proc.stderr
+    rep = str(tmp_path / "report" / "report.json")
+    env = {"GITHUB_STEP_SUMMARY": str(tmp_path / "summary.md")}
+    for args in (
+        ["jenkins"],
+        ["gitlab", "--no-note"],
+        ["github", "--no-comment"],
+    ):
+        for fail_on, code in (("fail", 5), ("warn", 5), ("never", 0)):
+            proc = run_cli(
+                "report", *args, "--report", rep, "--fail-on", fail_on, cwd=tmp_path, env=env
+            )
+            assert proc.returncode == code, (args, fail_on, proc.stdout, proc.stderr)
+            assert f"(fail-on: {fail_on}, exit {code})" in proc.stdout
+
+
 def test_report_jenkins_exit_codes_and_description(
     reports: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -21,12 +21,14 @@ each platform's own "not green, not red": Jenkins ``unstable``, GitLab
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 from ci_compress.errors import ExitCode, InputError
 from ci_compress.report import Report, read_report_json, report_from_dict
 
+Echo = Callable[[str], None]
 FailOn = Literal["fail", "warn", "never"]
 State = Literal["pass", "warn", "fail"]
 FAIL_ON_CHOICES: tuple[str, ...] = ("fail", "warn", "never")
@@ -78,6 +80,23 @@ def exit_code(st: State, fail_on: str, verdict: str = "") -> int:
             return int(ExitCode.INCONCLUSIVE)
         return int(ExitCode.GATE_FAILED)
     return int(ExitCode.WARN) if fail_on == "warn" else int(ExitCode.PASSED)
+
+
+def echo_findings(report: Report, echo: Echo) -> None:
+    """One log line per failed threshold and per warning (plain CI logs)."""
+    for c in report.gate.failures:
+        echo(f"ci-compress: FAILED {c.message}")
+    for w in report.warnings:
+        echo(f"ci-compress: warning: {w}")
+
+
+def conclude(report: Report, fail_on: str, echo: Echo) -> int:
+    """The exit code for ``report`` under ``fail_on``, announced in one closing line."""
+    st = state(report)
+    code = exit_code(st, fail_on, report.verdict)
+    word = {"pass": "passed", "warn": "passed with warnings", "fail": "failed"}[st]
+    echo(f"ci-compress: the gate {word} (fail-on: {fail_on}, exit {code})")
+    return code
 
 
 def outputs(report: Report, report_path: Path) -> dict[str, str]:

@@ -18,15 +18,20 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ci_compress.ci.common import describe_http_error, exit_code, marker, note_body, outputs, state
+from ci_compress.ci.common import (
+    Echo,
+    conclude,
+    describe_http_error,
+    marker,
+    note_body,
+    outputs,
+)
 from ci_compress.report import Report
-
-Echo = Callable[[str], None]
 
 MAX_ANNOTATIONS = 10
 MAX_SUMMARY_BYTES = 1024 * 1024
@@ -230,7 +235,6 @@ def publish(
     from ci_compress.reporting.render import markdown, verdict_line
 
     md = markdown(report)
-    st = state(report)
     if environ.get("GITHUB_STEP_SUMMARY"):
         append_summary(Path(environ["GITHUB_STEP_SUMMARY"]), md)
     values = outputs(report, report_path)
@@ -245,10 +249,7 @@ def publish(
     if comment:
         _comment(md, environ, comment_key, comment_author, pr_number, echo)
 
-    code = exit_code(st, fail_on, report.verdict)
-    word = {"pass": "passed", "warn": "passed with warnings", "fail": "failed"}[st]
-    echo(f"ci-compress: the gate {word} (fail-on: {fail_on}, exit {code})")
-    return code
+    return conclude(report, fail_on, echo)
 
 
 def _comment(

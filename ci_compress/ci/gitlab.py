@@ -14,15 +14,21 @@ Renders a :class:`~ci_compress.report.Report`; decides nothing. The JUnit file
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ci_compress.ci.common import describe_http_error, exit_code, marker, note_body, outputs, state
+from ci_compress.ci.common import (
+    Echo,
+    conclude,
+    describe_http_error,
+    echo_findings,
+    marker,
+    note_body,
+    outputs,
+)
 from ci_compress.report import Report
-
-Echo = Callable[[str], None]
 
 MAX_NOTE_CHARS = 1_000_000
 DEFAULT_TOKEN_VARIABLE = "CI_COMPRESS_GITLAB_TOKEN"
@@ -137,19 +143,12 @@ def publish(
     """Render the report into GitLab's channels; return the job's exit code."""
     from ci_compress.reporting.render import markdown
 
-    st = state(report)
     if dotenv is not None:
         write_dotenv(dotenv, outputs(report, report_path))
-    for c in report.gate.failures:
-        echo(f"ci-compress: FAILED {c.message}")
-    for w in report.warnings:
-        echo(f"ci-compress: warning: {w}")
+    echo_findings(report, echo)
     if note:
         _note(markdown(report), environ, note_key, token_variable, echo)
-    code = exit_code(st, fail_on, report.verdict)
-    word = {"pass": "passed", "warn": "passed with warnings", "fail": "failed"}[st]
-    echo(f"ci-compress: the gate {word} (fail-on: {fail_on}, exit {code})")
-    return code
+    return conclude(report, fail_on, echo)
 
 
 def _note(md: str, environ: Mapping[str, str], key: str, token_variable: str, echo: Echo) -> None:

@@ -9,13 +9,10 @@ Renders a :class:`~ci_compress.report.Report`; decides nothing. The JUnit file (
 from __future__ import annotations
 
 import html
-from collections.abc import Callable
 from pathlib import Path
 
-from ci_compress.ci.common import exit_code, state
+from ci_compress.ci.common import Echo, conclude, echo_findings
 from ci_compress.report import Report
-
-Echo = Callable[[str], None]
 
 
 def description(report: Report) -> str:
@@ -32,15 +29,8 @@ def publish(
     description_file: Path | None = None,
     echo: Echo = print,
 ) -> int:
-    st = state(report)
     if description_file is not None:
         description_file.parent.mkdir(parents=True, exist_ok=True)
         description_file.write_text(description(report) + "\n", encoding="utf-8")
-    for c in report.gate.failures:
-        echo(f"ci-compress: FAILED {c.message}")
-    for w in report.warnings:
-        echo(f"ci-compress: warning: {w}")
-    code = exit_code(st, fail_on, report.verdict)
-    word = {"pass": "passed", "warn": "passed with warnings", "fail": "failed"}[st]
-    echo(f"ci-compress: the gate {word} (fail-on: {fail_on}, exit {code})")
-    return code
+    echo_findings(report, echo)
+    return conclude(report, fail_on, echo)
