@@ -315,18 +315,20 @@ def evaluate(
     environ: Mapping[str, str] | None = None,
     progress: Progress | None = None,
     early_stop: EarlyStop | None = None,
+    fetch: Callable[[str, Path], Path] | None = None,
 ) -> Report:
     """Compress, pack, reload, evaluate and gate one config, without MLflow or report files.
 
     The student is written to ``report_dir``. ``early_stop`` is called with the task
     and size measurements before latency is measured; it may raise to abandon a
     hopeless candidate (``ci-compress tune`` prunes trials this way). A ``model.uri``
-    teacher is downloaded from the configured MLflow server (nothing is recorded there).
+    teacher comes from ``fetch`` (tune passes the file it downloaded once), else it is
+    downloaded from the configured MLflow server (nothing is recorded there).
     """
     environ = os.environ if environ is None else environ
     report_dir.mkdir(parents=True, exist_ok=True)
     ci = detect(environ, loaded.base_dir)
-    fetch = _model_fetcher(loaded, environ, NullTracker(), {})
+    fetch = fetch or _model_fetcher(loaded, environ, NullTracker(), {})
     return _gate(
         loaded,
         report_dir,
@@ -335,6 +337,15 @@ def evaluate(
         fetch=fetch,
         early_stop=early_stop,
     )
+
+
+def fetch_teacher(loaded: LoadedConfig, environ: Mapping[str, str], dest: Path) -> Path:
+    """Download the config's ``model.uri`` teacher into ``dest``; returns the model file."""
+    uri = loaded.config.model.uri
+    fetch = _model_fetcher(loaded, environ, NullTracker(), {})
+    if not uri or fetch is None:
+        raise ValueError("fetch_teacher needs a config with model.uri")
+    return fetch(uri, dest)
 
 
 def _model_fetcher(

@@ -239,6 +239,26 @@ def test_registry_and_run_uris_as_the_teacher(workdir: Path, mlflow_server: Mlfl
     trial = pipeline.evaluate(loaded, report_dir=workdir / "trial")
     assert trial.teacher.sha256 == first["student"]["sha256"]
 
+    # ci-compress tune downloads a models:/ teacher once, before its trials: every trial
+    # compresses that one file (an alias moved mid-study cannot mix teachers).
+    tune = {"space": {"passes[0].amount": {"low": 0.3, "high": 0.6}}, "max_trials": 3}
+    cfg = base_config(
+        model={"uri": f"models:/{name}@champion", "factory": FACTORY},
+        passes=[{"type": "prune", "amount": 0.5}],
+        mlflow={"enabled": False, "tracking_uri": mlflow_server.uri},
+        tune={**tune, "dir": "tune-out"},
+    )
+    proc = run_cli(
+        "tune", "--config", str(write_config(workdir, cfg, name="tune.yaml")), cwd=workdir
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("downloading the teacher") == 1
+    pinned = list((workdir / "tune-out" / "teacher").rglob("*.ccz"))
+    assert len(pinned) == 1
+    trials = sorted((workdir / "tune-out" / "trials").iterdir())
+    assert len(trials) >= 2
+    assert not any((t / "downloads").exists() for t in trials)
+
 
 @pytest.mark.parametrize(
     ("uri", "code", "needle"),

@@ -80,6 +80,9 @@ class Settings:
     worker: int = 0
     parent_run_id: str | None = None
     tracking_uri: str | None = None
+    # A model.uri teacher, downloaded once before any trial: every trial of this process
+    # (and its --jobs children) compresses the same file, even if the alias moves.
+    teacher_file: Path | None = None
 
 
 def storage_url(loaded: LoadedConfig, tune: TuneConfig, override: str | None) -> str:
@@ -247,6 +250,11 @@ def _spent(trials: Sequence[optuna.trial.FrozenTrial], before: int | None = None
     )
 
 
+def _pinned(path: Path) -> Callable[[str, Path], Path]:
+    """A teacher fetcher that returns the file the study downloaded before its trials."""
+    return lambda _uri, _dest: path
+
+
 def _study_id(storage: optuna.storages.BaseStorage, name: str) -> int:
     return storage.get_study_id_from_name(name)
 
@@ -319,7 +327,12 @@ class _Objective:
         from ci_compress import pipeline
 
         try:
-            report = pipeline.evaluate(loaded, report_dir=trial_dir, early_stop=early_stop)
+            report = pipeline.evaluate(
+                loaded,
+                report_dir=trial_dir,
+                early_stop=early_stop,
+                fetch=_pinned(s.teacher_file) if s.teacher_file else None,
+            )
         except _Hopeless:
             self._record(trial, early, thresholds, passed=False, pruned=True)
             self.say(
@@ -513,6 +526,12 @@ def search(
         tracking_uri=tracking_uri,
     )
     settings.out_dir.mkdir(parents=True, exist_ok=True)
+    if loaded.config.model.uri:
+        from ci_compress import pipeline
+
+        say(f"downloading the teacher {loaded.config.model.uri} once for the study")
+        teacher = pipeline.fetch_teacher(loaded, os.environ, settings.out_dir / "teacher")
+        settings = replace(settings, teacher_file=teacher)
     st = open_storage(url)
     try:
         study = optuna.create_study(
