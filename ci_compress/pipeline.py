@@ -351,11 +351,19 @@ def fetch_teacher(loaded: LoadedConfig, environ: Mapping[str, str], dest: Path) 
 def _model_fetcher(
     loaded: LoadedConfig, environ: Mapping[str, str], tracker: Tracker, fetched: dict[str, Any]
 ) -> Callable[[str, Path], Path] | None:
-    """Downloader for ``model.uri`` (MLflow is needed even with mlflow.enabled: false)."""
+    """Downloader for ``model.uri`` (MLflow is needed even with mlflow.enabled: false).
+
+    Each URI is downloaded once: ``explain`` after a failed gate loads the same teacher
+    again and gets the file the gate already fetched (the same version, not a newer one
+    an alias may point at by then).
+    """
     if not loaded.config.model.uri:
         return None
+    done: dict[str, Path] = {}
 
     def fetch(uri: str, dest: Path) -> Path:
+        if uri in done:
+            return done[uri]
         client: Tracker = tracker
         if not isinstance(tracker, MlflowTracker):
             client = MlflowTracker(
@@ -369,6 +377,7 @@ def _model_fetcher(
                 version=got.version.version,
                 run_id=got.version.run_id,
             )
+        done[uri] = got.path
         return got.path
 
     return fetch

@@ -278,3 +278,44 @@ def test_bad_model_uris_give_clear_errors(
     proc, _ = _run(workdir, cfg)
     assert proc.returncode == code, proc.stderr
     assert needle in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_explain_after_a_failed_gate_reuses_the_downloaded_teacher(
+    workdir: Path, mlflow_server: MlflowServer
+) -> None:
+    """`explain: {when: fail}` loads the teacher again; a models:/ teacher is not
+    downloaded a second time (the gate's file, the same version)."""
+    from ci_compress import pipeline
+    from ci_compress.config import load_config
+    from ci_compress.tracking import FetchedModel, MlflowTracker
+
+    name = _name("explain")
+    proc, _first = _run(
+        workdir, _cfg(mlflow_server.uri, name, passes=[{"type": "quantize"}]), GH_MAIN
+    )
+    assert proc.returncode == 0, proc.stderr
+
+    class CountingTracker(MlflowTracker):
+        """The real tracker; it only counts its downloads."""
+
+        def __init__(self, uri: str) -> None:
+            super().__init__(uri)
+            self.fetched: list[str] = []
+
+        def fetch(self, uri: str, dest: Path) -> FetchedModel:
+            self.fetched.append(uri)
+            return super().fetch(uri, dest)
+
+    cfg = base_config(
+        model={"uri": f"models:/{name}@champion", "factory": FACTORY},
+        passes=[{"type": "prune", "amount": 0.5}],
+        thresholds={"max_accuracy_drop": 1.0, "min_compression_ratio": 1000.0},
+        mlflow={"enabled": True, "tracking_uri": mlflow_server.uri, "experiment": f"{name}-x"},
+        explain={"when": "fail", "max_exclude": 1},
+    )
+    loaded = load_config(write_config(workdir, cfg, name="explain.yaml"))
+    tracker = CountingTracker(mlflow_server.uri)
+    tracker.check(f"{name}-x")
+    report = pipeline.run(loaded, tracker=tracker, environ={}, report_dir=workdir / "ex")
+    assert not report.passed and report.explain is not None
+    assert tracker.fetched == [f"models:/{name}@champion"]
