@@ -172,6 +172,17 @@ def _parent_tag(parent_run_id: str | None) -> dict[str, str]:
     return {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
 
 
+# 401 or 403 as a status code, not digits inside a port (127.0.0.1:40137), an IP or a
+# hex run id (…ab401c…): those once turned a dead server into a credentials hint.
+_AUTH_STATUS = re.compile(r"(?<![0-9A-Fa-f:.])40[13](?![0-9A-Fa-f])")
+
+
+def _looks_like_auth_failure(detail: str) -> bool:
+    """Whether an MLflow error text says the server refused the credentials."""
+    lowered = detail.lower()
+    return bool(_AUTH_STATUS.search(detail)) or "unauthorized" in lowered or "permission" in lowered
+
+
 @dataclass
 class MemoryTracker:
     """Keeps runs in memory (unit tests)."""
@@ -323,13 +334,7 @@ class MlflowTracker:
         except Exception as e:  # MlflowException, requests errors, sqlalchemy errors
             detail = redact(str(e)).splitlines()[0] if str(e) else type(e).__name__
             detail = re.sub(r"\s+", " ", detail)[:300]
-            lowered = detail.lower()
-            if (
-                "401" in detail
-                or "403" in detail
-                or "unauthorized" in lowered
-                or "permission" in lowered
-            ):
+            if _looks_like_auth_failure(detail):
                 given = [
                     v
                     for v in (

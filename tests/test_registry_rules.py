@@ -327,3 +327,29 @@ def test_a_tolerated_inconclusive_gate_does_not_block_and_never_promotes(workdir
     assert t.get_alias("m", "champion") is None
     (version,) = t.registry["m"]["versions"]
     assert version.tags["ci_compress.promotion"] == "inconclusive"
+
+
+@pytest.mark.parametrize(
+    ("detail", "auth"),
+    [
+        (
+            "API request to endpoint /api/2.0/mlflow/runs/create failed with error code 401 != 200",
+            True,
+        ),
+        ("API request failed with error code 403 != 200. Response body: 'Permission denied'", True),
+        ("Unauthorized", True),
+        # A dead server whose port, or a run id, merely contains the digits: not credentials.
+        (
+            "API request to http://127.0.0.1:40137/api/2.0/mlflow/registered-models/alias "
+            "failed with exception HTTPConnectionPool(host='127.0.0.1', port=40137): "
+            "Max retries exceeded (Connection refused)",
+            False,
+        ),
+        ("Run 'ab4013cd9e' not found", False),
+        ("connection to 10.0.40.3 refused", False),
+    ],
+)
+def test_only_a_401_or_403_status_reads_as_refused_credentials(detail: str, auth: bool) -> None:
+    from ci_compress.tracking import _looks_like_auth_failure
+
+    assert _looks_like_auth_failure(detail) is auth
