@@ -245,6 +245,60 @@ def test_two_processes_share_one_study(workdir: Path) -> None:
     assert {t.user_attrs["worker"].split(":")[2] for t in trials[8:]} == {"w0", "w1"}
 
 
+ASK_ON_EACH_LINE = """
+import sys
+import optuna
+from ci_compress.tuning.study import open_storage
+study = optuna.load_study(study_name="race", storage=open_storage(sys.argv[1]))
+print("ready", flush=True)
+for _line in sys.stdin:  # the test releases both workers at once, round after round
+    print(study.ask().number, flush=True)
+"""
+
+
+def test_two_workers_never_take_the_same_waiting_trial(tmp_path: Path) -> None:
+    """Enqueued (waiting) trials go to one worker each, even when two ask at once.
+
+    Without BEGIN IMMEDIATE on sqlite, both workers read the same waiting trial and
+    both run it (6 of 10 rounds measured); the second then fails to tell it.
+    """
+    from ci_compress.tuning.study import open_storage
+
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    rounds = 20
+    study = optuna.create_study(study_name="race", storage=open_storage(url))
+    for i in range(2 * rounds):
+        study.enqueue_trial({"x": float(i)})
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", ASK_ON_EACH_LINE, url],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    taken: list[int] = []
+    try:
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline() == "ready\n"
+        for _ in range(rounds):
+            for p in procs:
+                assert p.stdin is not None
+                p.stdin.write("go\n")
+                p.stdin.flush()
+            for p in procs:
+                assert p.stdout is not None
+                taken.append(int(p.stdout.readline()))
+    finally:
+        for p in procs:
+            p.communicate(timeout=60)  # closes stdin: the worker's loop ends
+    assert sorted(taken) == list(range(2 * rounds)), f"a trial went to both workers: {taken}"
+
+
 def test_tune_without_a_tune_section_is_a_config_error(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, base_config())
     proc = run_cli("tune", "--config", str(cfg), cwd=tmp_path)
