@@ -100,6 +100,8 @@ def test_an_inconclusive_gate_keeps_exit_5_through_every_renderer(
             )
             assert proc.returncode == code, (args, fail_on, proc.stdout, proc.stderr)
             assert f"(fail-on: {fail_on}, exit {code})" in proc.stdout
+            assert "ci-compress: the gate was inconclusive" in proc.stdout, proc.stdout
+            assert "the gate failed" not in proc.stdout
 
 
 def test_report_jenkins_exit_codes_and_description(

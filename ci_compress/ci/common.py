@@ -95,6 +95,8 @@ def conclude(report: Report, fail_on: str, echo: Echo) -> int:
     st = state(report)
     code = exit_code(st, fail_on, report.verdict)
     word = {"pass": "passed", "warn": "passed with warnings", "fail": "failed"}[st]
+    if st == "fail" and report.verdict == "inconclusive":
+        word = "was inconclusive (the holdout cannot tell the drop from the threshold)"
     echo(f"ci-compress: the gate {word} (fail-on: {fail_on}, exit {code})")
     return code
 
