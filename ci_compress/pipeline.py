@@ -494,7 +494,6 @@ def _gate(
 
     say("loading the model and the holdout")
     inputs = load_inputs(loaded, out_dir, fetch=fetch)
-    teacher, holdout = inputs.teacher, inputs.holdout
     champion = None
     if champion_file is not None:
         say("loading the champion")
@@ -522,16 +521,12 @@ def _gate(
         return _evaluate_and_decide(
             loaded,
             ci,
-            say,
-            teacher,
-            holdout,
-            shipped_path,
-            shipped,
-            info,
-            pass_history,
-            champion,
-            step,
-            early_stop,
+            inputs,
+            Shipped(shipped_path, shipped, info, pass_history),
+            champion=champion,
+            say=say,
+            step=step,
+            early_stop=early_stop,
         )
     except BaseException:
         # The tool could not decide: leave no un-gated student where a later step
@@ -540,19 +535,27 @@ def _gate(
         raise
 
 
+@dataclass(frozen=True)
+class Shipped:
+    """The student as it ships: the packed file, the model rebuilt from it, its pack
+    info and the passes that made it."""
+
+    path: Path
+    module: nn.Module
+    info: PackInfo
+    passes: list[dict[str, Any]]
+
+
 def _evaluate_and_decide(
     loaded: LoadedConfig,
     ci: CIContext,
+    inputs: Inputs,
+    candidate: Shipped,
+    *,
+    champion: Any,
     say: Progress,
-    teacher: Any,
-    holdout: Any,
-    shipped_path: Path,
-    shipped: Any,
-    info: Any,
-    pass_history: list[dict[str, Any]],
-    champion: Any = None,
-    step: Step | None = None,
-    early_stop: EarlyStop | None = None,
+    step: Step | None,
+    early_stop: EarlyStop | None,
 ) -> Report:
     import torch
 
@@ -565,6 +568,9 @@ def _evaluate_and_decide(
 
     cfg = loaded.config
     rt = cfg.runtime
+    teacher, holdout = inputs.teacher, inputs.holdout
+    shipped_path, shipped, info = candidate.path, candidate.module, candidate.info
+    pass_history = candidate.passes
 
     say(f"evaluating on {holdout.name}")
     models = {"teacher": teacher.module, "student": shipped}

@@ -317,13 +317,15 @@ class MlflowTracker:
         self.run_id: str | None = None
         self.experiment_id: str | None = None
         with self._errors("connect"):
+            import logging
+
             from mlflow import MlflowClient
 
+            # After the import (which sets mlflow's loggers up) and before the client
+            # opens the store: a new sqlite store otherwise logs its table creation.
+            for name in ("mlflow", "alembic"):
+                logging.getLogger(name).setLevel(logging.WARNING)
             self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        import logging
-
-        for name in ("mlflow", "alembic"):
-            logging.getLogger(name).setLevel(logging.WARNING)
 
     @contextmanager
     def _errors(self, what: str) -> Iterator[None]:

@@ -135,3 +135,18 @@ def test_not_required_server_down_still_gates(workdir: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "continuing without MLflow" in proc.stderr
+
+
+def test_default_store_is_a_sqlite_file_beside_the_config_created_quietly(workdir: Path) -> None:
+    """No tracking_uri and no MLFLOW_TRACKING_URI: the run lands in ./mlflow.db, and
+    creating that new store prints nothing (MLflow logs its table creation at INFO)."""
+    cfg = write_config(workdir, base_config(mlflow={"enabled": True, "experiment": "local"}))
+    proc = run_cli("run", "--config", str(cfg), "--quiet", cwd=workdir)
+    assert proc.returncode == 0, proc.stderr
+    assert "Creating initial MLflow database tables" not in proc.stdout + proc.stderr
+    assert proc.stderr == "", proc.stderr
+    report = json.loads((workdir / "report" / "report.json").read_text())
+    store = f"sqlite:///{workdir / 'mlflow.db'}"
+    assert MlflowClient(tracking_uri=store).get_run(report["mlflow"]["run_id"]).info.status == (
+        "FINISHED"
+    )
