@@ -46,7 +46,7 @@ def tune(
     tcfg = loaded.config.tune or TuneConfig()
     if loaded.config.tune is not None:
         resolve(loaded, tcfg)  # fail on a bad space before touching storage or MLflow
-    name = study_name or tcfg.study_name or (loaded.source.stem if loaded.source else "ci-compress")
+    name = st.study_name_for(loaded, tcfg, study_name)
     url = st.storage_url(loaded, tcfg, storage)
 
     tracker, parent = None, None

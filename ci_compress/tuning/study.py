@@ -92,6 +92,11 @@ def storage_url(loaded: LoadedConfig, tune: TuneConfig, override: str | None) ->
     return f"sqlite:///{(loaded.base_dir / 'ci-compress-tune.db').resolve()}"
 
 
+def study_name_for(loaded: LoadedConfig, tune: TuneConfig, override: str | None) -> str:
+    """--study, else tune.study_name, else the config file's stem."""
+    return override or tune.study_name or (loaded.source.stem if loaded.source else "ci-compress")
+
+
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """An Optuna RDB storage with heartbeats, so a killed worker's trial is failed."""
     import optuna
@@ -532,7 +537,7 @@ def search(
         raise ConfigError(f"must be at least 1, got {jobs}", path="--jobs")
     space = resolve(loaded, tune)
     url = storage_url(loaded, tune, storage)
-    name = study_name or tune.study_name or (loaded.source.stem if loaded.source else "ci-compress")
+    name = study_name_for(loaded, tune, study_name)
     budget = max_trials if max_trials is not None else tune.max_trials
     if budget < 1:
         raise ConfigError(f"must be at least 1, got {budget}", path="--trials")
