@@ -94,13 +94,15 @@ def bench(kind: str, workdir: Path) -> dict[str, Any]:
     import torch
     from safetensors.torch import save_file
 
-    from ci_compress.artifacts.data import digits_split
-    from ci_compress.artifacts.packing import load_packed, pack
     from ci_compress.config import parse_config
     from ci_compress.demo.train import train_teacher
     from ci_compress.errors import CICompressError
-    from ci_compress.passes import PASSES
-    from ci_compress.passes.base import PassContext, count_parameters, run_pass
+    from ci_compress.layers.inspect import count_parameters
+    from ci_compress.loading.data import digits_split
+    from ci_compress.packing.file import load_packed, pack
+    from ci_compress.passes.base import PassContext
+    from ci_compress.passes.registry import PASSES
+    from ci_compress.passes.run import run_pass
 
     t0 = time.perf_counter()
     teacher = train_teacher(kind)

@@ -15,7 +15,7 @@ from typing import Any
 def digits_stream(repeat: int = 1, batch_size: int = 256) -> Iterator[tuple[Any, Any]]:
     import numpy as np
 
-    from ci_compress.artifacts.data import digits_split
+    from ci_compress.loading.data import digits_split
 
     x, y = digits_split("test")
     for r in range(repeat):

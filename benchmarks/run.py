@@ -277,13 +277,14 @@ def _latency_worker(repeats_small: int, repeats_large: int, out: Path) -> None:
 
     import torch
 
-    from ci_compress.artifacts.models import import_factory
-    from ci_compress.artifacts.packing import load_packed, pack
     from ci_compress.evaluation.performance import latency_ms
-    from ci_compress.passes import PASSES
-    from ci_compress.passes.base import PassContext, run_pass
+    from ci_compress.packing.file import load_packed, pack
+    from ci_compress.passes.base import PassContext
     from ci_compress.passes.prune import PruneConfig
     from ci_compress.passes.quantize import QuantizeConfig
+    from ci_compress.passes.registry import PASSES
+    from ci_compress.passes.run import run_pass
+    from ci_compress.refs import import_factory
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -336,8 +337,8 @@ def _memory_worker(config: Path, out: Path) -> None:
     import zstandard  # noqa: F401
 
     from ci_compress import pipeline
-    from ci_compress.artifacts.data import digits_split
     from ci_compress.config import load_config
+    from ci_compress.loading.data import digits_split
 
     # Everything any of the compared runs imports is loaded before the baseline, so the
     # growth is the gate's work on the data, not a library's import (sklearn alone is ~100 MB).

@@ -239,6 +239,7 @@ def explain(config_path: Path, report_dir: Path | None, quiet: bool, as_json: bo
     """
     from ci_compress import explain as explain_mod
     from ci_compress.config import load_config
+    from ci_compress.reporting.explain import terminal_table
 
     loaded = load_config(config_path)
     out_dir = report_dir or loaded.resolve(loaded.config.report.dir)
@@ -249,7 +250,7 @@ def explain(config_path: Path, report_dir: Path | None, quiet: bool, as_json: bo
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True))
     else:
-        click.echo(explain_mod.terminal_table(result.to_dict()))
+        click.echo(terminal_table(result.to_dict()))
         click.echo(f"  chart: {paths['sensitivity_png']}")
         if run_id:
             click.echo(f"  mlflow run: {run_id}")

@@ -5,14 +5,13 @@ naming the YAML path of the field (``passes[1].amount``), the value seen and wha
 expected. Unknown keys are errors with a did-you-mean: a misspelt threshold would
 otherwise silently switch a check off.
 
-The pass section is built from the pass registry (:data:`ci_compress.passes.PASSES`),
+The pass section is built from the pass registry (:data:`ci_compress.passes.registry.PASSES`),
 so adding a pass adds its config, its validation and its JSON Schema in one place.
 """
 
 from __future__ import annotations
 
 import difflib
-import hashlib
 import os
 import re
 import types
@@ -23,24 +22,23 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import annotated_types
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
+from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, model_validator
 
+from ci_compress import redaction
 from ci_compress.errors import ConfigError
+from ci_compress.files import text_sha256
+from ci_compress.frozen import Frozen
+from ci_compress.passes.base import PassConfig
+from ci_compress.passes.registry import PASSES
+from ci_compress.refs import FACTORY_RE
 from ci_compress.tuning.config import TuneConfig
 
 CONFIG_VERSION = 1
-_FACTORY_RE = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
 _SHA256_RE = r"^[0-9a-fA-F]{64}$"
 _MODEL_URI_RE = r"^(models:/[^/@]+(@[\w-]+|/[0-9]+)(/.+)?|runs:/[0-9A-Za-z_-]+/.+)$"
 
 
-class Strict(BaseModel):
-    """Base of every config object: frozen, no unknown keys."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class ModelSource(Strict):
+class ModelSource(Frozen):
     """Where the original (teacher) model comes from: exactly one of path, url, uri."""
 
     path: str | None = Field(
@@ -60,7 +58,7 @@ class ModelSource(Strict):
     )
     factory: str | None = Field(
         None,
-        pattern=_FACTORY_RE,
+        pattern=FACTORY_RE,
         description="package.module:function returning an nn.Module to load a state_dict into.",
     )
     factory_kwargs: dict[str, Any] = Field(
@@ -89,7 +87,7 @@ class ModelSource(Strict):
         return self
 
 
-class DataSource(Strict):
+class DataSource(Frozen):
     """A dataset: exactly one of builtin, path, factory."""
 
     builtin: Literal["digits"] | None = Field(
@@ -100,7 +98,7 @@ class DataSource(Strict):
     path: str | None = Field(None, description=".npz or .pt file holding arrays x and y.")
     factory: str | None = Field(
         None,
-        pattern=_FACTORY_RE,
+        pattern=FACTORY_RE,
         description="package.module:function returning an iterable of (x, y) batches.",
     )
     kwargs: dict[str, Any] = Field(
@@ -120,7 +118,7 @@ class DataSource(Strict):
         return self
 
 
-class DataConfig(Strict):
+class DataConfig(Frozen):
     holdout: DataSource = Field(description="The held-out evaluation set.")
     train: DataSource | None = Field(
         None, description="Training data for passes that fine-tune or distill."
@@ -131,7 +129,7 @@ class DataConfig(Strict):
     batch_size: int = Field(256, ge=1, description="Evaluation batch size.")
 
 
-class Thresholds(Strict):
+class Thresholds(Frozen):
     """Gate thresholds. Unset thresholds are not checked; at least one must be set."""
 
     max_accuracy_drop: float | None = Field(
@@ -214,7 +212,7 @@ class Thresholds(Strict):
 _RULE_FIELDS = frozenset({"decision", "confidence", "inconclusive", "bootstrap_resamples"})
 
 
-class MlflowConfig(Strict):
+class MlflowConfig(Frozen):
     enabled: bool = Field(True, description="Record the gate in MLflow.")
     tracking_uri: str | None = Field(
         None,
@@ -250,7 +248,7 @@ class MlflowConfig(Strict):
         return self
 
 
-class ReportConfig(Strict):
+class ReportConfig(Frozen):
     dir: str = Field(
         "ci-compress-report",
         min_length=1,
@@ -258,7 +256,7 @@ class ReportConfig(Strict):
     )
 
 
-class ExplainConfig(Strict):
+class ExplainConfig(Frozen):
     """Per-layer sensitivity analysis inside ``ci-compress run`` (``ci-compress explain`` always runs it)."""
 
     when: Literal["never", "fail", "always"] = Field(
@@ -281,7 +279,7 @@ class ExplainConfig(Strict):
         return value
 
 
-class ShipConfig(Strict):
+class ShipConfig(Frozen):
     filename: str = Field(
         "student.ccz",
         pattern=r"^[\w.-]+$",
@@ -294,7 +292,7 @@ class ShipConfig(Strict):
     )
 
 
-class RuntimeConfig(Strict):
+class RuntimeConfig(Frozen):
     seed: int = Field(0, ge=0, description="Seed for every random generator the gate uses.")
     threads: int = Field(
         1,
@@ -309,20 +307,7 @@ class RuntimeConfig(Strict):
     latency_warmup: int = Field(5, ge=0, le=1000, description="Untimed warm-up repeats.")
 
 
-class PassConfig(Strict):
-    """Fields shared by every pass: which modules it touches."""
-
-    type: str = Field(description="Pass name, one of the registered passes.")
-    include: tuple[str, ...] = Field(
-        ("*",),
-        description="Modules to touch: exact qualified names, shell globs, or 're:' regular expressions.",
-    )
-    exclude: tuple[str, ...] = Field(
-        (), description="Modules to leave alone (same forms as include); exclude wins."
-    )
-
-
-class CompressConfig(Strict):
+class CompressConfig(Frozen):
     version: Literal[1] = Field(1, description="Config format version.")
     model: ModelSource
     data: DataConfig
@@ -417,7 +402,7 @@ def parse_config_text(
         config=config,
         source=source,
         base_dir=base,
-        sha256=hashlib.sha256(text.encode()).hexdigest(),
+        sha256=text_sha256(text),
         text=text,
     )
 
@@ -434,7 +419,6 @@ def interpolate(raw: Any, environ: Mapping[str, str], path: str = "") -> Any:
     :mod:`ci_compress.redaction`, so it is shown as ``${NAME}`` wherever it would be
     printed, written or logged: interpolation is how secrets get into a config.
     """
-    from ci_compress import redaction
 
     if isinstance(raw, str):
 
@@ -504,7 +488,6 @@ def parse_config(
     ``${NAME}`` references are first replaced from ``environ`` (default: the process
     environment), see :func:`interpolate`.
     """
-    from ci_compress.passes import PASSES
 
     if not isinstance(raw, Mapping):
         raise ConfigError(
@@ -675,7 +658,6 @@ def _convert(err: ValidationError, cls: type[BaseModel], *, prefix: str) -> Conf
 
 def json_schema() -> dict[str, Any]:
     """JSON Schema of the config file, with one sub-schema per registered pass."""
-    from ci_compress.passes import PASSES
 
     schema = CompressConfig.model_json_schema()
     defs = schema.setdefault("$defs", {})
@@ -715,10 +697,6 @@ def flatten(value: Any, prefix: str = "") -> dict[str, str]:
             else (",".join(map(str, value)) if isinstance(value, list | tuple) else str(value))
         )
     return out
-
-
-def factory_pattern() -> re.Pattern[str]:
-    return re.compile(_FACTORY_RE)
 
 
 def with_overrides(

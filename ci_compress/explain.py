@@ -14,7 +14,7 @@ every registered pass does. A "layer" is a module of the teacher; modules a pass
 creates inside it (say ``fc.0`` when a pass splits ``fc``) count towards that layer.
 
 The library returns an :class:`ExplainResult`; rendering (terminal table, Markdown,
-bar chart) lives here too but never decides anything.
+bar chart) lives in :mod:`ci_compress.reporting.explain` and never decides anything.
 """
 
 from __future__ import annotations
@@ -25,12 +25,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ci_compress.ci.env import detect
+from ci_compress.evaluation.classes import class_drops, class_figures, worst_class
+from ci_compress.evaluation.metrics import score
+from ci_compress.files import atomic_write
 from ci_compress.gate import ACCURACY_THRESHOLDS, decide, derive
+from ci_compress.reporting.explain import markdown_section, write_chart
+from ci_compress.stages import apply_passes, load_inputs, set_determinism, ship
+from ci_compress.tracking import NullTracker, make_tracker
 
 if TYPE_CHECKING:
-    from ci_compress.config import LoadedConfig, PassConfig
+    from ci_compress.config import LoadedConfig
     from ci_compress.evaluation.metrics import TaskMetrics
-    from ci_compress.pipeline import Inputs
+    from ci_compress.passes.base import PassConfig
+    from ci_compress.stages import Inputs
 
 Progress = Callable[[str], None]
 
@@ -107,8 +115,6 @@ def explain(
 
     ``fetch`` downloads a ``model.uri`` from MLflow (the gate passes its own).
     """
-    from ci_compress.evaluation.metrics import evaluate
-    from ci_compress.pipeline import load_inputs, set_determinism
 
     cfg = loaded.config
     say = progress or (lambda _msg: None)
@@ -116,7 +122,7 @@ def explain(
     out_dir.mkdir(parents=True, exist_ok=True)
     set_determinism(cfg.runtime.seed, cfg.runtime.threads)
     inputs = load_inputs(loaded, out_dir, fetch=fetch)
-    teacher_m = evaluate(
+    teacher_m = score(
         {"teacher": inputs.teacher.module}, inputs.holdout, batch_size=cfg.data.batch_size
     )["teacher"]
     thresholds = cfg.thresholds.active()
@@ -219,15 +225,13 @@ class _Runner:
         self.count = 0
 
     def measure(self, passes: Sequence[PassConfig]) -> tuple[TaskMetrics, int, list[Any]]:
-        from ci_compress.evaluation.metrics import evaluate
-        from ci_compress.pipeline import apply_passes, ship
 
         cfg = self.loaded.config
         student, records = apply_passes(self.loaded, self.inputs, passes)
         self.count += 1
         path = self.work / f"student-{self.count}.ccz"
         shipped, info = ship(self.loaded, student, [r.to_dict() for r in records], path)
-        m = evaluate(
+        m = score(
             {"student": shipped},
             self.inputs.holdout,
             batch_size=cfg.data.batch_size,
@@ -242,7 +246,6 @@ class _Runner:
         return file_bytes
 
     def worst_class(self, m: TaskMetrics) -> tuple[str, float] | None:
-        from ci_compress.gate import class_drops, worst_class
 
         return worst_class(class_drops(self.teacher_m.class_accuracy(), m.class_accuracy()))
 
@@ -253,7 +256,6 @@ class _Runner:
         acc_thresholds: dict[str, float],
         gate_thresholds: dict[str, float],
     ) -> tuple[ExcludeStep, list[Any]]:
-        from ci_compress.pipeline import class_figures
 
         m, file_bytes, records = self.measure(passes)
         flat = {
@@ -332,147 +334,9 @@ def _with_exclude(
     return out
 
 
-# ---------------------------------------------------------------- rendering
-
-
-def _rows(data: dict[str, Any]) -> list[tuple[str, ...]]:
-    rows: list[tuple[str, ...]] = [
-        (
-            "rank",
-            "layer",
-            "type",
-            "passes",
-            "params",
-            "drop (pts)",
-            "accuracy",
-            "worst class (drop)",
-            "bytes saved",
-        )
-    ]
-    for i, s in enumerate(data["layers"], 1):
-        worst = (
-            f"{s['worst_class']} ({s['worst_class_drop_points']:.1f})"
-            if s.get("worst_class") is not None
-            else "-"
-        )
-        rows.append(
-            (
-                str(i),
-                s["layer"],
-                s.get("kind", "?"),
-                "+".join(s["passes"]),
-                f"{s['parameters']:,}",
-                f"{s['drop_points']:.2f}",
-                f"{100 * s['accuracy']:.2f}%",
-                worst,
-                f"{s['bytes_saved']:,}",
-            )
-        )
-    return rows
-
-
-def _suggestion_lines(data: dict[str, Any]) -> list[str]:
-    sug = data["suggested_exclude"]
-    full = data["full"]
-    lines = [
-        f"configured compression: accuracy drop {full['drop_points']:.2f} points"
-        + (
-            " (accuracy thresholds met)"
-            if full["accuracy_passed"]
-            else " (accuracy thresholds FAILED)"
-        )
-    ]
-    if sug == []:
-        lines.append("nothing to exclude: the configured compression meets the accuracy thresholds")
-    elif sug:
-        last = data["steps"][-1]
-        lines.append(
-            f"suggested exclude: {sug} -> accuracy drop {last['drop_points']:.2f} points, "
-            f"{last['figures']['delta.compression_ratio']:.2f}x smaller "
-            f"(verified by a full run; {'all measured thresholds met' if last['gate_passed'] else 'accuracy thresholds met'})"
-        )
-        for p in data["suggested_passes"]:
-            lines.append(f"  passes[{p['index']}] ({p['type']}): exclude: {p['exclude']}")
-    for note in data["notes"]:
-        lines.append(f"note: {note}")
-    return lines
-
-
-def terminal_table(data: dict[str, Any]) -> str:
-    """The ranking as an aligned text table, then the suggestion."""
-    rows = _rows(data)
-    w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    right = {0, 4, 5, 6, 8}
-    lines = ["per-layer sensitivity (each layer compressed alone, others untouched):"]
-    for i, r in enumerate(rows):
-        cells = [c.rjust(w[j]) if j in right else c.ljust(w[j]) for j, c in enumerate(r)]
-        lines.append("  " + "  ".join(cells).rstrip())
-        if i == 0:
-            lines.append("  " + "  ".join("-" * x for x in w))
-    lines += ["", *_suggestion_lines(data)]
-    return "\n".join(lines)
-
-
-def markdown_section(data: dict[str, Any]) -> str:
-    rows = _rows(data)
-    out = [
-        "### Per-layer sensitivity",
-        "",
-        "Each layer compressed alone with the configured passes (others untouched); "
-        "accuracy drop on the holdout, most sensitive first.",
-        "",
-        "| " + " | ".join(rows[0]) + " |",
-        "|---:|---|---|---|---:|---:|---:|---|---:|",
-    ]
-    out += [
-        "| " + " | ".join(f"`{c}`" if j == 1 else c for j, c in enumerate(r)) + " |"
-        for r in rows[1:]
-    ]
-    out += [""] + [f"- {line.strip()}" for line in _suggestion_lines(data)]
-    return "\n".join(out)
-
-
-def write_chart(result: ExplainResult | dict[str, Any], path: Path) -> Path:
-    """A horizontal bar chart of the per-layer drops (matplotlib, Agg, no global state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    data = result.to_dict() if isinstance(result, ExplainResult) else result
-    layers = data["layers"]
-    names = [s["layer"] for s in layers][::-1]
-    drops = [s["drop_points"] for s in layers][::-1]
-    fig = Figure(figsize=(7.0, 1.2 + 0.4 * max(len(layers), 1)), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    colors = ["#c0392b" if d > 0 else "#7f8c8d" for d in drops]
-    ax.barh(names, drops, color=colors)
-    for y, d in enumerate(drops):
-        ax.annotate(
-            f"{d:.2f}", (d, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8
-        )
-    limit = data["thresholds"].get("max_accuracy_drop")
-    if limit is not None:
-        ax.axvline(
-            limit,
-            color="#2c3e50",
-            linestyle="--",
-            linewidth=1,
-            label=f"max_accuracy_drop {limit:g}",
-        )
-        ax.legend(loc="lower right", fontsize=8)
-    ax.set_xlabel("accuracy drop when only this layer is compressed (points)")
-    ax.set_title("ci-compress: per-layer sensitivity")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", metadata={"Software": None})
-    return path
-
-
 def write_outputs(result: ExplainResult, out_dir: Path) -> dict[str, Path]:
     """explain.json, explain.md and sensitivity.png in ``out_dir``."""
     import json
-
-    from ci_compress.reporting.render import atomic_write
 
     data = result.to_dict()
     paths = {
@@ -500,10 +364,6 @@ def record(
     ``explain.drop_points.<layer>`` per layer; the outputs are artifacts.
     """
     import os
-
-    from ci_compress.ci.env import detect
-    from ci_compress.pipeline import make_tracker
-    from ci_compress.tracking import NullTracker
 
     cfg = loaded.config
     environ = os.environ if environ is None else environ

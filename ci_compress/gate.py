@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ci_compress.errors import ExitCode
+
 
 @dataclass(frozen=True)
 class Check:
@@ -63,7 +65,6 @@ class GateResult:
     @property
     def exit_code(self) -> int:
         """0 pass (or a tolerated inconclusive), 1 failed, 5 inconclusive and blocking."""
-        from ci_compress.errors import ExitCode
 
         verdict = self.verdict or ("pass" if self.passed else "fail")
         if verdict == "fail":
@@ -133,23 +134,6 @@ INCONCLUSIVE_POLICIES = ("fail", "pass", "warn")
 ACCURACY_THRESHOLDS = frozenset(
     {"max_accuracy_drop", "max_relative_accuracy_drop", "min_recovery", "max_class_drop"}
 )
-
-
-def class_drops(teacher: Mapping[str, float], student: Mapping[str, float]) -> dict[str, float]:
-    """Per-class accuracy drop in points (teacher - student), for classes both were scored on."""
-    return {k: (teacher[k] - student[k]) * 100.0 for k in teacher if k in student}
-
-
-def worst_class(drops: Mapping[str, float]) -> tuple[str, float] | None:
-    """The class with the largest drop (ties: the first label in sort order), or None."""
-    if not drops:
-        return None
-    label = min(drops, key=lambda k: (-drops[k], _label_key(k)))
-    return label, drops[label]
-
-
-def _label_key(label: str) -> tuple[int, int | str]:
-    return (0, int(label)) if label.lstrip("-").isdigit() else (1, label)
 
 
 def _fmt(v: float, unit: str) -> str:

@@ -7,94 +7,47 @@ packed file, never the in-memory copy the passes produced.
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import functools
 import os
 import platform
-import random
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ci_compress import __version__
 from ci_compress.ci.env import CIContext, detect
 from ci_compress.config import LoadedConfig, flatten
-from ci_compress.errors import CICompressError, ConfigError, TrackingError
-from ci_compress.gate import class_drops, decide, derive, worst_class
-from ci_compress.manifest import build_manifest
+from ci_compress.errors import CICompressError, ConfigError
+from ci_compress.evaluation.classes import class_figures, per_class_table
+from ci_compress.evaluation.metrics import score
+from ci_compress.evaluation.performance import latency_ms, model_memory_bytes
+from ci_compress.evaluation.statistics import paired_statistics
+from ci_compress.explain import explain
+from ci_compress.gate import decide, derive
+from ci_compress.layers.inspect import count_parameters
+from ci_compress.loading.data import HoldoutDigest
+from ci_compress.loading.models import load_model_file
+from ci_compress.packing.export import check_available, export_all
+from ci_compress.packing.file import size_breakdown
 from ci_compress.progress import Step, step_of
+from ci_compress.redaction import redact, redact_data
 from ci_compress.report import ModelSummary, Report
+from ci_compress.reporting.explain import write_chart
+from ci_compress.reporting.render import write_reports
+from ci_compress.reproducibility import build_manifest
+from ci_compress.stages import Inputs, Shipped, apply_passes, load_inputs, set_determinism, ship
 from ci_compress.tracking import (
-    MlflowTracker,
     ModelVersionRef,
     NullTracker,
     Tracker,
-    resolve_tracking_uri,
+    make_tracker,
+    model_fetcher,
 )
 
 if TYPE_CHECKING:
-    from torch import nn
-
-    from ci_compress.artifacts.data import Dataset
-    from ci_compress.artifacts.models import LoadedModel
-    from ci_compress.artifacts.packing import PackInfo
-    from ci_compress.config import PassConfig
-    from ci_compress.evaluation.metrics import TaskMetrics
-    from ci_compress.passes.base import PassRecord
+    pass
 
 Progress = Callable[[str], None]
 EarlyStop = Callable[[Mapping[str, float]], None]
-
-
-def set_determinism(seed: int, threads: int) -> None:
-    """Seeds, thread count and deterministic algorithms: same inputs, same numbers."""
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.set_num_threads(threads)
-    # may only be set before any inter-op parallel work has started
-    with contextlib.suppress(RuntimeError):
-        torch.set_num_interop_threads(threads)
-    _deterministic_algorithms(torch)
-    if hasattr(torch.backends, "cudnn"):
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-
-
-def _deterministic_algorithms(torch: Any) -> None:
-    """``torch.use_deterministic_algorithms(True, warn_only=True)``, without its import cost.
-
-    The public call also imports ``torch._inductor.config`` (and with it torch._dynamo:
-    1.5-4 s of start-up on a 2-core runner) only to set the compiler's flag. The gate
-    runs eager models, so unless the compiler is already loaded, set the eager flag alone.
-    """
-    import sys
-
-    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
-    if setter is None or "torch._inductor.config" in sys.modules:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    else:
-        setter(True, warn_only=True)
-
-
-def make_tracker(loaded: LoadedConfig, environ: Mapping[str, str], progress: Progress) -> Tracker:
-    cfg = loaded.config.mlflow
-    if not cfg.enabled:
-        return NullTracker()
-    uri = resolve_tracking_uri(cfg.tracking_uri, environ, loaded.base_dir)
-    try:
-        tracker = MlflowTracker(uri, artifact_root=loaded.base_dir / "mlartifacts")
-        tracker.check(cfg.experiment)
-    except TrackingError as e:
-        if cfg.required:
-            raise
-        progress(f"warning: {e.message}; continuing without MLflow (mlflow.required: false)")
-        return NullTracker()
-    return tracker
 
 
 def promotion_decision(
@@ -175,7 +128,7 @@ def run(
             "warning: MLflow is not available: no registration, no promotion, champion checks skipped"
         )
     fetched: dict[str, Any] = {}
-    fetch = _model_fetcher(loaded, environ, tracker, fetched)
+    fetch = model_fetcher(loaded, environ, tracker, fetched)
     run_name = cfg.mlflow.run_name or f"gate-{(ci.commit or 'local')[:8]}"
     run_id = tracker.start_run(
         cfg.mlflow.experiment, run_name, {**ci.tags(), "ci_compress.status": "running"}
@@ -213,13 +166,11 @@ def run(
         report.baseline = baseline
         when = cfg.explain.when
         if when == "always" or (when == "fail" and not report.passed):
-            from ci_compress.explain import explain, write_chart
-
             say("explaining: per-layer sensitivity")
             result = explain(loaded, report_dir=out_dir, progress=say, fetch=fetch)
             report.explain = result.to_dict()
             report.artifacts["sensitivity_png"] = str(
-                write_chart(result, out_dir / "sensitivity.png")
+                write_chart(result.to_dict(), out_dir / "sensitivity.png")
             )
         report.warnings = warnings
         report.mlflow = {
@@ -271,7 +222,6 @@ def run(
                 "will_promote": eligible,
             }
             tracker.set_tags({"ci_compress.registered_version": version.version})
-        from ci_compress.reporting.render import write_reports
 
         paths = write_reports(report, out_dir)
         for key in ("report_json", "report_md", "junit_xml", "manifest_json"):
@@ -328,7 +278,7 @@ def evaluate(
     environ = os.environ if environ is None else environ
     report_dir.mkdir(parents=True, exist_ok=True)
     ci = detect(environ, loaded.base_dir)
-    fetch = fetch or _model_fetcher(loaded, environ, NullTracker(), {})
+    fetch = fetch or model_fetcher(loaded, environ, NullTracker(), {})
     return _gate(
         loaded,
         report_dir,
@@ -337,50 +287,6 @@ def evaluate(
         fetch=fetch,
         early_stop=early_stop,
     )
-
-
-def fetch_teacher(loaded: LoadedConfig, environ: Mapping[str, str], dest: Path) -> Path:
-    """Download the config's ``model.uri`` teacher into ``dest``; returns the model file."""
-    uri = loaded.config.model.uri
-    fetch = _model_fetcher(loaded, environ, NullTracker(), {})
-    if not uri or fetch is None:
-        raise ValueError("fetch_teacher needs a config with model.uri")
-    return fetch(uri, dest)
-
-
-def _model_fetcher(
-    loaded: LoadedConfig, environ: Mapping[str, str], tracker: Tracker, fetched: dict[str, Any]
-) -> Callable[[str, Path], Path] | None:
-    """Downloader for ``model.uri`` (MLflow is needed even with mlflow.enabled: false).
-
-    Each URI is downloaded once: ``explain`` after a failed gate loads the same teacher
-    again and gets the file the gate already fetched (the same version, not a newer one
-    an alias may point at by then).
-    """
-    if not loaded.config.model.uri:
-        return None
-    done: dict[str, Path] = {}
-
-    def fetch(uri: str, dest: Path) -> Path:
-        if uri in done:
-            return done[uri]
-        client: Tracker = tracker
-        if not isinstance(tracker, MlflowTracker):
-            client = MlflowTracker(
-                resolve_tracking_uri(loaded.config.mlflow.tracking_uri, environ, loaded.base_dir)
-            )
-        got = client.fetch(uri, dest)
-        fetched["uri"] = uri
-        if got.version is not None:
-            fetched.update(
-                registered_model=got.version.name,
-                version=got.version.version,
-                run_id=got.version.run_id,
-            )
-        done[uri] = got.path
-        return got.path
-
-    return fetch
 
 
 def _baseline(
@@ -481,15 +387,12 @@ def _gate(
     step: Step | None = None,
     early_stop: EarlyStop | None = None,
 ) -> Report:
-    from ci_compress.artifacts.models import load_model_file
 
     cfg = loaded.config
     rt = cfg.runtime
     set_determinism(rt.seed, rt.threads)
 
     if cfg.ship.export:
-        from ci_compress.artifacts.export import check_available
-
         check_available(cfg.ship.export)
 
     say("loading the model and the holdout")
@@ -535,17 +438,6 @@ def _gate(
         raise
 
 
-@dataclass(frozen=True)
-class Shipped:
-    """The student as it ships: the packed file, the model rebuilt from it, its pack
-    info and the passes that made it."""
-
-    path: Path
-    module: nn.Module
-    info: PackInfo
-    passes: list[dict[str, Any]]
-
-
 def _evaluate_and_decide(
     loaded: LoadedConfig,
     ci: CIContext,
@@ -559,13 +451,6 @@ def _evaluate_and_decide(
 ) -> Report:
     import torch
 
-    from ci_compress.artifacts.packing import size_breakdown
-    from ci_compress.evaluation.metrics import evaluate, per_class_table
-    from ci_compress.evaluation.performance import latency_ms, model_memory_bytes
-    from ci_compress.evaluation.statistics import paired_statistics
-    from ci_compress.passes.base import count_parameters
-    from ci_compress.redaction import redact_data
-
     cfg = loaded.config
     rt = cfg.runtime
     teacher, holdout = inputs.teacher, inputs.holdout
@@ -577,7 +462,6 @@ def _evaluate_and_decide(
     if champion is not None:
         models["champion"] = champion.module
     # One streaming pass: metrics, the holdout's digest and progress from the same batches.
-    from ci_compress.artifacts.data import HoldoutDigest
 
     digest, total, seen = HoldoutDigest(), holdout.size_hint(), [0]
 
@@ -587,7 +471,7 @@ def _evaluate_and_decide(
         if step is not None:
             step("evaluating", seen[0], total)
 
-    task = evaluate(models, holdout, batch_size=cfg.data.batch_size, on_batch=on_batch)
+    task = score(models, holdout, batch_size=cfg.data.batch_size, on_batch=on_batch)
     if step is not None and total is None:
         step("evaluating", seen[0], seen[0])
     holdout_digest = digest.hexdigest()
@@ -633,8 +517,6 @@ def _evaluate_and_decide(
     size["teacher_file_bytes"] = teacher.file_bytes
     exports: dict[str, Any] = {}
     if cfg.ship.export:
-        from ci_compress.artifacts.export import export_all
-
         say(f"exporting the student: {', '.join(cfg.ship.export)}")
         exports = export_all(
             shipped,
@@ -699,8 +581,6 @@ def _evaluate_and_decide(
     import numpy
     import torch as _torch
 
-    from ci_compress import __version__
-
     return Report(
         verdict=result.verdict,
         gate=result,
@@ -752,7 +632,6 @@ def _evaluate_and_decide(
 
 def _redacted_copy(source: Path, out_dir: Path) -> Path:
     """The config file as written, or a redacted copy when it holds a secret."""
-    from ci_compress.redaction import redact
 
     text = source.read_text(encoding="utf-8")
     clean = redact(text)
@@ -763,130 +642,6 @@ def _redacted_copy(source: Path, out_dir: Path) -> Path:
     target = copy_dir / source.name
     target.write_text(clean, encoding="utf-8")
     return target
-
-
-@dataclass
-class Inputs:
-    """What a gate reads: the teacher and the data sets, loaded and checked."""
-
-    teacher: LoadedModel
-    holdout: Dataset
-    train: Dataset | None
-    calibration: Dataset | None
-
-
-def load_inputs(
-    loaded: LoadedConfig, out_dir: Path, *, fetch: Callable[[str, Path], Path] | None = None
-) -> Inputs:
-    """Load the teacher and the data sets the config names (downloads go under out_dir;
-    ``fetch`` downloads a ``model.uri`` from MLflow)."""
-    from ci_compress.artifacts.data import load_dataset
-    from ci_compress.artifacts.models import resolve_model
-
-    cfg = loaded.config
-    teacher = resolve_model(cfg.model, loaded.base_dir, out_dir / "downloads", fetch=fetch)
-    holdout = load_dataset(cfg.data.holdout, loaded.base_dir, field="data.holdout")
-    train = (
-        load_dataset(cfg.data.train, loaded.base_dir, field="data.train")
-        if cfg.data.train
-        else None
-    )
-    calib = (
-        load_dataset(cfg.data.calibration, loaded.base_dir, field="data.calibration")
-        if cfg.data.calibration
-        else None
-    )
-    return Inputs(teacher=teacher, holdout=holdout, train=train, calibration=calib)
-
-
-def apply_passes(
-    loaded: LoadedConfig,
-    inputs: Inputs,
-    passes: Sequence[PassConfig],
-    say: Progress | None = None,
-    *,
-    step: Step | None = None,
-) -> tuple[nn.Module, list[PassRecord]]:
-    """A copy of the teacher with ``passes`` applied in order (the teacher is untouched).
-
-    Each pass is seeded with ``runtime.seed + index``, so the same passes give the same
-    student; ``explain`` calls this with passes restricted to one layer.
-    """
-    import torch
-
-    from ci_compress.passes import PASSES
-    from ci_compress.passes.base import PassContext, apply_pass
-
-    cfg = loaded.config
-    rt = cfg.runtime
-    train, calib = inputs.train, inputs.calibration
-    student = copy.deepcopy(inputs.teacher.module)
-    records = []
-    for i, pass_cfg in enumerate(passes):
-        if say is not None:
-            say(f"pass {i + 1}/{len(passes)}: {pass_cfg.type}")
-        ctx = PassContext(
-            seed=rt.seed + i,
-            index=i,
-            train_data=functools.partial(train.batches, cfg.data.batch_size) if train else None,
-            calibration_data=(
-                functools.partial(calib.batches, cfg.data.batch_size) if calib else None
-            ),
-            teacher=inputs.teacher.module,
-            step=step,
-        )
-        torch.manual_seed(rt.seed + i)
-        student, record = apply_pass(PASSES[pass_cfg.type], student, pass_cfg, ctx)
-        records.append(record)
-    return student, records
-
-
-def ship(
-    loaded: LoadedConfig, student: nn.Module, pass_history: list[dict[str, Any]], path: Path
-) -> tuple[nn.Module, PackInfo]:
-    """Write the packed file and rebuild the model from it: the student as it ships.
-
-    Pass timings are left out of the packed file so that the same passes give the same
-    bytes (the report keeps them).
-    """
-    from ci_compress.artifacts.models import _factory
-    from ci_compress.artifacts.packing import load_packed, pack
-
-    cfg = loaded.config
-    info = pack(
-        student,
-        path,
-        passes=[{k: v for k, v in p.items() if k != "seconds"} for p in pass_history],
-        factory=cfg.model.factory,
-        level=cfg.ship.zstd_level,
-    )
-    shipped, _ = load_packed(path, factory=_factory(cfg.model))
-    return shipped, info
-
-
-def class_figures(
-    teacher: TaskMetrics, student: TaskMetrics, *, limit: float | None = None
-) -> tuple[dict[str, float], dict[str, str]]:
-    """The worst per-class drop (``delta.max_class_drop_points``) and a note naming the
-    class, and every other class over ``limit`` when one is given."""
-    drops = class_drops(teacher.class_accuracy(), student.class_accuracy())
-    worst = worst_class(drops)
-    if worst is None:
-        return {}, {}
-    label, drop = worst
-    note = f"class {label}"
-    others = [
-        k
-        for k in sorted(drops, key=_label_order)
-        if k != label and limit is not None and drops[k] > limit
-    ]
-    if others:
-        note += f"; also over the limit: class {', '.join(others)}"
-    return {"delta.max_class_drop_points": drop}, {"delta.max_class_drop_points": note}
-
-
-def _label_order(label: str) -> tuple[int, int | str]:
-    return (0, int(label)) if label.lstrip("-").isdigit() else (1, label)
 
 
 def _environment(

@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
+from ci_compress.redaction import redact
+
 Step = Callable[[str, int, "int | None"], None]
 """``step(task, done, total)``: ``done`` units of ``task`` finished, of ``total`` (or unknown)."""
 
@@ -74,7 +76,6 @@ class Progress:
 
     def __call__(self, msg: str) -> None:
         """One message line, secrets redacted; warnings are shown even when quiet."""
-        from ci_compress.redaction import redact
 
         if self.quiet and not msg.startswith("warning:"):
             return

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ci_compress.gate import GateResult
+from ci_compress.errors import InputError
+from ci_compress.gate import Check, GateResult
 
 SCHEMA_VERSION = 1
 
@@ -119,7 +120,6 @@ def report_from_dict(data: dict[str, Any]) -> Report:
     a report written by an earlier ``ci-compress run`` and decide nothing themselves.
     Unknown top-level keys (added by later schema versions) are ignored.
     """
-    from ci_compress.gate import Check
 
     def model(role: str) -> ModelSummary:
         m = data[role]
@@ -182,7 +182,6 @@ def report_from_dict(data: dict[str, Any]) -> Report:
 def read_report_json(path: Path, *, hint: str) -> Any:
     """Parse a report.json (or manifest.json) a user named: a missing or malformed file is
     one ``InputError`` line (exit 3) with ``hint``, never a traceback."""
-    from ci_compress.errors import InputError
 
     try:
         return json.loads(path.read_text(encoding="utf-8"))

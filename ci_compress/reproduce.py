@@ -21,7 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ci_compress import pipeline
+from ci_compress.config import ExplainConfig, parse_config_text
 from ci_compress.errors import ConfigError, InputError
+from ci_compress.report import read_report_json
+from ci_compress.reproducibility import package_versions, reproducible
+from ci_compress.tracking import NullTracker, download_run_file
 
 RUN_ID_RE = re.compile(r"^(?:runs:/)?([0-9a-f]{32})/?$")
 
@@ -61,7 +66,6 @@ class ReproduceResult:
 
 def read_manifest(path: Path) -> dict[str, Any]:
     """The manifest inside a report.json, or a manifest.json itself."""
-    from ci_compress.report import read_report_json
 
     data = read_report_json(
         path, hint="give the report.json of a ci-compress run, or an MLflow run id"
@@ -106,7 +110,6 @@ def locate(
             "reproducing an MLflow run needs a tracking URI",
             hint="pass --tracking-uri or set MLFLOW_TRACKING_URI",
         )
-    from ci_compress.tracking import download_run_file
 
     run_id = m.group(1)
     return download_run_file(uri, run_id, "report.json", dest), f"MLflow run {run_id}"
@@ -121,10 +124,6 @@ def reproduce(
     progress: Callable[[str], None] | None = None,
 ) -> ReproduceResult:
     """Re-run the gate the manifest describes in a fresh directory and compare."""
-    from ci_compress import pipeline
-    from ci_compress.config import ExplainConfig, parse_config_text
-    from ci_compress.manifest import package_versions, reproducible
-    from ci_compress.tracking import NullTracker
 
     base = base_dir or Path(manifest["config"]["base_dir"])
     if not base.is_dir():

@@ -16,14 +16,17 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ci_compress.errors import ArtifactError, CICompressError, TrackingError
+from ci_compress.errors import ArtifactError, CICompressError, InputError, TrackingError
 from ci_compress.redaction import redact, redact_url
+
+if TYPE_CHECKING:
+    from ci_compress.config import LoadedConfig
 
 # A CI gate must fail fast on a dead server; MLflow's defaults retry for minutes
 # (7 retries, backoff factor 2, 120 s timeout, and it obeys any Retry-After header).
@@ -654,7 +657,6 @@ def download_run_file(uri: str, run_id: str, name: str, dest: Path) -> Path:
     Used by ``ci-compress reproduce <run id>``; errors become TrackingError (exit 4),
     a run or file that does not exist an InputError naming it (exit 3).
     """
-    from ci_compress.errors import InputError
 
     for k, v in FAST_FAIL_ENV.items():
         os.environ.setdefault(k, v)
@@ -694,3 +696,68 @@ def download_run_file(uri: str, run_id: str, name: str, dest: Path) -> Path:
             f"MLflow at {shown} failed to download {name} of run {run_id}: {detail}",
             hint="check the server is running and the tracking URI (--tracking-uri or MLFLOW_TRACKING_URI)",
         ) from None
+
+
+# ---------------------------------------------------------------- opening a tracker, fetching models
+
+Progress = Callable[[str], None]
+
+
+def make_tracker(loaded: LoadedConfig, environ: Mapping[str, str], progress: Progress) -> Tracker:
+    cfg = loaded.config.mlflow
+    if not cfg.enabled:
+        return NullTracker()
+    uri = resolve_tracking_uri(cfg.tracking_uri, environ, loaded.base_dir)
+    try:
+        tracker = MlflowTracker(uri, artifact_root=loaded.base_dir / "mlartifacts")
+        tracker.check(cfg.experiment)
+    except TrackingError as e:
+        if cfg.required:
+            raise
+        progress(f"warning: {e.message}; continuing without MLflow (mlflow.required: false)")
+        return NullTracker()
+    return tracker
+
+
+def fetch_teacher(loaded: LoadedConfig, environ: Mapping[str, str], dest: Path) -> Path:
+    """Download the config's ``model.uri`` teacher into ``dest``; returns the model file."""
+    uri = loaded.config.model.uri
+    fetch = model_fetcher(loaded, environ, NullTracker(), {})
+    if not uri or fetch is None:
+        raise ValueError("fetch_teacher needs a config with model.uri")
+    return fetch(uri, dest)
+
+
+def model_fetcher(
+    loaded: LoadedConfig, environ: Mapping[str, str], tracker: Tracker, fetched: dict[str, Any]
+) -> Callable[[str, Path], Path] | None:
+    """Downloader for ``model.uri`` (MLflow is needed even with mlflow.enabled: false).
+
+    Each URI is downloaded once: ``explain`` after a failed gate loads the same teacher
+    again and gets the file the gate already fetched (the same version, not a newer one
+    an alias may point at by then).
+    """
+    if not loaded.config.model.uri:
+        return None
+    done: dict[str, Path] = {}
+
+    def fetch(uri: str, dest: Path) -> Path:
+        if uri in done:
+            return done[uri]
+        client: Tracker = tracker
+        if not isinstance(tracker, MlflowTracker):
+            client = MlflowTracker(
+                resolve_tracking_uri(loaded.config.mlflow.tracking_uri, environ, loaded.base_dir)
+            )
+        got = client.fetch(uri, dest)
+        fetched["uri"] = uri
+        if got.version is not None:
+            fetched.update(
+                registered_model=got.version.name,
+                version=got.version.version,
+                run_id=got.version.run_id,
+            )
+        done[uri] = got.path
+        return got.path
+
+    return fetch

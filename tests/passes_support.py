@@ -9,11 +9,13 @@ from typing import Any
 
 import torch
 
-from ci_compress.artifacts.data import digits_split
-from ci_compress.artifacts.packing import PackInfo, load_packed, pack
 from ci_compress.config import parse_config
-from ci_compress.passes import PASSES
-from ci_compress.passes.base import PassContext, PassRecord, apply_pass, count_parameters
+from ci_compress.layers.inspect import count_parameters
+from ci_compress.loading.data import digits_split
+from ci_compress.packing.file import PackInfo, load_packed, pack
+from ci_compress.passes.base import PassContext, PassRecord
+from ci_compress.passes.registry import PASSES
+from ci_compress.passes.run import apply_pass
 from tests.conftest import base_config
 
 # One small, valid, fast config per registered pass (the contract and round-trip tests

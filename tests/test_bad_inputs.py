@@ -136,8 +136,8 @@ def tampered_torchscript(env: Env, p: Path) -> None:
 def packed(env: Env, p: Path) -> None:
     from safetensors.torch import load_file
 
-    from ci_compress.artifacts.packing import pack
     from ci_compress.demo.models import digits_mlp
+    from ci_compress.packing.file import pack
 
     m = digits_mlp()
     m.load_state_dict(load_file(str(env.wd / TEACHER)))
@@ -207,7 +207,7 @@ def holdout(x: Any, y: Any, name: str = "holdout.npz", **extra: Any) -> Setup:
 
 
 def digits() -> tuple[np.ndarray, np.ndarray]:
-    from ci_compress.artifacts.data import digits_split
+    from ci_compress.loading.data import digits_split
 
     return digits_split("test")
 

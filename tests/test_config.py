@@ -8,7 +8,7 @@ import pytest
 
 from ci_compress.config import json_schema, parse_config, parse_config_text
 from ci_compress.errors import ConfigError
-from ci_compress.passes import PASSES
+from ci_compress.passes.registry import PASSES
 from tests.conftest import base_config
 
 

@@ -17,8 +17,8 @@ from urllib.parse import quote
 
 import pytest
 
-from ci_compress.artifacts.download import download
 from ci_compress.errors import ArtifactError, ConfigError, InfraError
+from ci_compress.loading.download import download
 from tests.local_http import LocalServer, start
 
 BODY = bytes(range(256)) * 400  # 100 KiB

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ci_compress.artifacts import encoding
-from ci_compress.artifacts.packing import load_packed, pack
+from ci_compress.packing import encoding
+from ci_compress.packing.file import load_packed, pack
 
 
 def clustered_sparse(kind: str, shape=(512, 1024), density: float = 0.1, seed: int = 0):

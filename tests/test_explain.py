@@ -163,7 +163,7 @@ def test_run_explains_a_failed_gate_into_the_report_and_mlflow(
 
 
 def _per_class_accuracy(model: torch.nn.Module) -> dict[int, float]:
-    from ci_compress.artifacts.data import digits_split
+    from ci_compress.loading.data import digits_split
 
     x, y = (torch.from_numpy(a) for a in digits_split("test"))
     with torch.inference_mode():
@@ -194,8 +194,8 @@ def test_a_collapsed_class_fails_the_gate_while_the_overall_drop_passes(
     # Check the per-class figures independently, from the shipped file and the teacher.
     from safetensors.torch import load_file
 
-    from ci_compress.artifacts.packing import load_packed
     from ci_compress.demo.models import digits_cnn
+    from ci_compress.packing.file import load_packed
 
     teacher = digits_cnn()
     teacher.load_state_dict(load_file(str(cnn_workdir / "digits_cnn.safetensors")))

@@ -68,7 +68,7 @@ def test_min_recovery_is_student_over_teacher(limit: float, passed: bool) -> Non
 
 
 def test_max_class_drop_names_the_worst_class() -> None:
-    from ci_compress.gate import class_drops, worst_class
+    from ci_compress.evaluation.classes import class_drops, worst_class
 
     drops = class_drops({"0": 1.0, "1": 0.9, "2": 0.95}, {"0": 1.0, "1": 0.7, "2": 0.95})
     assert worst_class(drops) == ("1", pytest.approx(20.0))
@@ -86,8 +86,8 @@ def test_max_class_drop_names_the_worst_class() -> None:
 
 
 def test_class_note_lists_every_class_over_the_limit() -> None:
+    from ci_compress.evaluation.classes import class_figures
     from ci_compress.evaluation.metrics import TaskMetrics
-    from ci_compress.pipeline import class_figures
 
     np = pytest.importorskip("numpy")
     total = np.array([10, 10, 10, 10])

@@ -9,7 +9,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from ci_compress.artifacts.packing import load_packed
+from ci_compress.packing.file import load_packed
 from tests.conftest import MlflowServer, base_config, free_port, run_cli, write_config
 
 pytestmark = pytest.mark.slow

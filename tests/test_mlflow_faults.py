@@ -78,9 +78,9 @@ def _seed_champion(workdir: Path, uri: str, name: str) -> None:
     Recorded directly with MlflowClient (the shape ci-compress records) to keep the
     fault tests to one CLI run each.
     """
-    from ci_compress.artifacts.models import load_model_file
-    from ci_compress.artifacts.packing import pack
     from ci_compress.config import ModelSource
+    from ci_compress.loading.models import load_model_file
+    from ci_compress.packing.file import pack
 
     src = ModelSource(path="digits_mlp.safetensors", factory="ci_compress.demo.models:digits_mlp")
     teacher = load_model_file(workdir / "digits_mlp.safetensors", src)

@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from ci_compress.artifacts.packing import FORMAT_VERSION, MAGIC, load_packed, pack
 from ci_compress.config import parse_config
 from ci_compress.demo.models import digits_cnn, digits_mlp
 from ci_compress.errors import ArtifactError
-from ci_compress.passes import PASSES
-from ci_compress.passes.base import PassContext, run_pass
+from ci_compress.packing.file import FORMAT_VERSION, MAGIC, load_packed, pack
+from ci_compress.passes.base import PassContext
+from ci_compress.passes.registry import PASSES
+from ci_compress.passes.run import run_pass
 from tests.conftest import base_config
 
 
@@ -125,7 +126,7 @@ def _rewrite(path: Path, mutate=None, payload: bytes | None = None, fix_sha: boo
 
     import zstandard
 
-    from ci_compress.artifacts.packing import read_manifest
+    from ci_compress.packing.file import read_manifest
 
     manifest, old_payload = read_manifest(path)
     payload = old_payload if payload is None else payload
@@ -220,7 +221,7 @@ def test_unknown_encoding_is_refused(tmp_path: Path) -> None:
 
 def test_corrupt_streams_are_refused_not_crashed(tmp_path: Path) -> None:
     p = _pruned(tmp_path)
-    manifest = __import__("ci_compress.artifacts.packing", fromlist=["x"]).read_manifest(p)[0]
+    manifest = __import__("ci_compress.packing.file", fromlist=["x"]).read_manifest(p)[0]
     sparse = [n for n, e in manifest["tensors"].items() if e["encoding"] == "sparse"]
     assert sparse
     _rewrite(p, lambda m: m["tensors"][sparse[0]]["values"].update(count=7))

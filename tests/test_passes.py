@@ -8,8 +8,10 @@ import torch
 from ci_compress.config import parse_config
 from ci_compress.demo.models import digits_cnn, digits_mlp
 from ci_compress.errors import ConfigError
-from ci_compress.passes import PASSES
-from ci_compress.passes.base import PassContext, count_parameters, run_pass
+from ci_compress.layers.inspect import count_parameters
+from ci_compress.passes.base import PassContext
+from ci_compress.passes.registry import PASSES
+from ci_compress.passes.run import run_pass
 from tests.conftest import base_config
 
 

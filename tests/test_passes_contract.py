@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ci_compress.passes import PASSES
+from ci_compress.passes.registry import PASSES
 from tests.passes_support import EXAMPLES, apply, ship, split, teacher
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ci_compress.errors import ConfigError
-from ci_compress.passes import modules
+from ci_compress.layers import modules
 from tests.passes_support import accuracy, apply, params, ship, split, teacher
 
 KINDS = ["mlp", "cnn"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ci_compress.artifacts.data import digits_split
+from ci_compress.loading.data import digits_split
 from tests.conftest import MlflowServer, base_config, run_cli, write_config
 
 pytestmark = pytest.mark.slow

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from ci_compress.artifacts.data import digits_split, load_dataset
-from ci_compress.artifacts.models import load_model_file
 from ci_compress.config import DataSource, ModelSource
 from ci_compress.demo.models import digits_cnn, digits_mlp
 from ci_compress.errors import ArtifactError, DataError
+from ci_compress.loading.data import digits_split, load_dataset
+from ci_compress.loading.models import load_model_file
 
 FACTORY = "ci_compress.demo.models:digits_mlp"
 

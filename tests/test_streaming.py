@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from ci_compress import pipeline
-from ci_compress.artifacts.data import Dataset, HoldoutDigest, digits_split
 from ci_compress.config import LoadedConfig, parse_config
+from ci_compress.loading.data import Dataset, HoldoutDigest, digits_split
 from tests.conftest import base_config
 
 FACTORY = """
 import json, pathlib
-from ci_compress.artifacts.data import digits_split
+from ci_compress.loading.data import digits_split
 
 LOG = pathlib.Path(__file__).with_name("factory-log.json")
 
@@ -76,12 +76,12 @@ def test_a_factory_holdout_is_read_through_once(
 
 def test_evaluation_calls_on_batch_for_every_batch(workdir: Path) -> None:
     from ci_compress.demo.models import digits_mlp
-    from ci_compress.evaluation.metrics import evaluate
+    from ci_compress.evaluation.metrics import score
 
     x, y = (torch.from_numpy(a) for a in digits_split("test"))
     ds = Dataset(name="t", field="data.holdout", _tensors=(x, y))
     sizes: list[int] = []
-    result = evaluate(
+    result = score(
         {"teacher": digits_mlp()}, ds, batch_size=100, on_batch=lambda xb, yb: sizes.append(len(yb))
     )
     assert sizes == [100] * 5 + [40]

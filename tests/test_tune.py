@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 from ci_compress import pipeline
 from ci_compress.config import load_config, parse_config_text
 from ci_compress.errors import ConfigError
-from ci_compress.passes import PASSES
+from ci_compress.passes.registry import PASSES
 from ci_compress.tuning.space import PROFILES, resolve
 from tests.conftest import REPO, MlflowServer, base_config, run_cli, write_config
 

@@ -32,6 +32,7 @@ from ci_compress.ci.common import (
     outputs,
 )
 from ci_compress.report import Report
+from ci_compress.reporting.render import markdown, verdict_line
 
 MAX_ANNOTATIONS = 10
 MAX_SUMMARY_BYTES = 1024 * 1024
@@ -232,7 +233,6 @@ def publish(
     echo: Echo = print,
 ) -> int:
     """Render the report into GitHub's channels; return the step's exit code."""
-    from ci_compress.reporting.render import markdown, verdict_line
 
     md = markdown(report)
     if environ.get("GITHUB_STEP_SUMMARY"):

@@ -29,6 +29,7 @@ from ci_compress.ci.common import (
     outputs,
 )
 from ci_compress.report import Report
+from ci_compress.reporting.render import markdown
 
 MAX_NOTE_CHARS = 1_000_000
 DEFAULT_TOKEN_VARIABLE = "CI_COMPRESS_GITLAB_TOKEN"
@@ -141,7 +142,6 @@ def publish(
     echo: Echo = print,
 ) -> int:
     """Render the report into GitLab's channels; return the job's exit code."""
-    from ci_compress.reporting.render import markdown
 
     if dotenv is not None:
         write_dotenv(dotenv, outputs(report, report_path))

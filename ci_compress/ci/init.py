@@ -9,7 +9,9 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+from ci_compress.config import parse_config_text
 from ci_compress.errors import ConfigError
+from ci_compress.files import atomic_write
 
 # Where users take the action / component from; edit the generated file if you host
 # ci-compress elsewhere.
@@ -43,8 +45,6 @@ def planned(provider: str) -> dict[Path, str]:
 
 def write_starter(provider: str, target: Path, *, force: bool = False) -> list[Path]:
     """Write the starter files under ``target``; refuse to overwrite unless ``force``."""
-    from ci_compress.config import parse_config_text
-    from ci_compress.reporting.render import atomic_write
 
     files = planned(provider)
     parse_config_text(files[Path(CONFIG_FILE)], source=Path(CONFIG_FILE), base_dir=target)

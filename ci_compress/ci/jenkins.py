@@ -13,11 +13,11 @@ from pathlib import Path
 
 from ci_compress.ci.common import Echo, conclude, echo_findings
 from ci_compress.report import Report
+from ci_compress.reporting.render import verdict_line
 
 
 def description(report: Report) -> str:
     """Short HTML-safe text for ``currentBuild.description``."""
-    from ci_compress.reporting.render import verdict_line
 
     return html.escape(verdict_line(report))
 

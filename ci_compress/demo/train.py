@@ -7,6 +7,8 @@ from pathlib import Path
 import yaml
 
 from ci_compress.demo.models import FACTORIES
+from ci_compress.loading.data import digits_split
+from ci_compress.refs import import_factory
 
 DEMO_PASSES = [
     {"type": "prune", "amount": 0.5},
@@ -19,9 +21,6 @@ def train_teacher(kind: str = "mlp", *, seed: int = 0, epochs: int = 40) -> obje
     """A teacher trained on the digits train split; same seed, same weights."""
     import torch
     from torch import nn
-
-    from ci_compress.artifacts.data import digits_split
-    from ci_compress.artifacts.models import import_factory
 
     torch.manual_seed(seed)
     torch.set_num_threads(1)

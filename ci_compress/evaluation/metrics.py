@@ -9,11 +9,11 @@ whole holdout's outputs. Per-class (per-label) counts are accumulated batch by b
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ci_compress.errors import DataError, ModelOutputError
+from ci_compress.evaluation.inference import inference
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from ci_compress.artifacts.data import Dataset
+    from ci_compress.loading.data import Dataset
 
 
 @dataclass
@@ -56,7 +56,7 @@ class TaskMetrics:
         }
 
 
-def evaluate(
+def score(
     models: dict[str, nn.Module],
     data: Dataset,
     *,
@@ -71,8 +71,6 @@ def evaluate(
     """
     import numpy as np
     import torch
-
-    from ci_compress.evaluation.inference import inference
 
     masks: dict[str, list[np.ndarray]] = {k: [] for k in models}
     agree: dict[str, int] = dict.fromkeys(models, 0)
@@ -169,47 +167,3 @@ def _forward(model: nn.Module, x: object, role: str, field: str = "the holdout")
             f"the {role} model returned {type(out).__name__}, expected a tensor of logits"
         )
     return out
-
-
-def per_class_table(
-    results: Mapping[str, TaskMetrics], *, reference: str = "teacher"
-) -> dict[str, Any]:
-    """Per-class accuracy of every role, and each role's drop against ``reference``.
-
-    Roles are whatever was evaluated (teacher, student, and e.g. a champion baseline):
-    every row holds ``correct``, ``accuracy`` and ``drop_points`` keyed by role, so a
-    further role adds columns, not a new structure. ``worst`` names, per compared role,
-    the class with the largest drop (ties: the lowest label).
-    """
-    from ci_compress.gate import worst_class
-
-    roles = list(results)
-    counts = {role: results[role].class_counts() for role in roles}
-    if reference not in counts or not counts[reference]:
-        return {}
-    classes = []
-    drops: dict[str, dict[str, float]] = {r: {} for r in roles if r != reference}
-    for label in sorted(counts[reference], key=int):
-        samples = counts[reference][label][1]
-        correct = {r: counts[r].get(label, (0, samples))[0] for r in roles}
-        accuracy = {r: c / samples for r, c in correct.items()}
-        row_drops = {
-            r: (accuracy[reference] - accuracy[r]) * 100.0 for r in roles if r != reference
-        }
-        for r, drop in row_drops.items():
-            drops[r][label] = drop
-        classes.append(
-            {
-                "label": label,
-                "samples": samples,
-                "correct": correct,
-                "accuracy": accuracy,
-                "drop_points": row_drops,
-            }
-        )
-    worst = {}
-    for r, role_drops in drops.items():
-        w = worst_class(role_drops)
-        if w is not None:
-            worst[r] = {"label": w[0], "drop_points": w[1]}
-    return {"reference": reference, "roles": roles, "classes": classes, "worst": worst}

@@ -13,6 +13,9 @@ import statistics
 import time
 from typing import TYPE_CHECKING
 
+from ci_compress.evaluation.inference import inference
+from ci_compress.packing.file import describe
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -21,8 +24,6 @@ if TYPE_CHECKING:
 def latency_ms(
     models: dict[str, nn.Module], batch: torch.Tensor, *, repeats: int, warmup: int
 ) -> dict[str, float]:
-
-    from ci_compress.evaluation.inference import inference
 
     times: dict[str, list[float]] = {k: [] for k in models}
     with inference(models.values()):
@@ -38,7 +39,6 @@ def latency_ms(
 
 
 def model_memory_bytes(model: nn.Module) -> int:
-    from ci_compress.artifacts.packing import describe
 
     tensors: dict[str, torch.Tensor] = {}
     describe(model, tensors)

@@ -1,26 +1,41 @@
-"""What every pass shares: the module matcher, counting, the pass context and record.
+"""The pass contract: its config base, context, record and module shape; the matcher.
 
-A pass is a module exposing ``Config`` (a :class:`~ci_compress.config.PassConfig`
-subclass with a ``type`` literal) and ``apply(model, config, ctx) -> PassRecord``.
-Passes change the student in place; the pipeline gives them a copy of the teacher.
+A pass is a module exposing ``Config`` (a :class:`PassConfig` subclass with a ``type``
+literal) and ``apply(model, config, ctx) -> PassRecord``, listed once in
+:mod:`ci_compress.passes.registry`. Passes change the student in place; the pipeline
+gives them a copy of the teacher. This module stays light (no torch at import): the
+config loader imports it to validate pass sections.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import re
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from pydantic import Field
+
 from ci_compress.errors import ConfigError
+from ci_compress.frozen import Frozen
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from ci_compress.config import PassConfig
+
+class PassConfig(Frozen):
+    """Fields shared by every pass: which modules it touches."""
+
+    type: str = Field(description="Pass name, one of the registered passes.")
+    include: tuple[str, ...] = Field(
+        ("*",),
+        description="Modules to touch: exact qualified names, shell globs, or 're:' regular expressions.",
+    )
+    exclude: tuple[str, ...] = Field(
+        (), description="Modules to leave alone (same forms as include); exclude wins."
+    )
 
 
 @dataclass
@@ -127,64 +142,6 @@ def select(
                 hint=f"modules this pass can touch: {names}",
             )
     return chosen
-
-
-# ---------------------------------------------------------------- counting
-
-
-def weight_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every learned tensor as a float view, including the weights of quantized modules."""
-    from ci_compress.artifacts import layers
-
-    for mod_name, module in model.named_modules():
-        for t_name, tensor in layers.learned_tensors(module):
-            yield (f"{mod_name}.{t_name}" if mod_name else t_name), tensor
-
-
-def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(parameters, nonzero parameters), counting quantized and factorized weights too."""
-    total = nonzero = 0
-    for _, t in weight_tensors(model):
-        total += t.numel()
-        nonzero += int((t != 0).sum().item())
-    return total, nonzero
-
-
-class Timer:
-    def __enter__(self) -> Timer:
-        self.start = time.perf_counter()
-        self.seconds = 0.0
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.seconds = time.perf_counter() - self.start
-
-
-def run_pass(
-    module: PassModule, model: nn.Module, config: PassConfig, ctx: PassContext
-) -> PassRecord:
-    """Apply one pass and fill in the before/after counts and time of its record.
-
-    When the pass returns a new model (``record.replacement``), the after-counts are the
-    new model's; the caller continues with ``record.replacement`` (see :func:`apply_pass`).
-    """
-    before, nz_before = count_parameters(model)
-    with Timer() as t:
-        record = module.apply(model, config, ctx)
-    record.params_before, record.nonzero_before = before, nz_before
-    after = record.replacement if record.replacement is not None else model
-    record.params_after, record.nonzero_after = count_parameters(after)
-    record.seconds = t.seconds
-    return record
-
-
-def apply_pass(
-    module: PassModule, model: nn.Module, config: PassConfig, ctx: PassContext
-) -> tuple[nn.Module, PassRecord]:
-    """Run one pass; returns the model to continue with (the same or its replacement)."""
-    record = run_pass(module, model, config, ctx)
-    new, record.replacement = record.replacement, None
-    return (new if new is not None else model), record
 
 
 def set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:

@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from ci_compress.config import PassConfig
-from ci_compress.passes.base import PassContext, PassRecord, select, set_submodule
+from ci_compress.passes.base import PassConfig, PassContext, PassRecord, select, set_submodule
 from ci_compress.passes.training import fit, materialize, require
 
 if TYPE_CHECKING:
@@ -76,7 +75,7 @@ def cluster_layer(layer: nn.Module, bits: int, iterations: int) -> nn.Module:
     import torch
     from torch import nn
 
-    from ci_compress.passes import modules
+    from ci_compress.layers import modules  # torch-bearing: imported on use
 
     cls = modules.ClusteredLinear if isinstance(layer, nn.Linear) else modules.ClusteredConv2d
     new = cls(**cls.geometry_of(layer), bits=bits)

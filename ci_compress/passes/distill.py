@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
-from ci_compress.config import PassConfig, factory_pattern
 from ci_compress.errors import ConfigError
-from ci_compress.passes.base import PassContext, PassRecord
+from ci_compress.passes.base import PassConfig, PassContext, PassRecord
 from ci_compress.passes.training import fit, materialize, require
+from ci_compress.refs import factory_pattern, import_factory
 
 if TYPE_CHECKING:
     import torch
@@ -183,8 +183,6 @@ def make_student(model: nn.Module, config: DistillConfig, seed: int, where: str)
 
     torch.manual_seed(seed)
     if config.student_factory is not None:
-        from ci_compress.artifacts.models import import_factory
-
         student: nn.Module = import_factory(
             config.student_factory, path=f"{where}.student_factory"
         )()

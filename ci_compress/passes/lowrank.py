@@ -17,9 +17,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
-from ci_compress.config import PassConfig
 from ci_compress.errors import ConfigError
-from ci_compress.passes.base import PassContext, PassRecord, select, set_submodule
+from ci_compress.passes.base import PassConfig, PassContext, PassRecord, select, set_submodule
 
 if TYPE_CHECKING:
     from torch import nn

@@ -18,7 +18,7 @@ so it composes with any float layer around it.
 ``int8-weight-only``: int8 weights + per-channel scales, dequantized in forward; 4x
 smaller weights, float compute. torchao's ``Int8WeightOnlyConfig`` does the same math but
 makes tensor subclasses that safetensors cannot store (and measured slower than fp32 on
-this CPU), so the pass uses its own plain module (:mod:`ci_compress.passes.modules`).
+this CPU), so the pass uses its own plain module (:mod:`ci_compress.layers.modules`).
 
 ``fp16`` / ``bf16``: weights stored and computed in half precision (2x smaller); inputs
 and outputs stay float32.
@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from ci_compress.config import PassConfig
-from ci_compress.passes.base import PassContext, PassRecord, select, set_submodule
+from ci_compress.layers.int8 import int8_dynamic_linear, quantize_weight_int8
+from ci_compress.passes.base import PassConfig, PassContext, PassRecord, select, set_submodule
 from ci_compress.passes.training import require
 
 if TYPE_CHECKING:
@@ -75,6 +75,8 @@ def apply(model: nn.Module, config: QuantizeConfig, ctx: PassContext) -> PassRec
     """Replace each selected layer by its quantized counterpart, in place."""
     from torch import nn
 
+    from ci_compress.layers import modules  # torch-bearing: imported on use
+
     where = f"passes[{ctx.index}]"
     calib = None
     if config.scheme == "int8-static":
@@ -92,7 +94,6 @@ def apply(model: nn.Module, config: QuantizeConfig, ctx: PassContext) -> PassRec
     elif config.scheme == "int8-static":
         assert calib is not None
         ranges = calibrate(model, [n for n, _ in chosen], calib, config.calibration_batches)
-        from ci_compress.passes import modules
 
         for name, module in chosen:
             cls = (
@@ -108,8 +109,6 @@ def apply(model: nn.Module, config: QuantizeConfig, ctx: PassContext) -> PassRec
             n: [list(map(_r, i)), list(map(_r, o))] for n, (i, o) in ranges.items()
         }
     elif config.scheme == "int8-weight-only":
-        from ci_compress.passes import modules
-
         for name, module in chosen:
             wo = (
                 modules.Int8WeightOnlyLinear
@@ -118,8 +117,6 @@ def apply(model: nn.Module, config: QuantizeConfig, ctx: PassContext) -> PassRec
             )
             set_submodule(model, name, wo.from_float(module))
     else:
-        from ci_compress.passes import modules
-
         dtype = "float16" if config.scheme == "fp16" else "bfloat16"
         for name, module in chosen:
             half = (
@@ -142,7 +139,6 @@ def _r(v: float) -> float:
 
 
 def _dynamic(model: nn.Module, chosen: list[tuple[str, nn.Module]]) -> None:
-    from ci_compress.artifacts.layers import int8_dynamic_linear, quantize_weight_int8
 
     for name, module in chosen:
         q, scale = quantize_weight_int8(module.weight)  # type: ignore[arg-type]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from ci_compress.files import atomic_write
+from ci_compress.redaction import redact, redact_data
 from ci_compress.report import Report
+from ci_compress.reporting.explain import markdown_section, terminal_table
+from ci_compress.reporting.junit import junit_xml
 
 # (metric key, label, formatter)
 ROWS: list[tuple[str, str, str]] = [
@@ -171,8 +173,6 @@ def terminal(report: Report) -> str:
             f"  worst class: {worst['label']} (drop {worst['drop_points']:.2f} points; per-class table in report.md)"
         )
     if report.explain:
-        from ci_compress.explain import terminal_table
-
         lines += ["", *("  " + line for line in terminal_table(report.explain).splitlines())]
     if report.mlflow.get("run_id"):
         lines.append(
@@ -222,8 +222,6 @@ def markdown(report: Report) -> str:
         out += ["", f"> **Warning:** {w}"]
     out += per_class_markdown(report.per_class)
     if report.explain:
-        from ci_compress.explain import markdown_section
-
         out += ["", markdown_section(report.explain)]
     h = report.holdout
     out += [
@@ -275,23 +273,9 @@ def per_class_markdown(per_class: dict[str, Any]) -> list[str]:
     return out
 
 
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_reports(report: Report, out_dir: Path) -> dict[str, Path]:
     """Write report.json, report.md, junit.xml and manifest.json (when recorded); returns
     their paths."""
-    from ci_compress.reporting.junit import junit_xml
 
     paths = {
         "report_json": out_dir / "report.json",
@@ -301,7 +285,6 @@ def write_reports(report: Report, out_dir: Path) -> dict[str, Path]:
     if report.reproducibility:
         paths["manifest_json"] = out_dir / "manifest.json"
     report.artifacts.update({k: str(v) for k, v in paths.items()})
-    from ci_compress.redaction import redact, redact_data
 
     # Redact the strings, not the JSON text: numbers and structure stay intact.
     atomic_write(

@@ -12,18 +12,35 @@ searched without this module knowing the passes.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from ci_compress.errors import ConfigError
+from ci_compress.frozen import Frozen
 
 Scalar = bool | int | float | str | None
+_KEY_RE = re.compile(r"^passes\[(\d+)\]\.([A-Za-z_]\w*)$")
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+def parse_key(key: str) -> tuple[int, str]:
+    """``passes[1].amount`` -> ``(1, "amount")``; anything else is a ConfigError."""
+    m = _KEY_RE.match(key)
+    if not m:
+        raise ConfigError(
+            f"bad key {key!r}: write passes[<index>].<option>, e.g. passes[0].amount",
+            path="tune.space",
+        )
+    if m.group(2) in {"type", "enabled"}:
+        raise ConfigError(
+            f"{key!r} cannot be searched: list the pass index in tune.optional_passes to switch it on and off",
+            path="tune.space",
+        )
+    return int(m.group(1)), m.group(2)
 
 
-class SpaceEntry(_Frozen):
+class SpaceEntry(Frozen):
     """One searched option: a range (``low``/``high``) or a list of ``choices``."""
 
     low: int | float | None = Field(None, description="Smallest value of a range.")
@@ -56,7 +73,7 @@ class SpaceEntry(_Frozen):
         return all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in vals)
 
 
-class ObjectiveWeights(_Frozen):
+class ObjectiveWeights(Frozen):
     size: float = Field(1.0, ge=0, description="Weight of shipped bytes / teacher bytes.")
     latency: float = Field(0.0, ge=0, description="Weight of student / teacher median latency.")
 
@@ -67,7 +84,7 @@ class ObjectiveWeights(_Frozen):
         return self
 
 
-class TuneConfig(_Frozen):
+class TuneConfig(Frozen):
     """Find the most compressed student that still passes the gate."""
 
     profile: Literal["cpu-x86", "arm-edge", "size-first"] | None = Field(
@@ -127,7 +144,6 @@ class TuneConfig(_Frozen):
 
     @model_validator(mode="after")
     def _keys(self) -> TuneConfig:
-        from ci_compress.tuning.space import parse_key
 
         for key in self.space:
             parse_key(key)

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ci_compress.redaction import redact
+
 if TYPE_CHECKING:
     import optuna
 
@@ -341,7 +343,6 @@ def render_markdown(result: TuneResult) -> str:
 
 def finish(outcome: Outcome, *, write_output: bool = True) -> TuneResult:
     """Summarise the study; write pareto.png, tune-report.md and (if one passed) tuned.yaml."""
-    from ci_compress.redaction import redact
 
     s = outcome.settings
     trials = summarize(outcome.study)

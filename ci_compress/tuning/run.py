@@ -12,7 +12,14 @@ import contextlib
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+from ci_compress.ci.env import detect
 from ci_compress.errors import CICompressError
+from ci_compress.tracking import MlflowTracker, make_tracker
+from ci_compress.tuning import study as st
+from ci_compress.tuning.config import TuneConfig
+from ci_compress.tuning.results import finish, render_markdown
+from ci_compress.tuning.space import resolve
+from ci_compress.tuning.study import StorageError, open_storage
 
 if TYPE_CHECKING:
     from ci_compress.config import LoadedConfig
@@ -35,11 +42,6 @@ def tune(
 ) -> TuneResult:
     """Search for the most compressed passing config; write tuned.yaml if one passed."""
     import os
-
-    from ci_compress.tuning import study as st
-    from ci_compress.tuning.config import TuneConfig
-    from ci_compress.tuning.results import finish, render_markdown
-    from ci_compress.tuning.space import resolve
 
     environ = os.environ if environ is None else environ
     say = progress or (lambda _m: None)
@@ -90,11 +92,6 @@ def _parent_run(
     say: Callable[[str], None],
 ) -> tuple[MlflowTracker | None, str | None]:
     import optuna
-
-    from ci_compress.ci.env import detect
-    from ci_compress.pipeline import make_tracker
-    from ci_compress.tracking import MlflowTracker
-    from ci_compress.tuning.study import StorageError, open_storage
 
     cfg = loaded.config.mlflow
     tracker = make_tracker(loaded, environ, say)  # a NullTracker when MLflow may be skipped

@@ -15,12 +15,14 @@ options this version does not have: those are left out and listed in
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ci_compress.config import CompressConfig, parse_config
 from ci_compress.errors import ConfigError
+from ci_compress.passes.registry import PASSES
+from ci_compress.tuning.config import SpaceEntry, parse_key
 
 if TYPE_CHECKING:
     import optuna
@@ -28,24 +30,7 @@ if TYPE_CHECKING:
     from ci_compress.config import CompressConfig, LoadedConfig
     from ci_compress.tuning.config import SpaceEntry, TuneConfig
 
-_KEY_RE = re.compile(r"^passes\[(\d+)\]\.([A-Za-z_]\w*)$")
 _PRIMITIVE = (bool, int, float, str, type(None))
-
-
-def parse_key(key: str) -> tuple[int, str]:
-    """``passes[1].amount`` -> ``(1, "amount")``; anything else is a ConfigError."""
-    m = _KEY_RE.match(key)
-    if not m:
-        raise ConfigError(
-            f"bad key {key!r}: write passes[<index>].<option>, e.g. passes[0].amount",
-            path="tune.space",
-        )
-    if m.group(2) in {"type", "enabled"}:
-        raise ConfigError(
-            f"{key!r} cannot be searched: list the pass index in tune.optional_passes to switch it on and off",
-            path="tune.space",
-        )
-    return int(m.group(1)), m.group(2)
 
 
 # ---------------------------------------------------------------- profiles
@@ -241,14 +226,12 @@ class Space:
 
     def config_mapping(self, passes: list[dict[str, Any]]) -> dict[str, Any]:
         """The config file a trial stands for, sections in the usual order."""
-        from ci_compress.config import CompressConfig
 
         full = {**copy.deepcopy(self.base), "passes": copy.deepcopy(passes)}
         return {k: full[k] for k in CompressConfig.model_fields if k in full}
 
     def build(self, passes: list[dict[str, Any]]) -> CompressConfig:
         """Validate a trial's config exactly as ``ci-compress run`` would read it."""
-        from ci_compress.config import parse_config
 
         return parse_config(self.config_mapping(passes), origin="<trial config>")
 
@@ -266,7 +249,6 @@ def _check(space: Space, index: int, option: str | None, value: Any) -> ConfigEr
 
 def resolve(loaded: LoadedConfig, tune: TuneConfig) -> Space:
     """Build and validate the search space of a config's ``tune:`` section."""
-    from ci_compress.passes import PASSES
 
     cfg = loaded.config
     base = cfg.model_dump(mode="json", exclude_unset=True, exclude={"tune", "passes"})
@@ -377,7 +359,6 @@ def resolve(loaded: LoadedConfig, tune: TuneConfig) -> Space:
 def _dimension(
     name: str, index: int, option: str, spec: SpaceEntry | Mapping[str, Any]
 ) -> Dimension:
-    from ci_compress.tuning.config import SpaceEntry
 
     entry = spec if isinstance(spec, SpaceEntry) else SpaceEntry.model_validate(dict(spec))
     if entry.choices is not None:

@@ -33,7 +33,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ci_compress import pipeline
+from ci_compress.ci.env import detect
+from ci_compress.config import LoadedConfig, flatten
 from ci_compress.errors import CICompressError, ConfigError, InfraError
+from ci_compress.gate import RULES, decide
+from ci_compress.redaction import redact
+from ci_compress.tracking import MlflowTracker, fetch_teacher
+from ci_compress.tuning.config import TuneConfig
+from ci_compress.tuning.space import resolve
 
 if TYPE_CHECKING:
     import optuna
@@ -100,8 +108,6 @@ def study_name_for(loaded: LoadedConfig, tune: TuneConfig, override: str | None)
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """An Optuna RDB storage with heartbeats, so a killed worker's trial is failed."""
     import optuna
-
-    from ci_compress.redaction import redact
 
     _quiet_optuna()
     kwargs: dict[str, Any] = {}
@@ -190,7 +196,6 @@ def _quiet_optuna() -> None:
 def constraints_of(thresholds: Mapping[str, float], figures: Mapping[str, float]) -> list[float]:
     """One value per threshold, <= 0 exactly when the gate's check passes (scaled by
     the limit so that bytes and points weigh alike in the sampler)."""
-    from ci_compress.gate import RULES
 
     out = []
     for name in sorted(thresholds):
@@ -229,7 +234,6 @@ def _sampler(settings: Settings, n: int) -> optuna.samplers.BaseSampler:
 
 def worker_tag(worker: int) -> str:
     """host:pid:w<local worker>, plus the CI job URL when there is one."""
-    from ci_compress.ci.env import detect
 
     ci = detect(os.environ, Path.cwd())
     tag = f"{socket.gethostname()}:{os.getpid()}:w{worker}"
@@ -331,7 +335,6 @@ class _Objective:
             trial.set_user_attr("error", e.message)
             self.say(f"trial {trial.number}: invalid config ({e.message})")
             raise
-        from ci_compress.config import LoadedConfig
 
         loaded = LoadedConfig(
             config=config,
@@ -347,14 +350,12 @@ class _Objective:
             early.update(figures)
             if not s.tune.prune_hopeless:
                 return
-            from ci_compress.gate import decide
 
             known = {k: v for k, v in thresholds.items() if k in EARLY_THRESHOLDS}
             if known and not decide(known, figures).passed:
                 raise _Hopeless
 
         tracker = _trial_tracker(s, trial.number, passes, self.tag)
-        from ci_compress import pipeline
 
         try:
             report = pipeline.evaluate(
@@ -370,8 +371,6 @@ class _Objective:
                 f"({int(early['student.file_bytes']):,} bytes, accuracy {100 * early['student.accuracy']:.2f}%)"
             )
             if tracker is not None:
-                from ci_compress.config import flatten
-
                 tracker.log_params(flatten(config.model_dump(mode="json")))
                 tracker.log_metrics(early)
                 tracker.set_tags({"ci_compress.verdict": "pruned"})
@@ -464,7 +463,6 @@ def _write_json(path: Path, report: Report) -> None:
 def _trial_tracker(s: Settings, number: int, passes: list[dict[str, Any]], tag: str) -> Any | None:
     if s.parent_run_id is None or s.tracking_uri is None:
         return None
-    from ci_compress.tracking import MlflowTracker
 
     cfg = s.loaded.config.mlflow
     tracker = MlflowTracker(s.tracking_uri, artifact_root=s.loaded.base_dir / "mlartifacts")
@@ -484,7 +482,6 @@ def _trial_tracker(s: Settings, number: int, passes: list[dict[str, Any]], tag: 
 
 
 def _log_trial(tracker: Any, report: Report, trial_dir: Path, value: float) -> None:
-    from ci_compress.config import flatten
 
     tracker.log_params(flatten(report.config))
     tracker.log_metrics({**report.metrics(), "tune.objective": value})
@@ -522,9 +519,6 @@ def search(
     """Run trials (in ``jobs`` local processes) until the study's budget is spent."""
     import optuna
 
-    from ci_compress.tuning.config import TuneConfig
-    from ci_compress.tuning.space import resolve
-
     say = progress or (lambda _m: None)
     tune = loaded.config.tune or TuneConfig()
     if loaded.config.tune is None:
@@ -557,10 +551,8 @@ def search(
     )
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     if loaded.config.model.uri:
-        from ci_compress import pipeline
-
         say(f"downloading the teacher {loaded.config.model.uri} once for the study")
-        teacher = pipeline.fetch_teacher(loaded, os.environ, settings.out_dir / "teacher")
+        teacher = fetch_teacher(loaded, os.environ, settings.out_dir / "teacher")
         settings = replace(settings, teacher_file=teacher)
     st = open_storage(url)
     try:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ci_compress.errors import DataError
+from ci_compress.refs import import_factory
 
 if TYPE_CHECKING:
     import torch
@@ -205,7 +206,6 @@ def load_dataset(source: DataSource, base_dir: Path, *, field: str) -> Dataset:
         p = p if p.is_absolute() else base_dir / p
         return _from_arrays(*_read_file(p, field), p.name, field, source.limit)
     assert source.factory
-    from ci_compress.artifacts.models import import_factory
 
     fn = import_factory(source.factory, path=f"{field}.factory")
     kwargs = dict(source.kwargs)

@@ -3,7 +3,7 @@
 Each stores its weight in a compressed form as ordinary buffers (int8 values and
 scales, uint8 cluster indices and a codebook, fp16/bf16 values), so safetensors can store
 it and the packed format rebuilds it from constructor arguments plus tensors (codecs in
-:mod:`ci_compress.artifacts.layers`). Tensor subclasses (torchao's quantized tensors)
+:mod:`ci_compress.packing.codecs`, derived from :data:`CLASSES`). Tensor subclasses (torchao's quantized tensors)
 are avoided on purpose: safetensors cannot store them and they need torchao to load.
 
 Every class exists for Linear and Conv2d geometry. The forward pass decodes the weight
@@ -19,6 +19,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ci_compress.layers.int8 import quantize_weight_int8, quiet_torch_ao
 
 
 def _pair(v: Any) -> tuple[int, int]:
@@ -139,8 +141,6 @@ class _Int8WeightOnly(_Geometry):
 
     @classmethod
     def from_float(cls, layer: nn.Module) -> _Int8WeightOnly:
-        from ci_compress.artifacts.layers import quantize_weight_int8
-
         m = cls(**cls.geometry_of(layer))
         q, scale = quantize_weight_int8(layer.weight)  # type: ignore[arg-type]
         m.weight_int8.copy_(q)
@@ -276,8 +276,6 @@ class _StaticInt8(_Geometry):
         q = self.__dict__.get("_q")
         if q is not None:
             return q  # type: ignore[no-any-return]
-        from ci_compress.artifacts.layers import quiet_torch_ao
-
         with quiet_torch_ao():
             import torch.ao.nn.quantized as nnq
 
@@ -308,8 +306,6 @@ class _StaticInt8(_Geometry):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from ci_compress.artifacts.layers import quiet_torch_ao
-
         with quiet_torch_ao():
             qx = torch.quantize_per_tensor(
                 x.float().contiguous(),
@@ -328,8 +324,6 @@ class _StaticInt8(_Geometry):
     def from_float(
         cls, layer: nn.Module, input_range: tuple[float, float], output_range: tuple[float, float]
     ) -> _StaticInt8:
-        from ci_compress.artifacts.layers import quantize_weight_int8
-
         m = cls(**cls.geometry_of(layer))
         q, scale = quantize_weight_int8(layer.weight)  # type: ignore[arg-type]
         with torch.no_grad():

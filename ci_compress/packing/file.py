@@ -5,11 +5,11 @@ Layout of the file::
     b"CCZPACK2" | manifest length (uint32, little-endian) | zstd(manifest JSON) | payload
 
 The payload is a zstandard frame holding one safetensors blob (no pickle anywhere).
-Each tensor is encoded by :mod:`ci_compress.artifacts.encoding` (bit-packed small
+Each tensor is encoded by :mod:`ci_compress.packing.encoding` (bit-packed small
 integers, palettes, bitmask or index-delta sparse positions, Huffman or fixed-width
 symbol streams: whichever measures smaller). The manifest holds the format version,
 the architecture spec (module types and constructor arguments, see
-:mod:`ci_compress.artifacts.layers`), each tensor's encoding, the sha256 of the payload,
+:mod:`ci_compress.packing.codecs`), each tensor's encoding, the sha256 of the payload,
 the pass history and the library versions. The loader checks the magic, the lengths
 and the checksum before it decompresses anything, bounds decompression by the size the
 manifest announces, and checks every stream while decoding. Version 1 files (plain
@@ -24,17 +24,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ci_compress.artifacts import encoding, layers
-from ci_compress.artifacts.encoding import Entropy
+from ci_compress import __version__
 from ci_compress.errors import ArtifactError
+from ci_compress.files import atomic_write_bytes
+from ci_compress.layers.inspect import learned_tensors
+from ci_compress.packing import codecs, encoding
+from ci_compress.packing.encoding import Entropy
 
 if TYPE_CHECKING:
     import torch
@@ -73,17 +74,17 @@ class PackInfo:
 
 def describe(module: nn.Module, tensors: dict[str, torch.Tensor], path: str = "") -> dict[str, Any]:
     """Architecture spec of ``module``; fills ``tensors`` with its own tensors by full name."""
-    codec = layers.codec_for(module)
+    codec = codecs.codec_for(module)
     spec: dict[str, Any]
     if codec is None:
         cls = type(module)
         spec = {"type": "custom", "class": f"{cls.__module__}.{cls.__qualname__}"}
     else:
         spec = {"type": codec.name}
-        args = layers.module_args(codec, module)
+        args = codecs.module_args(codec, module)
         if args:
             spec["args"] = args
-    own = layers.own_tensors(codec, module)
+    own = codecs.own_tensors(codec, module)
     if own:
         spec["tensors"] = sorted(own)
         for name, t in own.items():
@@ -137,7 +138,7 @@ def rebuild(
                     else t.clone(),
                 )
     else:
-        codec = layers.CODECS.get(str(kind))
+        codec = codecs.CODECS.get(str(kind))
         if codec is None:
             raise ArtifactError(
                 f"the packed model uses module type {kind!r} at {where}, which this ci-compress does not know",
@@ -145,7 +146,7 @@ def rebuild(
             )
         try:
             module = (
-                layers.build_module(codec, spec.get("args", {}), own)
+                codecs.build_module(codec, spec.get("args", {}), own)
                 if not codec.container
                 else codec.cls()()
             )
@@ -165,8 +166,6 @@ def library_versions() -> dict[str, str]:
     import safetensors
     import torch
     import zstandard
-
-    from ci_compress import __version__
 
     return {
         "ci_compress": __version__,
@@ -235,16 +234,7 @@ def pack(
     text = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
     head = zstandard.ZstdCompressor(level=level, write_checksum=True).compress(text)
     blob = MAGIC + struct.pack("<I", len(head)) + head + payload
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, blob)
     return PackInfo(
         path=path,
         file_bytes=len(blob),
@@ -401,7 +391,7 @@ def size_breakdown(model: nn.Module, info: PackInfo) -> dict[str, Any]:
         if not own:
             continue
         params = nonzero = 0
-        for _, t in layers.learned_tensors(module):
+        for _, t in learned_tensors(module):
             params += t.numel()
             nonzero += int((t != 0).sum())
         rows.append(

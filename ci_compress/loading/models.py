@@ -14,8 +14,6 @@ Supported files:
 
 from __future__ import annotations
 
-import hashlib
-import importlib
 import re
 import warnings
 import zipfile
@@ -25,6 +23,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from ci_compress.errors import ArtifactError, ConfigError
+from ci_compress.files import file_sha256
+from ci_compress.layers.inspect import weight_tensors
+from ci_compress.loading.download import download
+from ci_compress.packing import codecs
+from ci_compress.packing.file import MAGIC, MAGICS, load_packed
+from ci_compress.refs import import_factory
 
 if TYPE_CHECKING:
     from torch import nn
@@ -41,32 +45,7 @@ class LoadedModel:
     kind: str  # torchscript | state_dict | packed | pickle
 
 
-def import_factory(target: str, *, path: str) -> Callable[..., Any]:
-    """Import ``package.module:function`` (a trusted reference from the config)."""
-    mod_name, _, fn_name = target.partition(":")
-    try:
-        module = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise ConfigError(
-            f"cannot import {mod_name!r} ({e})",
-            path=path,
-            hint="check the module is installed or on PYTHONPATH",
-        ) from None
-    fn = getattr(module, fn_name, None)
-    if not callable(fn):
-        raise ConfigError(f"{mod_name!r} has no callable {fn_name!r}", path=path)
-    return fn  # type: ignore[no-any-return]
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _factory(source: ModelSource) -> Callable[[], nn.Module] | None:
+def model_factory(source: ModelSource) -> Callable[[], nn.Module] | None:
     if not source.factory:
         return None
     fn = import_factory(source.factory, path="model.factory")
@@ -126,8 +105,6 @@ def load_model_file(path: Path, source: ModelSource) -> LoadedModel:
     """Load a local model file as an eager ``nn.Module`` in eval mode."""
     import torch
 
-    from ci_compress.artifacts.packing import MAGIC, MAGICS, load_packed
-
     if not path.exists():
         raise ArtifactError(
             f"model file not found: {path}",
@@ -144,7 +121,7 @@ def load_model_file(path: Path, source: ModelSource) -> LoadedModel:
             f"sha256 of {path} is {digest}, model.sha256 expects {source.sha256}",
             hint="the file changed: re-pin model.sha256 only if the new file is trusted",
         )
-    factory = _factory(source)
+    factory = model_factory(source)
     with path.open("rb") as f:
         head = f.read(len(MAGIC))
 
@@ -220,8 +197,6 @@ def _check_finite(module: nn.Module, path: Path) -> None:
     """A NaN or inf weight makes every later number meaningless: refuse it at load."""
     import torch
 
-    from ci_compress.passes.base import weight_tensors
-
     for name, t in weight_tensors(module):
         if torch.is_floating_point(t):
             bad = int((~torch.isfinite(t)).sum())
@@ -256,11 +231,9 @@ def _into_factory(
 def script_to_eager(scripted: Any, path: Path) -> nn.Module:
     """Rebuild an eager module from a TorchScript tree of known layers."""
 
-    from ci_compress.artifacts import layers
-
     def convert(m: Any, where: str) -> nn.Module:
         kind = getattr(m, "original_name", type(m).__name__)
-        codec = layers.CODECS.get(kind)
+        codec = codecs.CODECS.get(kind)
         if codec is None or codec.build is not None:
             raise ArtifactError(
                 f"{path}: TorchScript module {where or '<root>'} is a {kind}, which ci-compress cannot rebuild as an eager model",
@@ -281,7 +254,7 @@ def script_to_eager(scripted: Any, path: Path) -> nn.Module:
             elif hasattr(m, a):
                 args[a] = getattr(m, a)
         try:
-            return layers.build_module(codec, args, state)
+            return codecs.build_module(codec, args, state)
         except (TypeError, KeyError, RuntimeError) as e:
             raise ArtifactError(
                 f"{path}: cannot rebuild {kind} at {where or '<root>'} from TorchScript ({e})",
@@ -308,8 +281,6 @@ def resolve_model(
         p = Path(source.path).expanduser()
         return load_model_file(p if p.is_absolute() else base_dir / p, source)
     if source.url:
-        from ci_compress.artifacts.download import download
-
         local = download(
             source.url,
             sha256=source.sha256 or "",

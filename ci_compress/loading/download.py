@@ -8,13 +8,13 @@ or tampered download leaves nothing behind that a later run could pick up.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import time
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import urlsplit
 
 from ci_compress.errors import ArtifactError, ConfigError, InfraError
+from ci_compress.files import atomic_write_with, file_sha256
 from ci_compress.redaction import redact_url
 
 __all__ = ["download", "redact_url"]
@@ -54,7 +54,7 @@ def download(
     dest_dir.mkdir(parents=True, exist_ok=True)
     name = Path(urlsplit(url).path).name or "model"
     dest = dest_dir / f"{sha256[:16]}-{name}"
-    if dest.exists() and _sha256_of(dest) == sha256.lower():
+    if dest.exists() and file_sha256(dest) == sha256.lower():
         return dest
     last: Exception | None = None
     for attempt in range(retries + 1):
@@ -149,23 +149,23 @@ def _save(r: object, shown: str, dest: Path, sha256: str, max_bytes: int, deadli
         )
     h = hashlib.sha256()
     got = 0
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".download-", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in r.iter_content(CHUNK):
-                got += len(chunk)
-                if got > max_bytes:
-                    raise ArtifactError(
-                        f"{shown} is larger than model.max_download_bytes ({max_bytes}); stopped",
-                        hint="raise model.max_download_bytes if the file is expected to be this large",
-                    )
-                if time.monotonic() > deadline:
-                    raise InfraError(
-                        f"download of {shown} is too slow ({got} bytes so far); stopped",
-                        hint="the server is too slow; retry later",
-                    )
-                h.update(chunk)
-                f.write(chunk)
+
+    def write(f: BinaryIO) -> None:
+        nonlocal got
+        for chunk in r.iter_content(CHUNK):
+            got += len(chunk)
+            if got > max_bytes:
+                raise ArtifactError(
+                    f"{shown} is larger than model.max_download_bytes ({max_bytes}); stopped",
+                    hint="raise model.max_download_bytes if the file is expected to be this large",
+                )
+            if time.monotonic() > deadline:
+                raise InfraError(
+                    f"download of {shown} is too slow ({got} bytes so far); stopped",
+                    hint="the server is too slow; retry later",
+                )
+            h.update(chunk)
+            f.write(chunk)
         if announced and announced.isdigit() and got < int(announced):
             raise InfraError(
                 f"download of {shown} broke off after {got} of {announced} bytes",
@@ -176,16 +176,6 @@ def _save(r: object, shown: str, dest: Path, sha256: str, max_bytes: int, deadli
                 f"sha256 of {shown} is {h.hexdigest()}, model.sha256 expects {sha256}",
                 hint="the file changed or was tampered with; re-pin only a file you trust",
             )
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+
+    atomic_write_with(dest, write)
     return dest
-
-
-def _sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()

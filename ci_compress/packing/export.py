@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ci_compress.errors import ConfigError
+from ci_compress.evaluation.inference import inference
 
 if TYPE_CHECKING:
     import torch
@@ -167,8 +168,6 @@ def _agreement(
     run: Callable[[torch.Tensor], torch.Tensor],
     batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
 ) -> tuple[int, int, float]:
-
-    from ci_compress.evaluation.inference import inference
 
     agree = total = 0
     max_diff = 0.0

@@ -1,1 +1,0 @@
-"""Model and data sources, safe loading, and the packed shipped format."""

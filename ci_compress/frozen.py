@@ -1,0 +1,16 @@
+"""The base of every config object: frozen, no unknown keys.
+
+One definition for the whole config tree (``config`` and ``tuning.config`` both build on
+it). Unknown keys are rejected by pydantic here and, with a did-you-mean, by the config
+loader before pydantic sees them.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Frozen(BaseModel):
+    """Frozen, no unknown keys."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
