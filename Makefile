@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint install bench
+.PHONY: demo test lint install bench docs
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -23,6 +23,9 @@ test: install
 
 bench: install
 	$(PY) benchmarks/run.py
+
+docs: install
+	$(PY) docs/generate.py
 
 lint: install
 	$(VENV)/bin/ruff check ci_compress tests
