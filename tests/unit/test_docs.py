@@ -254,3 +254,18 @@ def test_every_registered_pass_has_a_docs_section() -> None:
     assert "prune" in names
     missing = [name for name in names if not re.search(rf"^## `{name}`", text, re.M)]
     assert not missing, f"docs/passes.md has no '## `<name>`: ...' section for {missing}"
+
+
+CODE_PATH = re.compile(
+    r"\b((?:ci_compress|benchmarks|pipelines|templates|tests)/[\w/.-]+\.(?:py|yml|yaml|groovy|sh|txt))\b"
+)
+
+
+@pytest.mark.parametrize("path", markdown_files(), ids=lambda p: p.relative_to(REPO).as_posix())
+def test_named_source_files_exist(path: Path) -> None:
+    """A file of ours named in the docs (``ci_compress/layers/modules.py``) exists: the
+    manual must follow the code when modules move."""
+    missing = sorted(
+        {m for m in CODE_PATH.findall(path.read_text(encoding="utf-8")) if not (REPO / m).exists()}
+    )
+    assert not missing, f"{path.relative_to(REPO)} names files that do not exist: {missing}"
