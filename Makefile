@@ -28,6 +28,7 @@ docs: install
 	$(PY) docs/generate.py
 
 lint: install
-	$(VENV)/bin/ruff check ci_compress tests
-	$(VENV)/bin/ruff format --check ci_compress tests
+	$(VENV)/bin/ruff check ci_compress tests benchmarks docs
+	$(VENV)/bin/ruff format --check ci_compress tests benchmarks docs
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports

@@ -293,12 +293,13 @@ def reproduce(
     excluded), 1 when something differs (each difference is listed).
     """
     from ci_compress import reproduce as rep
+    from ci_compress.reproducibility import read_reproducibility_manifest
 
     with tempfile.TemporaryDirectory(prefix="ci-compress-fetch-") as tmp:
         path, source = rep.locate(
             target, tracking_uri=tracking_uri, environ=os.environ, dest=Path(tmp)
         )
-        manifest = rep.read_manifest(path)
+        manifest = read_reproducibility_manifest(path)
     result = rep.reproduce(
         manifest, workdir=workdir, base_dir=base_dir, source=source, progress=_progress(quiet)
     )

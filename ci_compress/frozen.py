@@ -1,6 +1,6 @@
 """The base of every config object: frozen, no unknown keys.
 
-One definition for the whole config tree (``config`` and ``tuning.config`` both build on
+One definition for the whole config tree (``config`` and its ``tune`` section both build on
 it). Unknown keys are rejected by pydantic here and, with a did-you-mean, by the config
 loader before pydantic sees them.
 """

@@ -24,7 +24,6 @@ from typing import Any
 from ci_compress import pipeline
 from ci_compress.config import ExplainConfig, parse_config_text
 from ci_compress.errors import ConfigError, InputError
-from ci_compress.report import read_report_json
 from ci_compress.reproducibility import package_versions, reproducible
 from ci_compress.tracking import NullTracker, download_run_file
 
@@ -62,31 +61,6 @@ class ReproduceResult:
             "environment_changes": self.environment_changes,
             "notes": self.notes,
         }
-
-
-def read_manifest(path: Path) -> dict[str, Any]:
-    """The manifest inside a report.json, or a manifest.json itself."""
-
-    data = read_report_json(
-        path, hint="give the report.json of a ci-compress run, or an MLflow run id"
-    )
-    manifest = data.get("reproducibility", data) if isinstance(data, dict) else None
-    if not isinstance(manifest, dict) or "manifest_version" not in manifest:
-        raise InputError(
-            f"{path} holds no reproducibility manifest",
-            hint="reports written by ci-compress 0.1 with the manifest have a 'reproducibility' section; re-run the gate to get one",
-        )
-    text = manifest.get("config", {}).get("text")
-    if not isinstance(text, str):
-        raise InputError(f"{path}: the manifest holds no config text; it cannot be re-run")
-    import hashlib
-
-    if hashlib.sha256(text.encode()).hexdigest() != manifest["config"].get("text_sha256"):
-        raise InputError(
-            f"{path}: the config text in the manifest does not match its recorded sha256",
-            hint="the manifest was edited; use the report as the gate wrote it",
-        )
-    return manifest
 
 
 def locate(

@@ -15,13 +15,16 @@ heavy (mlflow in particular is imported only by :mod:`ci_compress.tracking`).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import platform
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from ci_compress.errors import InputError
+from ci_compress.files import text_sha256
+from ci_compress.report import read_report_json
 
 if TYPE_CHECKING:
     from ci_compress.config import LoadedConfig
@@ -128,7 +131,7 @@ def build_manifest(
             "file": str(loaded.source) if loaded.source else None,
             "base_dir": str(loaded.base_dir),
             "text": text,
-            "text_sha256": hashlib.sha256(text.encode()).hexdigest(),
+            "text_sha256": text_sha256(text),
         },
         "passes": [{k: v for k, v in p.items() if k != "seconds"} for p in pass_history],
         "expected": {
@@ -139,3 +142,25 @@ def build_manifest(
             },
         },
     }
+
+
+def read_reproducibility_manifest(path: Path) -> dict[str, Any]:
+    """The manifest inside a report.json, or a manifest.json itself, checked before a re-run."""
+    data = read_report_json(
+        path, hint="give the report.json of a ci-compress run, or an MLflow run id"
+    )
+    manifest = data.get("reproducibility", data) if isinstance(data, dict) else None
+    if not isinstance(manifest, dict) or "manifest_version" not in manifest:
+        raise InputError(
+            f"{path} holds no reproducibility manifest",
+            hint="reports written by ci-compress 0.1 with the manifest have a 'reproducibility' section; re-run the gate to get one",
+        )
+    text = manifest.get("config", {}).get("text")
+    if not isinstance(text, str):
+        raise InputError(f"{path}: the manifest holds no config text; it cannot be re-run")
+    if text_sha256(text) != manifest["config"].get("text_sha256"):
+        raise InputError(
+            f"{path}: the config text in the manifest does not match its recorded sha256",
+            hint="the manifest was edited; use the report as the gate wrote it",
+        )
+    return manifest

@@ -290,7 +290,7 @@ class MemoryTracker:
     def set_version_tags(self, name: str, version: str, tags: Mapping[str, str]) -> None:
         for v in self.registry[name]["versions"]:
             if v.version == version:
-                v.tags.update(tags)  # type: ignore[attr-defined]
+                v.tags.update(tags)
 
     @contextmanager
     def cleanup(self) -> Iterator[None]:

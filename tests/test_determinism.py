@@ -64,7 +64,7 @@ def test_without_timings_drops_only_volatile_fields() -> None:
 def test_static_int8_gate_is_repeatable_and_quiet(workdir: Path) -> None:
     """int8-static runs torch.ao kernels whose output resize torch flags as
     non-deterministic; the gate silences that per-call alert while it measures
-    (ci_compress.evaluation.inference), so this checks the claim behind it: two runs
+    (ci_compress.layers.inference), so this checks the claim behind it: two runs
     give the same report and the same file, and stderr holds no C++ warning flood."""
     cfg = write_config(
         workdir,

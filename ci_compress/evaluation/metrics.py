@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ci_compress.errors import DataError, ModelOutputError
-from ci_compress.evaluation.inference import inference
+from ci_compress.layers.inference import inference
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -13,7 +13,7 @@ import statistics
 import time
 from typing import TYPE_CHECKING
 
-from ci_compress.evaluation.inference import inference
+from ci_compress.layers.inference import inference
 from ci_compress.packing.file import describe
 
 if TYPE_CHECKING:

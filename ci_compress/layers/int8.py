@@ -65,7 +65,7 @@ def dynamic_linear_class() -> type:
     """``torch.ao.nn.quantized.dynamic.Linear`` (imported without its deprecation warning)."""
     with quiet_torch_ao():
         from torch.ao.nn.quantized.dynamic import Linear as DynLinear
-    return DynLinear  # type: ignore[no-any-return]
+    return DynLinear
 
 
 def dynamic_linear_tensors(m: Any) -> dict[str, torch.Tensor]:

@@ -246,7 +246,7 @@ class _StaticInt8(_Geometry):
     packed torch.ao module is rebuilt from them on first use.
     """
 
-    # Runs torch.ao's int8 kernels (see ci_compress.evaluation.inference).
+    # Runs torch.ao's int8 kernels (see ci_compress.layers.inference).
     uses_torch_ao_kernels = True
     weight_int8: torch.Tensor
     weight_scale: torch.Tensor

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ci_compress.errors import ConfigError
-from ci_compress.evaluation.inference import inference
+from ci_compress.layers.inference import inference
 
 if TYPE_CHECKING:
     import torch

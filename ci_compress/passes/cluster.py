@@ -79,7 +79,7 @@ def cluster_layer(layer: nn.Module, bits: int, iterations: int) -> nn.Module:
 
     cls = modules.ClusteredLinear if isinstance(layer, nn.Linear) else modules.ClusteredConv2d
     new = cls(**cls.geometry_of(layer), bits=bits)
-    w = layer.weight.detach().float().reshape(-1)  # type: ignore[union-attr,operator]
+    w = layer.weight.detach().float().reshape(-1)  # type: ignore[operator]
     k = 2**bits
     codebook = torch.zeros(k)
     index = torch.zeros(w.numel(), dtype=torch.long)
@@ -118,7 +118,7 @@ def apply(model: nn.Module, config: ClusterConfig, ctx: PassContext) -> PassReco
     zero_kept: dict[str, bool] = {}
     for name, layer in chosen:
         new = cluster_layer(layer, config.bits, config.iterations)
-        zero_kept[name] = bool((layer.weight == 0).any())  # type: ignore[union-attr,operator]
+        zero_kept[name] = bool((layer.weight == 0).any())  # type: ignore[union-attr]
         set_submodule(model, name, new)
     details: dict[str, Any] = {"bits": config.bits, "centroids": 2**config.bits}
     if x is not None and y is not None:
@@ -127,12 +127,12 @@ def apply(model: nn.Module, config: ClusterConfig, ctx: PassContext) -> PassReco
         for p in frozen:
             p.requires_grad_(False)
         for m in clustered:
-            m.codebook.requires_grad_(True)  # type: ignore[union-attr,operator]
+            m.codebook.requires_grad_(True)
 
         def keep_zero() -> None:
             for (name, _), m in zip(chosen, clustered, strict=True):
                 if zero_kept[name]:
-                    m.codebook[0] = 0.0  # type: ignore[index,operator]
+                    m.codebook[0] = 0.0  # type: ignore[operator]
 
         try:
             details["fine_tune"] = fit(

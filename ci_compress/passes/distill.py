@@ -175,7 +175,7 @@ def distillation_loss(
         log_target=True,
     ) * (t * t)
     hard = F.cross_entropy(student_logits, labels)
-    return alpha * soft + (1 - alpha) * hard  # type: ignore[no-any-return]
+    return alpha * soft + (1 - alpha) * hard
 
 
 def make_student(model: nn.Module, config: DistillConfig, seed: int, where: str) -> nn.Module:

@@ -60,7 +60,7 @@ def _candidates(
         (n, m)
         for n, m in chosen
         if isinstance(m, nn.Linear)
-        or (m.kernel_size == (1, 1) and m.groups == 1 and m.padding_mode == "zeros")  # type: ignore[attr-defined]
+        or (m.kernel_size == (1, 1) and m.groups == 1 and m.padding_mode == "zeros")
     ]
 
 
@@ -123,7 +123,7 @@ def apply(model: nn.Module, config: LowrankConfig, ctx: PassContext) -> PassReco
             a.weight.copy_(first.view(shape_a))  # type: ignore[operator]
             b.weight.copy_(second.view(shape_b))  # type: ignore[operator]
             if bias:
-                b.bias.copy_(layer.bias)  # type: ignore[union-attr,arg-type,operator]
+                b.bias.copy_(layer.bias)  # type: ignore[operator,arg-type]
         kept = float((s[:r] ** 2).sum() / (s**2).sum())
         set_submodule(model, name, nn.Sequential(a, b))
         ranks[name] = {"rank": r, "full_rank": min(in_f, out_f), "energy": round(kept, 6)}

@@ -13,10 +13,10 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from ci_compress.ci.env import detect
+from ci_compress.config.tune import TuneConfig
 from ci_compress.errors import CICompressError
 from ci_compress.tracking import MlflowTracker, make_tracker
 from ci_compress.tuning import study as st
-from ci_compress.tuning.config import TuneConfig
 from ci_compress.tuning.results import finish, render_markdown
 from ci_compress.tuning.space import resolve
 from ci_compress.tuning.study import StorageError, open_storage

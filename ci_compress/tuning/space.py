@@ -20,15 +20,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ci_compress.config import CompressConfig, parse_config
+from ci_compress.config.tune import SpaceEntry, parse_key
 from ci_compress.errors import ConfigError
 from ci_compress.passes.registry import PASSES
-from ci_compress.tuning.config import SpaceEntry, parse_key
 
 if TYPE_CHECKING:
     import optuna
 
     from ci_compress.config import CompressConfig, LoadedConfig
-    from ci_compress.tuning.config import SpaceEntry, TuneConfig
+    from ci_compress.config.tune import SpaceEntry, TuneConfig
 
 _PRIMITIVE = (bool, int, float, str, type(None))
 
@@ -146,7 +146,7 @@ class Dimension:
         if self.choices is not None:
             if self.encoded:
                 i = trial.suggest_categorical(self.name, list(range(len(self.choices))))
-                return copy.deepcopy(self.choices[int(i)])  # type: ignore[arg-type]
+                return copy.deepcopy(self.choices[int(i)])
             return trial.suggest_categorical(self.name, list(self.choices))
         assert self.low is not None and self.high is not None
         if self.is_int:

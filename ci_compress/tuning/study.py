@@ -36,19 +36,19 @@ from typing import TYPE_CHECKING, Any
 from ci_compress import pipeline
 from ci_compress.ci.env import detect
 from ci_compress.config import LoadedConfig, flatten
+from ci_compress.config.tune import TuneConfig
 from ci_compress.errors import CICompressError, ConfigError, InfraError
 from ci_compress.gate import RULES, decide
 from ci_compress.redaction import redact
 from ci_compress.tracking import MlflowTracker, fetch_teacher
-from ci_compress.tuning.config import TuneConfig
 from ci_compress.tuning.space import resolve
 
 if TYPE_CHECKING:
     import optuna
 
     from ci_compress.config import LoadedConfig
+    from ci_compress.config.tune import TuneConfig
     from ci_compress.report import Report
-    from ci_compress.tuning.config import TuneConfig
     from ci_compress.tuning.space import Space
 
 Progress = Callable[[str], None]

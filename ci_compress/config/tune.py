@@ -1,8 +1,7 @@
 """The ``tune:`` section of a config: search space, objective, budget, storage.
 
-These models do not import :mod:`ci_compress.config` (which imports them), so they set
-their own frozen, no-unknown-keys model config; unknown keys still get a did-you-mean
-from the config loader, which walks every nested model.
+These models build on the one frozen, no-unknown-keys base (:mod:`ci_compress.frozen`);
+unknown keys get a did-you-mean from the config loader, which walks every nested model.
 
 Whether a space entry fits its pass is checked later, by building the trial's config
 and validating it through :func:`ci_compress.config.parse_config`

@@ -25,13 +25,13 @@ import annotated_types
 from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, model_validator
 
 from ci_compress import redaction
+from ci_compress.config.tune import TuneConfig
 from ci_compress.errors import ConfigError
 from ci_compress.files import text_sha256
 from ci_compress.frozen import Frozen
 from ci_compress.passes.base import PassConfig
 from ci_compress.passes.registry import PASSES
 from ci_compress.refs import FACTORY_RE
-from ci_compress.tuning.config import TuneConfig
 
 CONFIG_VERSION = 1
 _SHA256_RE = r"^[0-9a-fA-F]{64}$"
