@@ -82,8 +82,8 @@ def run_pipeline(
     proc = subprocess.run(
         [*args, *jobs], cwd=root, env=env, capture_output=True, text=True, timeout=1200
     )
+    # Its exit code says little (0 even when a job fails): read each job's status line.
     out = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr)
-    assert proc.returncode == 0, out  # it exits 0 even when a job fails: read the status
     statuses = {}
     for line in out.splitlines():
         m = STATUS.match(line)
@@ -135,9 +135,7 @@ def test_component_renders_an_inconclusive_gate_with_an_mr_note(
     assert "INCONCLUSIVE" in note["body"] and note["body"].startswith("<!-- ci-compress:report")
 
 
-def test_two_gates_from_the_include_template_keep_their_own_dotenv(
-    gcl: str, workdir: Path
-) -> None:
+def test_two_gates_from_the_include_template_keep_their_own_dotenv(gcl: str, workdir: Path) -> None:
     """Per-job dotenv prefixes (before: both wrote CI_COMPRESS_*); fail-on: never; the
     hint for an absent token says masked, not protected."""
     (workdir / "pipelines/gitlab").mkdir(parents=True)
@@ -253,7 +251,10 @@ def test_the_repositorys_own_pipeline_runs_the_component_from_this_commit(
     bin_dir = fresh_venv(tmp_path / "image-python")
     env = clean_env(path_first=bin_dir)
     env["PYTHONPATH"] = SITE_PACKAGES
-    statuses, out = run_pipeline(gcl, root, env, {"CI_PIPELINE_SOURCE": "merge_request_event"})
+    # gitlab-ci-local's shell mode names /builds/<path> as CI_PROJECT_DIR but runs in the
+    # checkout: say where the checkout is, as a runner does.
+    variables = {"CI_PIPELINE_SOURCE": "merge_request_event", "CI_PROJECT_DIR": str(root)}
+    statuses, out = run_pipeline(gcl, root, env, variables)
     assert statuses == {"demo-model": "PASS", "component-gate": "PASS"}, out[-6000:]
     assert "release-to-catalog" not in statuses  # tags only
     assert "Requirement already satisfied: torch==2.13.0" in out
