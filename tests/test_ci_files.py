@@ -130,8 +130,9 @@ def test_precommit_manifest_validates() -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     hooks = {h["id"]: h for h in yaml.safe_load((REPO / ".pre-commit-hooks.yaml").read_text())}
-    assert set(hooks) == {"ci-compress", "ci-compress-system"}
-    assert hooks["ci-compress"]["language"] == "python"
+    assert set(hooks) == {"ci-compress", "ci-compress-system", "ci-compress-python"}
+    assert hooks["ci-compress"]["language"] == "system"  # the default; python is opt-in
+    assert hooks["ci-compress-python"]["language"] == "python"
     assert hooks["ci-compress-system"]["language"] == "system"
     for h in hooks.values():
         assert h["stages"] == ["pre-push"] and h["pass_filenames"] is False and h["require_serial"]
