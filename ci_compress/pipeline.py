@@ -33,6 +33,8 @@ from ci_compress.redaction import redact, redact_data
 from ci_compress.report import ModelSummary, Report
 from ci_compress.reporting.explain import write_chart
 from ci_compress.reporting.render import write_reports
+from ci_compress.reporting.trend import TREND_VERSIONS, build_trend
+from ci_compress.reporting.trend import write_chart as write_trend_chart
 from ci_compress.reproducibility import build_manifest
 from ci_compress.stages import Inputs, Shipped, apply_passes, load_inputs, set_determinism, ship
 from ci_compress.tracking import (
@@ -164,6 +166,15 @@ def run(
         if champion is not None and report.champion is not None:
             baseline = _baseline(champion, alias, tracker, report, say)
         report.baseline = baseline
+        if registered_model and not offline:
+            # Registry read only; before this run registers its own version.
+            history = tracker.promoted_history(registered_model, alias, TREND_VERSIONS)
+            report.trend = build_trend(
+                history, report, registered_model=registered_model, alias=alias
+            )
+            report.artifacts["trend_png"] = str(
+                write_trend_chart(report.trend, out_dir / "trend.png")
+            )
         when = cfg.explain.when
         if when == "always" or (when == "fail" and not report.passed):
             say("explaining: per-layer sensitivity")
@@ -227,8 +238,9 @@ def run(
         for key in ("report_json", "report_md", "junit_xml", "manifest_json"):
             if key in paths:
                 tracker.log_artifact(paths[key])
-        if report.artifacts.get("sensitivity_png"):
-            tracker.log_artifact(Path(report.artifacts["sensitivity_png"]))
+        for chart in ("sensitivity_png", "trend_png"):
+            if report.artifacts.get(chart):
+                tracker.log_artifact(Path(report.artifacts[chart]))
         tracker.set_tags({"ci_compress.status": "done", "ci_compress.verdict": report.verdict})
         tracker.end_run("FINISHED")
         if eligible and version is not None and registered_model:

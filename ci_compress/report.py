@@ -55,6 +55,8 @@ class Report:
     per_class: dict[str, Any] = field(default_factory=dict)  # evaluation.metrics.per_class_table
     reproducibility: dict[str, Any] = field(default_factory=dict)  # manifest.build_manifest
     explain: dict[str, Any] | None = None  # explain.ExplainResult.to_dict, when run
+    # This candidate against the last promoted versions (reporting.trend.build_trend)
+    trend: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
@@ -110,6 +112,7 @@ class Report:
             "per_class": self.per_class,
             "reproducibility": self.reproducibility,
             "explain": self.explain,
+            "trend": self.trend,
         }
 
 
@@ -176,6 +179,7 @@ def report_from_dict(data: dict[str, Any]) -> Report:
         per_class=dict(data.get("per_class") or {}),
         reproducibility=dict(data.get("reproducibility") or {}),
         explain=data.get("explain"),
+        trend=data.get("trend"),
     )
 
 
