@@ -129,3 +129,13 @@ def test_manifest_defaults_to_system_with_a_cpu_torch_python_variant() -> None:
     for h in hooks.values():
         assert h["minimum_pre_commit_version"] == "3.2.0"  # the pre-push stage name
         assert h["stages"] == ["pre-push"]
+
+
+def test_init_adds_the_report_folder_to_gitignore_once(tmp_path: Path) -> None:
+    (tmp_path / ".gitignore").write_text("*.log")  # the user's own, without a final newline
+    first = run_cli("init", "--provider", "pre-commit", cwd=tmp_path)
+    assert first.returncode == 0 and "wrote .gitignore" in first.stdout
+    again = run_cli("init", "--provider", "github", "--force", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    lines = (tmp_path / ".gitignore").read_text().splitlines()
+    assert lines[0] == "*.log" and lines.count("ci-compress-report/") == 1
