@@ -11,6 +11,7 @@ from ci_compress.redaction import redact, redact_data
 from ci_compress.report import Report
 from ci_compress.reporting.explain import markdown_section, terminal_table
 from ci_compress.reporting.junit import junit_xml
+from ci_compress.reporting.trend import drift_line
 from ci_compress.reporting.trend import markdown_section as trend_markdown
 
 # (metric key, label, formatter)
@@ -176,8 +177,6 @@ def terminal(report: Report) -> str:
     if report.explain:
         lines += ["", *("  " + line for line in terminal_table(report.explain).splitlines())]
     if report.trend and report.trend.get("rows"):
-        from ci_compress.reporting.trend import drift_line
-
         lines.append(
             f"  trend: {report.trend['versions']} promoted version(s) in report.md; "
             + (drift_line(report.trend) or "no comparable metrics")
