@@ -26,4 +26,4 @@ def test_ci_run_installs_the_tools_itself() -> None:
     for package in ("groovy", "default-jre-headless", "rsync", "dash", "git"):
         assert package in run
     assert "|| echo" not in run  # no install failure is waved through as a warning
-    assert run.index("gitlab-ci-local") < run.index("make test")
+    assert run.index("npm install -g") < run.index("\nmake test")
