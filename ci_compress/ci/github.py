@@ -259,6 +259,9 @@ def workflow_run_pull_request(
         return None
     sha = run.get("head_sha")
     for pr in run.get("pull_requests") or []:
+        base = _get(pr, "base", "repo", "url")  # the array can list other repos' PRs
+        if base and not str(base).endswith(f"/repos/{repo}"):
+            continue
         if _get(pr, "head", "sha") == sha and isinstance(pr.get("number"), int):
             return int(pr["number"])
     owner = _get(run, "head_repository", "owner", "login")

@@ -27,3 +27,39 @@ def test_ci_run_installs_the_tools_itself() -> None:
         assert package in run
     assert "|| echo" not in run  # no install failure is waved through as a warning
     assert run.index("npm install -g") < run.index("\nmake test")
+
+
+def test_workflow_run_pr_comes_from_the_event_for_this_repository() -> None:
+    from ci_compress.ci.github import workflow_run_pull_request
+
+    class NoLookups:
+        def pulls_with_head(self, repo: str, head: str) -> list[dict[str, object]]:
+            return []
+
+    sha = "a" * 40
+    event = {
+        "workflow_run": {
+            "event": "pull_request",
+            "head_sha": sha,
+            "pull_requests": [
+                {
+                    "number": 3,
+                    "head": {"sha": sha},
+                    "base": {"repo": {"url": "https://api/repos/other/x"}},
+                },
+                {
+                    "number": 5,
+                    "head": {"sha": "b" * 40},
+                    "base": {"repo": {"url": "https://api/repos/acme/models"}},
+                },
+                {
+                    "number": 6,
+                    "head": {"sha": sha},
+                    "base": {"repo": {"url": "https://api/repos/acme/models"}},
+                },
+            ],
+        }
+    }
+    assert workflow_run_pull_request(event, NoLookups(), "acme/models") == 6  # type: ignore[arg-type]
+    event["workflow_run"]["event"] = "push"
+    assert workflow_run_pull_request(event, NoLookups(), "acme/models") is None  # type: ignore[arg-type]
