@@ -4,6 +4,13 @@ Deterministic: the data is read once into memory, shuffled each epoch by a gener
 seeded from the pass's seed, and the optimizer is Adam with a fixed learning rate.
 Bounded: ``epochs`` and an optional cap on optimizer steps. digits-sized data trains in
 seconds on one core; larger data should set ``max_steps``.
+
+Zeros are held: every exact zero in a trained weight (a float parameter of two or more
+dimensions, in any layer, not only the calling pass's) is recorded before training and
+written back after every optimizer step. Without this a later pass's fine-tuning undid
+earlier pruning outside its ``include`` (issue 18: a layer pruned to 90% zeros came back
+at 16.5%). Biases and norm parameters (one dimension) are not held: a zero there is an
+initial value, not pruning.
 """
 
 from __future__ import annotations
@@ -50,6 +57,20 @@ def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch
     return F.cross_entropy(model(x), y)
 
 
+def zero_masks(params: Iterable[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(weight, keep mask) for each trained weight that holds exact zeros."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for p in params:
+            if p.dim() >= 2 and p.dtype.is_floating_point:
+                keep = p != 0
+                if not bool(keep.all()):
+                    out.append((p, keep))
+    return out
+
+
 def fit(
     model: nn.Module,
     x: torch.Tensor,
@@ -63,12 +84,17 @@ def fit(
     loss_fn: LossFn = cross_entropy,
     after_step: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """Train ``model`` in place; returns steps taken and the mean loss of the last epoch."""
+    """Train ``model`` in place; returns steps taken and the mean loss of the last epoch.
+
+    Every zero already in a trained weight stays zero (see the module docstring);
+    ``after_step`` runs after that, under ``torch.no_grad()``.
+    """
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
     if not params or epochs == 0:
         return {"steps": 0, "last_epoch_loss": None}
+    held = zero_masks(params)
     opt = torch.optim.Adam(params, lr=lr)
     g = torch.Generator().manual_seed(seed)
     steps = 0
@@ -87,8 +113,10 @@ def fit(
                 loss = loss_fn(model, x[idx], y[idx], idx)
                 loss.backward()  # type: ignore[no-untyped-call]
                 opt.step()
-                if after_step is not None:
-                    with torch.no_grad():
+                with torch.no_grad():
+                    for p, keep in held:
+                        p.mul_(keep)
+                    if after_step is not None:
                         after_step()
                 steps += 1
                 total += float(loss.detach()) * len(idx)
@@ -100,4 +128,8 @@ def fit(
     finally:
         model.train(was_training)
     model.eval()
-    return {"steps": steps, "last_epoch_loss": round(last, 5)}
+    return {
+        "steps": steps,
+        "last_epoch_loss": round(last, 5),
+        "zeros_held": sum(int(k.numel() - k.sum()) for _, k in held),
+    }
