@@ -8,11 +8,11 @@ al., 2016): sparse storage with relative indices, small integers stored as symbo
 the alphabet they really use, and entropy coding of the quantized values and indices.
 
 Values are handled as integers: integer tensors as they are, float tensors as their bit
-patterns (so ``-0.0`` and NaN payloads round-trip exactly). A tensor is stored
+patterns (NaN payloads round-trip exactly). A tensor is stored
 
-* ``dense`` or ``sparse``: in ``sparse`` the elements equal to ``fill`` (the float bit
-  pattern of +0.0, or the most frequent integer, e.g. the cluster index holding the
-  pruned zeros) are left out and the others' positions are stored as a **mask** (one bit
+* ``dense`` or ``sparse``: in ``sparse`` the elements equal to ``fill`` (0.0 for floats,
+  either sign, read back as +0.0; the most frequent integer, e.g. the cluster index
+  holding the pruned zeros) are left out and the others' positions are stored as a **mask** (one bit
   per element, packed into bytes) or as **gaps** (the distance to the previous kept
   element; a gap of ``2**bits - 1`` or more is split by filler symbols ``0`` that each
   advance ``2**bits - 1`` positions, Deep Compression's zero padding);
@@ -528,13 +528,14 @@ def encode(t: torch.Tensor, *, entropy: Entropy = "auto") -> Encoded:
             dense.palette = palette
         else:
             dense = _Values("raw", _raw_estimate(v))
-        fill, fill_count = 0, n - int(np.count_nonzero(v))
+        fill, fill_count = 0, n - int(np.count_nonzero(v << v.dtype.type(1)))  # +0.0 and -0.0
     if dense.plan is not None:
         dense.est_bytes = dense.plan.est_bytes
 
     sparse = None
     if fill is not None and SPARSE_MIN_FRACTION * n <= fill_count < n:
-        keep = v != v.dtype.type(fill)
+        # floats: -0.0 is left out with +0.0 and comes back as +0.0 (they compare equal)
+        keep = v != v.dtype.type(fill) if kind == "int" else (v << v.dtype.type(1)) != 0
         pos = np.flatnonzero(keep)
         positions = _plan_positions(keep, pos, n, entropy)
         values = _sparse_values(kind, v, pos, hist, dense, fill, entropy)
@@ -589,9 +590,7 @@ def _sparse_values(
         plan = plan_symbols(vh[nz[0] : nz[-1] + 1], kept, int(nz[-1] - nz[0]) + 1, entropy)
         return _Values("int", plan.est_bytes, plan, offset=lo)
     assert dense.palette is not None
-    zero = int(np.searchsorted(dense.palette, 0))
-    if zero < dense.palette.size and int(dense.palette[zero]) == 0:
-        vh[zero] = 0
+    vh[(dense.palette << dense.palette.dtype.type(1)) == 0] = 0  # +0.0 and -0.0
     plan = plan_symbols(vh, kept, dense.palette.size, entropy)
     return _Values("palette", plan.est_bytes, plan, palette=dense.palette)
 
