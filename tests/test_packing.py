@@ -178,7 +178,9 @@ def test_decompression_bomb_is_refused(tmp_path: Path) -> None:
     p = _packed(tmp_path)
     bomb = zstandard.ZstdCompressor(level=19).compress(b"\0" * (64 * 1024 * 1024))
     _rewrite(p, payload=bomb)  # streams as announced, then 64 MiB more
-    with pytest.raises(ArtifactError, match="decompressed to more than the .* bytes its streams use"):
+    with pytest.raises(
+        ArtifactError, match="decompressed to more than the .* bytes its streams use"
+    ):
         load_packed(p)
     _rewrite(p, lambda m: m["payload"].update(raw_bytes=2**40), payload=bomb)
     with pytest.raises(ArtifactError, match="likely decompression bomb"):
@@ -188,7 +190,9 @@ def test_decompression_bomb_is_refused(tmp_path: Path) -> None:
 def test_missing_tensor_stream_is_refused(tmp_path: Path) -> None:
     p = _pruned(tmp_path)
     _rewrite(p, lambda m: m["tensors"].__setitem__("0.extra", m["tensors"]["0.bias"]))
-    with pytest.raises(ArtifactError, match=r"tensor streams add up to \d+ bytes, the manifest says"):
+    with pytest.raises(
+        ArtifactError, match=r"tensor streams add up to \d+ bytes, the manifest says"
+    ):
         load_packed(p)
 
 

@@ -60,6 +60,7 @@ BYTES_SLACK = 1.01  # bytes (zstd) is kept when estimated within 1% of ANS: it i
 BYTES_MIN_ENTROPY = 5.5  # bits per symbol below which zstd is not trusted to reach Huffman
 GAP_BITS = tuple(range(1, 13))
 CHUNK = 1 << 20  # symbols per ANS call and per decode step (bounds temporary memory)
+_HIST_CHUNK = 1 << 16  # elements per np.bincount call (it makes an int64 copy of its input)
 _SAMPLE = 4096  # elements looked at before a float tensor's palette is built
 
 _INT_DTYPES = ("bool", "int8", "uint8", "int16", "int32", "int64")
@@ -401,7 +402,7 @@ def int_histogram(v: np.ndarray) -> tuple[int, int, np.ndarray | None]:
     if v.size == 0:
         return 0, 0, np.zeros(1, dtype=np.int64)
     if v.dtype.itemsize == 1:
-        counts = np.bincount(v.view(np.uint8), minlength=256)
+        counts = bincount(v.view(np.uint8), 256)
         if v.dtype == np.int8:  # byte order 0..255 is 0..127, -128..-1: rotate to -128..127
             counts = np.roll(counts, 128)
             base = -128
@@ -413,7 +414,21 @@ def int_histogram(v: np.ndarray) -> tuple[int, int, np.ndarray | None]:
     lo, hi = int(v.min()), int(v.max())
     if hi - lo >= 1 << 20:
         return lo, hi, None
-    return lo, hi, np.bincount((v.astype(np.int64) - lo), minlength=hi - lo + 1)
+    counts = np.zeros(hi - lo + 1, dtype=np.int64)
+    for i in range(0, v.size, _HIST_CHUNK):
+        part = v[i : i + _HIST_CHUNK].astype(np.int64) - lo
+        counts += np.bincount(part, minlength=hi - lo + 1)
+    return lo, hi, counts
+
+
+def bincount(v: np.ndarray, minlength: int) -> np.ndarray:
+    """np.bincount in slices: it converts its input to int64, 8 bytes per element."""
+    import numpy as np
+
+    counts = np.zeros(minlength, dtype=np.int64)
+    for i in range(0, v.size, _HIST_CHUNK):
+        counts += np.bincount(v[i : i + _HIST_CHUNK], minlength=minlength)[:minlength]
+    return counts
 
 
 def _gap_histograms(pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -445,10 +460,14 @@ def gap_symbols(pos: np.ndarray, bits: int) -> np.ndarray:
     import numpy as np
 
     m = (1 << bits) - 1
-    d = np.diff(pos.astype(np.int64), prepend=-1)
+    small = pos.size == 0 or int(pos[-1]) < 1 << 30
+    idt = np.int32 if small else np.int64  # halves the temporaries of tensors under 2**30
+    d = np.diff(pos.astype(idt), prepend=idt(-1))
     k = (d - 1) // m
-    out = np.zeros(int(pos.size + k.sum()), dtype=np.int32)
-    out[np.cumsum(k + 1) - 1] = d - k * m
+    d -= k * m  # the remainders, 1..m
+    out = np.zeros(int(pos.size + k.sum(dtype=np.int64)), dtype=np.int32)
+    k += 1
+    out[np.cumsum(k, dtype=idt if out.size < 1 << 30 else np.int64) - 1] = d
     return out
 
 
@@ -650,7 +669,7 @@ def _plan_positions(
     import numpy as np
 
     mask_bytes = np.packbits(keep)
-    mask = plan_symbols(np.bincount(mask_bytes, minlength=256), mask_bytes.size, 256, entropy)
+    mask = plan_symbols(bincount(mask_bytes, 256), mask_bytes.size, 256, entropy)
     options: list[tuple[int, str, int, SymbolPlan]] = [(mask.est_bytes, "mask", 1, mask)]
     vals, counts = _gap_histograms(pos)
     for bits in GAP_BITS:

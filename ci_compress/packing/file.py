@@ -77,41 +77,60 @@ _OWN_BLOCK = 64 * 1024
 # The manifest's zstd dictionary: the vocabulary manifests are written in (keys, module
 # types, dtypes, codec names), written by hand, never trained on anyone's files. It is
 # part of format version 3: changing it breaks every v3 file (tests pin its sha256).
-_MANIFEST_DICT = (
-    b'{"architecture":{"children":[["0",{"args":{"bias":true,"in_features":64,"out_features":'
-    b'256},"type":"Linear"}],["1",{"type":"ReLU"}],["2",{"args":{"bias":true,"bits":4,"in_dim":'
-    b'256,"out_dim":128},"type":"ClusteredLinear"}],["3",{"args":{"bias":true,"dilation":[1,1],'
-    b'"groups":1,"in_dim":16,"kernel_size":[3,3],"out_dim":32,"padding":[1,1],"stride":[1,1]},'
-    b'"type":"ClusteredConv2d"}],["4",{"args":{"affine":true,"eps":1e-05,"momentum":0.1,'
-    b'"num_features":16,"track_running_stats":true},"type":"BatchNorm2d"}],["5",{"args":'
-    b'{"in_features":128,"out_features":10},"type":"DynamicQuantizedLinear"}],["6",{"args":'
-    b'{"dim":1,"unflattened_size":[1,8,8]},"type":"Unflatten"}],["7",{"args":{"ceil_mode":'
-    b'false,"dilation":1,"kernel_size":2,"padding":0,"stride":2},"type":"MaxPool2d"}],["8",'
-    b'{"args":{"end_dim":-1,"start_dim":1},"type":"Flatten"}],["9",{"args":{"bias":true,'
-    b'"dilation":[1,1],"groups":1,"in_channels":1,"kernel_size":[3,3],"out_channels":16,'
-    b'"padding":[1,1],"padding_mode":"zeros","stride":[1,1]},"type":"Conv2d"}]],"type":'
-    b'"Sequential"},"factory":null,"format_version":3,"passes":[{"details":{"bits":4,'
-    b'"centroids":16,"distinct_values":{},"fine_tune":{"last_epoch_loss":0.0,"steps":0,'
-    b'"zeros_held":0},"pruned_weights":0,"schedule":[],"sparsity":0.0},"index":0,"modules":'
-    b'["0","2","4"],"name":"prune","nonzero_after":0,"nonzero_before":0,"options":{"amount":'
-    b'0.9,"batch_size":64,"exclude":[],"fine_tune_epochs":10,"include":["*"],"iterations":20,'
-    b'"lr":0.001,"max_steps":null,"norm":"l1","scheme":"int8-dynamic","scope":"global",'
-    b'"steps":1,"structured":false,"threshold":null,"type":"cluster"},"params_after":0,'
-    b'"params_before":0}],"payload":{"bytes":0,"level":19,"raw_bytes":0,"sha256":""},'
-    b'"tensors":{"0.bias":{"dtype":"float32","layout":"dense","shape":[256],"values":'
-    b'{"codec":"raw","count":256,"shuffle":true}},"0.codebook":{"dtype":"float32","layout":'
-    b'"dense","shape":[16],"values":{"codec":"raw","count":16,"shuffle":false}},"0.indices":'
-    b'{"dtype":"uint8","fill":0,"layout":"sparse","positions":{"alphabet":256,"bits":4,'
-    b'"codec":"gaps","coder":"ans","count":0,"precision":12,"table":0,"words":0},"shape":'
-    b'[256,64],"values":{"alphabet":16,"codec":"int","coder":"ans","count":0,"offset":1,'
-    b'"precision":12,"table":0,"words":0}},"0.weight_int8":{"dtype":"int8","layout":"dense",'
-    b'"shape":[256,64],"values":{"alphabet":256,"codec":"palette","coder":"bytes","count":0,'
-    b'"offset":-127,"palette":0}},"0.weight_scale":{"codec":"mask","dtype":"float16",'
-    b'"dtype":"bfloat16","dtype":"int64","layout":"dense"},"2.running_mean":{},"2.running_var":'
-    b'{},"2.num_batches_tracked":{},"2.weight":{}},"versions":{"ci_compress":"0.1.0",'
-    b'"constriction":"0.5.0","numpy":"2.4.6","torch":"2.13.0+cpu","zstandard":"0.25.0"}}'
-)
-_MANIFEST_DICT_SHA256 = "to-be-pinned"
+_MANIFEST_DICT = "".join(
+    [  # rarer fragments first: zstd reaches the end of a dictionary with shorter offsets
+        '"versions":{"ci_compress":"0.1.0","constriction":"0.5.0","numpy":"2.4.6",',
+        '"torch":"2.13.0+cpu","zstandard":"0.25.0"}}',
+        '{"args":{"in_features":64,"out_features":10},"type":"DynamicQuantizedLinear"}',
+        '{"args":{"bias":true,"in_dim":64,"out_dim":10},"type":"Int8WeightOnlyLinear"}',
+        '{"args":{"bias":true,"dtype":"float16","in_dim":64,"out_dim":10},',
+        '"type":"LowPrecisionLinear"}{"args":{"dim":1,"unflattened_size":[1,8,8]},',
+        '"type":"Unflatten"}{"args":{"ceil_mode":false,"dilation":1,"kernel_size":2,',
+        '"padding":0,"stride":2},"type":"MaxPool2d"}{"args":{"end_dim":-1,"start_dim":1},',
+        '"type":"Flatten"}{"args":{"output_size":[1,1]},"type":"AdaptiveAvgPool2d"}',
+        '{"args":{"bias":true,"dilation":[1,1],"groups":1,"in_channels":3,',
+        '"kernel_size":[3,3],"out_channels":16,"padding":[1,1],"padding_mode":"zeros",',
+        '"stride":[1,1]},"type":"Conv2d"}{"args":{"approximate":"none"},"type":"GELU"}',
+        '{"args":{"eps":1e-05,"elementwise_affine":true,"normalized_shape":[64]},',
+        '"type":"LayerNorm"}{"args":{"p":0.5},"type":"Dropout"}',
+        '"passes":[{"details":{"pruned_weights":0,"schedule":[{"last_epoch_loss":0.0,',
+        '"sparsity":0.9,"steps":200,"zeros_held":0}],"sparsity":0.9},"index":0,',
+        '"modules":["0","2","4"],"name":"prune","nonzero_after":0,"nonzero_before":0,',
+        '"options":{"amount":0.9,"batch_size":64,"exclude":[],"fine_tune_epochs":10,',
+        '"include":["*"],"lr":0.001,"max_steps":null,"norm":"l1","scope":"global",',
+        '"steps":1,"structured":false,"threshold":null,"type":"prune"},"params_after":0,',
+        '"params_before":0},{"details":{"bits":4,"centroids":16,"distinct_values":',
+        '{"0":16},"fine_tune":{"last_epoch_loss":0.0,"steps":200,"zeros_held":0}},',
+        '"index":1,"name":"cluster","options":{"batch_size":64,"bits":4,"exclude":[],',
+        '"fine_tune_epochs":10,"include":["*"],"iterations":30,"lr":0.0001,',
+        '"max_steps":null,"type":"cluster"}},{"name":"quantize","options":',
+        '{"scheme":"int8-dynamic","type":"quantize"}}],',
+        '"payload":{"bytes":0,"level":19,"raw_bytes":0,"sha256":"',
+        '{"architecture":{"children":[["0",{"args":{"bias":true,"in_features":64,',
+        '"out_features":256},"type":"Linear"}],["1",{"type":"ReLU"}],["2",{"args":',
+        '{"affine":true,"eps":1e-05,"momentum":0.1,"num_features":16,',
+        '"track_running_stats":true},"type":"BatchNorm2d"}],["3",{"args":{"bias":true,',
+        '"bits":4,"dilation":[1,1],"groups":1,"in_dim":16,"kernel_size":[3,3],',
+        '"out_dim":32,"padding":[1,1],"stride":[1,1]},"type":"ClusteredConv2d"}],["4",',
+        '{"args":{"bias":true,"bits":4,"in_dim":256,"out_dim":128},',
+        '"type":"ClusteredLinear"}]],"type":"Sequential"},"factory":null,',
+        '"format_version":3,"tensors":{"0.weight_scale":{"dtype":"float32",',
+        '"layout":"dense","shape":[256],"values":{"codec":"raw","count":256,',
+        '"shuffle":true}},"0.weight_int8":{"dtype":"int8","fill":0,"layout":"sparse",',
+        '"positions":{"alphabet":256,"codec":"mask","coder":"bytes","count":2048},',
+        '"shape":[256,64],"values":{"alphabet":255,"codec":"int","coder":"bytes",',
+        '"count":1638,"offset":-127}},"2.running_mean":{},"2.running_var":{},',
+        '"2.num_batches_tracked":{"dtype":"int64","layout":"dense","shape":[],"values":',
+        '{"codec":"raw","count":1}},"2.codebook":{"dtype":"float32","layout":"dense",',
+        '"shape":[16],"values":{"codec":"raw","count":16}},"2.indices":{"dtype":"uint8",',
+        '"fill":0,"layout":"sparse","positions":{"alphabet":64,"bits":6,"codec":"gaps",',
+        '"coder":"ans","count":2888,"precision":12,"table":20,"words":300},"shape":',
+        '[128,256],"values":{"alphabet":15,"codec":"int","coder":"ans","count":2864,',
+        '"offset":1,"precision":12,"table":20,"words":300}},"4.bias":{"dtype":"float32",',
+        '"layout":"dense","shape":[10],"values":{"codec":"raw","count":10}},',
+    ]
+).encode()
+_MANIFEST_DICT_SHA256 = "9b82edcf23a17b67ece33e011c1fa874cf495b4a03f8b01b2aeed2aa93aa22ec"
 
 
 @dataclass
