@@ -422,9 +422,24 @@ def int_histogram(v: np.ndarray) -> tuple[int, int, np.ndarray | None]:
 
 
 def bincount(v: np.ndarray, minlength: int) -> np.ndarray:
-    """np.bincount in slices: it converts its input to int64, 8 bytes per element."""
+    """np.bincount in slices: it converts its input to int64, 8 bytes per element.
+
+    Bytes are counted two at a time (a uint16 view, 65,536 bins folded back to 256):
+    half the elements to convert, about twice as fast.
+    """
     import numpy as np
 
+    if v.dtype == np.uint8 and minlength == 256 and v.size >= 1 << 17:
+        even = v.size & ~1
+        pairs = np.zeros(1 << 16, dtype=np.int64)
+        wide = v[:even].view(np.uint16)
+        for i in range(0, wide.size, 4 * _HIST_CHUNK):
+            pairs += np.bincount(wide[i : i + 4 * _HIST_CHUNK], minlength=1 << 16)
+        grid = pairs.reshape(256, 256)  # [one byte, the other byte]
+        counts = grid.sum(axis=0) + grid.sum(axis=1)
+        if even != v.size:
+            counts[int(v[-1])] += 1
+        return counts  # both bytes of a pair are counted, whichever order they are in
     counts = np.zeros(minlength, dtype=np.int64)
     for i in range(0, v.size, _HIST_CHUNK):
         counts += np.bincount(v[i : i + _HIST_CHUNK], minlength=minlength)[:minlength]

@@ -32,6 +32,7 @@ records it) where provenance matters.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import struct
@@ -64,10 +65,12 @@ MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 # is allocated or decompressed, a guard against decompression bombs.
 MAX_EXPANSION = 10_000
 MAX_RAW_FLOOR = 256 * 1024 * 1024
-# Payloads of models up to this many bytes are compressed at the configured zstd level;
-# larger ones at most at FAST_LEVEL: their streams are entropy-coded already, and zstd
-# 19 costs ~100x the CPU of zstd 3 for the same bytes there (docs/performance.md).
-SMALL_MODEL_BYTES = 8 * 1024 * 1024
+# Models whose tensors take up to this many bytes get the configured zstd level (19 by
+# default: 2-3% smaller demo files, < 0.1 s, but ~100 MB of zstd context); larger ones at
+# most FAST_LEVEL: their
+# streams are entropy-coded already, and zstd 19 costs ~100x the CPU of zstd 3 for the
+# same bytes there (docs/performance.md).
+SMALL_MODEL_BYTES = 256 * 1024
 FAST_LEVEL = 3
 _CHUNK = 1 << 20
 # A stream at least this large is compressed in zstd blocks of its own, so byte streams
@@ -327,6 +330,7 @@ def library_versions() -> dict[str, str]:
     }
 
 
+@functools.cache
 def _dist(name: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
