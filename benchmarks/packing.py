@@ -41,6 +41,7 @@ Timings are not asserted anywhere (a shared runner is noisy): ratios measured si
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import lzma
@@ -69,10 +70,8 @@ def _trim() -> None:
     """glibc keeps freed heap for reuse; return it to the OS (Linux, glibc only)."""
     import ctypes
 
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _reset_peak() -> int:
@@ -203,7 +202,9 @@ def worker(variant: str, params: int, slow_peers: bool) -> dict[str, Any]:
             int8_dynamic_linear(t["weight_int8"], t["weight_scale"], t.get("bias"))
         out["torch_ao_cpu"] = (c1 - c0) + (_cpu() - c1)
         del plain
-    raw = b"".join(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() for t in tensors.values())
+    raw = b"".join(
+        t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() for t in tensors.values()
+    )
     out["raw_bytes"] = len(raw)
     c0 = _cpu()
     z3 = zstandard.ZstdCompressor(level=3).compress(raw)
@@ -291,7 +292,9 @@ def context_worker() -> dict[str, Any]:
     out = {}
     for kind in ("mlp", "cnn"):
         model = train_teacher(kind)
-        prune.apply(model, prune.PruneConfig(type="prune", amount=0.9), PassContext(seed=0, index=0))
+        prune.apply(
+            model, prune.PruneConfig(type="prune", amount=0.9), PassContext(seed=0, index=0)
+        )
         masks = {
             n: (m.weight.detach() != 0).reshape(m.weight.shape[0], -1).numpy()
             for n, m in model.named_modules()
@@ -340,26 +343,55 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
 
     def add(name: str, value: float, limit: float, fmt: str = "{:.2f}") -> None:
-        out.append({"target": name, "value": value, "limit": limit, "met": value <= limit, "fmt": fmt})
+        out.append(
+            {"target": name, "value": value, "limit": limit, "met": value <= limit, "fmt": fmt}
+        )
 
     worst = max(rows, key=lambda r: _ratio(r))
-    add(f"pack + reload CPU / zstd-3 round trip <= 5 (worst: {worst['variant']}, {worst['params'] / 1e6:.0f}M)", _ratio(worst), 5)
+    add(
+        f"pack + reload CPU / zstd-3 round trip <= 5 (worst: {worst['variant']}, {worst['params'] / 1e6:.0f}M)",
+        _ratio(worst),
+        5,
+    )
     worst = max(rows, key=lambda r: _ratio(r, torch_ao=False))
-    add(f"  the same without torch.ao's unpack/prepack <= 5 (worst: {worst['variant']}, {worst['params'] / 1e6:.0f}M)", _ratio(worst, torch_ao=False), 5)
+    add(
+        f"  the same without torch.ao's unpack/prepack <= 5 (worst: {worst['variant']}, {worst['params'] / 1e6:.0f}M)",
+        _ratio(worst, torch_ao=False),
+        5,
+    )
     for variant in VARIANTS:
         mine = sorted((r for r in rows if r["variant"] == variant), key=lambda r: r["params"])
         if len(mine) >= 2 and mine[0]["params"] >= 5e6:
             per = [(r["pack_cpu"] + r["reload_cpu"]) / r["params"] for r in mine]
-            add(f"linear: CPU per parameter, {mine[-1]['params'] / 1e6:.0f}M / {mine[0]['params'] / 1e6:.0f}M, {variant} <= 1.25", per[-1] / per[0], 1.25)
+            add(
+                f"linear: CPU per parameter, {mine[-1]['params'] / 1e6:.0f}M / {mine[0]['params'] / 1e6:.0f}M, {variant} <= 1.25",
+                per[-1] / per[0],
+                1.25,
+            )
     worst = max(rows, key=lambda r: r["rss_peak_mib"] / r["fp32_mib"])
     add("peak RSS - imports <= 2x the fp32 model", worst["rss_peak_mib"] / worst["fp32_mib"], 2)
     worst = max(rows, key=lambda r: r["payload_bytes"] / max(1, r["bound_bytes"]))
-    add("payload / order-0 entropy bound of its streams <= 1.05", worst["payload_bytes"] / worst["bound_bytes"], 1.05, "{:.4f}")
+    add(
+        "payload / order-0 entropy bound of its streams <= 1.05",
+        worst["payload_bytes"] / worst["bound_bytes"],
+        1.05,
+        "{:.4f}",
+    )
     xz = [r for r in rows if "xz9_torch_save_bytes" in r]
     if xz:
         worst = max(xz, key=lambda r: r["file_bytes"] / r["xz9_torch_save_bytes"])
-        add(".ccz file / xz -9 of torch.save <= 1", worst["file_bytes"] / worst["xz9_torch_save_bytes"], 1, "{:.3f}")
-    add("reloaded model computes the same outputs (0 = all)", float(sum(not r["outputs_equal"] for r in rows)), 0, "{:.0f}")
+        add(
+            ".ccz file / xz -9 of torch.save <= 1",
+            worst["file_bytes"] / worst["xz9_torch_save_bytes"],
+            1,
+            "{:.3f}",
+        )
+    add(
+        "reloaded model computes the same outputs (0 = all)",
+        float(sum(not r["outputs_equal"] for r in rows)),
+        0,
+        "{:.0f}",
+    )
     return out
 
 
@@ -399,8 +431,12 @@ def table(res: dict[str, Any]) -> str:
     lines = [HEAD] + [_row(r) for r in res["rows"]]
     if "context" in res:
         lines.append("")
-        lines.append("beyond order 0: keep-mask bits of the demo models pruned to 90% (trained on digits)")
-        lines.append("  model  order 0   column ctx  row ctx  left+up ctx  zstd-19  xz -9   (bits, side information included)")
+        lines.append(
+            "beyond order 0: keep-mask bits of the demo models pruned to 90% (trained on digits)"
+        )
+        lines.append(
+            "  model  order 0   column ctx  row ctx  left+up ctx  zstd-19  xz -9   (bits, side information included)"
+        )
         for kind, c in res["context"].items():
             t = c["total"]
             lines.append(
@@ -410,15 +446,21 @@ def table(res: dict[str, Any]) -> str:
     lines.append("")
     lines.append("targets")
     for t in res["targets"]:
-        lines.append(f"  [{'met' if t['met'] else 'MISSED'}] {t['target']}: {t['fmt'].format(t['value'])}")
+        lines.append(
+            f"  [{'met' if t['met'] else 'MISSED'}] {t['target']}: {t['fmt'].format(t['value'])}"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", nargs="+", type=float, default=list(SIZES_M), help="millions of parameters")
+    ap.add_argument(
+        "--sizes", nargs="+", type=float, default=list(SIZES_M), help="millions of parameters"
+    )
     ap.add_argument("--smoke", action="store_true", help="0.1M parameters, every column once")
-    ap.add_argument("--context", action="store_true", help="also measure context modelling (trains the demo)")
+    ap.add_argument(
+        "--context", action="store_true", help="also measure context modelling (trains the demo)"
+    )
     ap.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "packing.json")
     ap.add_argument("--worker", nargs=2, metavar=("VARIANT", "PARAMS"), help=argparse.SUPPRESS)
     ap.add_argument("--slow-peers", action="store_true", help=argparse.SUPPRESS)
@@ -435,7 +477,11 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     res = run([0.1] if args.smoke else args.sizes, context=args.context)
     res["seconds"] = time.perf_counter() - t0
-    res["machine"] = {"cpus": os.cpu_count(), "load_average": os.getloadavg(), "python": sys.version.split()[0]}
+    res["machine"] = {
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "python": sys.version.split()[0],
+    }
     print(table(res))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(res, indent=2) + "\n")
