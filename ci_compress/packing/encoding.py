@@ -436,7 +436,7 @@ def bincount(v: np.ndarray, minlength: int) -> np.ndarray:
         for i in range(0, wide.size, 4 * _HIST_CHUNK):
             pairs += np.bincount(wide[i : i + 4 * _HIST_CHUNK], minlength=1 << 16)
         grid = pairs.reshape(256, 256)  # [one byte, the other byte]
-        counts = grid.sum(axis=0) + grid.sum(axis=1)
+        counts: np.ndarray = grid.sum(axis=0) + grid.sum(axis=1)
         if even != v.size:
             counts[int(v[-1])] += 1
         return counts  # both bytes of a pair are counted, whichever order they are in
@@ -869,7 +869,8 @@ def _read_values(
             return data.copy()
         if meta.get("shuffle") and itemsize > 1:
             return _unshuffle(data, itemsize, view)
-        return data.view(view).copy()
+        raw: np.ndarray = data.view(view).copy()
+        return raw
     if _nonneg(meta["count"]) != count:
         raise ValueError(f"{meta['count']} values, {count} expected")
     if codec == "int":

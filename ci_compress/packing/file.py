@@ -471,7 +471,7 @@ def _dumps(manifest: dict[str, Any]) -> bytes:
 
 def assemble(manifest: dict[str, Any], payload: bytes, *, level: int = 19) -> bytes:
     """The bytes of a version 3 file with this manifest and payload (tools and tests)."""
-    head = _manifest_codec(level)[0].compress(_dumps(manifest))
+    head: bytes = _manifest_codec(level)[0].compress(_dumps(manifest))
     return MAGIC + payload + head + struct.pack("<I", len(head))
 
 
@@ -700,7 +700,8 @@ def _tensors(path: Path, f: IO[bytes], lay: _Layout) -> dict[str, torch.Tensor]:
     source = _Bounded(f, lay.payload_bytes)
     out: dict[str, torch.Tensor] = {}
     try:
-        with zstandard.ZstdDecompressor().stream_reader(source, read_size=_CHUNK) as reader:
+        stream = zstandard.ZstdDecompressor().stream_reader(source, read_size=_CHUNK)  # type: ignore[arg-type]
+        with stream as reader:
             got = 0
 
             def read(n: int) -> bytes:
