@@ -816,8 +816,10 @@ def size_breakdown(model: nn.Module, info: PackInfo) -> dict[str, Any]:
 
     Per module: parameters and nonzero parameters (quantized weights counted as their
     float values), the encodings of its tensors, ``stored_bytes`` (its streams before
-    zstd) and ``compressed_bytes``: its streams zstd-compressed **alone**, an estimate
-    (the payload is compressed as a whole, so rows need not add up to the payload).
+    zstd) and ``compressed_bytes``: the size the packer estimated for its streams when it
+    chose their encodings (the payload is compressed as a whole, so rows need not add up
+    to the payload). ``entropy_bound_bytes``: the order-0 entropy of the stored symbol
+    streams (raw streams at their size), what a coder of independent symbols can reach.
     """
     rows: list[dict[str, Any]] = []
     for mod_name, module in model.named_modules():
@@ -851,22 +853,28 @@ def size_breakdown(model: nn.Module, info: PackInfo) -> dict[str, Any]:
         "payload_raw_bytes": info.raw_bytes,
         "entropy": info.entropy,
         "payload_candidates": info.payload_candidates,
+        "entropy_bound_bytes": info.entropy_bound_bytes,
         "layers": rows,
-        "note": "layers[].compressed_bytes: each module's tensors compressed alone (an estimate); "
+        "note": "layers[].compressed_bytes: the packer's estimate for each module's streams; "
         "file_bytes is the real shipped file",
     }
 
 
 def _describe_entry(e: dict[str, Any]) -> str:
-    """A short human form of a tensor's encoding, e.g. ``sparse(delta4+huffman) bitpack4``."""
+    """A short human form of a tensor's encoding, e.g. ``sparse(gaps7+ans) int+bytes int8``."""
 
     def stream(m: dict[str, Any]) -> str:
+        codec = str(m.get("codec"))
+        if "layout" in e:  # format 3
+            width = m.get("bits") if codec == "gaps" else ""
+            return f"{codec}{width or ''}" + (f"+{m['coder']}" if m.get("coder") else "")
         bits = m.get("bits")
-        return f"{m.get('codec')}{bits if m.get('codec') != 'raw' and bits else ''}" + (
+        return f"{codec}{bits if codec != 'raw' and bits else ''}" + (
             "+huffman" if m.get("entropy") == "huffman" else ""
         )
 
     values = e.get("values", {})
-    if e.get("encoding") == "sparse":
+    layout = e.get("layout", e.get("encoding"))
+    if layout == "sparse":
         return f"sparse({stream(e.get('positions', {}))}) {stream(values)} {e.get('dtype')}"
     return f"dense {stream(values)} {e.get('dtype')}"
