@@ -1,7 +1,9 @@
 """Packing at scale: the ``.ccz`` packer beside torch.save, zstd-3, zstd-19 and xz -9.
 
-    python benchmarks/packing.py                  # 1M, 10M, 50M, 110M parameters (~15 min)
+    python benchmarks/packing.py                  # 1M, 10M, 50M, 110M parameters (~15 CPU min)
     python benchmarks/packing.py --sizes 1 10     # millions of parameters
+    python benchmarks/packing.py --sizes 50 110 --slow-peers-max 10   # no zstd-19/xz above 10M
+    python benchmarks/packing.py --from-json a.json b.json            # one table from runs
     python benchmarks/packing.py --smoke          # 0.1M, every column once (the test suite)
 
 Each (student, size) runs in a fresh subprocess. The student is a stack of 1024x1024
@@ -324,11 +326,13 @@ def _run(args: list[str]) -> dict[str, Any]:
         return result
 
 
-def run(sizes_m: list[float], *, context: bool = False) -> dict[str, Any]:
+def run(
+    sizes_m: list[float], *, context: bool = False, slow_peers_max: float = SLOW_PEERS_MAX_M
+) -> dict[str, Any]:
     rows = []
     for size in sizes_m:
         for variant in VARIANTS:
-            slow = size <= SLOW_PEERS_MAX_M
+            slow = size <= slow_peers_max
             args = ["--worker", variant, str(int(size * 1e6))] + (["--slow-peers"] if slow else [])
             rows.append(_run(args))
             print(_row(rows[-1]), file=sys.stderr, flush=True)
@@ -461,6 +465,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--context", action="store_true", help="also measure context modelling (trains the demo)"
     )
+    ap.add_argument(
+        "--slow-peers-max",
+        type=float,
+        default=SLOW_PEERS_MAX_M,
+        help="zstd-19 and xz -9 up to this many millions of parameters (CPU minutes above)",
+    )
+    ap.add_argument(
+        "--from-json",
+        type=Path,
+        nargs="+",
+        help="print the table of earlier runs (their rows together) instead of measuring",
+    )
     ap.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "packing.json")
     ap.add_argument("--worker", nargs=2, metavar=("VARIANT", "PARAMS"), help=argparse.SUPPRESS)
     ap.add_argument("--slow-peers", action="store_true", help=argparse.SUPPRESS)
@@ -474,8 +490,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.context_worker:
         args.out.write_text(json.dumps(context_worker()))
         return 0
+    if args.from_json:
+        runs = [json.loads(p.read_text()) for p in args.from_json]
+        res = {"rows": sorted((r for x in runs for r in x["rows"]), key=lambda r: r["params"])}
+        res["rows"].sort(key=lambda r: (r["params"], VARIANTS.index(r["variant"])))
+        res |= {k: v for x in runs for k, v in x.items() if k == "context"}
+        res["targets"] = targets(res["rows"])
+        res["runs"] = [{k: v for k, v in x.items() if k in ("machine", "seconds")} for x in runs]
+        print(table(res))
+        if args.json:
+            args.json.write_text(json.dumps(res, indent=2) + "\n")
+        return 0
     t0 = time.perf_counter()
-    res = run([0.1] if args.smoke else args.sizes, context=args.context)
+    res = run(
+        [0.1] if args.smoke else args.sizes,
+        context=args.context,
+        slow_peers_max=args.slow_peers_max,
+    )
     res["seconds"] = time.perf_counter() - t0
     res["machine"] = {
         "cpus": os.cpu_count(),
