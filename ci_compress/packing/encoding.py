@@ -852,6 +852,8 @@ def decode(name: str, entry: dict[str, Any], read: Read) -> torch.Tensor:
         import torch
 
         return torch.from_numpy(out.copy()).view(dtype).reshape(shape)
+    if name_ == "bool" and out.size and int(out.max()) > 1:
+        raise ArtifactError(f"tensor {name}: a bool tensor holds values other than 0 and 1")
     return _to_torch(out, dtype).reshape(shape)
 
 
