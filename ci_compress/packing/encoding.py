@@ -587,6 +587,7 @@ def encode(t: torch.Tensor, *, entropy: Entropy = "auto") -> Encoded:
         enc.entry["values"] = _write_values(dense, v, enc)
         return enc
     keep, pos, positions, values = sparse
+    sparse = None
     enc.est_bytes = positions[0] + values.est_bytes
     enc.entry["layout"] = "sparse"
     enc.entry["fill"] = fill
