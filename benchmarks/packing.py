@@ -327,18 +327,25 @@ def _run(args: list[str]) -> dict[str, Any]:
 
 
 def run(
-    sizes_m: list[float], *, context: bool = False, slow_peers_max: float = SLOW_PEERS_MAX_M
+    sizes_m: list[float],
+    *,
+    context: bool = False,
+    slow_peers_max: float = SLOW_PEERS_MAX_M,
+    partial: Path | None = None,
 ) -> dict[str, Any]:
-    rows = []
+    """Measure every size and student; ``partial`` gets the rows so far after each one."""
+    rows: list[dict[str, Any]] = []
+    res: dict[str, Any] = {"rows": rows}
+    if context:
+        res["context"] = _run(["--context-worker"])
     for size in sizes_m:
         for variant in VARIANTS:
             slow = size <= slow_peers_max
             args = ["--worker", variant, str(int(size * 1e6))] + (["--slow-peers"] if slow else [])
             rows.append(_run(args))
             print(_row(rows[-1]), file=sys.stderr, flush=True)
-    res: dict[str, Any] = {"rows": rows}
-    if context:
-        res["context"] = _run(["--context-worker"])
+            if partial is not None:
+                partial.write_text(json.dumps(res, indent=2) + "\n")
     res["targets"] = targets(rows)
     return res
 
@@ -502,10 +509,12 @@ def main(argv: list[str] | None = None) -> int:
             args.json.write_text(json.dumps(res, indent=2) + "\n")
         return 0
     t0 = time.perf_counter()
+    args.json.parent.mkdir(parents=True, exist_ok=True)
     res = run(
         [0.1] if args.smoke else args.sizes,
         context=args.context,
         slow_peers_max=args.slow_peers_max,
+        partial=args.json.with_suffix(".partial.json"),
     )
     res["seconds"] = time.perf_counter() - t0
     res["machine"] = {
