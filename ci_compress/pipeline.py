@@ -23,6 +23,7 @@ from ci_compress.evaluation.performance import latency_ms, model_memory_bytes
 from ci_compress.evaluation.statistics import paired_statistics
 from ci_compress.explain import explain
 from ci_compress.gate import decide, derive
+from ci_compress.layers.batches import first_tensor, take
 from ci_compress.layers.inspect import count_parameters
 from ci_compress.loading.data import HoldoutDigest
 from ci_compress.loading.models import load_model_file
@@ -412,6 +413,7 @@ def _gate(
                     "allow_pickle": False,
                 }
             ),
+            base_dir=loaded.base_dir,
         )
 
     student, records = apply_passes(loaded, inputs, cfg.passes, say, step=step)
@@ -471,12 +473,21 @@ def _evaluate_and_decide(
         if step is not None:
             step("evaluating", seen[0], total)
 
-    task = score(models, holdout, batch_size=cfg.data.batch_size, on_batch=on_batch)
+    task = score(
+        models,
+        holdout,
+        batch_size=cfg.data.batch_size,
+        on_batch=on_batch,
+        task=inputs.task,
+        output=cfg.model.output,
+        device=rt.device,
+    )
     if step is not None and total is None:
         step("evaluating", seen[0], seen[0])
     holdout_digest = digest.hexdigest()
     x_lat, y_lat = next(holdout.batches(rt.latency_batch_size))
-    x_lat, y_lat = x_lat[: rt.latency_batch_size], y_lat[: rt.latency_batch_size]
+    x_lat = take(x_lat, 0, rt.latency_batch_size)
+    y_lat = y_lat[: rt.latency_batch_size] if y_lat is not None else None
     if early_stop is not None:
         known = {
             "teacher.accuracy": task["teacher"].accuracy,
@@ -490,6 +501,7 @@ def _evaluate_and_decide(
         x_lat,
         repeats=rt.latency_repeats,
         warmup=rt.latency_warmup,
+        device=rt.device,
     )
 
     def measure(role: str, model: torch.nn.Module, file_bytes: int) -> dict[str, float]:
@@ -525,6 +537,7 @@ def _evaluate_and_decide(
             shipped_path.name.removesuffix(".ccz"),
             x_lat,
             lambda: holdout.batches(cfg.data.batch_size),
+            output=cfg.model.output,
         )
         for fmt, e in exports.items():
             if e["status"] == "ok":
@@ -595,9 +608,9 @@ def _evaluate_and_decide(
             "name": holdout.name,
             "samples": task["teacher"].samples,
             "sha256": holdout_digest,
-            "x_shape": list(x_lat.shape[1:]),
-            "x_dtype": str(x_lat.dtype).removeprefix("torch."),
-            "y_dtype": str(y_lat.dtype).removeprefix("torch."),
+            "x_shape": list(first_tensor(x_lat).shape[1:]),
+            "x_dtype": str(first_tensor(x_lat).dtype).removeprefix("torch."),
+            "y_dtype": str(y_lat.dtype).removeprefix("torch.") if y_lat is not None else None,
         },
         environment=_environment(
             ci, rt.threads, rt.seed, __version__, _torch.__version__, numpy.__version__

@@ -31,9 +31,7 @@ def factory_pattern() -> re.Pattern[str]:
     return re.compile(FACTORY_RE)
 
 
-def import_factory(
-    target: str, *, path: str, base_dir: Path | None = None
-) -> Callable[..., Any]:
+def import_factory(target: str, *, path: str, base_dir: Path | None = None) -> Callable[..., Any]:
     """Import ``package.module:function`` (a trusted reference from the config).
 
     ``path`` is the config field that names it, for the error message; ``base_dir``

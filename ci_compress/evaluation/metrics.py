@@ -18,17 +18,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ci_compress.errors import DataError, ModelOutputError
-from ci_compress.layers.inference import inference, placed
 from ci_compress.evaluation.tasks import Classification, Task
 from ci_compress.layers.batches import (
     Inputs,
-    batch_size,
     call_model,
     describe,
     resolve_device,
     take,
     to_device,
 )
+from ci_compress.layers.batches import batch_size as samples_in
+from ci_compress.layers.inference import inference, placed
 from ci_compress.layers.outputs import OutputSpec, select_output
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ def score(
                 for role, model in models.items()
             }
             run.add(outputs, y if dev.type == "cpu" or y is None else y.to(dev), _on(x, dev))
-            n += batch_size(x)
+            n += samples_in(x)
             if on_batch is not None:
                 on_batch(x, y)
     if n == 0:
@@ -155,9 +155,7 @@ def _on(x: Inputs, device: torch.device) -> Inputs:
     return x if device.type == "cpu" else to_device(x, device)
 
 
-def probe(
-    model: nn.Module, data: Dataset, *, output: OutputSpec = None, samples: int = 8
-) -> None:
+def probe(model: nn.Module, data: Dataset, *, output: OutputSpec = None, samples: int = 8) -> None:
     """Run ``model`` (the teacher) on the first few samples, at load.
 
     A model that cannot take the data fails here, before any pass runs, with its own

@@ -18,8 +18,8 @@ import statistics
 import time
 from typing import TYPE_CHECKING
 
-from ci_compress.layers.inference import inference, placed
 from ci_compress.layers.batches import Inputs, call_model, resolve_device, synchronize, to_device
+from ci_compress.layers.inference import inference, placed
 from ci_compress.packing.file import describe
 
 if TYPE_CHECKING:
@@ -53,7 +53,6 @@ def latency_ms(
                 synchronize(where[role])
                 times[role].append((time.perf_counter() - t0) * 1000.0)
     return {role: statistics.median(ts) for role, ts in times.items()}
-
 
 
 def model_memory_bytes(model: nn.Module) -> int:

@@ -236,7 +236,9 @@ def paired_score_statistics(
     t = np.asarray(teacher_scores, dtype=np.float64)
     s = np.asarray(student_scores, dtype=np.float64)
     if t.shape != s.shape or t.ndim != 1:
-        raise ValueError(f"paired scores must be 1-D and equal in length, got {t.shape} and {s.shape}")
+        raise ValueError(
+            f"paired scores must be 1-D and equal in length, got {t.shape} and {s.shape}"
+        )
     n = len(t)
     if n == 0:
         raise ValueError("no paired samples")

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from ci_compress.config import TaskConfig
+    from ci_compress.config.task import TaskConfig
 
 INT_DTYPES = ("int64", "int32", "int16", "int8", "uint8")
 
@@ -261,7 +261,9 @@ class _ClassificationRun:
             mask = np.concatenate(self.masks[role]) if self.masks[role] else np.zeros(0, bool)
             correct = int(mask.sum())
             n = self.n
-            class_correct = _pad(self.per_class.get(role, np.zeros(0, np.int64)), len(self.class_total))
+            class_correct = _pad(
+                self.per_class.get(role, np.zeros(0, np.int64)), len(self.class_total)
+            )
             class_total = _pad(self.class_total, len(class_correct))
             metrics = {
                 "accuracy": correct / n if n else 0.0,
@@ -848,7 +850,9 @@ def make_task(config: TaskConfig | None = None, *, base_dir: Path | None = None)
     if config.type == "embedding":
         return Embedding(pooling=config.pooling, mask=config.mask, neighbours=config.neighbours)
     if config.type == "language-model":
-        return LanguageModel(tokens=config.tokens, mask=config.mask, ignore_index=config.ignore_index)
+        return LanguageModel(
+            tokens=config.tokens, mask=config.mask, ignore_index=config.ignore_index
+        )
     if config.type == "custom":
         assert config.metric is not None  # the config validates it
         fn = import_factory(config.metric, path="task.metric", base_dir=base_dir)

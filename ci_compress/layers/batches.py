@@ -27,9 +27,10 @@ from ci_compress.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
 
-Inputs: TypeAlias = "torch.Tensor | Sequence[torch.Tensor] | Mapping[str, torch.Tensor]"
+Inputs: TypeAlias = (
+    "torch.Tensor | tuple[torch.Tensor, ...] | list[torch.Tensor] | Mapping[str, torch.Tensor]"
+)
 """A model's inputs: a tensor, positional tensors, or keyword tensors."""
 
 Batch: TypeAlias = "tuple[Inputs, torch.Tensor | None]"
@@ -98,12 +99,17 @@ def concat(parts: Sequence[Inputs]) -> Inputs:
     """Batches of one structure joined along the sample dimension."""
     import torch
 
+    columns: dict[str, list[torch.Tensor]] = {}
+    for part in parts:
+        for name, t in named_tensors(part):
+            columns.setdefault(name, []).append(t)
+    joined = {name: torch.cat(ts) for name, ts in columns.items()}
     head = parts[0]
     if isinstance(head, Mapping):
-        return {k: torch.cat([p[k] for p in parts]) for k in head}  # type: ignore[call-overload]
+        return {k: joined[k] for k in head}
     if isinstance(head, tuple | list):
-        return type(head)(torch.cat([p[i] for p in parts]) for i in range(len(head)))  # type: ignore[index]
-    return torch.cat(list(parts))  # type: ignore[arg-type]
+        return type(head)(joined[str(i)] for i in range(len(head)))
+    return joined[""]
 
 
 def to_device(inputs: Inputs, device: torch.device | str) -> Inputs:
@@ -229,14 +235,3 @@ def synchronize(device: torch.device) -> None:
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Where a model's first parameter or buffer lives (cpu for a model holding none)."""
-    import torch
-
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")

@@ -67,7 +67,9 @@ def placement(model: nn.Module, device: torch.device) -> torch.device:
 
 
 @contextlib.contextmanager
-def placed(models: Mapping[str, nn.Module], device: torch.device) -> Iterator[dict[str, torch.device]]:
+def placed(
+    models: Mapping[str, nn.Module], device: torch.device
+) -> Iterator[dict[str, torch.device]]:
     """Each model on its :func:`placement` for the block, back on the CPU afterwards
     (the packed file, exports and the next stage expect CPU models)."""
     where = {role: placement(m, device) for role, m in models.items()}

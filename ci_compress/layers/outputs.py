@@ -102,7 +102,7 @@ _MISSING = object()
 def _pick(out: Any, spec: str | int) -> Any:
     if isinstance(spec, str):
         if isinstance(out, Mapping):
-            return out[spec] if spec in out else _MISSING
+            return out.get(spec, _MISSING)
         if hasattr(out, "_fields") and spec in out._fields:
             return getattr(out, spec)
         return _MISSING

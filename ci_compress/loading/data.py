@@ -130,8 +130,8 @@ class Dataset:
                 f"{self.field}: the dataset is empty",
                 hint="give a dataset with at least one sample",
             )
-        targets = [t for _, t in pairs]
-        target = None if any(t is None for t in targets) else torch.cat(targets)
+        targets = [t for _, t in pairs if t is not None]
+        target = torch.cat(targets) if len(targets) == len(pairs) else None
         return concat([x for x, _ in pairs]), target
 
     def count(self) -> int:
@@ -273,10 +273,14 @@ def _from_arrays(
     ds._check(inputs, target, field)
     if target is not None and not torch.is_floating_point(target) and target.dtype != torch.bool:
         target = target.to(torch.int64)  # integer labels of any width, as int64
-    inputs = {k: v.contiguous() for k, v in inputs.items()} if isinstance(inputs, Mapping) else (
-        tuple(t.contiguous() for t in inputs)
-        if isinstance(inputs, tuple | list)
-        else inputs.contiguous()
+    inputs = (
+        {k: v.contiguous() for k, v in inputs.items()}
+        if isinstance(inputs, Mapping)
+        else (
+            tuple(t.contiguous() for t in inputs)
+            if isinstance(inputs, tuple | list)
+            else inputs.contiguous()
+        )
     )
     ds._tensors = (inputs, None if target is None else target.contiguous())
     return ds
@@ -375,7 +379,9 @@ def _pick(
     if isinstance(inputs, str):
         picked = _tensor(arrays[inputs], where, "x and y")
     elif isinstance(inputs, Mapping):
-        picked = {arg: _tensor(arrays[name], where, f"array {name!r}") for arg, name in inputs.items()}
+        picked = {
+            arg: _tensor(arrays[name], where, f"array {name!r}") for arg, name in inputs.items()
+        }
     else:
         picked = tuple(_tensor(arrays[name], where, f"array {name!r}") for name in inputs)
     y = None if target is None else _tensor(arrays[target], where, "x and y")
@@ -427,7 +433,9 @@ def _read_file(
         try:
             arrays = load_file(str(p))
         except (SafetensorError, OSError, ValueError) as e:
-            raise DataError(f"{field}.path: {p.name} is not a readable safetensors file ({e})") from None
+            raise DataError(
+                f"{field}.path: {p.name} is not a readable safetensors file ({e})"
+            ) from None
         return _pick(arrays, p, field, inputs, target)
     raise DataError(
         f"{field}.path: unsupported data file {p.name}",

@@ -376,8 +376,8 @@ def _transformers() -> Any:
                 path="model.path",
                 hint="pip install 'ci-compress[hf]'",
             ) from None
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
+    transformers.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    transformers.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     return transformers
 
 
@@ -459,7 +459,7 @@ def load_hf_dir(path: Path, source: ModelSource) -> LoadedModel:
 
 def hf_architecture(path: Path, source: ModelSource) -> nn.Module:
     """The configured class built from ``config.json`` alone (weights to be replaced)."""
-    cls, name = _hf_class(source)
+    cls, _ = _hf_class(source)
     transformers = _transformers()
     with _offline():
         config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)

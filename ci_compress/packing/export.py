@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ci_compress.errors import ConfigError
-from ci_compress.layers.inference import inference
 from ci_compress.layers.batches import Inputs, call_model
+from ci_compress.layers.inference import inference
 from ci_compress.layers.outputs import OutputSpec, select_output
 
 if TYPE_CHECKING:

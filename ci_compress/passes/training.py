@@ -137,7 +137,7 @@ def fit(
                     xb, yb = to_device(xb, dev), yb.to(dev)
                 opt.zero_grad()
                 loss = loss_of(model, xb, yb, idx)
-                loss.backward()  # type: ignore[no-untyped-call]
+                loss.backward()
                 opt.step()
                 if after_step is not None:
                     with torch.no_grad():
