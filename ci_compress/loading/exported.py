@@ -10,6 +10,8 @@ the graph alone. Imports torch at top: imported on use by
 
 from __future__ import annotations
 
+import copy
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,17 @@ class ExportedProgram(nn.Module):
         # the graph runs as exported (eval behaviour of dropout, batch norm is baked in)
         self.training = mode
         return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ExportedProgram:
+        # torch's own pytree specs warn (FutureWarning) when a graph is deep-copied;
+        # the gate copies the teacher once, and that line would only be noise.
+        clone = ExportedProgram.__new__(ExportedProgram)
+        memo[id(self)] = clone
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            for key, value in self.__dict__.items():
+                clone.__dict__[key] = copy.deepcopy(value, memo)
+        return clone
 
 
 def load_program(path: Path) -> ExportedProgram:

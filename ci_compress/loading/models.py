@@ -437,13 +437,27 @@ def load_hf_dir(path: Path, source: ModelSource) -> LoadedModel:
         )
     try:
         with _offline():
-            module = cls.from_pretrained(str(path), local_files_only=True)
+            module, info = cls.from_pretrained(
+                str(path), local_files_only=True, output_loading_info=True
+            )
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, ImportError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise ArtifactError(
             f"cannot load the Hugging Face model in {path} with transformers.{name}: {first}",
             hint="check model.hf.auto_class fits the folder's config.json (architectures), and that the folder is complete",
         ) from None
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        # transformers fills them with random values and carries on: a teacher with a
+        # random head (or, for the wrong class, random everything) is not the model.
+        shown = ", ".join(missing[:4]) + (
+            f" and {len(missing) - 4} more" if len(missing) > 4 else ""
+        )
+        raise ArtifactError(
+            f"the Hugging Face folder {path} has no weights for {len(missing)} tensor(s) "
+            f"transformers.{name} needs ({shown}); they would be random",
+            hint="save the whole model with save_pretrained, or set model.hf.auto_class to the class of config.json's architectures",
+        )
     module.eval()
     _check_finite(module, path)
     digest = hashlib.sha256()

@@ -136,7 +136,8 @@ def test_a_factory_beside_the_config_needs_no_pythonpath(tmp_path: Path) -> None
         check(loaded)
         fn = import_factory("local_data:holdout", path="data.holdout.factory", base_dir=folder)
         # each config gets the module beside it, not the one an earlier config imported
-        assert sys.modules[fn.__module__].MARK == mark  # type: ignore[attr-defined]
+        module = sys.modules[fn.__module__]
+        assert mark == module.MARK
         assert sys.path == before  # nothing left behind for the next config
     with pytest.raises(ConfigError, match="cannot import 'local_data'"):
         sys.modules.pop("local_data", None)
