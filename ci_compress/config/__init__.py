@@ -140,7 +140,7 @@ class DataSource(Frozen):
     factory: str | None = Field(
         None,
         pattern=FACTORY_RE,
-        description="package.module:function returning an iterable of (x, y) batches.",
+        description="package.module:function returning an iterable of (inputs, target) batches: inputs a tensor, a tuple (positional arguments) or a dict (keyword arguments) of tensors; target a tensor or None.",
     )
     kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Keyword arguments for the factory."

@@ -161,7 +161,7 @@ LOWER_RULES = ("max_increase", "max_relative_increase")
 
 
 class MetricThresholds(Frozen):
-    """Limits on one metric of the task, student against teacher (see the module docstring)."""
+    """Limits on one metric of the task, student against teacher (docs/configuration.md, "Tasks")."""
 
     max_drop: float | None = Field(
         None,
