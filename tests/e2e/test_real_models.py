@@ -454,3 +454,43 @@ def test_a_tiny_causal_language_model_gated_on_perplexity(tmp_path: Path) -> Non
     assert s["perplexity"] <= t["perplexity"] * 1.05
     assert s["next_token_agreement"] >= 0.9
     assert got["modules"] == 1  # GPT-2 blocks use Conv1D: only lm_head is an nn.Linear
+
+
+# ---------------------------------------------------------------- torch.export program
+
+
+def test_a_torch_export_program_gated_as_it_is(tmp_path: Path, demo_dir: Path) -> None:
+    from safetensors.torch import load_file
+
+    from ci_compress.demo.models import digits_mlp
+
+    model = digits_mlp()
+    model.load_state_dict(load_file(str(demo_dir / "digits_mlp.safetensors")))
+    program = torch.export.export(
+        model.eval(), (torch.rand(4, 64),), dynamic_shapes=({0: torch.export.Dim("batch")},)
+    )
+    torch.export.save(program, str(tmp_path / "mlp.pt2"))
+    config = write_config(
+        tmp_path,
+        {
+            "version": 1,
+            "model": {"path": "mlp.pt2"},
+            "data": {"holdout": {"builtin": "digits"}},
+            "passes": [],
+            "thresholds": {"max_accuracy_drop": 0.0},
+            "mlflow": {"enabled": False},
+            "report": {"dir": "report"},
+            "runtime": {"latency_repeats": 3, "latency_warmup": 1},
+        },
+    )
+    code, report, seconds = run_gate(config)
+    measured(
+        "digits-mlp-torch-export-run",
+        exit_code=code,
+        accuracy=report["student"]["metrics"]["accuracy"],
+        teacher_bytes=report["teacher"]["file_bytes"],
+        student_bytes=report["student"]["file_bytes"],
+        seconds=seconds,
+    )
+    assert code == 0 and report["student"]["metrics"]["agreement"] == 1.0
+    assert report["teacher"]["metrics"]["accuracy"] > 0.95

@@ -138,3 +138,28 @@ def test_a_head_missing_from_the_folder_is_not_filled_with_random_weights(tmp_pa
     ):
         load_model_file(tmp_path, source)
     assert load_model_file(tmp_path, ModelSource(path=str(tmp_path))).kind == "huggingface"
+
+
+def test_a_torchscript_export_of_a_keyword_input_model_is_checked(tmp_path: Path) -> None:
+    from ci_compress.packing.export import export_all
+
+    class Tagger(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = torch.nn.Embedding(20, 8)
+            self.head = torch.nn.Linear(8, 3)
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
+            h = self.emb(input_ids) * attention_mask[..., None]
+            return {"logits": self.head(h.mean(1)), "hidden": h}
+
+    torch.manual_seed(0)
+    model = Tagger().eval()
+    batch = {"input_ids": torch.randint(0, 20, (6, 5)), "attention_mask": torch.ones(6, 5)}
+    result = export_all(
+        model, ["torchscript", "onnx"], tmp_path, "s", batch, lambda: [(batch, None)]
+    )
+    assert result["torchscript"]["status"] == "ok", result
+    assert result["torchscript"]["agreement"] == 1.0 and result["torchscript"]["samples"] == 6
+    assert result["onnx"]["status"] == "skipped"
+    assert "single-tensor inputs" in result["onnx"]["reason"]
