@@ -11,6 +11,6 @@ from pydantic import BaseModel, ConfigDict
 
 
 class Frozen(BaseModel):
-    """Frozen, no unknown keys."""
+    """Frozen, no unknown keys, no infinite or NaN numbers (``.inf`` is valid YAML)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)

@@ -25,6 +25,7 @@ import annotated_types
 from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, model_validator
 
 from ci_compress import redaction
+from ci_compress.config.reading import load_yaml
 from ci_compress.config.tune import TuneConfig
 from ci_compress.errors import ConfigError
 from ci_compress.files import text_sha256
@@ -34,6 +35,16 @@ from ci_compress.passes.registry import PASSES
 from ci_compress.refs import FACTORY_RE
 
 CONFIG_VERSION = 1
+REPORT_FILES = (
+    "report.json",
+    "report.md",
+    "junit.xml",
+    "manifest.json",
+    "explain.json",
+    "explain.md",
+    "sensitivity.png",
+)
+"""Files the gate writes into the report folder beside the shipped student."""
 _SHA256_RE = r"^[0-9a-fA-F]{64}$"
 _MODEL_URI_RE = r"^(models:/[^/@]+(@[\w-]+|/[0-9]+)(/.+)?|runs:/[0-9A-Za-z_-]+/.+)$"
 
@@ -283,8 +294,18 @@ class ShipConfig(Frozen):
     filename: str = Field(
         "student.ccz",
         pattern=r"^[\w.-]+$",
-        description="File name of the shipped student inside the report folder.",
+        description="File name of the shipped student inside the report folder (a plain name ending in .ccz, not one of the report files).",
     )
+
+    @model_validator(mode="after")
+    def _plain_student_name(self) -> ShipConfig:
+        name = self.filename
+        if not name.endswith(".ccz") or name.startswith(".") or name in REPORT_FILES:
+            raise ValueError(
+                f"ship.filename: {name!r} must be a plain file name ending in .ccz that does "
+                f"not start with '.' and is none of the report files ({', '.join(REPORT_FILES)})"
+            )
+        return self
     zstd_level: int = Field(19, ge=1, le=22, description="zstandard level for the packed payload.")
     export: tuple[Literal["torchscript", "onnx"], ...] = Field(
         (),
@@ -382,7 +403,7 @@ def parse_config_text(
 
     name = str(source) if source else "<config>"
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text, origin=name)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -555,6 +576,19 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+def _is_number(annotation: Any) -> bool:
+    """Whether a field takes an int or a float (also inside Optional/Annotated), not a bool.
+
+    pydantic's lax mode turns ``true`` into 1 for such a field: a threshold written as
+    ``yes`` would silently become 1 point.
+    """
+    if annotation in (int, float):
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType, Annotated):
+        return any(_is_number(a) for a in typing.get_args(annotation))
+    return False
+
+
 def _check_keys(cls: type[BaseModel], data: Any, prefix: str) -> None:
     """Reject unknown keys anywhere below ``cls``, suggesting the closest known key."""
     if not isinstance(data, Mapping):
@@ -566,6 +600,12 @@ def _check_keys(cls: type[BaseModel], data: Any, prefix: str) -> None:
                 f"unknown key{_did_you_mean(str(key), fields)}",
                 path=_join(prefix, str(key)),
                 hint=f"known keys here: {', '.join(fields)}",
+            )
+        if isinstance(value, bool) and _is_number(fields[key].annotation):
+            raise ConfigError(
+                f"must be a number, got the boolean {str(value).lower()}",
+                path=_join(prefix, str(key)),
+                hint="YAML reads true/false/yes/no/on/off as booleans; write the number",
             )
         sub = _model_of(fields[key].annotation)
         if sub is not None and sub is not PassConfig:
@@ -631,7 +671,7 @@ def _convert(err: ValidationError, cls: type[BaseModel], *, prefix: str) -> Conf
         if msg.startswith("thresholds: "):
             return ConfigError(msg.removeprefix("thresholds: "), path="thresholds")
         field_path, sep, rest = msg.partition(": ")
-        if sep and re.fullmatch(r"(mlflow|thresholds)\.\w+", field_path):
+        if sep and re.fullmatch(r"(mlflow|thresholds|ship)\.\w+", field_path):
             return ConfigError(rest, path=field_path)
         return ConfigError(msg, path=path or None)
     if kind == "literal_error":
