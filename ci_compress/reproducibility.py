@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ci_compress.config import LoadedConfig
+    from ci_compress.evaluation.classes import PerClass
 
 MANIFEST_VERSION = 1
 
@@ -92,7 +93,7 @@ def build_manifest(
     student_sha256: str,
     pass_history: list[dict[str, Any]],
     measurements: Mapping[str, float],
-    per_class: Mapping[str, Any],
+    per_class: PerClass | None,
     verdict: str,
 ) -> dict[str, Any]:
     """The manifest of one gate run (plain JSON-able dict)."""
@@ -135,7 +136,7 @@ def build_manifest(
             "verdict": verdict,
             "measurements": reproducible(measurements),
             "per_class_correct": {
-                row["label"]: row["correct"] for row in per_class.get("classes", [])
+                row.label: dict(row.correct) for row in (per_class.classes if per_class else ())
             },
         },
     }

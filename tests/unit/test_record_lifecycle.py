@@ -38,8 +38,9 @@ def test_a_run_ends_finished_when_its_body_returns() -> None:
 
 def test_a_run_ends_failed_with_its_failure_tags_when_its_body_raises() -> None:
     t = MemoryTracker()
-    with pytest.raises(KeyError), record.recorded_run(
-        t, "e", "n", {}, failed_tags={"ci_compress.status": "failed"}
+    with (
+        pytest.raises(KeyError),
+        record.recorded_run(t, "e", "n", {}, failed_tags={"ci_compress.status": "failed"}),
     ):
         raise KeyError("boom")
     assert t.runs["run0"]["status"] == "FAILED"
@@ -94,4 +95,9 @@ def test_explain_is_recorded_as_its_own_run(tmp_path: Path) -> None:
         "explain.suggested_exclude_count": 1.0,
     }
     assert run["artifacts"] == ["sensitivity.png"]
-    assert record.record_explain(NullTracker(), experiment="e", ci=CIContext("local"), result=result, paths={}) is None
+    assert (
+        record.record_explain(
+            NullTracker(), experiment="e", ci=CIContext("local"), result=result, paths={}
+        )
+        is None
+    )
