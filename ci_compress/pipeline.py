@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,7 +40,6 @@ from ci_compress.progress import Step, Warn, Warnings, step_of, warn_of
 from ci_compress.redaction import redact_data
 from ci_compress.report import (
     Artifacts,
-    Baseline,
     Environment,
     ExportResult,
     HoldoutInfo,
@@ -55,7 +54,10 @@ from ci_compress.stages import Inputs, Shipped, apply_passes, load_inputs, set_d
 from ci_compress.tracking import NullTracker, Tracker, make_tracker, model_fetcher
 
 if TYPE_CHECKING:
+    import torch
+
     from ci_compress.evaluation.metrics import TaskMetrics
+    from ci_compress.loading.data import Dataset
 
 Progress = Callable[[str], None]
 EarlyStop = Callable[[Mapping[str, float]], None]
@@ -116,16 +118,7 @@ def run(
             champion_file=champion.file if champion else None,
             step=step_of(progress),
         )
-        baseline = Baseline("off") if champion is None else champion.baseline
-        if champion is not None and champion.version is not None and report.champion:
-            baseline = record.champion_baseline(
-                champion.version,
-                alias,
-                tracker,
-                holdout_sha256=report.holdout.sha256,
-                measured_accuracy=report.champion.metrics["accuracy"],
-                warn=warnings,
-            )
+        baseline = record.baseline(champion, report, tracker, warn=warnings)
         explained = _explain_if_asked(loaded, report.passed, out_dir, say, fetch)
         report = replace(
             report,
@@ -285,21 +278,9 @@ def _evaluate(
         step=step,
         before_latency=_before_latency(early_stop, models),
     )
-    exports: dict[str, ExportResult] = {}
-    if cfg.ship.export:
-        say(f"exporting the student: {', '.join(cfg.ship.export)}")
-        written = export_all(
-            candidate.module,
-            cfg.ship.export,
-            candidate.path.parent,
-            candidate.path.name.removesuffix(".ccz"),
-            measured.example,
-            lambda: holdout.batches(cfg.data.batch_size),
-        )
-        exports = {fmt: ExportResult.from_dict(e) for fmt, e in written.items()}
-        for fmt, e in exports.items():
-            if not e.ok:
-                warn(f"{fmt} export skipped: {e.reason}")
+    exports = _export(
+        candidate, cfg.ship.export, holdout, cfg.data.batch_size, measured.example, say, warn
+    )
     figures = {
         **measured.figures,
         "student": {
@@ -348,6 +329,35 @@ def _evaluate(
         paired=paired,
         result=result,
     )
+
+
+def _export(
+    candidate: Shipped,
+    formats: Sequence[str],
+    holdout: Dataset,
+    batch_size: int,
+    example: torch.Tensor,
+    say: Progress,
+    warn: Warn,
+) -> dict[str, ExportResult]:
+    """Each ``ship.export`` format written beside the shipped file and checked against it
+    on the holdout; a format the exporter refuses is skipped with a warning."""
+    if not formats:
+        return {}
+    say(f"exporting the student: {', '.join(formats)}")
+    written = export_all(
+        candidate.module,
+        formats,
+        candidate.path.parent,
+        candidate.path.name.removesuffix(".ccz"),
+        example,
+        lambda: holdout.batches(batch_size),
+    )
+    exports = {fmt: ExportResult.from_dict(e) for fmt, e in written.items()}
+    for fmt, e in exports.items():
+        if not e.ok:
+            warn(f"{fmt} export skipped: {e.reason}")
+    return exports
 
 
 def _before_latency(

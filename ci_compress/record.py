@@ -189,12 +189,13 @@ def gate_run(
 
 @dataclass(frozen=True)
 class Champion:
-    """The version holding the alias (None: no version does yet), its downloaded file,
-    and the baseline as known before it is measured."""
+    """The registry baseline of a gate: the version holding the alias (None: no version
+    does yet) and its downloaded file."""
 
+    registered_model: str
+    alias: str
     version: ModelVersionRef | None
     file: Path | None
-    baseline: Baseline
 
 
 def look_up_champion(
@@ -203,20 +204,38 @@ def look_up_champion(
     """The version holding ``alias`` and its file, downloaded into ``dest``."""
     say(f"looking up {registered_model}@{alias}")
     version = tracker.champion(registered_model, alias)
-    if version is None:
-        return Champion(
-            None,
-            None,
-            Baseline(
-                "none",
-                registered_model=registered_model,
-                alias=alias,
-                note=f"no version of {registered_model} holds @{alias} yet: "
-                "champion checks skipped (not failed)",
-            ),
+    file = None
+    if version is not None:
+        file = tracker.fetch(f"models:/{registered_model}/{version.version}", dest).path
+    return Champion(registered_model, alias, version, file)
+
+
+def baseline(
+    champion: Champion | None, report: Report, tracker: Tracker, *, warn: Warn
+) -> Baseline:
+    """The report's baseline section: ``off`` without a registry, ``none`` when no version
+    holds the alias (champion checks skipped), else the champion re-measured in ``report``
+    beside what its own run recorded."""
+    if champion is None:
+        return Baseline("off")
+    if champion.version is None:
+        return Baseline(
+            "none",
+            registered_model=champion.registered_model,
+            alias=champion.alias,
+            note=f"no version of {champion.registered_model} holds @{champion.alias} yet: "
+            "champion checks skipped (not failed)",
         )
-    file = tracker.fetch(f"models:/{registered_model}/{version.version}", dest).path
-    return Champion(version, file, Baseline("none", registered_model=registered_model, alias=alias))
+    if report.champion is None:
+        return Baseline("none", registered_model=champion.registered_model, alias=champion.alias)
+    return champion_baseline(
+        champion.version,
+        champion.alias,
+        tracker,
+        holdout_sha256=report.holdout.sha256,
+        measured_accuracy=report.champion.metrics["accuracy"],
+        warn=warn,
+    )
 
 
 def champion_baseline(
