@@ -97,7 +97,14 @@ def _run_and_report(
     if overrides:
         loaded = with_overrides(loaded, **overrides)
     _sigterm_as_interrupt()
-    report = pipeline.run(loaded, report_dir=report_dir, progress=_progress(quiet), promote=promote)
+    progress = _progress(quiet)
+    report = pipeline.run(
+        loaded,
+        report_dir=report_dir,
+        progress=progress,
+        warn=progress.warning,
+        promote=promote,
+    )
     if as_json:
         click.echo(json.dumps(redact_data(report.to_dict()), indent=2, sort_keys=True))
     else:

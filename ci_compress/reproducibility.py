@@ -28,6 +28,7 @@ from ci_compress.report import read_report_json
 
 if TYPE_CHECKING:
     from ci_compress.config import LoadedConfig
+    from ci_compress.evaluation.classes import PerClass
 
 MANIFEST_VERSION = 1
 
@@ -95,7 +96,7 @@ def build_manifest(
     student_sha256: str,
     pass_history: list[dict[str, Any]],
     measurements: Mapping[str, float],
-    per_class: Mapping[str, Any],
+    per_class: PerClass | None,
     verdict: str,
 ) -> dict[str, Any]:
     """The manifest of one gate run (plain JSON-able dict)."""
@@ -138,7 +139,7 @@ def build_manifest(
             "verdict": verdict,
             "measurements": reproducible(measurements),
             "per_class_correct": {
-                row["label"]: row["correct"] for row in per_class.get("classes", [])
+                row.label: dict(row.correct) for row in (per_class.classes if per_class else ())
             },
         },
     }

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ci_compress.errors import ArtifactError, CICompressError, InputError, TrackingError
+from ci_compress.progress import Warn
 from ci_compress.redaction import redact, redact_url
 
 if TYPE_CHECKING:
@@ -144,6 +145,7 @@ class Tracker(Protocol):
         *,
         parent_run_id: str | None = None,
     ) -> str: ...
+    def resume_run(self, run_id: str) -> None: ...
     def log_params(self, params: Mapping[str, str]) -> None: ...
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None: ...
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
@@ -217,6 +219,12 @@ class MemoryTracker:
         }
         self.current = run_id
         return run_id
+
+    def resume_run(self, run_id: str) -> None:
+        """Write to an existing run again (a study's parent run, from a later process)."""
+        if run_id not in self.runs:
+            raise TrackingError(f"no run {run_id} in the in-memory tracker")
+        self.current = run_id
 
     def _run(self) -> dict[str, Any]:
         assert self.current is not None
@@ -393,6 +401,10 @@ class MlflowTracker:
             )
         self.run_id = run.info.run_id
         return self.run_id
+
+    def resume_run(self, run_id: str) -> None:
+        """Write to an existing run again (a study's parent run, from a later process)."""
+        self.run_id = run_id
 
     def log_params(self, params: Mapping[str, str]) -> None:
         from mlflow.entities import Param
@@ -700,10 +712,11 @@ def download_run_file(uri: str, run_id: str, name: str, dest: Path) -> Path:
 
 # ---------------------------------------------------------------- opening a tracker, fetching models
 
-Progress = Callable[[str], None]
 
-
-def make_tracker(loaded: LoadedConfig, environ: Mapping[str, str], progress: Progress) -> Tracker:
+def make_tracker(loaded: LoadedConfig, environ: Mapping[str, str], warn: Warn) -> Tracker:
+    """The tracker the config asks for: MLflow, checked to answer; a :class:`NullTracker`
+    when MLflow is disabled, or unreachable while ``mlflow.required: false`` (``warn``
+    says so)."""
     cfg = loaded.config.mlflow
     if not cfg.enabled:
         return NullTracker()
@@ -714,7 +727,7 @@ def make_tracker(loaded: LoadedConfig, environ: Mapping[str, str], progress: Pro
     except TrackingError as e:
         if cfg.required:
             raise
-        progress(f"warning: {e.message}; continuing without MLflow (mlflow.required: false)")
+        warn(f"{e.message}; continuing without MLflow (mlflow.required: false)")
         return NullTracker()
     return tracker
 

@@ -13,7 +13,7 @@ from ci_compress.ci.env import CIContext, detect
 from ci_compress.config import load_config, parse_config
 from ci_compress.errors import ArtifactError, ConfigError, TrackingError
 from ci_compress.gate import decide
-from ci_compress.pipeline import promotion_decision
+from ci_compress.record import promotion_decision
 from ci_compress.tracking import (
     MemoryTracker,
     parse_model_uri,

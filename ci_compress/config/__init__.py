@@ -306,6 +306,7 @@ class ShipConfig(Frozen):
                 f"not start with '.' and is none of the report files ({', '.join(REPORT_FILES)})"
             )
         return self
+
     zstd_level: int = Field(19, ge=1, le=22, description="zstandard level for the packed payload.")
     export: tuple[Literal["torchscript", "onnx"], ...] = Field(
         (),
