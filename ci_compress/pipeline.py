@@ -13,15 +13,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ci_compress import __version__
 from ci_compress.ci.env import CIContext, detect
-from ci_compress.config import LoadedConfig, flatten
+from ci_compress.config import LoadedConfig, flatten, to_mapping
 from ci_compress.errors import CICompressError, ConfigError
 from ci_compress.evaluation.classes import class_figures, per_class_table
 from ci_compress.evaluation.metrics import score
 from ci_compress.evaluation.performance import latency_ms, model_memory_bytes
 from ci_compress.evaluation.statistics import paired_statistics
 from ci_compress.explain import explain
+from ci_compress.files import atomic_write
 from ci_compress.gate import decide, derive
 from ci_compress.layers.inspect import count_parameters
 from ci_compress.loading.data import HoldoutDigest
@@ -42,6 +42,7 @@ from ci_compress.tracking import (
     make_tracker,
     model_fetcher,
 )
+from ci_compress.versions import versions
 
 if TYPE_CHECKING:
     pass
@@ -578,9 +579,6 @@ def _evaluate_and_decide(
             row["label"] for row in per_class["classes"] if row["drop_points"]["student"] > limit
         ]
 
-    import numpy
-    import torch as _torch
-
     return Report(
         verdict=result.verdict,
         gate=result,
@@ -599,10 +597,8 @@ def _evaluate_and_decide(
             "x_dtype": str(x_lat.dtype).removeprefix("torch."),
             "y_dtype": str(y_lat.dtype).removeprefix("torch."),
         },
-        environment=_environment(
-            ci, rt.threads, rt.seed, __version__, _torch.__version__, numpy.__version__
-        ),
-        config=redact_data(cfg.model_dump(mode="json")),
+        environment=_environment(ci, rt.threads, rt.seed),
+        config=redact_data(to_mapping(cfg)),
         size=size,
         exports=exports,
         statistics=stats.to_dict(),
@@ -640,18 +636,13 @@ def _redacted_copy(source: Path, out_dir: Path) -> Path:
     copy_dir = out_dir / "config"
     copy_dir.mkdir(parents=True, exist_ok=True)
     target = copy_dir / source.name
-    target.write_text(clean, encoding="utf-8")
+    atomic_write(target, clean)
     return target
 
 
-def _environment(
-    ci: CIContext, threads: int, seed: int, version: str, torch_version: str, numpy_version: str
-) -> dict[str, Any]:
+def _environment(ci: CIContext, threads: int, seed: int) -> dict[str, Any]:
     return {
-        "ci_compress": version,
-        "torch": torch_version,
-        "numpy": numpy_version,
-        "python": platform.python_version(),
+        **versions(("ci_compress", "torch", "numpy", "python")),
         "platform": platform.platform(),
         "threads": threads,
         "seed": seed,

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from ci_compress import pipeline
-from ci_compress.config import ExplainConfig, parse_config_text
+from ci_compress.config import ExplainConfig, apply_overrides, parse_config_text
 from ci_compress.errors import ConfigError, InputError
+from ci_compress.files import text_sha256
 from ci_compress.report import read_report_json
 from ci_compress.reproducibility import package_versions, reproducible
 from ci_compress.tracking import NullTracker, download_run_file
@@ -79,9 +80,7 @@ def read_manifest(path: Path) -> dict[str, Any]:
     text = manifest.get("config", {}).get("text")
     if not isinstance(text, str):
         raise InputError(f"{path}: the manifest holds no config text; it cannot be re-run")
-    import hashlib
-
-    if hashlib.sha256(text.encode()).hexdigest() != manifest["config"].get("text_sha256"):
+    if text_sha256(text) != manifest["config"].get("text_sha256"):
         raise InputError(
             f"{path}: the config text in the manifest does not match its recorded sha256",
             hint="the manifest was edited; use the report as the gate wrote it",
@@ -132,6 +131,8 @@ def reproduce(
             hint="pass --base-dir with the folder the config's relative paths refer to",
         )
     loaded = parse_config_text(manifest["config"]["text"], base_dir=base)
+    # The gate ran with these on top of the text (``run --fast``): so does the re-run.
+    loaded = apply_overrides(loaded, manifest["config"].get("overrides") or {})
     # The re-run only measures: no explain, no MLflow run.
     loaded = dataclasses.replace(
         loaded,

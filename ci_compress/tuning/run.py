@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from ci_compress.ci.env import detect
 from ci_compress.errors import CICompressError
+from ci_compress.files import atomic_write
 from ci_compress.tracking import MlflowTracker, make_tracker
 from ci_compress.tuning import study as st
 from ci_compress.tuning.config import TuneConfig
@@ -79,7 +80,7 @@ def tune(
         if url_:
             result.mlflow["run_url"] = url_
         assert result.report_md is not None
-        result.report_md.write_text(render_markdown(result))
+        atomic_write(result.report_md, render_markdown(result))
         _record_parent(tracker, result)
     return result
 

@@ -35,10 +35,11 @@ from typing import TYPE_CHECKING, Any
 
 from ci_compress import pipeline
 from ci_compress.ci.env import detect
-from ci_compress.config import LoadedConfig, flatten
+from ci_compress.config import LoadedConfig, flatten, to_mapping
 from ci_compress.errors import CICompressError, ConfigError, InfraError
 from ci_compress.gate import RULES, decide
 from ci_compress.redaction import redact
+from ci_compress.reporting.render import write_report_json
 from ci_compress.tracking import MlflowTracker, fetch_teacher
 from ci_compress.tuning.config import TuneConfig
 from ci_compress.tuning.space import resolve
@@ -272,15 +273,26 @@ def run_worker(settings: Settings, space: Space, progress: Progress | None = Non
 
 
 def _spent(trials: Sequence[optuna.trial.FrozenTrial], before: int | None = None) -> int:
-    """Trials that count against max_trials (those numbered below ``before``, if given).
+    """Trials that count against max_trials.
+
+    Without ``before``: the trials started so far. A waiting trial (the base config,
+    enqueued before the first trial) is not spent yet: it is the next one a worker
+    runs, so counting it would end a ``max_trials: 1`` study before its only trial.
+
+    With ``before`` (a trial deciding whether it may run): every trial numbered below
+    it, waiting ones included, since each of them runs before or beside this one.
 
     A trial a worker created after the budget was spent is marked ``over_budget`` and
     does not count: otherwise a race between workers would eat a later run's budget.
     """
+    import optuna
+
+    waiting = optuna.trial.TrialState.WAITING
     return sum(
         1
         for t in trials
-        if not t.user_attrs.get("over_budget") and (before is None or t.number < before)
+        if not t.user_attrs.get("over_budget")
+        and (t.number < before if before is not None else t.state != waiting)
     )
 
 
@@ -391,8 +403,8 @@ class _Objective:
         self._record(trial, figures, thresholds, passed=report.passed, pruned=False)
         value = objective_value(self.space, figures)
         trial.set_user_attr("value", value)
-        report.config = config.model_dump(mode="json")
-        _write_json(trial_dir / "report.json", report)
+        report.config = to_mapping(config)
+        write_report_json(report, trial_dir / "report.json")
         verdict = "pass" if report.passed else "fail"
         self.say(
             f"trial {trial.number}: {verdict}, {report.student.file_bytes:,} bytes, "
@@ -449,12 +461,6 @@ def _already_measured(trial: optuna.Trial, passes: list[dict[str, Any]]) -> Any 
 def _describe(p: Mapping[str, Any]) -> str:
     opts = ", ".join(f"{k}={v}" for k, v in p.items() if k != "type")
     return f"{p['type']}({opts})"
-
-
-def _write_json(path: Path, report: Report) -> None:
-    import json
-
-    path.write_text(json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
 # ---------------------------------------------------------------- MLflow
