@@ -3,7 +3,8 @@
 Three kinds of secret reach ci-compress:
 
 * URL userinfo (``https://user:password@host``) in ``model.url`` or
-  ``mlflow.tracking_uri``: shown as ``https://***@host``;
+  ``mlflow.tracking_uri``: shown as ``https://***@host`` (userinfo whose password is
+  written as ``${NAME}`` references only is a template, and text keeps it);
 * values interpolated into the config from the environment (``${NAME}``): shown as
   ``${NAME}``, so a reader still sees where the value came from;
 * MLflow's own credential variables (:data:`SECRET_ENV`): shown as ``***``.
@@ -43,7 +44,11 @@ SECRET_ENV = (
 # Shorter values are not treated as secrets: replacing "1" or "on" everywhere would
 # mangle every number in a report and hide nothing worth hiding.
 MIN_SECRET_LENGTH = 4
-_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s'\"]+@")
+_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)([^/@\s'\"]+)@")
+# A credential written as references only (``https://ci:${TOKEN}@host``) is a template,
+# not a secret: text keeps it, so a reader sees where the value comes from (and the
+# config text in the reproducibility manifest stays the text that was read).
+_REFERENCES_ONLY = re.compile(r"(?:\$\{[A-Za-z_][A-Za-z0-9_]*\})+")
 
 _registered: dict[str, str] = {}
 
@@ -101,17 +106,20 @@ def clear() -> None:
 
 
 def redact_url(url: str) -> str:
-    """The URL with any ``user:password@`` part replaced by ``***@``."""
+    """The URL with any ``user:password@`` part replaced by ``***@``.
+
+    An :class:`Interpolated` URL is shown from its template (a token in the query stays
+    ``${NAME}``).
+    """
+    if isinstance(url, Interpolated):
+        url = url.template
     try:
         parts = urlsplit(url)
     except ValueError:
         return _USERINFO.sub(r"\1***@", url)
-    if not (parts.username or parts.password):
+    if "@" not in parts.netloc:
         return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"***@{host}"))
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
 
 
 def strip_userinfo(url: str) -> str:
@@ -140,7 +148,7 @@ def redact(text: str, environ: Mapping[str, str] | None = None) -> str:
     if not text:
         return text
     environ = os.environ if environ is None else environ
-    text = _USERINFO.sub(r"\1***@", text)
+    text = _USERINFO.sub(_hide_userinfo, text)
     # Longest first, so a secret that contains another is replaced whole.
     for value in sorted(_registered, key=len, reverse=True):
         if value in text:
@@ -150,6 +158,13 @@ def redact(text: str, environ: Mapping[str, str] | None = None) -> str:
         if secret and len(secret) >= MIN_SECRET_LENGTH:
             text = text.replace(secret, "***")
     return text
+
+
+def _hide_userinfo(m: re.Match[str]) -> str:
+    user, _, password = m.group(2).partition(":")
+    if _REFERENCES_ONLY.fullmatch(password or user):
+        return m.group(0)
+    return f"{m.group(1)}***@"
 
 
 def redact_data(value: Any, environ: Mapping[str, str] | None = None) -> Any:
