@@ -1,12 +1,10 @@
 """Interpolated config values: the value for the code that uses them, the template for
-every writer; command-line overrides that never interpolate twice; strict report.json;
-CI context URLs without credentials."""
+every writer; command-line overrides that never interpolate twice; one report.json writer."""
 
 from __future__ import annotations
 
 import copy
 import json
-import math
 import pickle
 from pathlib import Path
 from typing import Any
@@ -14,7 +12,6 @@ from typing import Any
 import pytest
 import yaml
 
-from ci_compress.ci.env import detect
 from ci_compress.config import (
     dump_yaml,
     parse_config,
@@ -31,9 +28,9 @@ from ci_compress.redaction import (
     strip_userinfo,
     templated,
 )
-from ci_compress.report import report_from_dict
 from ci_compress.reporting.render import report_json, write_report_json, write_reports
 from tests.conftest import base_config
+from tests.unit.forged_report import forged_report
 
 TOKEN = "tok-Zq91-secret"
 USER = "ci-Zq92-user"
@@ -186,77 +183,17 @@ def test_overrides_are_validated_with_the_yaml_path(loaded: Any) -> None:
         with_overrides(strict, mlflow_enabled=False)
 
 
-# ---------------------------------------------------------------- strict report.json
+# ---------------------------------------------------------------- one report.json writer
 
 
-def _forged_report() -> Any:
-    check = {
-        "threshold": "min_compression_ratio",
-        "metric": "delta.compression_ratio",
-        "limit": 2.0,
-        "measured": math.inf,
-        "passed": True,
-        "message": "compression ratio inf",
-    }
-    model = {"file": "m", "file_bytes": 0, "sha256": "0" * 64}
-    return report_from_dict(
-        {
-            "verdict": "pass",
-            "gate": {"passed": True, "checks": [check]},
-            "teacher": {**model, "metrics": {"accuracy": 0.9, "latency_ms": math.nan}},
-            "student": {**model, "metrics": {"accuracy": 0.9, "latency_ms": -math.inf}},
-            "deltas": {
-                "delta.accuracy_drop_points": 0.0,
-                "delta.compression_ratio": math.inf,
-                "delta.latency_ratio": math.nan,
-            },
-            "thresholds": {"min_compression_ratio": 2.0},
-            "reproducibility": {"manifest_version": 1, "expected": {"x": math.inf}},
-        }
-    )
-
-
-def _strict(text: str) -> Any:
-    def refuse(name: str) -> None:
-        raise AssertionError(f"not strict JSON: bare {name}")
-
-    return json.loads(text, parse_constant=refuse)
-
-
-def test_report_json_is_strict_json_with_a_documented_rule_for_non_finite(
-    tmp_path: Path,
-) -> None:
-    report = _forged_report()
+def test_the_gate_tune_and_run_json_share_one_report_json_writer(tmp_path: Path) -> None:
+    report = forged_report()
     paths = write_reports(report, tmp_path)
-    data = _strict(paths["report_json"].read_text())
-    assert data["deltas"]["delta.compression_ratio"] == "Infinity"
-    assert data["deltas"]["delta.latency_ratio"] == "NaN"
-    assert data["student"]["metrics"]["latency_ms"] == "-Infinity"
-    assert data["gate"]["checks"][0]["measured"] == "Infinity"
-    assert _strict(paths["manifest_json"].read_text())["expected"] == {"x": "Infinity"}
-    # read back: the strings are numbers again
-    back = report_from_dict(data)
-    assert back.deltas["delta.compression_ratio"] == math.inf
-    assert math.isnan(back.deltas["delta.latency_ratio"])
-    # the one writer: the gate's files, tune's trials and `run --json` print the same text
     trial = write_report_json(report, tmp_path / "trial" / "report.json")
     assert trial.read_text() == paths["report_json"].read_text() == report_json(report)
 
 
-# ---------------------------------------------------------------- CI context
-
-
-def test_ci_context_urls_lose_their_credentials() -> None:
-    env = {
-        "JENKINS_URL": "https://jenkins.example/",
-        "GIT_URL": f"https://{USER}:{TOKEN}@git.example/acme/models.git",
-        "BUILD_URL": f"https://{USER}:{TOKEN}@jenkins.example/job/gate/7/",
-        "GIT_COMMIT": "0" * 40,
-        "GIT_BRANCH": "origin/main",
-    }
-    ci = detect(env, Path("."))
-    assert ci.repository == "https://git.example/acme/models.git"
-    assert ci.job_url == "https://jenkins.example/job/gate/7/"
-    _no_secret(json.dumps(ci.tags()) + json.dumps(vars(ci)))
+def test_strip_userinfo_removes_the_whole_credential() -> None:
+    assert strip_userinfo(VALUE) == "https://mlflow.example/x?y=1"
+    assert strip_userinfo("https://tok@h:8443/p") == "https://h:8443/p"
     assert strip_userinfo("https://h:8443/p?a=b@c") == "https://h:8443/p?a=b@c"
-    assert strip_userinfo("git@github.com:acme/models.git") == "git@github.com:acme/models.git"
