@@ -7,9 +7,11 @@ did-you-mean, by the config loader before pydantic sees them.
 Values interpolated from the environment (:class:`~ci_compress.redaction.Interpolated`)
 stay that type through validation and serialise as their ``${NAME}`` template, in
 every ``model_dump`` mode (``exclude_unset``/``exclude_defaults`` included) and in
-``model_dump_json``: a config object cannot be written out with the secrets it holds. (pydantic turns a ``str`` subclass into a plain
-``str`` when it validates a ``str`` field; :meth:`Frozen._keep_interpolated` puts the
-value back, unchanged, wherever validation left the text as it was.)
+``model_dump_json``: a config object cannot be written out with the secrets it holds.
+(pydantic turns a ``str`` subclass into a plain ``str`` when it validates a ``str``
+field; :meth:`Frozen._keep_interpolated` puts the value back wherever validation left
+the text as it was.) This is the one import of ours beyond ``errors`` here: the type
+lives with the rest of the secret handling, in :mod:`ci_compress.redaction`, a leaf too.
 """
 
 from __future__ import annotations

@@ -344,7 +344,7 @@ class _Objective:
         try:
             config = self.space.build(passes)
         except ConfigError as e:
-            trial.set_user_attr("error", e.message)
+            trial.set_user_attr("error", redact(e.message))
             self.say(f"trial {trial.number}: invalid config ({e.message})")
             raise
 
@@ -389,7 +389,7 @@ class _Objective:
                 tracker.end_run("FINISHED")
             raise optuna.TrialPruned() from None
         except ConfigError as e:
-            trial.set_user_attr("error", e.message)
+            trial.set_user_attr("error", redact(e.message))
             self.say(f"trial {trial.number}: {e.message}")
             if tracker is not None:
                 tracker.set_tags({"ci_compress.verdict": "error"})
