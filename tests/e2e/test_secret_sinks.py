@@ -74,6 +74,7 @@ def mlflow_sinks(client: MlflowClient, run_id: str, dest: Path) -> dict[str, byt
         f"{label} name": run.info.run_name or "",
         f"{label} params": json.dumps(run.data.params),
         f"{label} tags": json.dumps(run.data.tags),
+        f"{label} inputs": str(run.inputs),
     }
     local = Path(client.download_artifacts(run_id, "", str(dest / run_id)))
     out.update(files_under(local, f"{label} artifacts"))
