@@ -90,8 +90,8 @@ def _run_and_report(
 ) -> int:
     from ci_compress import pipeline
     from ci_compress.config import load_config, with_overrides
-    from ci_compress.redaction import redact, redact_data
-    from ci_compress.reporting.render import terminal
+    from ci_compress.redaction import redact
+    from ci_compress.reporting.render import report_json, terminal
 
     loaded = load_config(config_path)
     if overrides:
@@ -106,7 +106,7 @@ def _run_and_report(
         promote=promote,
     )
     if as_json:
-        click.echo(json.dumps(redact_data(report.to_dict()), indent=2, sort_keys=True))
+        click.echo(report_json(report), nl=False)
     else:
         click.echo(redact(terminal(report)))
     return report.exit_code

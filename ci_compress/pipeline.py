@@ -27,9 +27,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ci_compress import __version__, record
+from ci_compress import record
 from ci_compress.ci.env import CIContext, detect
-from ci_compress.config import LoadedConfig
+from ci_compress.config import LoadedConfig, to_mapping
 from ci_compress.evaluation.measure import Candidate, Measurements, Paired, compare, measure
 from ci_compress.explain import explain
 from ci_compress.gate import GateResult, decide, derive
@@ -52,6 +52,7 @@ from ci_compress.reporting.explain import write_chart
 from ci_compress.reproducibility import build_manifest
 from ci_compress.stages import Inputs, Shipped, apply_passes, load_inputs, set_determinism, ship
 from ci_compress.tracking import NullTracker, Tracker, make_tracker, model_fetcher
+from ci_compress.versions import versions
 
 if TYPE_CHECKING:
     import torch
@@ -402,11 +403,9 @@ def assemble_report(
     the registry, the files written) are added by :func:`run` and
     :func:`ci_compress.record.record_gate` with :func:`dataclasses.replace`.
     """
-    import numpy
-    import torch
-
     cfg = loaded.config
     info = student.info
+    v = versions(("ci_compress", "torch", "numpy", "python"))
     x, y = measured.example, measured.example_targets
     flat = {f"{role}.{k}": v for role, values in figures.items() for k, v in values.items()}
     return Report(
@@ -430,16 +429,16 @@ def assemble_report(
             y_dtype=str(y.dtype).removeprefix("torch."),
         ),
         environment=Environment(
-            ci_compress=__version__,
-            torch=torch.__version__,
-            numpy=numpy.__version__,
-            python=platform.python_version(),
+            ci_compress=v["ci_compress"] or "",
+            torch=v["torch"] or "",
+            numpy=v["numpy"] or "",
+            python=v["python"] or "",
             platform=platform.platform(),
             threads=cfg.runtime.threads,
             seed=cfg.runtime.seed,
             ci={k: v for k, v in vars(ci).items() if v is not None},
         ),
-        config=redact_data(cfg.model_dump(mode="json")),
+        config=redact_data(to_mapping(cfg)),
         size=SizeBreakdown.from_dict(
             {**size_breakdown(student.module, info), "teacher_file_bytes": teacher.file_bytes}
         ),

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from ci_compress.ci.env import CIContext
 from ci_compress.config import flatten
 from ci_compress.errors import CICompressError, ConfigError
+from ci_compress.files import atomic_write
 from ci_compress.progress import Warn
 from ci_compress.redaction import redact
 from ci_compress.report import (
@@ -438,7 +439,7 @@ def redacted_copy(source: Path, out_dir: Path) -> Path:
     copy_dir = out_dir / "config"
     copy_dir.mkdir(parents=True, exist_ok=True)
     target = copy_dir / source.name
-    target.write_text(clean, encoding="utf-8")
+    atomic_write(target, clean)
     return target
 
 

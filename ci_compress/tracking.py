@@ -636,7 +636,7 @@ class MlflowTracker:
                 name,
                 f"runs:/{run_id}/{artifact_path}",
                 run_id=run_id,
-                tags={k: str(v) for k, v in tags.items()},
+                tags={k: redact(str(v)) for k, v in tags.items()},
                 await_creation_for=120,
             )
             mv = self.client.get_model_version(name, str(mv.version))
@@ -655,7 +655,7 @@ class MlflowTracker:
     def set_version_tags(self, name: str, version: str, tags: Mapping[str, str]) -> None:
         with self._errors(f"tag {name} version {version}"):
             for k, v in sorted(tags.items()):
-                self.client.set_model_version_tag(name, version, k, str(v))
+                self.client.set_model_version_tag(name, version, k, redact(str(v)))
 
     def _id(self) -> str:
         if self.run_id is None:

@@ -81,7 +81,7 @@ def test_planted_secrets_appear_in_no_output(
     assert_clean((workdir / "report" / "report.md").read_text(), "report.md")
     report = json.loads(report_json)
     # The interpolated fields show where the value came from, not the value.
-    assert report["config"]["model"]["url"].startswith("http://***@127.0.0.1")
+    assert report["config"]["model"]["url"].startswith("http://ci:${MODEL_HOST_PASSWORD}@127.0.0.1")
     assert report["config"]["mlflow"]["run_name"] == "gate-${RUN_SUFFIX}"
     assert report["mlflow"]["tracking_uri"].startswith("http://***@127.0.0.1")
 
@@ -90,7 +90,7 @@ def test_planted_secrets_appear_in_no_output(
     assert_clean(json.dumps(run.data.params), "MLflow params")
     assert_clean(json.dumps(run.data.tags), "MLflow tags")
     assert_clean(run.info.run_name or "", "MLflow run name")
-    assert run.data.params["model.url"].startswith("http://***@")
+    assert run.data.params["model.url"].startswith("http://ci:${MODEL_HOST_PASSWORD}@")
     stored = client.download_artifacts(run.info.run_id, "config", str(workdir / "dl"))
     for f in Path(stored).iterdir():
         assert_clean(f.read_text(), f"MLflow artifact config/{f.name}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -293,16 +294,48 @@ def write_reports(report: Report, out_dir: Path) -> dict[str, Path]:
 
     paths = report_files(out_dir, manifest=bool(report.reproducibility))
 
-    # Redact the strings, not the JSON text: numbers and structure stay intact.
-    atomic_write(
-        paths["report_json"],
-        json.dumps(redact_data(report.to_dict()), indent=2, sort_keys=True) + "\n",
-    )
+    write_report_json(report, paths["report_json"])
     atomic_write(paths["report_md"], redact(markdown(report)))
     atomic_write(paths["junit_xml"], redact(junit_xml(report)))
     if report.reproducibility:
-        atomic_write(
-            paths["manifest_json"],
-            json.dumps(redact_data(report.reproducibility), indent=2, sort_keys=True) + "\n",
-        )
+        atomic_write(paths["manifest_json"], strict_json(report.reproducibility))
     return paths
+
+
+def write_report_json(report: Report, path: Path) -> Path:
+    """Write ``report.json`` (atomically): the one writer, for the gate and tune's trials."""
+    atomic_write(path, report_json(report))
+    return path
+
+
+def report_json(report: Report) -> str:
+    """The text of ``report.json`` (also what ``ci-compress run --json`` prints)."""
+    return strict_json(report.to_dict())
+
+
+# How report.json writes a float that JSON has no number for (RFC 8259 allows none):
+# as these strings, which Python's float() and JavaScript's Number() both read back.
+NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
+NAN = "NaN"
+
+
+def strict_json(data: Any) -> str:
+    """Redacted, strict JSON text of report data (report.json, manifest.json).
+
+    Secrets are redacted string by string, so numbers and structure stay intact;
+    interpolated config values are written as their ``${NAME}`` templates. Every
+    float that is not finite (a ratio over a zero denominator) becomes the string
+    ``"Infinity"``, ``"-Infinity"`` or ``"NaN"``: the text is always valid JSON
+    (``json.loads(..., parse_constant=...)`` never sees a bare ``Infinity``).
+    """
+    return json.dumps(_finite(redact_data(data)), indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return NAN if math.isnan(value) else NON_FINITE[value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value

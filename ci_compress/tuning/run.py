@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from ci_compress import record
 from ci_compress.ci.env import detect
 from ci_compress.config.tune import TuneConfig
+from ci_compress.files import atomic_write
 from ci_compress.progress import warn_of
 from ci_compress.record import RecordedRun
 from ci_compress.tracking import MlflowTracker, make_tracker
@@ -74,7 +75,7 @@ def tune(
             if url_:
                 result.mlflow["run_url"] = url_
             assert result.report_md is not None
-            result.report_md.write_text(render_markdown(result))
+            atomic_write(result.report_md, render_markdown(result))
             record.record_tune(
                 parent,
                 counts=result.counts(),
