@@ -209,7 +209,8 @@ class MemoryTracker:
     registry: dict[str, dict[str, Any]] = field(default_factory=dict)
     # artifact files: run id -> {artifact path: bytes}
     files: dict[str, dict[str, bytes]] = field(default_factory=dict)
-    keep_files: ClassVar[bool] = True
+    # False for NullTracker: it keeps no files and refuses nothing MLflow would refuse.
+    like_mlflow: ClassVar[bool] = True
 
     def check(self, experiment: str) -> None:
         return None
@@ -243,7 +244,7 @@ class MemoryTracker:
         if self.current is None:
             raise TrackingError("no MLflow run is active (internal ordering error)")
         bad = sorted(k for k in keys if not _MLFLOW_KEY.fullmatch(k) or ".." in k or k[0] == "/")
-        if bad:
+        if bad and self.like_mlflow:
             raise TrackingError(
                 f"MLflow at {self.uri} refused the names {', '.join(map(repr, bad))}: names may only contain alphanumerics, underscores (_), dashes (-), periods (.), spaces ( ), colon(:) and slashes (/)"
             )
@@ -253,7 +254,7 @@ class MemoryTracker:
         new = {redact(k): redact(str(v))[:PARAM_VALUE_LIMIT] for k, v in params.items()}
         stored = self._run(new)["params"]
         changed = sorted(k for k, v in new.items() if k in stored and stored[k] != v)
-        if changed:
+        if changed and self.like_mlflow:
             raise TrackingError(
                 f"MLflow at {self.uri} failed to log params: changing param values is not allowed ({', '.join(changed)})"
             )
@@ -274,18 +275,20 @@ class MemoryTracker:
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         run = self._run()
         name = f"{artifact_path.strip('/') + '/' if artifact_path else ''}{path.name}"
+        if not self.like_mlflow:
+            run["artifacts"].append(name)
+            return
         if not path.is_file():
             raise TrackingError(
                 f"MLflow at {self.uri} failed to store artifact {path.name}: no file {path}"
             )
-        if self.keep_files:
-            self.files.setdefault(str(self.current), {})[name] = path.read_bytes()
+        self.files.setdefault(str(self.current), {})[name] = path.read_bytes()
         run["artifacts"].append(name)
 
     def end_run(self, status: str) -> None:
         if self.current is None:
             return
-        if status not in RUN_STATUSES:
+        if status not in RUN_STATUSES and self.like_mlflow:
             raise TrackingError(
                 f"MLflow at {self.uri} failed to finish the run: unknown status {status!r}"
             )
@@ -399,7 +402,7 @@ class MemoryTracker:
 class NullTracker(MemoryTracker):
     """Records nothing anyone will read (mlflow.enabled: false, or not required and down)."""
 
-    keep_files = False
+    like_mlflow = False
 
     def __init__(self) -> None:
         super().__init__(uri="none")

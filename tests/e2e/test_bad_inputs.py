@@ -1,7 +1,7 @@
 """A catalogue of bad inputs and attacks, each run through the real CLI.
 
 Every case builds its inputs in a fresh folder (a copy of the trained demo teacher),
-runs ``python -m ci_compress run`` in a subprocess and asserts:
+runs ``ci-compress run`` (in process, through the CLI's error boundary) and asserts:
 
 * the documented exit code (README, "Exit codes" and "Error catalogue");
 * exactly one ``Error: `` line on stderr, containing the expected fragment (which

@@ -1,5 +1,5 @@
 """JUnit, report.json round trip, the outcome table, GitLab and Jenkins renderers, and the
-fast-check options of `ci-compress run`: real gates, real files, real CLI subprocesses."""
+fast-check options of `ci-compress run`: real gates, real files, the real CLI."""
 
 from __future__ import annotations
 

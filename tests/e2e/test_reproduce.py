@@ -1,5 +1,5 @@
-"""The reproducibility manifest and `ci-compress reproduce`, for real: files, subprocess
-CLI runs and the MLflow server."""
+"""The reproducibility manifest and `ci-compress reproduce`, for real: files, CLI runs
+and the MLflow server."""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -106,7 +107,9 @@ def test_custom_module_needs_and_uses_the_trusted_factory(tmp_path: Path) -> Non
     torch.manual_seed(0)
     model = _compressed(Custom().eval(), [{"type": "quantize", "include": ["head"]}])
     pack(model, tmp_path / "c.ccz")
-    with pytest.raises(ArtifactError, match=r"custom module test_packing\.Custom at <root>") as e:
+    with pytest.raises(
+        ArtifactError, match=rf"custom module {re.escape(__name__)}\.Custom at <root>"
+    ) as e:
         load_packed(tmp_path / "c.ccz")
     assert e.value.hint and "give model.factory" in e.value.hint
     loaded, _ = load_packed(tmp_path / "c.ccz", factory=Custom)
