@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.action_harness import parse_output_file, run_action
 from tests.conftest import REPO, MlflowServer, base_config, run_cli, write_config
+from tests.helpers.action_harness import parse_output_file, run_action
 
 pytestmark = pytest.mark.slow
 

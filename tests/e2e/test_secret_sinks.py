@@ -32,8 +32,8 @@ from mlflow import MlflowClient
 from ci_compress.packing.file import read_manifest
 from ci_compress.reproducibility import read_reproducibility_manifest as read_manifest_of_report
 from tests.conftest import MlflowServer, base_config, run_cli, write_config
-from tests.fake_apis import fake_api
-from tests.local_http import LocalServer, start
+from tests.helpers.fake_apis import fake_api
+from tests.helpers.local_http import LocalServer, start
 
 SECRETS = {
     "MLFLOW_URL_PASSWORD": "uri-Zq71-secret",  # mlflow.tracking_uri userinfo

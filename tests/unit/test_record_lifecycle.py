@@ -28,12 +28,17 @@ class _Failing(MemoryTracker):
         super().set_tags(tags)
 
 
+def _ours(tags: dict[str, str]) -> dict[str, str]:
+    """The tags the code under test set (MLflow, and the honest fake, add mlflow.* ones)."""
+    return {k: v for k, v in tags.items() if not k.startswith("mlflow.")}
+
+
 def test_a_run_ends_finished_when_its_body_returns() -> None:
     t = MemoryTracker()
     with record.recorded_run(t, "e", "n", {"k": "v"}) as run:
         assert run.run_id == "run0"
         t.log_metrics({"m": 1.0})
-    assert t.runs["run0"]["status"] == "FINISHED" and t.runs["run0"]["tags"] == {"k": "v"}
+    assert t.runs["run0"]["status"] == "FINISHED" and _ours(t.runs["run0"]["tags"]) == {"k": "v"}
 
 
 def test_a_run_ends_failed_with_its_failure_tags_when_its_body_raises() -> None:
@@ -44,7 +49,7 @@ def test_a_run_ends_failed_with_its_failure_tags_when_its_body_raises() -> None:
     ):
         raise KeyError("boom")
     assert t.runs["run0"]["status"] == "FAILED"
-    assert t.runs["run0"]["tags"] == {"ci_compress.status": "failed"}
+    assert _ours(t.runs["run0"]["tags"]) == {"ci_compress.status": "failed"}
 
 
 def test_a_failure_while_marking_the_run_failed_does_not_hide_the_first_error() -> None:
