@@ -353,11 +353,11 @@ def _memory_worker(config: Path, out: Path) -> None:
     out.write_text(
         json.dumps(
             {
-                "samples": report.holdout["samples"],
+                "samples": report.holdout.samples,
                 "peak_rss_kib": peak,
                 "rss_growth_kib": peak - before,
                 "tracemalloc_peak_kib": traced_peak // 1024,
-                "holdout_sha256": report.holdout["sha256"],
+                "holdout_sha256": report.holdout.sha256,
             }
         )
     )

@@ -1,19 +1,26 @@
 """The command line: parse, call the library, render, return an exit code.
 
-``main`` is the one error boundary: a :class:`~ci_compress.errors.CICompressError`
-prints ``Error: <message>`` and its hint on stderr and exits with the error's code; an
-unexpected exception is a bug, written to a crash log, exit code 70. Heavy libraries
-(torch, mlflow) are imported inside the commands that need them, so ``--help`` is fast.
+The one error boundary is :meth:`BoundaryGroup.main`, the entry of the ``cli`` group
+itself: a :class:`~ci_compress.errors.CICompressError` prints ``Error: <message>`` and
+its hint on stderr and exits with the error's code; an unexpected exception is a bug,
+written to a crash log, exit code 70. Because the boundary is inside the group, the
+console script (:func:`main`) and ``click.testing.CliRunner().invoke(cli, args)`` give
+the same exit codes and the same stderr, so tests run the CLI in process (milliseconds)
+and keep subprocesses for what only a real process shows (signals, a terminal, imports).
+Heavy libraries (torch, mlflow) are imported inside the commands that need them, so
+``--help`` is fast.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import tempfile
+import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -63,7 +70,44 @@ def _progress(quiet: bool) -> Any:
     return Progress(quiet=quiet)
 
 
-@click.group(epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+class BoundaryGroup(click.Group):
+    """The root group, holding the one error boundary in :meth:`main`.
+
+    click's own standalone mode would print ``Aborted!``, exit 1 for every
+    ``ClickException`` and drop a command's returned exit code; this runs the group in
+    non-standalone mode inside :func:`_boundary` and then behaves like a standalone
+    command: ``sys.exit(code)``, or ``return code`` with ``standalone_mode=False``.
+    ``CliRunner.invoke`` calls this ``main`` in standalone mode, so it sees the same
+    exit code and stderr as the console script.
+    """
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> int:
+        argv = list(sys.argv[1:] if args is None else args)
+
+        def invoke() -> Any:
+            return click.Group.main(
+                self, argv, prog_name, complete_var, standalone_mode=False, **extra
+            )
+
+        code = _boundary(invoke, argv)
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+@click.group(
+    name="ci-compress",
+    cls=BoundaryGroup,
+    epilog=EXIT_CODES_HELP,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(__version__, prog_name="ci-compress")
 def cli() -> None:
     """Gate merges on compressed-model quality: compress, evaluate against the original,
@@ -90,16 +134,23 @@ def _run_and_report(
 ) -> int:
     from ci_compress import pipeline
     from ci_compress.config import load_config, with_overrides
-    from ci_compress.redaction import redact, redact_data
-    from ci_compress.reporting.render import terminal
+    from ci_compress.redaction import redact
+    from ci_compress.reporting.render import report_json, terminal
 
     loaded = load_config(config_path)
     if overrides:
         loaded = with_overrides(loaded, **overrides)
     _sigterm_as_interrupt()
-    report = pipeline.run(loaded, report_dir=report_dir, progress=_progress(quiet), promote=promote)
+    progress = _progress(quiet)
+    report = pipeline.run(
+        loaded,
+        report_dir=report_dir,
+        progress=progress,
+        warn=progress.warning,
+        promote=promote,
+    )
     if as_json:
-        click.echo(json.dumps(redact_data(report.to_dict()), indent=2, sort_keys=True))
+        click.echo(report_json(report), nl=False)
     else:
         click.echo(redact(terminal(report)))
     return report.exit_code
@@ -564,20 +615,27 @@ def init(provider: str, target: Path, force: bool) -> int:
     return 0
 
 
-def _crash_log(exc: BaseException) -> Path:
+def _crash_log(exc: BaseException, argv: Sequence[str]) -> Path:
     fd, name = tempfile.mkstemp(prefix="ci-compress-crash-", suffix=".log")
     with os.fdopen(fd, "w") as f:
-        f.write(f"ci-compress {__version__}, argv {sys.argv!r}\n")
         from ci_compress.redaction import redact
 
+        f.write(redact(f"ci-compress {__version__}, argv {list(argv)!r}\n"))
         f.write(redact("".join(traceback.format_exception(exc))))
     return Path(name)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Console entry point: the single place that maps errors to exit codes."""
+def _boundary(invoke: Callable[[], Any], argv: Sequence[str]) -> int:
+    """The single place that maps errors to exit codes and messages on stderr.
+
+    A SIGTERM handler installed by a command (``run`` turns CI's cancel into
+    KeyboardInterrupt) is put back afterwards, so an in-process caller (tests, a
+    notebook) keeps its own.
+    """
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if in_main_thread else None
     try:
-        rv = cli.main(args=argv, prog_name="ci-compress", standalone_mode=False)
+        rv = invoke()
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         return 130
@@ -599,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         from ci_compress.redaction import redact
 
-        log = _crash_log(e)
+        log = _crash_log(e, argv)
         click.echo(
             redact(
                 f"Error: internal error in ci-compress ({type(e).__name__}: {e}); details in {log}"
@@ -608,4 +666,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         click.echo("  hint: this is a bug; please report it with the crash log", err=True)
         return int(ExitCode.INTERNAL)
+    finally:
+        if sigterm is not None and signal.getsignal(signal.SIGTERM) is not sigterm:
+            signal.signal(signal.SIGTERM, sigterm)
     return int(rv or 0) if isinstance(rv, int) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point (``ci-compress``, ``python -m ci_compress``): the exit code.
+
+    The error boundary itself is :meth:`BoundaryGroup.main`.
+    """
+    return cli.main(args=argv, prog_name="ci-compress", standalone_mode=False)

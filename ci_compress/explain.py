@@ -19,6 +19,8 @@ bar chart) lives in :mod:`ci_compress.reporting.explain` and never decides anyth
 
 from __future__ import annotations
 
+import json
+import os
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,9 +32,11 @@ from ci_compress.evaluation.classes import class_drops, class_figures, worst_cla
 from ci_compress.evaluation.metrics import score
 from ci_compress.files import atomic_write
 from ci_compress.gate import ACCURACY_THRESHOLDS, decide, derive
+from ci_compress.progress import warn_of
+from ci_compress.record import record_explain
 from ci_compress.reporting.explain import markdown_section, write_chart
 from ci_compress.stages import apply_passes, load_inputs, set_determinism, ship
-from ci_compress.tracking import NullTracker, make_tracker
+from ci_compress.tracking import make_tracker
 
 if TYPE_CHECKING:
     from ci_compress.config import LoadedConfig
@@ -344,8 +348,6 @@ def _with_exclude(
 
 def write_outputs(result: ExplainResult, out_dir: Path) -> dict[str, Path]:
     """explain.json, explain.md and sensitivity.png in ``out_dir``."""
-    import json
-
     data = result.to_dict()
     paths = {
         "explain_json": out_dir / "explain.json",
@@ -368,35 +370,14 @@ def record(
 ) -> str | None:
     """Record a standalone analysis as its own MLflow run (tag ``ci_compress.kind=explain``).
 
-    Returns the run id, or None when MLflow is disabled in the config. Metrics are
-    ``explain.drop_points.<layer>`` per layer; the outputs are artifacts.
+    Returns the run id, or None when MLflow is disabled in the config. The writes are
+    :func:`ci_compress.record.record_explain`'s.
     """
-    import os
-
-    cfg = loaded.config
     environ = os.environ if environ is None else environ
-    tracker = make_tracker(loaded, environ, progress or (lambda _msg: None))
-    if isinstance(tracker, NullTracker):
-        return None
-    ci = detect(environ, loaded.base_dir)
-    run_id = tracker.start_run(
-        cfg.mlflow.experiment,
-        f"explain-{(ci.commit or 'local')[:8]}",
-        {**ci.tags(), "ci_compress.kind": "explain"},
+    return record_explain(
+        make_tracker(loaded, environ, warn_of(progress)),
+        experiment=loaded.config.mlflow.experiment,
+        ci=detect(environ, loaded.base_dir),
+        result=result.to_dict(),
+        paths=paths,
     )
-    try:
-        metrics = {f"explain.drop_points.{s.layer}": s.drop_points for s in result.layers}
-        metrics["explain.full.drop_points"] = result.full.drop_points
-        if result.suggested_exclude is not None:
-            metrics["explain.suggested_exclude_count"] = float(len(result.suggested_exclude))
-        tracker.log_metrics(metrics)
-        tracker.set_tags(
-            {"ci_compress.suggested_exclude": ",".join(result.suggested_exclude or []) or "-"}
-        )
-        for path in paths.values():
-            tracker.log_artifact(path)
-        tracker.end_run("FINISHED")
-    except BaseException:
-        tracker.end_run("FAILED")
-        raise
-    return run_id

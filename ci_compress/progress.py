@@ -22,6 +22,11 @@ from ci_compress.redaction import redact
 Step = Callable[[str, int, "int | None"], None]
 """``step(task, done, total)``: ``done`` units of ``task`` finished, of ``total`` (or unknown)."""
 
+Warn = Callable[[str], None]
+"""``warn(message)``: something the user should know that does not stop the work (an
+export skipped, MLflow unreachable but optional). The message has no ``warning:`` prefix;
+the sink decides how to show it."""
+
 
 def _is_tty(stream: TextIO) -> bool:
     try:
@@ -82,6 +87,10 @@ class Progress:
         self._close_bar()
         self._write(f"{self._stamp()} {redact(msg)}\n")
 
+    def warning(self, message: str) -> None:
+        """A warning line, ``warning: <message>``; shown even when quiet."""
+        self(f"warning: {message}")
+
     def step(self, task: str, done: int, total: int | None = None) -> None:
         """``done`` units of ``task`` finished out of ``total`` (None: unknown)."""
         if self.quiet:
@@ -125,3 +134,33 @@ def step_of(progress: object) -> Step | None:
     """The ``step`` method of a progress callback, if it has one (a plain function has not)."""
     step = getattr(progress, "step", None)
     return step if callable(step) else None
+
+
+def warn_of(progress: object) -> Warn:
+    """Where warnings go for a progress callback: its ``warning`` method (a
+    :class:`Progress`), else a ``warning: <message>`` line through the callback itself,
+    else nowhere."""
+    warning = getattr(progress, "warning", None)
+    if callable(warning):
+        return warning  # type: ignore[no-any-return]
+    if callable(progress):
+        return lambda message: progress(f"warning: {message}")
+    return lambda _message: None
+
+
+class Warnings:
+    """The warnings of one run, in order; each is also passed on to ``sink`` as it happens
+    (the CLI shows it at once, the report lists them all at the end)."""
+
+    def __init__(self, sink: Warn | None = None) -> None:
+        self._sink = sink
+        self._items: list[str] = []
+
+    def __call__(self, message: str) -> None:
+        self._items.append(message)
+        if self._sink is not None:
+            self._sink(message)
+
+    @property
+    def items(self) -> tuple[str, ...]:
+        return tuple(self._items)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ci_compress import pipeline
-from ci_compress.config import ExplainConfig, parse_config_text
+from ci_compress.config import ExplainConfig, apply_overrides, parse_config_text
 from ci_compress.errors import ConfigError, InputError
 from ci_compress.reproducibility import package_versions, reproducible
 from ci_compress.tracking import NullTracker, download_run_file
@@ -106,6 +106,8 @@ def reproduce(
             hint="pass --base-dir with the folder the config's relative paths refer to",
         )
     loaded = parse_config_text(manifest["config"]["text"], base_dir=base)
+    # The gate ran with these on top of the text (``run --fast``): so does the re-run.
+    loaded = apply_overrides(loaded, manifest["config"].get("overrides") or {})
     # The re-run only measures: no explain, no MLflow run.
     loaded = dataclasses.replace(
         loaded,

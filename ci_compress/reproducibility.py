@@ -8,26 +8,27 @@ manifest alone), the pass history and the deterministic measurements.
 ``ci-compress reproduce`` (:mod:`ci_compress.reproduce`) re-runs the gate from it and
 compares.
 
-Versions are read with :mod:`importlib.metadata`, so recording them imports nothing
-heavy (mlflow in particular is imported only by :mod:`ci_compress.tracking`).
+Versions are read by :func:`ci_compress.versions.versions` (installed metadata, so
+recording them imports nothing heavy: mlflow in particular is imported only by
+:mod:`ci_compress.tracking`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
 from collections.abc import Mapping
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ci_compress.config import LoadedConfig, dump_yaml, to_mapping
 from ci_compress.errors import InputError
 from ci_compress.files import text_sha256
 from ci_compress.report import read_report_json
+from ci_compress.versions import versions
 
 if TYPE_CHECKING:
-    from ci_compress.config import LoadedConfig
+    from ci_compress.evaluation.classes import PerClass
 
 MANIFEST_VERSION = 1
 
@@ -50,16 +51,12 @@ EXCLUDED_MEASUREMENTS = ("latency_ms", "latency_ratio")
 
 def package_versions() -> dict[str, str | None]:
     """Installed versions of the packages that matter (None when not installed)."""
-    out: dict[str, str | None] = {}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
+    out = versions(PACKAGES)
     if out.get("mlflow") is None:  # the runtime may use mlflow-skinny
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            out["mlflow-skinny"] = metadata.version("mlflow-skinny")
-    out["python"] = platform.python_version()
+        skinny = versions(["mlflow-skinny"])
+        if skinny["mlflow-skinny"] is not None:
+            out.update(skinny)
+    out.update(versions(["python"]))
     return out
 
 
@@ -95,16 +92,27 @@ def build_manifest(
     student_sha256: str,
     pass_history: list[dict[str, Any]],
     measurements: Mapping[str, float],
-    per_class: Mapping[str, Any],
+    per_class: PerClass | None,
     verdict: str,
 ) -> dict[str, Any]:
-    """The manifest of one gate run (plain JSON-able dict)."""
-    import yaml
+    """The manifest of one gate run (plain JSON-able dict).
 
+    ``config.text`` is the config as read (its ``${NAME}`` references unresolved), or,
+    for a config built in Python, an equivalent YAML. Command-line overrides applied
+    after reading (``run --fast``) are recorded beside it as ``config.overrides``.
+    """
     cfg = loaded.config
     text = loaded.text
     if text is None:  # built in Python, not read from a file: store an equivalent YAML
-        text = yaml.safe_dump(cfg.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
+        text = dump_yaml(to_mapping(cfg, exclude_defaults=True))
+    config: dict[str, Any] = {
+        "file": str(loaded.source) if loaded.source else None,
+        "base_dir": str(loaded.base_dir),
+        "text": text,
+        "text_sha256": text_sha256(text),
+    }
+    if loaded.overrides:
+        config["overrides"] = dict(loaded.overrides)
     return {
         "manifest_version": MANIFEST_VERSION,
         "versions": package_versions(),
@@ -127,18 +135,13 @@ def build_manifest(
         },
         "model": {"file": model_file},
         "holdout": {"name": holdout_name, "samples": holdout_samples},
-        "config": {
-            "file": str(loaded.source) if loaded.source else None,
-            "base_dir": str(loaded.base_dir),
-            "text": text,
-            "text_sha256": text_sha256(text),
-        },
+        "config": config,
         "passes": [{k: v for k, v in p.items() if k != "seconds"} for p in pass_history],
         "expected": {
             "verdict": verdict,
             "measurements": reproducible(measurements),
             "per_class_correct": {
-                row["label"]: row["correct"] for row in per_class.get("classes", [])
+                row.label: dict(row.correct) for row in (per_class.classes if per_class else ())
             },
         },
     }

@@ -16,13 +16,14 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from ci_compress.errors import ArtifactError, CICompressError, InputError, TrackingError
+from ci_compress.progress import Warn
 from ci_compress.redaction import redact, redact_url
 
 if TYPE_CHECKING:
@@ -47,6 +48,10 @@ CLEANUP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIME
 PARAM_VALUE_LIMIT = 6000
 DATASET_DIGEST_CHARS = 32  # MLflow stores dataset digests in a 36-character column
 MODEL_FILE_SUFFIXES = (".ccz", ".safetensors", ".pt", ".pth")
+# MLflow's rule for param, metric and tag keys (mlflow.utils.validation); 250 characters at most.
+_MLFLOW_KEY = re.compile(r"[\w./\- :]{1,250}")
+# What MlflowClient.set_terminated accepts.
+RUN_STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
 
 
 def request_bound_seconds(environ: Mapping[str, str]) -> float:
@@ -144,6 +149,7 @@ class Tracker(Protocol):
         *,
         parent_run_id: str | None = None,
     ) -> str: ...
+    def resume_run(self, run_id: str) -> None: ...
     def log_params(self, params: Mapping[str, str]) -> None: ...
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None: ...
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
@@ -188,11 +194,25 @@ def _looks_like_auth_failure(detail: str) -> bool:
 
 @dataclass
 class MemoryTracker:
-    """Keeps runs in memory (unit tests)."""
+    """Keeps runs, artifact files and the registry in memory (unit tests).
+
+    It behaves as :class:`MlflowTracker` does wherever the pipeline could tell them
+    apart, and ``tests/e2e/test_tracker_contract.py`` holds the two to that: names,
+    params and tags are redacted and stored as strings, a param cannot change, a
+    metric's value is the one at its highest step, writes without a run and unknown
+    models, versions or statuses are TrackingErrors, and ``fetch`` downloads the
+    ``models:/`` and ``runs:/`` URIs it recorded.
+    """
 
     uri: str = "memory://"
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)
     current: str | None = None
+    # registry, kept in memory: name -> {"versions": [ModelVersionRef], "aliases": {alias: version}}
+    registry: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # artifact files: run id -> {artifact path: bytes}
+    files: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    # False for NullTracker: it keeps no files and refuses nothing MLflow would refuse.
+    like_mlflow: ClassVar[bool] = True
 
     def check(self, experiment: str) -> None:
         return None
@@ -206,10 +226,14 @@ class MemoryTracker:
         parent_run_id: str | None = None,
     ) -> str:
         run_id = f"run{len(self.runs)}"
+        name = redact(run_name)
         self.runs[run_id] = {
             "experiment": experiment,
-            "name": run_name,
-            "tags": {**tags, **_parent_tag(parent_run_id)},
+            "name": name,
+            "tags": {
+                "mlflow.runName": name,
+                **{k: redact(str(v)) for k, v in {**tags, **_parent_tag(parent_run_id)}.items()},
+            },
             "params": {},
             "metrics": {},
             "artifacts": [],
@@ -218,79 +242,165 @@ class MemoryTracker:
         self.current = run_id
         return run_id
 
-    def _run(self) -> dict[str, Any]:
-        assert self.current is not None
+    def resume_run(self, run_id: str) -> None:
+        """Write to an existing run again (a study's parent run, from a later process)."""
+        if run_id not in self.runs:
+            raise TrackingError(f"no run {run_id} in the in-memory tracker")
+        self.current = run_id
+
+    def _run(self, keys: Iterable[str] = ()) -> dict[str, Any]:
+        if self.current is None:
+            raise TrackingError("no MLflow run is active (internal ordering error)")
+        bad = sorted(k for k in keys if not _MLFLOW_KEY.fullmatch(k) or ".." in k or k[0] == "/")
+        if bad and self.like_mlflow:
+            raise TrackingError(
+                f"MLflow at {self.uri} refused the names {', '.join(map(repr, bad))}: names may only contain alphanumerics, underscores (_), dashes (-), periods (.), spaces ( ), colon(:) and slashes (/)"
+            )
         return self.runs[self.current]
 
     def log_params(self, params: Mapping[str, str]) -> None:
-        self._run()["params"].update(params)
+        new = {redact(k): redact(str(v))[:PARAM_VALUE_LIMIT] for k, v in params.items()}
+        stored = self._run(new)["params"]
+        changed = sorted(k for k, v in new.items() if k in stored and stored[k] != v)
+        if changed and self.like_mlflow:
+            raise TrackingError(
+                f"MLflow at {self.uri} failed to log params: changing param values is not allowed ({', '.join(changed)})"
+            )
+        stored.update(new)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
-        self._run()["metrics"].update(metrics)
-        history = self._run().setdefault("history", {})
+        run = self._run(metrics)
+        history = run.setdefault("history", {})
         for k, v in metrics.items():
-            history.setdefault(k, []).append((step, v))
+            # MLflow's value of a metric is the one at its highest step (the latest on a tie).
+            if all(step >= s for s, _ in history.get(k, [])):
+                run["metrics"][k] = float(v)
+            history.setdefault(k, []).append((step, float(v)))
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        self._run()["tags"].update(tags)
+        self._run(tags)["tags"].update({k: redact(str(v)) for k, v in tags.items()})
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        self._run()["artifacts"].append(
-            f"{artifact_path + '/' if artifact_path else ''}{path.name}"
-        )
+        run = self._run()
+        name = f"{artifact_path.strip('/') + '/' if artifact_path else ''}{path.name}"
+        if not self.like_mlflow:
+            run["artifacts"].append(name)
+            return
+        if not path.is_file():
+            raise TrackingError(
+                f"MLflow at {self.uri} failed to store artifact {path.name}: no file {path}"
+            )
+        self.files.setdefault(str(self.current), {})[name] = path.read_bytes()
+        run["artifacts"].append(name)
 
     def end_run(self, status: str) -> None:
+        if self.current is None:
+            return
+        if status not in RUN_STATUSES and self.like_mlflow:
+            raise TrackingError(
+                f"MLflow at {self.uri} failed to finish the run: unknown status {status!r}"
+            )
         self._run()["status"] = status
 
     def run_url(self) -> str | None:
         return None
 
-    # registry, kept in memory: name -> {"versions": [ModelVersionRef], "aliases": {alias: version}}
-    registry: dict[str, dict[str, Any]] = field(default_factory=dict)
-
     def log_dataset(self, dataset: Mapping[str, Any]) -> None:
         self._run().setdefault("inputs", []).append(dict(dataset))
 
+    def _model(self, name: str) -> dict[str, Any]:
+        model = self.registry.get(name)
+        if model is None:
+            raise TrackingError(f"MLflow at {self.uri}: registered model {name!r} not found")
+        return model
+
+    def _version(self, name: str, version: str) -> ModelVersionRef:
+        """A snapshot of one version, with the aliases that point at it now."""
+        model = self._model(name)
+        versions: list[ModelVersionRef] = model["versions"]
+        for v in versions:
+            if v.version == version:
+                aliases = tuple(sorted(a for a, n in model["aliases"].items() if n == version))
+                return replace(v, aliases=aliases, tags=dict(v.tags))
+        raise TrackingError(f"MLflow at {self.uri}: {name} has no version {version}")
+
     def champion(self, name: str, alias: str) -> ModelVersionRef | None:
         version = self.get_alias(name, alias)
-        if version is None:
-            return None
-        found: ModelVersionRef = next(
-            v for v in self.registry[name]["versions"] if v.version == version
-        )
-        return found
+        return None if version is None else self._version(name, version)
 
     def run_record(self, run_id: str) -> dict[str, dict[str, Any]]:
         run = self.runs.get(run_id, {})
         return {"metrics": dict(run.get("metrics", {})), "tags": dict(run.get("tags", {}))}
 
     def fetch(self, uri: str, dest: Path) -> FetchedModel:
-        raise TrackingError(f"the in-memory tracker cannot download {uri}")
+        import shutil
+
+        kind, name, ref, sub = parse_model_uri(uri)
+        version: ModelVersionRef | None = None
+        if kind == "run":
+            run_id, prefix = name, sub
+        else:
+            try:
+                number = self.get_alias(name, ref) if kind == "alias" else ref
+                if number is None:
+                    raise TrackingError(f"{name} has no alias {ref}")
+                version = self._version(name, number)
+            except TrackingError as e:
+                raise ArtifactError(
+                    f"model.uri {uri} not found in MLflow at {self.uri}: {e.message}",
+                    hint="check the registered model name, version or alias (or run id and artifact path) in the MLflow UI",
+                ) from None
+            _, run_id, _, path = parse_model_uri(version.source)
+            prefix = f"{path}/{sub}" if sub else path
+        prefix = prefix.strip("/")
+        stored = self.files.get(run_id or "", {})
+        found = {p: b for p, b in stored.items() if p == prefix or p.startswith(prefix + "/")}
+        if not found:
+            raise ArtifactError(
+                f"model.uri {uri} not found in MLflow at {self.uri}: no artifact {prefix!r} in run {run_id}",
+                hint="check the registered model name, version or alias (or run id and artifact path) in the MLflow UI",
+            )
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.mkdir(parents=True)
+        # Laid out as MLflow downloads it: dest/<last part of the prefix>[/<rest>].
+        base = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
+        for p, data in found.items():
+            target = dest / p.removeprefix(base)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        local = dest / prefix.removeprefix(base)
+        return FetchedModel(path=pick_model_file(local, uri), uri=uri, version=version)
 
     def register(self, name: str, artifact_path: str, tags: Mapping[str, str]) -> ModelVersionRef:
+        self._run()
+        run_id = self.current
         model = self.registry.setdefault(name, {"versions": [], "aliases": {}})
         ref = ModelVersionRef(
             name=name,
             version=str(len(model["versions"]) + 1),
-            run_id=self.current,
-            source=f"runs:/{self.current}/{artifact_path}",
+            run_id=run_id,
+            source=f"runs:/{run_id}/{artifact_path}",
             status="READY",
-            tags=dict(tags),
+            tags={k: str(v) for k, v in tags.items()},
         )
         model["versions"].append(ref)
-        return ref
+        return self._version(name, ref.version)
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
-        self.registry[name]["aliases"][alias] = version
+        self._version(name, version)
+        self._model(name)["aliases"][alias] = version
 
     def get_alias(self, name: str, alias: str) -> str | None:
         model = self.registry.get(name)
         return None if model is None else model["aliases"].get(alias)
 
     def set_version_tags(self, name: str, version: str, tags: Mapping[str, str]) -> None:
-        for v in self.registry[name]["versions"]:
+        self._version(name, version)
+        versions = self._model(name)["versions"]
+        for i, v in enumerate(versions):
             if v.version == version:
-                v.tags.update(tags)
+                versions[i] = replace(v, tags={**v.tags, **{k: str(x) for k, x in tags.items()}})
 
     @contextmanager
     def cleanup(self) -> Iterator[None]:
@@ -299,6 +409,8 @@ class MemoryTracker:
 
 class NullTracker(MemoryTracker):
     """Records nothing anyone will read (mlflow.enabled: false, or not required and down)."""
+
+    like_mlflow = False
 
     def __init__(self) -> None:
         super().__init__(uri="none")
@@ -319,6 +431,7 @@ class MlflowTracker:
         self.artifact_root = artifact_root
         self.run_id: str | None = None
         self.experiment_id: str | None = None
+        self.experiment: str | None = None  # the name experiment_id belongs to
         with self._errors("connect"):
             import logging
 
@@ -372,6 +485,7 @@ class MlflowTracker:
                 )
             else:
                 self.experiment_id = exp.experiment_id
+            self.experiment = experiment
 
     def start_run(
         self,
@@ -383,7 +497,7 @@ class MlflowTracker:
     ) -> str:
         """Create a run; with ``parent_run_id`` it is nested under that run (MLflow's
         ``mlflow.parentRunId`` tag, as ``mlflow.start_run(nested=True)`` sets it)."""
-        if self.experiment_id is None:
+        if self.experiment_id is None or experiment != self.experiment:
             self.check(experiment)
         with self._errors("create a run"):
             run = self.client.create_run(
@@ -393,6 +507,10 @@ class MlflowTracker:
             )
         self.run_id = run.info.run_id
         return self.run_id
+
+    def resume_run(self, run_id: str) -> None:
+        """Write to an existing run again (a study's parent run, from a later process)."""
+        self.run_id = run_id
 
     def log_params(self, params: Mapping[str, str]) -> None:
         from mlflow.entities import Param
@@ -624,7 +742,7 @@ class MlflowTracker:
                 name,
                 f"runs:/{run_id}/{artifact_path}",
                 run_id=run_id,
-                tags={k: str(v) for k, v in tags.items()},
+                tags={k: redact(str(v)) for k, v in tags.items()},
                 await_creation_for=120,
             )
             mv = self.client.get_model_version(name, str(mv.version))
@@ -643,7 +761,7 @@ class MlflowTracker:
     def set_version_tags(self, name: str, version: str, tags: Mapping[str, str]) -> None:
         with self._errors(f"tag {name} version {version}"):
             for k, v in sorted(tags.items()):
-                self.client.set_model_version_tag(name, version, k, str(v))
+                self.client.set_model_version_tag(name, version, k, redact(str(v)))
 
     def _id(self) -> str:
         if self.run_id is None:
@@ -700,10 +818,11 @@ def download_run_file(uri: str, run_id: str, name: str, dest: Path) -> Path:
 
 # ---------------------------------------------------------------- opening a tracker, fetching models
 
-Progress = Callable[[str], None]
 
-
-def make_tracker(loaded: LoadedConfig, environ: Mapping[str, str], progress: Progress) -> Tracker:
+def make_tracker(loaded: LoadedConfig, environ: Mapping[str, str], warn: Warn) -> Tracker:
+    """The tracker the config asks for: MLflow, checked to answer; a :class:`NullTracker`
+    when MLflow is disabled, or unreachable while ``mlflow.required: false`` (``warn``
+    says so)."""
     cfg = loaded.config.mlflow
     if not cfg.enabled:
         return NullTracker()
@@ -714,7 +833,7 @@ def make_tracker(loaded: LoadedConfig, environ: Mapping[str, str], progress: Pro
     except TrackingError as e:
         if cfg.required:
             raise
-        progress(f"warning: {e.message}; continuing without MLflow (mlflow.required: false)")
+        warn(f"{e.message}; continuing without MLflow (mlflow.required: false)")
         return NullTracker()
     return tracker
 

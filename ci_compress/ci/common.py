@@ -112,10 +112,8 @@ def outputs(report: Report, report_path: Path) -> dict[str, str]:
         "compression_ratio": f"{d.get('delta.compression_ratio', float('nan')):.4f}",
         "student_bytes": str(report.student.file_bytes),
         "report_path": str(report_path),
-        "mlflow_run_id": str(report.mlflow.get("run_id") or ""),
-        "model_version": str(
-            report.mlflow.get("model_version") or report.mlflow.get("registered_version") or ""
-        ),
+        "mlflow_run_id": (report.mlflow.run_id if report.mlflow else None) or "",
+        "model_version": report.registry.version if report.registry else "",
     }
 
 

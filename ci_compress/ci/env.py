@@ -5,14 +5,21 @@ the documented ones: GitHub Actions (``GITHUB_*``, ``RUNNER_NAME``), GitLab CI (
 ``CI_PIPELINE_URL``, ``CI_RUNNER_DESCRIPTION``), Jenkins (``JENKINS_URL``, ``BUILD_URL``,
 ``GIT_*``, ``CHANGE_ID``, ``NODE_NAME``; ``BUILD_USER_ID`` from the build-user-vars
 plugin and ``RUN_DISPLAY_URL`` from Blue Ocean when present).
+
+Credentials never enter a :class:`CIContext`: a URL's ``user:password@`` part is
+stripped when the context is built (Jenkins's ``GIT_URL`` is the clone URL, which can
+carry the job's token), so the run tags, the model-version tags and report.json that
+record the context hold the address and nothing of the credential.
 """
 
 from __future__ import annotations
 
 import subprocess
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+
+from ci_compress.redaction import strip_userinfo
 
 
 @dataclass(frozen=True)
@@ -27,6 +34,12 @@ class CIContext:
     actor: str | None = None
     pipeline_url: str | None = None
     runner: str | None = None
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, str) and "@" in value and "://" in value:
+                object.__setattr__(self, f.name, strip_userinfo(value))
 
     @property
     def is_pull_request(self) -> bool:

@@ -28,6 +28,7 @@ from ci_compress.ci.common import (
     note_body,
     outputs,
 )
+from ci_compress.files import atomic_write
 from ci_compress.report import Report
 from ci_compress.reporting.render import markdown
 
@@ -45,8 +46,7 @@ def dotenv_lines(values: Mapping[str, str]) -> list[str]:
 
 
 def write_dotenv(path: Path, values: Mapping[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(dotenv_lines(values)) + "\n", encoding="utf-8")
+    atomic_write(path, "\n".join(dotenv_lines(values)) + "\n")
 
 
 class GitLabApiError(Exception):

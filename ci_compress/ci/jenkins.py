@@ -12,6 +12,7 @@ import html
 from pathlib import Path
 
 from ci_compress.ci.common import Echo, conclude, echo_findings
+from ci_compress.files import atomic_write
 from ci_compress.report import Report
 from ci_compress.reporting.render import verdict_line
 
@@ -30,7 +31,6 @@ def publish(
     echo: Echo = print,
 ) -> int:
     if description_file is not None:
-        description_file.parent.mkdir(parents=True, exist_ok=True)
-        description_file.write_text(description(report) + "\n", encoding="utf-8")
+        atomic_write(description_file, description(report) + "\n")
     echo_findings(report, echo)
     return conclude(report, fail_on, echo)

@@ -11,6 +11,7 @@ so adding a pass adds its config, its validation and its JSON Schema in one plac
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
@@ -22,9 +23,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import annotated_types
+import yaml
 from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, model_validator
 
 from ci_compress import redaction
+from ci_compress.config.reading import load_yaml
 from ci_compress.config.task import (
     MetricThresholds,
     TaskConfig,
@@ -39,6 +42,16 @@ from ci_compress.passes.registry import PASSES
 from ci_compress.refs import FACTORY_RE
 
 CONFIG_VERSION = 1
+REPORT_FILES = (
+    "report.json",
+    "report.md",
+    "junit.xml",
+    "manifest.json",
+    "explain.json",
+    "explain.md",
+    "sensitivity.png",
+)
+"""Files the gate writes into the report folder beside the shipped student."""
 _SHA256_RE = r"^[0-9a-fA-F]{64}$"
 _MODEL_URI_RE = r"^(models:/[^/@]+(@[\w-]+|/[0-9]+)(/.+)?|runs:/[0-9A-Za-z_-]+/.+)$"
 
@@ -376,8 +389,19 @@ class ShipConfig(Frozen):
     filename: str = Field(
         "student.ccz",
         pattern=r"^[\w.-]+$",
-        description="File name of the shipped student inside the report folder.",
+        description="File name of the shipped student inside the report folder (a plain name ending in .ccz, not one of the report files).",
     )
+
+    @model_validator(mode="after")
+    def _plain_student_name(self) -> ShipConfig:
+        name = self.filename
+        if not name.endswith(".ccz") or name.startswith(".") or name in REPORT_FILES:
+            raise ValueError(
+                f"ship.filename: {name!r} must be a plain file name ending in .ccz that does "
+                f"not start with '.' and is none of the report files ({', '.join(REPORT_FILES)})"
+            )
+        return self
+
     zstd_level: int = Field(19, ge=1, le=22, description="zstandard level for the packed payload.")
     export: tuple[Literal["torchscript", "onnx"], ...] = Field(
         (),
@@ -472,6 +496,9 @@ class LoadedConfig:
     base_dir: Path
     sha256: str
     text: str | None = None  # the config text as read (kept for the reproducibility manifest)
+    # Command-line overrides applied after reading ({"data.holdout.limit": 50, ...});
+    # text and sha256 stay those of the file, the manifest records these beside them.
+    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def resolve(self, path: str) -> Path:
         p = Path(os.path.expanduser(path))
@@ -499,11 +526,9 @@ def load_config(path: str | os.PathLike[str]) -> LoadedConfig:
 def parse_config_text(
     text: str, *, source: Path | None = None, base_dir: Path | None = None
 ) -> LoadedConfig:
-    import yaml
-
     name = str(source) if source else "<config>"
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text, origin=name)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -536,11 +561,16 @@ def interpolate(raw: Any, environ: Mapping[str, str], path: str = "") -> Any:
 
     Only the braced form is read (``$NAME`` and ``$$`` stay as written); keys are never
     interpolated. A variable that is not set is a :class:`ConfigError` naming the field.
-    Each value taken from the environment is registered with
-    :mod:`ci_compress.redaction`, so it is shown as ``${NAME}`` wherever it would be
-    printed, written or logged: interpolation is how secrets get into a config.
+    A string with references becomes a :class:`~ci_compress.redaction.Interpolated`:
+    the value for the code that uses it, its template for every writer (interpolation
+    is how secrets get into a config). Each value taken from the environment is also
+    registered with :mod:`ci_compress.redaction`, so free text that quotes it (an
+    error message, a log line) shows ``${NAME}`` instead. An already interpolated
+    value is never interpolated again (a secret may contain ``${`` itself).
     """
 
+    if isinstance(raw, redaction.Interpolated):
+        return raw
     if isinstance(raw, str):
 
         def sub(m: re.Match[str]) -> str:
@@ -555,7 +585,8 @@ def interpolate(raw: Any, environ: Mapping[str, str], path: str = "") -> Any:
             redaction.register(value, f"${{{name}}}")
             return value
 
-        return _ENV_REF.sub(sub, raw)
+        value = _ENV_REF.sub(sub, raw)
+        return redaction.Interpolated(value, raw) if _ENV_REF.search(raw) else raw
     if isinstance(raw, Mapping):
         return {k: interpolate(v, environ, _join(path, str(k))) for k, v in raw.items()}
     if isinstance(raw, list):
@@ -676,6 +707,19 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+def _is_number(annotation: Any) -> bool:
+    """Whether a field takes an int or a float (also inside Optional/Annotated), not a bool.
+
+    pydantic's lax mode turns ``true`` into 1 for such a field: a threshold written as
+    ``yes`` would silently become 1 point.
+    """
+    if annotation in (int, float):
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType, Annotated):
+        return any(_is_number(a) for a in typing.get_args(annotation))
+    return False
+
+
 def _check_keys(cls: type[BaseModel], data: Any, prefix: str) -> None:
     """Reject unknown keys anywhere below ``cls``, suggesting the closest known key."""
     if not isinstance(data, Mapping):
@@ -689,6 +733,12 @@ def _check_keys(cls: type[BaseModel], data: Any, prefix: str) -> None:
                 hint=f"known keys here: {', '.join(fields)}",
             )
         annotation = fields[key].annotation
+        if isinstance(value, bool) and _is_number(annotation):
+            raise ConfigError(
+                f"must be a number, got the boolean {str(value).lower()}",
+                path=_join(prefix, str(key)),
+                hint="YAML reads true/false/yes/no/on/off as booleans; write the number",
+            )
         sub = _model_of(annotation)
         if sub is not None and sub is not PassConfig:
             _check_keys(sub, value, _join(prefix, str(key)))
@@ -758,7 +808,7 @@ def _convert(err: ValidationError, cls: type[BaseModel], *, prefix: str) -> Conf
         if msg.startswith("thresholds: "):
             return ConfigError(msg.removeprefix("thresholds: "), path="thresholds")
         field_path, sep, rest = msg.partition(": ")
-        if sep and re.fullmatch(r"(mlflow|thresholds|task|model)(\.[\w-]+)+", field_path):
+        if sep and re.fullmatch(r"(mlflow|thresholds|ship|task|model)(\.[\w-]+)+", field_path):
             return ConfigError(rest, path=field_path)
         if sep and re.fullmatch(r"\w+", field_path) and _field_info(cls, (*loc, field_path)):
             return ConfigError(rest, path=_join(path, field_path))
@@ -828,6 +878,59 @@ def flatten(value: Any, prefix: str = "") -> dict[str, str]:
     return out
 
 
+def to_mapping(
+    config: CompressConfig, *, exclude_unset: bool = False, exclude_defaults: bool = False
+) -> dict[str, Any]:
+    """The config as plain YAML/JSON data, sections in file order.
+
+    The one way a config becomes data again (report.json's ``config``, the MLflow
+    params, the manifest's config text when there was no file, the trial configs and
+    ``tuned.yaml`` of ``ci-compress tune``): interpolated values come out as their
+    ``${NAME}`` templates, and every pass keeps its ``type`` even when defaults or
+    unset fields are left out, so the result reads back as the same config.
+    """
+
+    def dump(model: BaseModel, **kwargs: Any) -> dict[str, Any]:
+        return model.model_dump(
+            mode="json", exclude_unset=exclude_unset, exclude_defaults=exclude_defaults, **kwargs
+        )
+
+    data = dump(config, exclude={"passes"})
+    if config.passes or not (exclude_unset or exclude_defaults):
+        data["passes"] = [{"type": p.type, **dump(p)} for p in config.passes]
+    return {k: data[k] for k in CompressConfig.model_fields if k in data}
+
+
+class _YamlDumper(yaml.SafeDumper):
+    """``yaml.SafeDumper`` that writes an interpolated value as its ``${NAME}`` template."""
+
+
+def _represent_interpolated(dumper: yaml.SafeDumper, value: redaction.Interpolated) -> yaml.Node:
+    return dumper.represent_str(value.template)
+
+
+_YamlDumper.add_representer(redaction.Interpolated, _represent_interpolated)
+
+
+def dump_yaml(data: Any) -> str:
+    """YAML text of config-like data (``yaml.safe_dump`` layout, keys in the given order).
+
+    The one config writer to YAML (``tuned.yaml``, the demo's ``compress.yaml``, the
+    manifest's config text when there was no file): interpolated values are written as
+    their templates. Pass a config object's data through :func:`to_mapping` first.
+    """
+    return yaml.dump(data, Dumper=_YamlDumper, sort_keys=False)
+
+
+# Command-line overrides: dotted path -> with_overrides keyword.
+OVERRIDES = {
+    "data.holdout.limit": "holdout_limit",
+    "mlflow.enabled": "mlflow_enabled",
+    "runtime.latency_repeats": "latency_repeats",
+    "runtime.latency_warmup": "latency_warmup",
+}
+
+
 def with_overrides(
     loaded: LoadedConfig,
     *,
@@ -839,19 +942,57 @@ def with_overrides(
     """A copy of ``loaded`` with command-line overrides applied (fast local checks).
 
     ``holdout_limit`` sets ``data.holdout.limit``; ``mlflow_enabled=False`` runs with no
-    tracking server; the latency knobs shorten the timing loop. Re-validated like a file.
+    tracking server; the latency knobs shorten the timing loop. See :func:`apply_overrides`.
     """
-    raw = loaded.config.model_dump(mode="python")
-    if holdout_limit is not None:
-        raw["data"]["holdout"]["limit"] = holdout_limit
-    if mlflow_enabled is not None:
-        raw["mlflow"]["enabled"] = mlflow_enabled
-    if latency_repeats is not None:
-        raw["runtime"]["latency_repeats"] = latency_repeats
-    if latency_warmup is not None:
-        raw["runtime"]["latency_warmup"] = latency_warmup
-    raw["passes"] = [p.model_dump(mode="python") for p in loaded.config.passes]
-    config = parse_config(raw, origin="command-line overrides")
-    return LoadedConfig(
-        config=config, source=loaded.source, base_dir=loaded.base_dir, sha256=loaded.sha256
+    given = {
+        "holdout_limit": holdout_limit,
+        "mlflow_enabled": mlflow_enabled,
+        "latency_repeats": latency_repeats,
+        "latency_warmup": latency_warmup,
+    }
+    return apply_overrides(
+        loaded, {path: given[kw] for path, kw in OVERRIDES.items() if given[kw] is not None}
     )
+
+
+def apply_overrides(loaded: LoadedConfig, changes: Mapping[str, Any]) -> LoadedConfig:
+    """A copy of ``loaded`` with ``{"section.field": value}`` changes, validated like a file.
+
+    Nothing is read again and nothing is interpolated again: the changed sections are
+    re-validated from the objects already loaded (an interpolated value stays the value
+    read at load time, even if it contains ``${`` or the variable changed since), and
+    the whole config's cross-section rules run once more. ``text`` and ``sha256`` stay
+    those of the file as read; ``overrides`` records the changes (the reproducibility
+    manifest writes them beside the text, and ``ci-compress reproduce`` re-applies them).
+    """
+    unknown = sorted(set(changes) - set(OVERRIDES))
+    if unknown:
+        raise ConfigError(
+            f"cannot override {unknown[0]}",
+            path=unknown[0],
+            hint=f"overridable: {', '.join(OVERRIDES)}",
+        )
+    config: BaseModel = loaded.config
+    for path, value in changes.items():
+        # Re-validates every level up to the whole config: its cross-section rules (a
+        # champion threshold needs MLflow) see the change.
+        config = _replace_at(config, path.split("."), value, prefix="")
+    assert isinstance(config, CompressConfig)
+    return dataclasses.replace(loaded, config=config, overrides={**loaded.overrides, **changes})
+
+
+def _fields(model: BaseModel) -> dict[str, Any]:
+    """The fields a model was given, as objects (not dumped: nothing is re-interpolated)."""
+    return {name: getattr(model, name) for name in model.model_fields_set}
+
+
+def _replace_at(model: BaseModel, path: list[str], value: Any, *, prefix: str) -> BaseModel:
+    """``model`` with the field at ``path`` set to ``value``; each level re-validated."""
+    head, rest = path[0], path[1:]
+    where = _join(prefix, head)
+    new = _replace_at(getattr(model, head), rest, value, prefix=where) if rest else value
+    cls = type(model)
+    try:
+        return cls.model_validate({**_fields(model), head: new})
+    except ValidationError as e:
+        raise _convert(e, cls, prefix=prefix) from None

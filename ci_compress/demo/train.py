@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
+from ci_compress.config import dump_yaml
 from ci_compress.demo.models import FACTORIES
+from ci_compress.files import atomic_write, atomic_write_bytes
 from ci_compress.loading.data import digits_split
 from ci_compress.refs import import_factory
 
@@ -44,13 +44,14 @@ def train_teacher(kind: str = "mlp", *, seed: int = 0, epochs: int = 40) -> obje
 
 def prepare(workdir: Path, *, kind: str = "mlp", seed: int = 0) -> Path:
     """Train (or reuse) the demo teacher in ``workdir`` and write ``compress.yaml``."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     workdir.mkdir(parents=True, exist_ok=True)
     weights = workdir / f"digits_{kind}.safetensors"
     if not weights.exists():
         model = train_teacher(kind, seed=seed)
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))  # type: ignore[attr-defined]
+        tensors = {k: v.contiguous() for k, v in model.state_dict().items()}  # type: ignore[attr-defined]
+        atomic_write_bytes(weights, save(tensors))
     config = {
         "version": 1,
         "model": {"path": weights.name, "factory": FACTORIES[kind]},
@@ -62,10 +63,11 @@ def prepare(workdir: Path, *, kind: str = "mlp", seed: int = 0) -> Path:
         "runtime": {"seed": seed},
     }
     path = workdir / "compress.yaml"
-    path.write_text(
+    atomic_write(
+        path,
         "# Written by `ci-compress demo`; edit and re-run with `ci-compress run --config "
         + str(path)
         + "`\n"
-        + yaml.safe_dump(config, sort_keys=False)
+        + dump_yaml(config),
     )
     return path

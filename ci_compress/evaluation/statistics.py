@@ -31,6 +31,7 @@ bounded) and a paired t-test (scipy, already installed with scikit-learn).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +72,28 @@ class PairedStatistics:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PairedStatistics:
+        """The inverse of :meth:`to_dict` (the report's ``statistics`` section)."""
+        return cls(
+            samples=int(data["samples"]),
+            both_correct=int(data["both_correct"]),
+            teacher_only=int(data["teacher_only"]),
+            student_only=int(data["student_only"]),
+            both_wrong=int(data["both_wrong"]),
+            drop_points=float(data["drop_points"]),
+            drop_ci_low=float(data["drop_ci_low"]),
+            drop_ci_high=float(data["drop_ci_high"]),
+            relative_drop=float(data["relative_drop"]),
+            relative_ci_low=float(data["relative_ci_low"]),
+            relative_ci_high=float(data["relative_ci_high"]),
+            mcnemar_p_value=float(data["mcnemar_p_value"]),
+            confidence=float(data["confidence"]),
+            resamples=int(data["resamples"]),
+            seed=int(data["seed"]),
+            method=str(data.get("method", cls.method)),
+        )
 
 
 def cells(teacher_correct: np.ndarray, student_correct: np.ndarray) -> tuple[int, int, int, int]:

@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ci_compress import __version__
 from ci_compress.errors import ArtifactError
 from ci_compress.files import atomic_write_bytes
 from ci_compress.layers.inspect import learned_tensors
 from ci_compress.packing import codecs, encoding
 from ci_compress.packing.encoding import Entropy
+from ci_compress.versions import versions
 
 if TYPE_CHECKING:
     import torch
@@ -161,19 +161,12 @@ def rebuild(
 # ---------------------------------------------------------------- file I/O
 
 
-def library_versions() -> dict[str, str]:
-    import numpy
-    import safetensors
-    import torch
-    import zstandard
+# The versions a packed file records (its manifest's "versions"; the set is part of the format).
+LIBRARIES = ("ci_compress", "torch", "numpy", "safetensors", "zstandard")
 
-    return {
-        "ci_compress": __version__,
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "safetensors": safetensors.__version__,
-        "zstandard": zstandard.__version__,
-    }
+
+def library_versions() -> dict[str, str]:
+    return {k: v or "unknown" for k, v in versions(LIBRARIES).items()}
 
 
 def pack(

@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ci_compress.files import atomic_write_with
+
 
 def _rows(data: dict[str, Any]) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = [
@@ -140,6 +142,5 @@ def write_chart(data: dict[str, Any], path: Path) -> Path:
     ax.set_xlabel("accuracy drop when only this layer is compressed (points)")
     ax.set_title("ci-compress: per-layer sensitivity")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", metadata={"Software": None})
+    atomic_write_with(path, lambda f: fig.savefig(f, format="png", metadata={"Software": None}))
     return path

@@ -37,8 +37,8 @@ def junit_xml(report: Report) -> str:
     ET.SubElement(props, "property", name="verdict", value=report.verdict)
     for name, value in sorted(report.metrics().items()):
         ET.SubElement(props, "property", name=name, value=f"{value:.6g}")
-    if report.mlflow.get("run_id"):
-        ET.SubElement(props, "property", name="mlflow.run_id", value=str(report.mlflow["run_id"]))
+    if report.mlflow is not None and report.mlflow.run_id:
+        ET.SubElement(props, "property", name="mlflow.run_id", value=report.mlflow.run_id)
     for c in checks:
         case = ET.SubElement(suite, "testcase", classname=CLASSNAME, name=c.threshold, time="0")
         if not c.passed:

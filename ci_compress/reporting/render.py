@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from ci_compress.files import atomic_write
 from ci_compress.redaction import redact, redact_data
-from ci_compress.report import Report
+from ci_compress.report import PerClass, Report
 from ci_compress.reporting.explain import markdown_section, terminal_table
 from ci_compress.reporting.junit import junit_xml
 
@@ -57,32 +58,34 @@ def interval_text(report: Report) -> str:
     lo, hi = d.get("delta.accuracy_drop_ci_low"), d.get("delta.accuracy_drop_ci_high")
     if lo is None or hi is None:
         return ""
-    conf = float(report.statistics.get("confidence", 0.95))
+    conf = report.statistics.confidence if report.statistics is not None else 0.95
     return f" ({conf:.0%} CI {lo:.2f} to {hi:.2f})"
 
 
 def statistics_line(report: Report) -> str:
     """One line on how the interval was computed, for every report."""
     st = report.statistics
-    if not st:
+    if st is None:
         return ""
     return (
-        f"paired statistics over {st['samples']} holdout samples: teacher-only correct "
-        f"{st['teacher_only']}, student-only correct {st['student_only']}; "
-        f"{st['confidence']:.0%} paired-bootstrap interval of the drop "
-        f"[{st['drop_ci_low']:.2f}, {st['drop_ci_high']:.2f}] points "
-        f"({st['resamples']} resamples, seed {st['seed']}); exact McNemar p = {st['mcnemar_p_value']:.3g}; "
+        f"paired statistics over {st.samples} holdout samples: teacher-only correct "
+        f"{st.teacher_only}, student-only correct {st.student_only}; "
+        f"{st.confidence:.0%} paired-bootstrap interval of the drop "
+        f"[{st.drop_ci_low:.2f}, {st.drop_ci_high:.2f}] points "
+        f"({st.resamples} resamples, seed {st.seed}); exact McNemar p = {st.mcnemar_p_value:.3g}; "
         f"decision rule: {report.gate.decision}"
     )
 
 
 def has_champion_column(report: Report) -> bool:
     """Three columns (original, champion, candidate) when a registry baseline is configured."""
-    return report.champion is not None or report.baseline.get("status") in ("none", "compared")
+    return report.champion is not None or (
+        report.baseline is not None and report.baseline.status in ("none", "compared")
+    )
 
 
 def champion_label(report: Report) -> str:
-    v = report.baseline.get("version")
+    v = report.baseline.version if report.baseline is not None else None
     return f"champion v{v}" if v else "champion"
 
 
@@ -102,22 +105,22 @@ def baseline_lines(report: Report) -> list[str]:
     """One line on the champion baseline and one on the registry, when configured."""
     out = []
     b = report.baseline
-    if b.get("status") == "none":
-        out.append(f"baseline: {b.get('note')}")
-    elif b.get("status") == "compared":
+    if b is not None and b.status == "none":
+        out.append(f"baseline: {b.note}")
+    elif b is not None and b.status == "compared":
         out.append(
-            f"baseline: {b['registered_model']}@{b['alias']} = version {b['version']}, re-measured on this holdout"
-            + (f"; {b['note']}" if b.get("note") else "")
+            f"baseline: {b.registered_model}@{b.alias} = version {b.version}, re-measured on this holdout"
+            + (f"; {b.note}" if b.note else "")
         )
     r = report.registry
-    if r.get("version"):
-        if r.get("promoted"):
-            what = f"@{r['alias']} moved to version {r['version']}"
-        elif r.get("will_promote"):
-            what = f"@{r['alias']} to move to version {r['version']} once recorded"
+    if r is not None and r.version:
+        if r.promoted:
+            what = f"@{r.alias} moved to version {r.version}"
+        elif r.will_promote:
+            what = f"@{r.alias} to move to version {r.version} once recorded"
         else:
-            what = f"@{r['alias']} not moved ({r.get('promotion')})"
-        out.append(f"registry: {r['registered_model']} version {r['version']} registered; {what}")
+            what = f"@{r.alias} not moved ({r.promotion})"
+        out.append(f"registry: {r.registered_model} version {r.version} registered; {what}")
     return out
 
 
@@ -166,21 +169,19 @@ def terminal(report: Report) -> str:
         lines.append(f"  warning: {warning}")
     if report.passes:
         lines.append("")
-        lines.append("  passes: " + " -> ".join(p["name"] for p in report.passes))
-    worst = report.per_class.get("worst", {}).get("student")
+        lines.append("  passes: " + " -> ".join(p.name for p in report.passes))
+    worst = report.per_class.worst.get("student") if report.per_class is not None else None
     if worst:
         lines.append(
-            f"  worst class: {worst['label']} (drop {worst['drop_points']:.2f} points; per-class table in report.md)"
+            f"  worst class: {worst.label} (drop {worst.drop_points:.2f} points; per-class table in report.md)"
         )
     if report.explain:
-        lines += ["", *("  " + line for line in terminal_table(report.explain).splitlines())]
-    if report.mlflow.get("run_id"):
-        lines.append(
-            f"  mlflow run: {report.mlflow['run_id']}"
-            + (f" ({report.mlflow['run_url']})" if report.mlflow.get("run_url") else "")
-        )
-    if report.artifacts.get("report_json"):
-        lines.append(f"  report: {report.artifacts['report_json']}")
+        lines += ["", *("  " + line for line in terminal_table(dict(report.explain)).splitlines())]
+    run = report.mlflow
+    if run is not None and run.run_id:
+        lines.append(f"  mlflow run: {run.run_id}" + (f" ({run.run_url})" if run.run_url else ""))
+    if report.artifacts.report_json:
+        lines.append(f"  report: {report.artifacts.report_json}")
     return "\n".join(lines)
 
 
@@ -217,32 +218,32 @@ def markdown(report: Report) -> str:
         out += ["", "| metric | teacher | student |", "|---|---:|---:|"]
         out += [f"| {a} | {b} | {c} |" for a, b, c in table_rows(report)]
     if report.passes:
-        out += ["", "**Passes:** " + " → ".join(f"`{p['name']}`" for p in report.passes)]
+        out += ["", "**Passes:** " + " → ".join(f"`{p.name}`" for p in report.passes)]
     for w in report.warnings:
         out += ["", f"> **Warning:** {w}"]
     out += per_class_markdown(report.per_class)
     if report.explain:
-        out += ["", markdown_section(report.explain)]
+        out += ["", markdown_section(dict(report.explain))]
     h = report.holdout
     out += [
         "",
-        f"Holdout: `{h.get('name')}`, {h.get('samples')} samples, sha256 `{str(h.get('sha256', ''))[:12]}`.",
+        f"Holdout: `{h.name}`, {h.samples} samples, sha256 `{h.sha256[:12]}`.",
     ]
-    if report.mlflow.get("run_id"):
-        link = report.mlflow.get("run_url")
+    run = report.mlflow
+    if run is not None and run.run_id:
+        link = run.run_url
         out.append(
-            f"MLflow run: {'[' + report.mlflow['run_id'] + '](' + link + ')' if link else '`' + report.mlflow['run_id'] + '`'}."
+            f"MLflow run: {'[' + run.run_id + '](' + link + ')' if link else '`' + run.run_id + '`'}."
         )
     return "\n".join(out) + "\n"
 
 
-def per_class_markdown(per_class: dict[str, Any]) -> list[str]:
+def per_class_markdown(per_class: PerClass | None) -> list[str]:
     """The per-class accuracy table (one column per role, one drop column per compared role)."""
-    classes = per_class.get("classes") or []
-    if not classes:
+    if per_class is None or not per_class.classes:
         return []
-    roles = per_class["roles"]
-    ref = per_class["reference"]
+    roles = per_class.roles
+    ref = per_class.reference
     others = [r for r in roles if r != ref]
     head = ["class", "samples", *roles, *(f"drop {r} (points)" for r in others)]
     out = [
@@ -252,50 +253,89 @@ def per_class_markdown(per_class: dict[str, Any]) -> list[str]:
         "| " + " | ".join(head) + " |",
         "|" + "---:|" * len(head),
     ]
-    for row in classes:
-        cells = [str(row["label"]), str(row["samples"])]
-        cells += [f"{100 * row['accuracy'][r]:.2f}%" for r in roles]
-        flagged = row["label"] in per_class.get("flagged", [])
+    for row in per_class.classes:
+        cells = [row.label, str(row.samples)]
+        cells += [f"{100 * row.accuracy[r]:.2f}%" for r in roles]
+        flagged = row.label in per_class.flagged
         cells += [
-            f"**{row['drop_points'][r]:.2f}**"
+            f"**{row.drop_points[r]:.2f}**"
             if flagged and r == "student"
-            else f"{row['drop_points'][r]:.2f}"
+            else f"{row.drop_points[r]:.2f}"
             for r in others
         ]
         out.append("| " + " | ".join(cells) + " |")
     out += ["", "</details>"]
-    if per_class.get("flagged"):
+    if per_class.flagged:
         out += [
             "",
-            f"**Classes over `max_class_drop` ({per_class['max_class_drop']:g} points):** "
-            + ", ".join(f"`{label}`" for label in per_class["flagged"]),
+            f"**Classes over `max_class_drop` ({per_class.max_class_drop:g} points):** "
+            + ", ".join(f"`{label}`" for label in per_class.flagged),
         ]
     return out
 
 
-def write_reports(report: Report, out_dir: Path) -> dict[str, Path]:
-    """Write report.json, report.md, junit.xml and manifest.json (when recorded); returns
-    their paths."""
-
+def report_files(out_dir: Path, *, manifest: bool) -> dict[str, Path]:
+    """Where :func:`write_reports` writes: report.json, report.md, junit.xml and, for a
+    report with a reproducibility manifest, manifest.json (keys as in ``Artifacts``)."""
     paths = {
         "report_json": out_dir / "report.json",
         "report_md": out_dir / "report.md",
         "junit_xml": out_dir / "junit.xml",
     }
-    if report.reproducibility:
+    if manifest:
         paths["manifest_json"] = out_dir / "manifest.json"
-    report.artifacts.update({k: str(v) for k, v in paths.items()})
+    return paths
 
-    # Redact the strings, not the JSON text: numbers and structure stay intact.
-    atomic_write(
-        paths["report_json"],
-        json.dumps(redact_data(report.to_dict()), indent=2, sort_keys=True) + "\n",
-    )
+
+def write_reports(report: Report, out_dir: Path) -> dict[str, Path]:
+    """Write report.json, report.md, junit.xml and manifest.json (when recorded) into
+    ``out_dir``; returns their paths. The report names these files in its ``artifacts``
+    when the caller built it with :func:`report_files`."""
+
+    paths = report_files(out_dir, manifest=bool(report.reproducibility))
+
+    write_report_json(report, paths["report_json"])
     atomic_write(paths["report_md"], redact(markdown(report)))
     atomic_write(paths["junit_xml"], redact(junit_xml(report)))
     if report.reproducibility:
-        atomic_write(
-            paths["manifest_json"],
-            json.dumps(redact_data(report.reproducibility), indent=2, sort_keys=True) + "\n",
-        )
+        atomic_write(paths["manifest_json"], strict_json(report.reproducibility))
     return paths
+
+
+def write_report_json(report: Report, path: Path) -> Path:
+    """Write ``report.json`` (atomically): the one writer, for the gate and tune's trials."""
+    atomic_write(path, report_json(report))
+    return path
+
+
+def report_json(report: Report) -> str:
+    """The text of ``report.json`` (also what ``ci-compress run --json`` prints)."""
+    return strict_json(report.to_dict())
+
+
+# How report.json writes a float that JSON has no number for (RFC 8259 allows none):
+# as these strings, which Python's float() and JavaScript's Number() both read back.
+NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
+NAN = "NaN"
+
+
+def strict_json(data: Any) -> str:
+    """Redacted, strict JSON text of report data (report.json, manifest.json).
+
+    Secrets are redacted string by string, so numbers and structure stay intact;
+    interpolated config values are written as their ``${NAME}`` templates. Every
+    float that is not finite (a ratio over a zero denominator) becomes the string
+    ``"Infinity"``, ``"-Infinity"`` or ``"NaN"``: the text is always valid JSON
+    (``json.loads(..., parse_constant=...)`` never sees a bare ``Infinity``).
+    """
+    return json.dumps(_finite(redact_data(data)), indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return NAN if math.isnan(value) else NON_FINITE[value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value

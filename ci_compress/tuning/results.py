@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ci_compress.config import dump_yaml
+from ci_compress.files import atomic_write, atomic_write_with
 from ci_compress.redaction import redact
 
 if TYPE_CHECKING:
@@ -142,9 +144,11 @@ def _short(v: Any) -> str:
 
 
 def write_tuned(space: Space, best: TrialSummary, path: Path, *, study: str, storage: str) -> Path:
-    """Write the best passing trial as a config ``ci-compress run`` and ``validate`` accept."""
-    import yaml
+    """Write the best passing trial as a config ``ci-compress run`` and ``validate`` accept.
 
+    Values the config took from the environment are written as their ``${NAME}``
+    references, as in the config the study started from.
+    """
     mapping = space.config_mapping(best.passes)
     space.build(best.passes)  # validated exactly as it will be read
     m = best.metrics
@@ -155,9 +159,7 @@ def write_tuned(space: Space, best: TrialSummary, path: Path, *, study: str, sto
         f"(drop {m.get('delta.accuracy_drop_points', 0):.2f} points).\n"
         f"# Storage: {storage}\n"
     )
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(header + yaml.safe_dump(mapping, sort_keys=False))
-    tmp.replace(path)
+    atomic_write(path, header + dump_yaml(mapping))
     return path
 
 
@@ -249,7 +251,7 @@ def plot_pareto(result: TuneResult, path: Path) -> Path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_write_with(path, lambda f: fig.savefig(f, format="png"))
     plt.close(fig)
     return path
 
@@ -371,5 +373,5 @@ def finish(outcome: Outcome, *, write_output: bool = True) -> TuneResult:
             storage=result.storage,
         )
     result.report_md = s.out_dir / "tune-report.md"
-    result.report_md.write_text(render_markdown(result))
+    atomic_write(result.report_md, render_markdown(result))
     return result

@@ -9,12 +9,15 @@ trials under the same parent) and one nested run per trial.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
+from ci_compress import record
 from ci_compress.ci.env import detect
 from ci_compress.config.tune import TuneConfig
-from ci_compress.errors import CICompressError
+from ci_compress.files import atomic_write
+from ci_compress.progress import warn_of
+from ci_compress.record import RecordedRun
 from ci_compress.tracking import MlflowTracker, make_tracker
 from ci_compress.tuning import study as st
 from ci_compress.tuning.results import finish, render_markdown
@@ -23,7 +26,6 @@ from ci_compress.tuning.study import StorageError, open_storage
 
 if TYPE_CHECKING:
     from ci_compress.config import LoadedConfig
-    from ci_compress.tracking import MlflowTracker
     from ci_compress.tuning.results import TuneResult
 
 PARENT_ATTR = "ci_compress.mlflow_parent_run_id"
@@ -51,11 +53,7 @@ def tune(
     name = st.study_name_for(loaded, tcfg, study_name)
     url = st.storage_url(loaded, tcfg, storage)
 
-    tracker, parent = None, None
-    if loaded.config.tune is not None and loaded.config.mlflow.enabled:
-        tracker, parent = _parent_run(loaded, url, name, environ, say)
-
-    try:
+    with _parent_run(loaded, url, name, environ, say) as parent:
         outcome = st.search(
             loaded,
             max_trials=max_trials,
@@ -63,40 +61,52 @@ def tune(
             storage=url,
             study_name=name,
             jobs=jobs,
-            parent_run_id=parent,
-            tracking_uri=tracker.uri if tracker is not None else None,
+            parent_run_id=parent.run_id if parent is not None else None,
+            tracking_uri=parent.tracker.uri if parent is not None else None,
             progress=say,
         )
         result = finish(outcome)
-    except BaseException:
-        if tracker is not None and parent is not None:
-            with contextlib.suppress(CICompressError):
-                tracker.end_run("FAILED")
-        raise
-    if tracker is not None and parent is not None:
-        result.mlflow = {"parent_run_id": parent, "tracking_uri": tracker.shown_uri}
-        url_ = tracker.run_url()
-        if url_:
-            result.mlflow["run_url"] = url_
-        assert result.report_md is not None
-        result.report_md.write_text(render_markdown(result))
-        _record_parent(tracker, result)
+        if parent is not None and parent.run_id is not None:
+            result.mlflow = {
+                "parent_run_id": parent.run_id,
+                "tracking_uri": record.shown_uri(parent.tracker),
+            }
+            url_ = parent.tracker.run_url()
+            if url_:
+                result.mlflow["run_url"] = url_
+            assert result.report_md is not None
+            atomic_write(result.report_md, render_markdown(result))
+            record.record_tune(
+                parent,
+                counts=result.counts(),
+                trials=len(result.trials),
+                best_trial=result.best.number if result.best is not None else None,
+                best_metrics=result.best.metrics if result.best is not None else {},
+                passed=result.passed,
+                files=(result.report_md, result.plot, result.tuned_path),
+            )
     return result
 
 
+@contextlib.contextmanager
 def _parent_run(
     loaded: LoadedConfig,
     storage_url: str,
     name: str,
     environ: Mapping[str, str],
     say: Callable[[str], None],
-) -> tuple[MlflowTracker | None, str | None]:
+) -> Iterator[RecordedRun | None]:
+    """The study's parent run (None without MLflow): started by the first process on
+    the storage, its id kept in the study, resumed by every later one."""
     import optuna
 
-    cfg = loaded.config.mlflow
-    tracker = make_tracker(loaded, environ, say)  # a NullTracker when MLflow may be skipped
-    if not isinstance(tracker, MlflowTracker):
-        return None, None
+    if loaded.config.tune is None or not loaded.config.mlflow.enabled:
+        yield None
+        return
+    tracker = make_tracker(loaded, environ, warn_of(say))
+    if not isinstance(tracker, MlflowTracker):  # a NullTracker when MLflow may be skipped
+        yield None
+        return
     storage = open_storage(storage_url)
     try:
         study = optuna.create_study(
@@ -105,34 +115,13 @@ def _parent_run(
     except Exception as e:
         raise StorageError(f"cannot create or load study {name!r}: {e}") from None
     parent = study.user_attrs.get(PARENT_ATTR)
-    if parent:
-        tracker.run_id = str(parent)
-        return tracker, str(parent)
-    ci = detect(environ, loaded.base_dir)
-    parent = tracker.start_run(
-        cfg.experiment,
-        f"tune-{name}",
-        {**ci.tags(), "ci_compress.kind": "tune", "ci_compress.study": name},
-    )
-    study.set_user_attr(PARENT_ATTR, parent)
-    return tracker, parent
-
-
-def _record_parent(tracker: MlflowTracker, result: TuneResult) -> None:
-    counts = result.counts()
-    metrics = {f"tune.trials.{k}": float(v) for k, v in counts.items()}
-    metrics["tune.trials"] = float(len(result.trials))
-    if result.best is not None:
-        metrics.update({f"best.{k}": v for k, v in result.best.metrics.items()})
-        metrics["best.trial"] = float(result.best.number)
-    tracker.log_metrics(metrics)
-    for path in (result.report_md, result.plot, result.tuned_path):
-        if path is not None:
-            tracker.log_artifact(path, "tune")
-    tracker.set_tags(
-        {
-            "ci_compress.verdict": "pass" if result.passed else "fail",
-            "ci_compress.best_trial": str(result.best.number) if result.best else "none",
-        }
-    )
-    tracker.end_run("FINISHED")
+    with record.tune_run(
+        tracker,
+        experiment=loaded.config.mlflow.experiment,
+        study=name,
+        ci=detect(environ, loaded.base_dir),
+        resume_run_id=str(parent) if parent else None,
+    ) as run:
+        if not parent:
+            study.set_user_attr(PARENT_ATTR, run.run_id)
+        yield run

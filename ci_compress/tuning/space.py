@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ci_compress.config import CompressConfig, parse_config
+from ci_compress.config import CompressConfig, parse_config, to_mapping
 from ci_compress.config.tune import SpaceEntry, parse_key
 from ci_compress.errors import ConfigError
 from ci_compress.passes.registry import PASSES
@@ -251,10 +251,9 @@ def resolve(loaded: LoadedConfig, tune: TuneConfig) -> Space:
     """Build and validate the search space of a config's ``tune:`` section."""
 
     cfg = loaded.config
-    base = cfg.model_dump(mode="json", exclude_unset=True, exclude={"tune", "passes"})
-    passes = [p.model_dump(mode="json", exclude_unset=True) for p in cfg.passes]
-    for p, obj in zip(passes, cfg.passes, strict=True):
-        p["type"] = obj.type
+    base = to_mapping(cfg, exclude_unset=True)  # ${NAME} references stay references
+    passes: list[dict[str, Any]] = base.pop("passes", [])
+    base.pop("tune", None)
     objective: str = tune.objective
     weights = tune.weights.model_dump()
     skipped: list[str] = []

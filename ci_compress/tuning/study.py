@@ -33,22 +33,22 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ci_compress import pipeline
+from ci_compress import pipeline, record
 from ci_compress.ci.env import detect
-from ci_compress.config import LoadedConfig, flatten
+from ci_compress.config import LoadedConfig, to_mapping
 from ci_compress.config.tune import TuneConfig
 from ci_compress.errors import CICompressError, ConfigError, InfraError
 from ci_compress.gate import RULES, decide
 from ci_compress.redaction import redact
-from ci_compress.tracking import MlflowTracker, fetch_teacher
+from ci_compress.reporting.render import write_report_json
+from ci_compress.tracking import fetch_teacher
 from ci_compress.tuning.space import resolve
 
 if TYPE_CHECKING:
     import optuna
 
-    from ci_compress.config import LoadedConfig
+    from ci_compress.config import LoadedConfig, to_mapping
     from ci_compress.config.tune import TuneConfig
-    from ci_compress.report import Report
     from ci_compress.tuning.space import Space
 
 Progress = Callable[[str], None]
@@ -272,15 +272,26 @@ def run_worker(settings: Settings, space: Space, progress: Progress | None = Non
 
 
 def _spent(trials: Sequence[optuna.trial.FrozenTrial], before: int | None = None) -> int:
-    """Trials that count against max_trials (those numbered below ``before``, if given).
+    """Trials that count against max_trials.
+
+    Without ``before``: the trials started so far. A waiting trial (the base config,
+    enqueued before the first trial) is not spent yet: it is the next one a worker
+    runs, so counting it would end a ``max_trials: 1`` study before its only trial.
+
+    With ``before`` (a trial deciding whether it may run): every trial numbered below
+    it, waiting ones included, since each of them runs before or beside this one.
 
     A trial a worker created after the budget was spent is marked ``over_budget`` and
     does not count: otherwise a race between workers would eat a later run's budget.
     """
+    import optuna
+
+    waiting = optuna.trial.TrialState.WAITING
     return sum(
         1
         for t in trials
-        if not t.user_attrs.get("over_budget") and (before is None or t.number < before)
+        if not t.user_attrs.get("over_budget")
+        and (t.number < before if before is not None else t.state != waiting)
     )
 
 
@@ -332,7 +343,7 @@ class _Objective:
         try:
             config = self.space.build(passes)
         except ConfigError as e:
-            trial.set_user_attr("error", e.message)
+            trial.set_user_attr("error", redact(e.message))
             self.say(f"trial {trial.number}: invalid config ({e.message})")
             raise
 
@@ -355,52 +366,52 @@ class _Objective:
             if known and not decide(known, figures).passed:
                 raise _Hopeless
 
-        tracker = _trial_tracker(s, trial.number, passes, self.tag)
-
-        try:
-            report = pipeline.evaluate(
-                loaded,
-                report_dir=trial_dir,
-                early_stop=early_stop,
-                fetch=_pinned(s.teacher_file) if s.teacher_file else None,
-            )
-        except _Hopeless:
-            self._record(trial, early, thresholds, passed=False, pruned=True)
+        with record.trial_run(
+            s.tracking_uri,
+            s.parent_run_id,
+            artifact_root=s.loaded.base_dir / "mlartifacts",
+            experiment=s.loaded.config.mlflow.experiment,
+            study=s.study_name,
+            number=trial.number,
+            worker=self.tag,
+            passes=", ".join(_describe(p) for p in passes),
+        ) as run:
+            try:
+                report = pipeline.evaluate(
+                    loaded,
+                    report_dir=trial_dir,
+                    early_stop=early_stop,
+                    fetch=_pinned(s.teacher_file) if s.teacher_file else None,
+                )
+            except _Hopeless:
+                self._record(trial, early, thresholds, passed=False, pruned=True)
+                self.say(
+                    f"trial {trial.number}: pruned, fails the gate before latency "
+                    f"({int(early['student.file_bytes']):,} bytes, accuracy {100 * early['student.accuracy']:.2f}%)"
+                )
+                if run is not None:
+                    record.record_pruned_trial(run, to_mapping(config), early)
+                raise optuna.TrialPruned() from None
+            except ConfigError as e:
+                trial.set_user_attr("error", redact(e.message))
+                self.say(f"trial {trial.number}: {e.message}")
+                if run is not None:
+                    record.fail_trial(run)
+                raise
+            figures = report.metrics()
+            self._record(trial, figures, thresholds, passed=report.passed, pruned=False)
+            value = objective_value(self.space, figures)
+            trial.set_user_attr("value", value)
+            report = replace(report, config=to_mapping(config))
+            write_report_json(report, trial_dir / "report.json")
+            verdict = "pass" if report.passed else "fail"
             self.say(
-                f"trial {trial.number}: pruned, fails the gate before latency "
-                f"({int(early['student.file_bytes']):,} bytes, accuracy {100 * early['student.accuracy']:.2f}%)"
+                f"trial {trial.number}: {verdict}, {report.student.file_bytes:,} bytes, "
+                f"accuracy {100 * report.student.metrics['accuracy']:.2f}% "
+                f"(drop {report.deltas['delta.accuracy_drop_points']:.2f} points)"
             )
-            if tracker is not None:
-                tracker.log_params(flatten(config.model_dump(mode="json")))
-                tracker.log_metrics(early)
-                tracker.set_tags({"ci_compress.verdict": "pruned"})
-                tracker.end_run("FINISHED")
-            raise optuna.TrialPruned() from None
-        except ConfigError as e:
-            trial.set_user_attr("error", e.message)
-            self.say(f"trial {trial.number}: {e.message}")
-            if tracker is not None:
-                tracker.set_tags({"ci_compress.verdict": "error"})
-                tracker.end_run("FAILED")
-            raise
-        except BaseException:
-            if tracker is not None:
-                tracker.end_run("FAILED")
-            raise
-        figures = report.metrics()
-        self._record(trial, figures, thresholds, passed=report.passed, pruned=False)
-        value = objective_value(self.space, figures)
-        trial.set_user_attr("value", value)
-        report.config = config.model_dump(mode="json")
-        _write_json(trial_dir / "report.json", report)
-        verdict = "pass" if report.passed else "fail"
-        self.say(
-            f"trial {trial.number}: {verdict}, {report.student.file_bytes:,} bytes, "
-            f"accuracy {100 * report.student.metrics['accuracy']:.2f}% "
-            f"(drop {report.deltas['delta.accuracy_drop_points']:.2f} points)"
-        )
-        if tracker is not None:
-            _log_trial(tracker, report, trial_dir, value)
+            if run is not None:
+                record.record_trial(run, report, trial_dir / "report.json", value)
         return value
 
     def _record(
@@ -449,48 +460,6 @@ def _already_measured(trial: optuna.Trial, passes: list[dict[str, Any]]) -> Any 
 def _describe(p: Mapping[str, Any]) -> str:
     opts = ", ".join(f"{k}={v}" for k, v in p.items() if k != "type")
     return f"{p['type']}({opts})"
-
-
-def _write_json(path: Path, report: Report) -> None:
-    import json
-
-    path.write_text(json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
-
-
-# ---------------------------------------------------------------- MLflow
-
-
-def _trial_tracker(s: Settings, number: int, passes: list[dict[str, Any]], tag: str) -> Any | None:
-    if s.parent_run_id is None or s.tracking_uri is None:
-        return None
-
-    cfg = s.loaded.config.mlflow
-    tracker = MlflowTracker(s.tracking_uri, artifact_root=s.loaded.base_dir / "mlartifacts")
-    tracker.start_run(
-        cfg.experiment,
-        f"{s.study_name}-trial-{number}",
-        {
-            "ci_compress.kind": "tune-trial",
-            "ci_compress.study": s.study_name,
-            "ci_compress.trial": str(number),
-            "ci_compress.worker": tag,
-            "ci_compress.passes": ", ".join(_describe(p) for p in passes) or "none",
-        },
-        parent_run_id=s.parent_run_id,
-    )
-    return tracker
-
-
-def _log_trial(tracker: Any, report: Report, trial_dir: Path, value: float) -> None:
-
-    tracker.log_params(flatten(report.config))
-    tracker.log_metrics({**report.metrics(), "tune.objective": value})
-    tracker.log_artifact(trial_dir / "report.json")
-    tracker.set_tags({"ci_compress.verdict": report.verdict})
-    tracker.end_run("FINISHED")
-
-
-# ---------------------------------------------------------------- the whole search
 
 
 @dataclass

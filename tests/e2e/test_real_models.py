@@ -29,12 +29,12 @@ import numpy as np
 import pytest
 import torch
 
-from ci_compress.cli import main
 from ci_compress.config import LoadedConfig, parse_config
 from ci_compress.evaluation.metrics import score
 from ci_compress.evaluation.statistics import paired_score_statistics
 from ci_compress.stages import apply_passes, load_inputs, set_determinism, ship
-from tests.conftest import write_config
+from tests.helpers.cli import run_cli
+from tests.helpers.configs import write_config
 
 pytestmark = pytest.mark.slow
 
@@ -84,7 +84,7 @@ def library_gate(folder: Path, raw: dict[str, Any]) -> dict[str, Any]:
 
 def run_gate(config: Path, *extra: str) -> tuple[int, dict[str, Any], float]:
     t0 = time.perf_counter()
-    code = main(["run", "--config", str(config), "--quiet", *extra])
+    code = run_cli("run", "--config", str(config), "--quiet", *extra, cwd=config.parent).returncode
     report = json.loads((config.parent / "report" / "report.json").read_text())
     return code, report, round(time.perf_counter() - t0, 1)
 

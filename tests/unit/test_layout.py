@@ -102,3 +102,20 @@ def test_the_config_and_the_pass_table_stay_torch_free() -> None:
         "ci_compress.tracking",
     }
     assert not light & heavy, f"these modules load torch on import: {sorted(light & heavy)}"
+
+
+def test_the_public_api_is_lazy() -> None:
+    """``import ci_compress`` loads nothing heavy; each public name resolves on first use."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ci_compress\n"
+        "heavy = [m for m in ('torch', 'mlflow', 'numpy', 'pydantic') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "for name in ci_compress.__all__:\n"
+        "    assert getattr(ci_compress, name) is not None, name\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.stdout.strip() == "ok", out.stderr

@@ -1,0 +1,172 @@
+"""EVALUATE: every model measured from one pass over the holdout, then timed and counted.
+
+:func:`measure` streams the holdout once for all models (teacher, shipped student, a
+champion): the task metrics, the holdout's sha256 and the progress come from the same
+batches, so a large holdout is read once and never held in memory. Then it times the
+models on one fixed batch (interleaved, see :mod:`ci_compress.evaluation.performance`)
+and counts their parameters and tensor memory. :func:`compare` turns the paired
+per-sample results into the statistics of the drop and the per-class figures.
+
+Nothing here decides: :func:`ci_compress.gate.decide` does, on these figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ci_compress.evaluation.classes import PerClass, class_figures, per_class_table
+from ci_compress.evaluation.metrics import TaskMetrics, score
+from ci_compress.evaluation.performance import latency_ms, model_memory_bytes
+from ci_compress.evaluation.statistics import PairedStatistics, paired_statistics
+from ci_compress.evaluation.tasks import Task
+from ci_compress.layers.batches import Inputs, take
+from ci_compress.layers.batches import batch_size as samples_in
+from ci_compress.layers.inspect import count_parameters
+from ci_compress.layers.outputs import OutputSpec
+from ci_compress.loading.data import HoldoutDigest
+from ci_compress.progress import Step
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from ci_compress.loading.data import Dataset
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A model to measure: the module as it will serve, and the bytes of its file."""
+
+    module: nn.Module
+    file_bytes: int
+
+
+@dataclass(frozen=True)
+class Measurements:
+    """What :func:`measure` found, per role (``teacher``, ``student``, ``champion``)."""
+
+    task: Mapping[str, TaskMetrics]
+    # role -> accuracy, correct, samples, file_bytes, parameters, nonzero_parameters,
+    # sparsity, latency_ms, memory_bytes, bits_per_weight (+ agreement with the teacher)
+    figures: Mapping[str, Mapping[str, float]]
+    holdout_sha256: str
+    samples: int
+    example: Inputs  # the inputs of the timed batch (exports trace with it)
+    example_targets: torch.Tensor | None  # None for a task without targets
+
+
+def measure(
+    models: Mapping[str, Candidate],
+    holdout: Dataset,
+    *,
+    batch_size: int,
+    latency_batch: int,
+    repeats: int,
+    warmup: int,
+    step: Step | None = None,
+    before_latency: Callable[[Mapping[str, TaskMetrics]], None] | None = None,
+    task: Task | None = None,
+    output: OutputSpec = None,
+    device: str = "cpu",
+) -> Measurements:
+    """Score every model on the holdout in one streaming pass, then time and count them.
+
+    ``before_latency`` sees the task metrics before the (slow) timing; it may raise to
+    abandon the measurement (``ci-compress tune`` prunes a hopeless trial this way).
+    ``task`` (classification by default), ``output`` (``model.output``) and ``device``
+    (``runtime.device``) go to :func:`~ci_compress.evaluation.metrics.score`; batches
+    may be of any structure.
+    """
+    modules = {role: c.module for role, c in models.items()}
+    digest, total, seen = HoldoutDigest(), holdout.size_hint(), [0]
+
+    def on_batch(x: Inputs, y: torch.Tensor | None) -> None:
+        digest.update(x, y)
+        seen[0] += samples_in(x)
+        if step is not None:
+            step("evaluating", seen[0], total)
+
+    results = score(
+        modules,
+        holdout,
+        batch_size=batch_size,
+        on_batch=on_batch,
+        task=task,
+        output=output,
+        device=device,
+    )
+    if step is not None and total is None:
+        step("evaluating", seen[0], seen[0])
+    x, y = next(holdout.batches(latency_batch))
+    x, y = take(x, 0, latency_batch), (None if y is None else y[:latency_batch])
+    if before_latency is not None:
+        before_latency(results)
+    lat = latency_ms(modules, x, repeats=repeats, warmup=warmup, device=device)
+    return Measurements(
+        task=results,
+        figures={
+            role: _figures(results[role], c.module, c.file_bytes, lat[role])
+            for role, c in models.items()
+        },
+        holdout_sha256=digest.hexdigest(),
+        samples=results[next(iter(results))].samples,
+        example=x,
+        example_targets=y,
+    )
+
+
+def _figures(m: TaskMetrics, model: nn.Module, file_bytes: int, latency: float) -> dict[str, float]:
+    params, nonzero = count_parameters(model)
+    out: dict[str, float] = {
+        "accuracy": m.accuracy,
+        "correct": float(m.correct),
+        "samples": float(m.samples),
+        "file_bytes": float(file_bytes),
+        "parameters": float(params),
+        "nonzero_parameters": float(nonzero),
+        "sparsity": 1.0 - nonzero / params if params else 0.0,
+        "latency_ms": latency,
+        "memory_bytes": float(model_memory_bytes(model)),
+        "bits_per_weight": 8 * file_bytes / params if params else 0.0,
+    }
+    if m.agreement is not None:
+        out["agreement"] = m.agreement
+    return out
+
+
+@dataclass(frozen=True)
+class Paired:
+    """The student against the teacher, sample by sample: how sure the drop is, and
+    which classes it hits."""
+
+    statistics: PairedStatistics
+    class_deltas: Mapping[str, float]  # delta.max_class_drop_points
+    class_notes: Mapping[str, str]  # the gate's note naming the worst class
+    per_class: PerClass | None
+
+
+def compare(
+    task: Mapping[str, TaskMetrics],
+    *,
+    confidence: float,
+    resamples: int,
+    seed: int,
+    max_class_drop: float | None = None,
+) -> Paired:
+    """Paired statistics of the accuracy drop and the per-class figures and table."""
+    stats = paired_statistics(
+        task["teacher"].correct_mask,  # type: ignore[arg-type]
+        task["student"].correct_mask,  # type: ignore[arg-type]
+        confidence=confidence,
+        resamples=resamples,
+        seed=seed,
+    )
+    class_deltas, notes = class_figures(task["teacher"], task["student"], limit=max_class_drop)
+    return Paired(
+        statistics=stats,
+        class_deltas=class_deltas,
+        class_notes=notes,
+        per_class=per_class_table(task, max_class_drop=max_class_drop),
+    )

@@ -1,0 +1,587 @@
+"""RECORD: the ordered MLflow writes of a gate, of ``explain`` and of ``tune``.
+
+One writer of an MLflow run's lifecycle: :func:`recorded_run` starts (or resumes) a run
+and, whatever its body does, ends it FINISHED when the body returns and FAILED when it
+raises (best effort, one quick attempt, so a dead server does not double the time to
+fail). A gate, an analysis and a study with its trials all go through it.
+
+A gate's writes (:func:`record_gate`) come in this order, so that no failure leaves a
+half-done promotion: run params, metrics (and each pass's figures as step metrics), the
+holdout as the run's dataset, the student (its exports, the config) as artifacts; the
+new model version, waited for until READY and tagged with the verdict and thresholds;
+the report files; the run marked FINISHED; and only then, last, the alias moves, when
+:func:`promotion_decision` allows it. Any failure before that leaves the alias where it
+was, marks the run FAILED and tags the version failed (when the server still answers).
+
+Reads the gate needs from the registry live here too: the champion that holds the
+alias, and what its own run recorded (:func:`champion_baseline`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ci_compress.ci.env import CIContext
+from ci_compress.config import flatten
+from ci_compress.errors import CICompressError, ConfigError
+from ci_compress.files import atomic_write
+from ci_compress.progress import Warn
+from ci_compress.redaction import redact
+from ci_compress.report import (
+    Baseline,
+    ChampionRecord,
+    HoldoutInfo,
+    MlflowInfo,
+    RegistryInfo,
+    Report,
+    TeacherSource,
+)
+from ci_compress.reporting.render import report_files, write_reports
+from ci_compress.tracking import MlflowTracker, ModelVersionRef, NullTracker, Tracker
+
+if TYPE_CHECKING:
+    from ci_compress.config import LoadedConfig, MlflowConfig
+
+Progress = Callable[[str], None]
+
+RUNNING = {"ci_compress.status": "running"}
+FAILED = {"ci_compress.status": "failed"}
+PASS_METRICS = ("params_before", "params_after", "nonzero_before", "nonzero_after", "seconds")
+
+
+# ---------------------------------------------------------------- a run's lifecycle
+
+
+@dataclass
+class RecordedRun:
+    """An open MLflow run. ``run_id`` is None when the tracker records nothing."""
+
+    tracker: Tracker
+    run_id: str | None
+    settled: bool = False  # ended (or promoted): a later exception is not this run's failure
+    _on_failure: list[Callable[[], None]] = field(default_factory=list)
+
+    def finish(self, tags: Mapping[str, str] | None = None, *, settle: bool = True) -> None:
+        """Set ``tags``, then mark the run FINISHED. ``settle=False``: a write still
+        follows (the gate's alias), and its failure marks the run FAILED after all."""
+        if tags:
+            self.tracker.set_tags(tags)
+        self.tracker.end_run("FINISHED")
+        self.settled = settle
+
+    def fail(self, tags: Mapping[str, str] | None = None) -> None:
+        """Mark the run FAILED now (after ``tags``), best effort, and run the failure hooks."""
+        self.settled = True
+        with self.tracker.cleanup(), contextlib.suppress(CICompressError):
+            if tags:
+                self.tracker.set_tags(tags)
+            self.tracker.end_run("FAILED")
+            for hook in self._on_failure:
+                hook()
+
+    def on_failure(self, hook: Callable[[], None]) -> None:
+        """Also do ``hook`` when the run fails (e.g. tag the version it registered)."""
+        self._on_failure.append(hook)
+
+
+@contextlib.contextmanager
+def recorded_run(
+    tracker: Tracker,
+    experiment: str,
+    name: str,
+    tags: Mapping[str, str],
+    *,
+    parent_run_id: str | None = None,
+    resume_run_id: str | None = None,
+    failed_tags: Mapping[str, str] | None = None,
+) -> Iterator[RecordedRun]:
+    """A run from start to end: FINISHED when the body returns (unless it already ended
+    the run), FAILED with ``failed_tags`` when the body raises before the run settled.
+
+    ``parent_run_id`` nests the run under another (a tune trial under its study);
+    ``resume_run_id`` writes to an existing run instead of starting one.
+    """
+    if resume_run_id is not None:
+        tracker.resume_run(resume_run_id)
+        run_id = resume_run_id
+    else:
+        run_id = tracker.start_run(experiment, name, tags, parent_run_id=parent_run_id)
+    run = RecordedRun(tracker, None if isinstance(tracker, NullTracker) else run_id)
+    try:
+        yield run
+    except BaseException:
+        if not run.settled:
+            run.fail(failed_tags)
+        raise
+    if not run.settled:
+        run.finish()
+
+
+def shown_uri(tracker: Tracker) -> str:
+    """The tracking URI as it may be shown (credentials redacted)."""
+    return str(getattr(tracker, "shown_uri", tracker.uri))
+
+
+# ---------------------------------------------------------------- the gate
+
+
+def check_promote(
+    *, promote: bool, ci: CIContext, registered_model: str | None, alias: str
+) -> None:
+    """Refuse ``--promote`` where it can never apply, before anything runs."""
+    if promote and ci.is_pull_request:
+        raise ConfigError(
+            f"a pull/merge request build (#{ci.pr_number}) never moves the alias {alias!r}",
+            path="--promote",
+            hint="drop --promote; the alias moves when the change is merged and the gate passes on the default branch",
+        )
+    if promote and not registered_model:
+        raise ConfigError(
+            "--promote needs a registry to promote in",
+            path="mlflow.registered_model",
+            hint="set mlflow.registered_model (and mlflow.enabled: true)",
+        )
+
+
+def promotion_decision(
+    *, passed: bool, ci: CIContext, promote: bool, registered: bool, verdict: str = "pass"
+) -> tuple[bool, str]:
+    """Whether this gate moves the alias, and why (recorded as a version tag).
+
+    Only a passing gate moves it: in CI on the default branch, or locally with
+    ``--promote``. A PR/MR build never moves it, whatever the flags say. An
+    inconclusive gate that the config lets through (``thresholds.inconclusive:
+    warn|pass``) does not block the merge, but it never promotes either.
+    """
+    if not registered:
+        return False, "not-registered"
+    if not passed:
+        return False, "gate-failed"
+    if verdict == "inconclusive":
+        return False, "inconclusive"
+    if ci.is_pull_request:
+        return False, "pull-request"
+    if promote:
+        return True, "promote-flag"
+    if ci.is_ci and ci.on_default_branch:
+        return True, "default-branch"
+    if ci.is_ci:
+        return False, "not-default-branch"
+    return False, "local-run"
+
+
+def gate_run(
+    tracker: Tracker, mlflow: MlflowConfig, ci: CIContext
+) -> contextlib.AbstractContextManager[RecordedRun]:
+    """The MLflow run of one gate, named after the commit, tagged with the CI context."""
+    return recorded_run(
+        tracker,
+        mlflow.experiment,
+        mlflow.run_name or f"gate-{(ci.commit or 'local')[:8]}",
+        {**ci.tags(), **RUNNING},
+        failed_tags=FAILED,
+    )
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The registry baseline of a gate: the version holding the alias (None: no version
+    does yet) and its downloaded file."""
+
+    registered_model: str
+    alias: str
+    version: ModelVersionRef | None
+    file: Path | None
+
+
+def look_up_champion(
+    tracker: Tracker, registered_model: str, alias: str, dest: Path, say: Progress
+) -> Champion:
+    """The version holding ``alias`` and its file, downloaded into ``dest``."""
+    say(f"looking up {registered_model}@{alias}")
+    version = tracker.champion(registered_model, alias)
+    file = None
+    if version is not None:
+        file = tracker.fetch(f"models:/{registered_model}/{version.version}", dest).path
+    return Champion(registered_model, alias, version, file)
+
+
+def baseline(
+    champion: Champion | None, report: Report, tracker: Tracker, *, warn: Warn
+) -> Baseline:
+    """The report's baseline section: ``off`` without a registry, ``none`` when no version
+    holds the alias (champion checks skipped), else the champion re-measured in ``report``
+    beside what its own run recorded."""
+    if champion is None:
+        return Baseline("off")
+    if champion.version is None:
+        return Baseline(
+            "none",
+            registered_model=champion.registered_model,
+            alias=champion.alias,
+            note=f"no version of {champion.registered_model} holds @{champion.alias} yet: "
+            "champion checks skipped (not failed)",
+        )
+    if report.champion is None:
+        return Baseline("none", registered_model=champion.registered_model, alias=champion.alias)
+    return champion_baseline(
+        champion.version,
+        champion.alias,
+        tracker,
+        holdout_sha256=report.holdout.sha256,
+        measured_accuracy=report.champion.metrics["accuracy"],
+        warn=warn,
+    )
+
+
+def champion_baseline(
+    champion: ModelVersionRef,
+    alias: str,
+    tracker: Tracker,
+    *,
+    holdout_sha256: str,
+    measured_accuracy: float,
+    warn: Warn,
+) -> Baseline:
+    """The champion re-measured now, beside what its own gate run recorded."""
+    recorded = tracker.run_record(champion.run_id) if champion.run_id else {}
+    metrics = recorded.get("metrics", {})
+    tags = recorded.get("tags", {})
+    rec_holdout = tags.get("ci_compress.holdout_sha256")
+    rec_acc = metrics.get("student.accuracy")
+    note = None
+    if rec_holdout and rec_holdout != holdout_sha256:
+        note = (
+            f"version {champion.version} was gated on another holdout "
+            f"(sha256 {rec_holdout[:12]}); both are compared on this one"
+        )
+    elif rec_acc is not None and abs(rec_acc - measured_accuracy) > 1e-9:
+        warn(
+            f"champion version {champion.version} recorded accuracy {rec_acc:.4%} "
+            f"but measures {measured_accuracy:.4%} on the same holdout now "
+            "(library versions changed?); the gate uses the new measurement"
+        )
+    return Baseline(
+        "compared",
+        registered_model=champion.name,
+        alias=alias,
+        version=champion.version,
+        run_id=champion.run_id,
+        source=champion.source,
+        recorded=ChampionRecord(
+            accuracy=rec_acc,
+            file_bytes=metrics.get("student.file_bytes"),
+            holdout_sha256=rec_holdout,
+        ),
+        note=note,
+    )
+
+
+def mlflow_info(run: RecordedRun, experiment: str, teacher_source: Mapping[str, Any]) -> MlflowInfo:
+    """The report's MLflow section: the run (if one is recorded), where, and where a
+    ``model.uri`` teacher came from."""
+    return MlflowInfo(
+        run_id=run.run_id,
+        tracking_uri=shown_uri(run.tracker),
+        experiment=experiment,
+        run_url=run.tracker.run_url(),
+        teacher_source=TeacherSource.from_dict(teacher_source) if teacher_source else None,
+    )
+
+
+def record_gate(
+    run: RecordedRun,
+    report: Report,
+    *,
+    loaded: LoadedConfig,
+    out_dir: Path,
+    ci: CIContext,
+    registered_model: str | None,
+    alias: str,
+    promote: bool,
+    champion: ModelVersionRef | None,
+    say: Progress,
+) -> Report:
+    """Record the gate in MLflow, write the report files, and promote last.
+
+    ``registered_model`` is None when nothing is registered (no registry configured, or
+    MLflow unavailable). Returns the report as written: with the registry section and
+    the names of the files.
+    """
+    tracker = run.tracker
+    eligible, reason = promotion_decision(
+        passed=report.passed,
+        ci=ci,
+        promote=promote,
+        registered=registered_model is not None,
+        verdict=report.verdict,
+    )
+    say("recording in MLflow")
+    tracker.log_params(flatten(report.config))  # report.config is redacted
+    tracker.log_metrics(report.metrics())
+    for rec in report.passes:
+        tracker.log_metrics(
+            {f"pass.{k}": float(getattr(rec, k)) for k in PASS_METRICS}, step=rec.index
+        )
+    tracker.log_dataset(dataset_info(loaded, report.holdout))
+    tracker.set_tags({"ci_compress.holdout_sha256": report.holdout.sha256})
+    tracker.log_artifact(Path(report.student.file), "student")
+    for export in report.exports.values():
+        if export.ok and export.file:
+            tracker.log_artifact(Path(export.file), "student")
+    if loaded.source is not None:
+        tracker.log_artifact(redacted_copy(loaded.source, out_dir), "config")
+    version: ModelVersionRef | None = None
+    if registered_model is not None:
+        say(f"registering the student as a new version of {registered_model}")
+        version = tracker.register(
+            registered_model, "student", version_tags(report, ci, reason, eligible, champion)
+        )
+        name, number = registered_model, version.version
+        run.on_failure(lambda: tracker.set_version_tags(name, number, FAILED))
+        report = replace(
+            report,
+            registry=RegistryInfo(
+                registered_model=registered_model,
+                version=version.version,
+                source=version.source,
+                alias=alias,
+                promotion=reason,
+                promoted=False,
+                will_promote=eligible,
+            ),
+        )
+        tracker.set_tags({"ci_compress.registered_version": version.version})
+
+    files = report_files(out_dir, manifest=bool(report.reproducibility))
+    report = replace(
+        report,
+        artifacts=replace(report.artifacts, **{k: str(v) for k, v in files.items()}),
+    )
+    write_reports(report, out_dir)
+    for path in files.values():
+        tracker.log_artifact(path)
+    if report.artifacts.sensitivity_png:
+        tracker.log_artifact(Path(report.artifacts.sensitivity_png))
+    promote_now = eligible and version is not None and report.registry is not None
+    run.finish(
+        {"ci_compress.status": "done", "ci_compress.verdict": report.verdict},
+        settle=not promote_now,
+    )
+    if promote_now and version is not None and report.registry is not None:
+        # Last write: everything the alias will point at is recorded and READY.
+        say(f"moving @{alias} of {registered_model} to version {version.version}")
+        tracker.set_alias(report.registry.registered_model, alias, version.version)
+        run.settled = True  # only the local report rewrite can fail from here on
+        report = replace(report, registry=replace(report.registry, promoted=True))
+        write_reports(report, out_dir)  # the local copy says it happened
+    return report
+
+
+def version_tags(
+    report: Report,
+    ci: CIContext,
+    reason: str,
+    eligible: bool,
+    champion: ModelVersionRef | None,
+) -> dict[str, str]:
+    """The tags of a registered version: verdict, thresholds, promotion, digests, CI."""
+    tags = {
+        "ci_compress.verdict": report.verdict,
+        "ci_compress.thresholds": json.dumps(dict(report.thresholds), sort_keys=True),
+        "ci_compress.promotion": reason,
+        "ci_compress.student_sha256": report.student.sha256,
+        "ci_compress.holdout_sha256": report.holdout.sha256,
+        "ci_compress.baseline_version": champion.version if champion else "none",
+        **{f"ci_compress.threshold.{k}": repr(v) for k, v in report.thresholds.items()},
+        **ci.tags(),
+    }
+    if report.passed and not eligible:
+        tags["candidate"] = "true"
+    return tags
+
+
+def dataset_info(loaded: LoadedConfig, holdout: HoldoutInfo) -> dict[str, Any]:
+    """The holdout as the run's dataset input: name, digest, source, schema, rows."""
+    src = loaded.config.data.holdout
+    info: dict[str, Any] = {
+        "name": holdout.name,
+        "sha256": holdout.sha256,
+        "samples": holdout.samples,
+    }
+    if src.builtin:
+        info.update(source_type="code", source={"builtin": src.builtin, "split": src.split})
+    elif src.path:
+        info.update(source_type="local", source={"uri": str(loaded.resolve(src.path))})
+    else:
+        info.update(source_type="code", source={"factory": src.factory})
+    if holdout.x_shape is not None:
+        info["schema_shapes"] = {
+            "x_shape": list(holdout.x_shape),
+            "x_dtype": holdout.x_dtype,
+            "y_dtype": holdout.y_dtype,
+        }
+    return info
+
+
+def redacted_copy(source: Path, out_dir: Path) -> Path:
+    """The config file as written, or a redacted copy when it holds a secret."""
+
+    text = source.read_text(encoding="utf-8")
+    clean = redact(text)
+    if clean == text:
+        return source
+    copy_dir = out_dir / "config"
+    copy_dir.mkdir(parents=True, exist_ok=True)
+    target = copy_dir / source.name
+    atomic_write(target, clean)
+    return target
+
+
+# ---------------------------------------------------------------- explain
+
+
+def record_explain(
+    tracker: Tracker,
+    *,
+    experiment: str,
+    ci: CIContext,
+    result: Mapping[str, Any],
+    paths: Mapping[str, Path],
+) -> str | None:
+    """Record a standalone analysis as its own run (tag ``ci_compress.kind=explain``).
+
+    ``result`` is ``ExplainResult.to_dict()``. Metrics are ``explain.drop_points.<layer>``
+    per layer; the outputs are artifacts. Returns the run id, or None when the tracker
+    records nothing.
+    """
+    if isinstance(tracker, NullTracker):
+        return None
+    with recorded_run(
+        tracker,
+        experiment,
+        f"explain-{(ci.commit or 'local')[:8]}",
+        {**ci.tags(), "ci_compress.kind": "explain"},
+    ) as run:
+        suggested = result.get("suggested_exclude")
+        metrics = {f"explain.drop_points.{s['layer']}": s["drop_points"] for s in result["layers"]}
+        metrics["explain.full.drop_points"] = result["full"]["drop_points"]
+        if suggested is not None:
+            metrics["explain.suggested_exclude_count"] = float(len(suggested))
+        tracker.log_metrics(metrics)
+        tracker.set_tags({"ci_compress.suggested_exclude": ",".join(suggested or []) or "-"})
+        for path in paths.values():
+            tracker.log_artifact(path)
+    return run.run_id
+
+
+# ---------------------------------------------------------------- tune
+
+
+def tune_run(
+    tracker: Tracker,
+    *,
+    experiment: str,
+    study: str,
+    ci: CIContext,
+    resume_run_id: str | None = None,
+) -> contextlib.AbstractContextManager[RecordedRun]:
+    """The parent run of a study (every process on the study's storage resumes the one
+    the first process started, so all trials nest under it)."""
+    return recorded_run(
+        tracker,
+        experiment,
+        f"tune-{study}",
+        {**ci.tags(), "ci_compress.kind": "tune", "ci_compress.study": study},
+        resume_run_id=resume_run_id,
+    )
+
+
+def record_tune(
+    run: RecordedRun,
+    *,
+    counts: Mapping[str, int],
+    trials: int,
+    best_trial: int | None,
+    best_metrics: Mapping[str, float],
+    passed: bool,
+    files: Sequence[Path | None],
+) -> None:
+    """A study's outcome on its parent run: trial counts, the best trial's figures, the
+    tune report, plot and tuned config; then the run is FINISHED."""
+    tracker = run.tracker
+    metrics = {f"tune.trials.{k}": float(v) for k, v in counts.items()}
+    metrics["tune.trials"] = float(trials)
+    if best_trial is not None:
+        metrics.update({f"best.{k}": v for k, v in best_metrics.items()})
+        metrics["best.trial"] = float(best_trial)
+    tracker.log_metrics(metrics)
+    for path in files:
+        if path is not None:
+            tracker.log_artifact(path, "tune")
+    run.finish(
+        {
+            "ci_compress.verdict": "pass" if passed else "fail",
+            "ci_compress.best_trial": str(best_trial) if best_trial is not None else "none",
+        }
+    )
+
+
+@contextlib.contextmanager
+def trial_run(
+    tracking_uri: str | None,
+    parent_run_id: str | None,
+    *,
+    artifact_root: Path,
+    experiment: str,
+    study: str,
+    number: int,
+    worker: str,
+    passes: str,
+) -> Iterator[RecordedRun | None]:
+    """The nested run of one trial (None when the study records nothing)."""
+    if parent_run_id is None or tracking_uri is None:
+        yield None
+        return
+    tracker = MlflowTracker(tracking_uri, artifact_root=artifact_root)
+    with recorded_run(
+        tracker,
+        experiment,
+        f"{study}-trial-{number}",
+        {
+            "ci_compress.kind": "tune-trial",
+            "ci_compress.study": study,
+            "ci_compress.trial": str(number),
+            "ci_compress.worker": worker,
+            "ci_compress.passes": passes or "none",
+        },
+        parent_run_id=parent_run_id,
+    ) as run:
+        yield run
+
+
+def record_trial(run: RecordedRun, report: Report, report_json: Path, objective: float) -> None:
+    """A measured trial: its config, figures and objective, its report.json; FINISHED."""
+    run.tracker.log_params(flatten(report.config))
+    run.tracker.log_metrics({**report.metrics(), "tune.objective": objective})
+    run.tracker.log_artifact(report_json)
+    run.finish({"ci_compress.verdict": report.verdict})
+
+
+def record_pruned_trial(
+    run: RecordedRun, config: Mapping[str, Any], figures: Mapping[str, float]
+) -> None:
+    """A trial abandoned before latency: its config and the figures known by then."""
+    run.tracker.log_params(flatten(config))
+    run.tracker.log_metrics(figures)
+    run.finish({"ci_compress.verdict": "pruned"})
+
+
+def fail_trial(run: RecordedRun) -> None:
+    """A trial whose config the passes refused: FAILED, verdict ``error``."""
+    run.fail({"ci_compress.verdict": "error"})
