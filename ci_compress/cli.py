@@ -244,10 +244,17 @@ def demo(workdir: Path, kind: str, quiet: bool) -> int:
 @cli.command()
 @_config_option()
 def validate(config_path: Path) -> int:
-    """Check a config without running anything."""
+    """Check a config without running anything.
+
+    Beyond the file itself: every factory reference imports (the config's folder is
+    importable), each pass finds the data it reads (data.train, data.calibration), and
+    runtime.device exists here. No model or data is loaded.
+    """
     from ci_compress.config import load_config
+    from ci_compress.stages import check
 
     loaded = load_config(config_path)
+    check(loaded)
     names = ", ".join(p.type for p in loaded.config.passes) or "none"
     click.echo(
         f"{config_path}: valid (passes: {names}; thresholds: {', '.join(loaded.config.thresholds.active())})"

@@ -127,7 +127,12 @@ def explain(
     set_determinism(cfg.runtime.seed, cfg.runtime.threads)
     inputs = load_inputs(loaded, out_dir, fetch=fetch)
     teacher_m = score(
-        {"teacher": inputs.teacher.module}, inputs.holdout, batch_size=cfg.data.batch_size
+        {"teacher": inputs.teacher.module},
+        inputs.holdout,
+        batch_size=cfg.data.batch_size,
+        task=inputs.task,
+        output=cfg.model.output,
+        device=cfg.runtime.device,
     )["teacher"]
     thresholds = cfg.thresholds.active()
     acc_thresholds = {k: v for k, v in thresholds.items() if k in ACCURACY_THRESHOLDS}
@@ -240,6 +245,9 @@ class _Runner:
             self.inputs.holdout,
             batch_size=cfg.data.batch_size,
             reference="student",
+            task=self.inputs.task,
+            output=cfg.model.output,
+            device=cfg.runtime.device,
         )["student"]
         path.unlink(missing_ok=True)
         return m, info.file_bytes, records

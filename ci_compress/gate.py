@@ -115,6 +115,51 @@ RULES: dict[str, tuple[str, str, str]] = {
     "min_recovery": ("delta.accuracy_recovery", "min", ""),
     "max_class_drop": ("delta.max_class_drop_points", "max", " points"),
 }
+# thresholds.metrics.<metric>.<limit> -> (figure under delta.<metric>., direction)
+METRIC_LIMITS: dict[str, tuple[str, str]] = {
+    "max_drop": ("drop", "max"),
+    "max_relative_drop": ("relative_drop", "max"),
+    "min_recovery": ("recovery", "min"),
+    "max_increase": ("increase", "max"),
+    "max_relative_increase": ("relative_increase", "max"),
+    "min_value": ("value", "min"),
+    "max_value": ("value", "max"),
+}
+
+
+def metric_figures(teacher: Mapping[str, float], student: Mapping[str, float]) -> dict[str, float]:
+    """``delta.<metric>.*`` for every metric both models report (a task's metrics by name).
+
+    ``drop`` = teacher - student, ``increase`` = student - teacher, the relative forms
+    divided by the teacher's value (0 when it is 0), ``recovery`` = student / teacher
+    (1 when the teacher's value is 0), ``value`` = the student's own value.
+    """
+    out: dict[str, float] = {}
+    for name in sorted(set(teacher) & set(student)):
+        t, s = float(teacher[name]), float(student[name])
+        base = f"delta.{name}."
+        out[base + "drop"] = t - s
+        out[base + "increase"] = s - t
+        out[base + "relative_drop"] = (t - s) / abs(t) if t else 0.0
+        out[base + "relative_increase"] = (s - t) / abs(t) if t else 0.0
+        out[base + "recovery"] = s / t if t else 1.0
+        out[base + "value"] = s
+    return out
+
+
+def metric_rules(thresholds: Mapping[str, float]) -> dict[str, tuple[str, str, str]]:
+    """The rules of ``metrics.<metric>.<limit>`` threshold names (``Thresholds.active()``
+    flattens ``thresholds.metrics`` that way), for :func:`decide`'s ``rules``."""
+    rules: dict[str, tuple[str, str, str]] = {}
+    for name in thresholds:
+        head, _, rest = name.partition(".")
+        metric, _, limit = rest.rpartition(".")
+        if head == "metrics" and metric and limit in METRIC_LIMITS:
+            figure, direction = METRIC_LIMITS[limit]
+            rules[name] = (f"delta.{metric}.{figure}", direction, "")
+    return rules
+
+
 # Thresholds against the current champion: skipped (not failed) when there is none yet.
 BASELINE_THRESHOLDS = frozenset(k for k in RULES if k.endswith("_vs_champion"))
 
@@ -150,6 +195,7 @@ def decide(
     confidence: float = 0.95,
     inconclusive: str = "fail",
     notes: Mapping[str, str] | None = None,
+    rules: Mapping[str, tuple[str, str, str]] | None = None,
 ) -> GateResult:
     """Check every set threshold; the gate passes when all checks pass.
 
@@ -159,6 +205,10 @@ def decide(
     fails only when the whole interval is above the limit (the drop exceeds it with
     the given confidence), passes when the whole interval is at or below it, and is
     inconclusive when the interval straddles the limit.
+
+    ``rules`` adds thresholds beyond :data:`RULES` (name -> figure, direction, unit):
+    :func:`metric_rules` gives those of a task's metrics, whose figures come from
+    :func:`metric_figures`.
     """
     if decision not in DECISIONS:
         raise ValueError(f"unknown decision rule {decision!r}")
@@ -166,13 +216,14 @@ def decide(
         raise ValueError(f"unknown inconclusive policy {inconclusive!r}")
     notes = notes or {}
     figures = {**measurements}
-    if "delta.accuracy_drop_points" not in figures:
+    if "delta.accuracy_drop_points" not in figures and "teacher.accuracy" in figures:
         figures.update(derive(measurements))
+    known = {**RULES, **(rules or {})}
     checks = []
     for name in sorted(thresholds):
-        if name not in RULES:
+        if name not in known:
             raise KeyError(f"unknown threshold {name!r}")
-        metric, direction, unit = RULES[name]
+        metric, direction, unit = known[name]
         limit = float(thresholds[name])
         if metric not in figures and name in BASELINE_THRESHOLDS:
             checks.append(

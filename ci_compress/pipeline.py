@@ -33,6 +33,9 @@ from ci_compress.config import LoadedConfig, to_mapping
 from ci_compress.evaluation.measure import Candidate, Measurements, Paired, compare, measure
 from ci_compress.explain import explain
 from ci_compress.gate import GateResult, decide, derive
+from ci_compress.layers.batches import Inputs as ModelInputs
+from ci_compress.layers.batches import first_tensor
+from ci_compress.layers.outputs import OutputSpec
 from ci_compress.loading.models import LoadedModel, load_model_file
 from ci_compress.packing.export import check_available, export_all
 from ci_compress.packing.file import size_breakdown
@@ -55,8 +58,6 @@ from ci_compress.tracking import NullTracker, Tracker, make_tracker, model_fetch
 from ci_compress.versions import versions
 
 if TYPE_CHECKING:
-    import torch
-
     from ci_compress.evaluation.metrics import TaskMetrics
     from ci_compress.loading.data import Dataset
 
@@ -242,6 +243,7 @@ def _load_champion(loaded: LoadedConfig, path: Path) -> LoadedModel:
                 "allow_pickle": False,
             }
         ),
+        base_dir=loaded.base_dir,
     )
 
 
@@ -278,9 +280,19 @@ def _evaluate(
         warmup=rt.latency_warmup,
         step=step,
         before_latency=_before_latency(early_stop, models),
+        task=inputs.task,
+        output=cfg.model.output,
+        device=rt.device,
     )
     exports = _export(
-        candidate, cfg.ship.export, holdout, cfg.data.batch_size, measured.example, say, warn
+        candidate,
+        cfg.ship.export,
+        holdout,
+        cfg.data.batch_size,
+        measured.example,
+        say,
+        warn,
+        output=cfg.model.output,
     )
     figures = {
         **measured.figures,
@@ -337,9 +349,11 @@ def _export(
     formats: Sequence[str],
     holdout: Dataset,
     batch_size: int,
-    example: torch.Tensor,
+    example: ModelInputs,
     say: Progress,
     warn: Warn,
+    *,
+    output: OutputSpec = None,
 ) -> dict[str, ExportResult]:
     """Each ``ship.export`` format written beside the shipped file and checked against it
     on the holdout; a format the exporter refuses is skipped with a warning."""
@@ -353,6 +367,7 @@ def _export(
         candidate.path.name.removesuffix(".ccz"),
         example,
         lambda: holdout.batches(batch_size),
+        output=output,
     )
     exports = {fmt: ExportResult.from_dict(e) for fmt, e in written.items()}
     for fmt, e in exports.items():
@@ -424,9 +439,9 @@ def assemble_report(
             name=holdout_name,
             samples=measured.samples,
             sha256=measured.holdout_sha256,
-            x_shape=tuple(x.shape[1:]),
-            x_dtype=str(x.dtype).removeprefix("torch."),
-            y_dtype=str(y.dtype).removeprefix("torch."),
+            x_shape=tuple(first_tensor(x).shape[1:]),
+            x_dtype=str(first_tensor(x).dtype).removeprefix("torch."),
+            y_dtype=None if y is None else str(y.dtype).removeprefix("torch."),
         ),
         environment=Environment(
             ci_compress=v["ci_compress"] or "",

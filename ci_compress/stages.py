@@ -22,13 +22,19 @@ import torch
 from torch import nn
 
 from ci_compress.config import LoadedConfig
+from ci_compress.errors import ConfigError
+from ci_compress.evaluation.metrics import probe
+from ci_compress.evaluation.tasks import Task, make_task
+from ci_compress.layers.batches import resolve_device
 from ci_compress.loading.data import Dataset, load_dataset
-from ci_compress.loading.models import LoadedModel, model_factory, resolve_model
+from ci_compress.loading.models import EXPORT_SUFFIX, LoadedModel, model_factory, resolve_model
 from ci_compress.packing.file import PackInfo, load_packed, pack
 from ci_compress.passes.base import PassConfig, PassContext, PassRecord
 from ci_compress.passes.registry import PASSES
 from ci_compress.passes.run import apply_pass
+from ci_compress.passes.training import missing
 from ci_compress.progress import Step
+from ci_compress.refs import import_factory
 
 Progress = Callable[[str], None]
 
@@ -62,6 +68,65 @@ def _deterministic_algorithms() -> None:
         setter(True, warn_only=True)
 
 
+def check(loaded: LoadedConfig, *, gate: bool = True) -> Task:
+    """Everything a run would reject, found before a model is loaded; returns the task.
+
+    Imports every ``package.module:function`` reference (model, data, pass and metric
+    factories, with the config's folder importable), checks that each pass finds the
+    data section it reads (``data.train`` to fine-tune or distill, ``data.calibration``
+    for static quantization), that ``runtime.device`` exists here, and that a
+    ``torch.export`` program is not given passes. ``ci-compress validate`` runs it, and
+    so does every run, explain and tune (:func:`load_inputs`).
+
+    ``gate=True`` also refuses what the gate (run, explain, tune) cannot decide on yet:
+    a task other than classification, and thresholds on task metrics by name. The
+    library measures those (:func:`ci_compress.evaluation.metrics.score` with the
+    task); the report, MLflow metrics and gate checks for them come next.
+    """
+    cfg = loaded.config
+    base = loaded.base_dir
+    if cfg.model.factory:
+        import_factory(cfg.model.factory, path="model.factory", base_dir=base)
+    for name in ("holdout", "train", "calibration"):
+        source = getattr(cfg.data, name)
+        if source is not None and source.factory:
+            import_factory(source.factory, path=f"data.{name}.factory", base_dir=base)
+    for i, p in enumerate(cfg.passes):
+        for field_name, ref in p.factories().items():
+            import_factory(ref, path=f"passes[{i}].{field_name}", base_dir=base)
+        for field, why in p.needs_data():
+            if getattr(cfg.data, field.removeprefix("data.")) is None:
+                raise missing(field, f"passes[{i}]", why)
+    if cfg.passes and cfg.model.path and Path(cfg.model.path).suffix == EXPORT_SUFFIX:
+        raise ConfigError(
+            "a torch.export program (.pt2) cannot be compressed: its layers are graph operations, not modules a pass can rewrite",
+            path="passes",
+            hint="gate the program as it is with passes: [], or give the eager model (a state_dict with model.factory) to compress",
+        )
+    resolve_device(cfg.runtime.device)
+    task = make_task(cfg.task, base_dir=base)
+    if gate:
+        _gate_supports(loaded)
+    return task
+
+
+def _gate_supports(loaded: LoadedConfig) -> None:
+    cfg = loaded.config
+    if cfg.task is not None and cfg.task.type != "classification":
+        raise ConfigError(
+            f"is {cfg.task.type}: this version's gate (run, explain, tune) decides on classification only",
+            path="task.type",
+            hint="measure other tasks with the library (ci_compress.evaluation.metrics.score(..., task=...)); the gate's report and thresholds for them are on the way",
+        )
+    if cfg.thresholds.metrics:
+        name = next(iter(cfg.thresholds.metrics))
+        raise ConfigError(
+            "limits on task metrics by name are not applied by this version's gate",
+            path=f"thresholds.metrics.{name}",
+            hint="use the classification thresholds (max_accuracy_drop, min_recovery, ...) for now",
+        )
+
+
 @dataclass
 class Inputs:
     """What a gate reads: the teacher and the data sets, loaded and checked."""
@@ -70,18 +135,33 @@ class Inputs:
     holdout: Dataset
     train: Dataset | None
     calibration: Dataset | None
+    task: Task | None = None
 
 
 def load_inputs(
-    loaded: LoadedConfig, out_dir: Path, *, fetch: Callable[[str, Path], Path] | None = None
+    loaded: LoadedConfig,
+    out_dir: Path,
+    *,
+    fetch: Callable[[str, Path], Path] | None = None,
+    gate: bool = True,
 ) -> Inputs:
     """Load the teacher and the data sets the config names (downloads go under out_dir;
-    ``fetch`` downloads a ``model.uri`` from MLflow)."""
+    ``fetch`` downloads a ``model.uri`` from MLflow).
+
+    :func:`check` runs first. The holdout and training targets are checked by the
+    task; the teacher is then run on the first holdout samples, so a model that cannot
+    take the data fails now, with its own message (exit 3).
+    """
     cfg = loaded.config
+    task = check(loaded, gate=gate)
     teacher = resolve_model(cfg.model, loaded.base_dir, out_dir / "downloads", fetch=fetch)
-    holdout = load_dataset(cfg.data.holdout, loaded.base_dir, field="data.holdout")
+    holdout = load_dataset(
+        cfg.data.holdout, loaded.base_dir, field="data.holdout", check_target=task.check_target
+    )
     train = (
-        load_dataset(cfg.data.train, loaded.base_dir, field="data.train")
+        load_dataset(
+            cfg.data.train, loaded.base_dir, field="data.train", check_target=task.check_target
+        )
         if cfg.data.train
         else None
     )
@@ -90,7 +170,8 @@ def load_inputs(
         if cfg.data.calibration
         else None
     )
-    return Inputs(teacher=teacher, holdout=holdout, train=train, calibration=calib)
+    probe(teacher.module, holdout, output=cfg.model.output)
+    return Inputs(teacher=teacher, holdout=holdout, train=train, calibration=calib, task=task)
 
 
 def apply_passes(
@@ -123,6 +204,9 @@ def apply_passes(
             ),
             teacher=inputs.teacher.module,
             step=step,
+            output=cfg.model.output,
+            device=resolve_device(rt.device).type,
+            base_dir=loaded.base_dir,
         )
         torch.manual_seed(rt.seed + i)
         student, record = apply_pass(PASSES[pass_cfg.type], student, pass_cfg, ctx)
@@ -146,7 +230,7 @@ def ship(
         factory=cfg.model.factory,
         level=cfg.ship.zstd_level,
     )
-    shipped, _ = load_packed(path, factory=model_factory(cfg.model))
+    shipped, _ = load_packed(path, factory=model_factory(cfg.model, loaded.base_dir))
     return shipped, info
 
 

@@ -28,6 +28,11 @@ from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, model_va
 
 from ci_compress import redaction
 from ci_compress.config.reading import load_yaml
+from ci_compress.config.task import (
+    MetricThresholds,
+    TaskConfig,
+    check_metric_thresholds,
+)
 from ci_compress.config.tune import TuneConfig
 from ci_compress.errors import ConfigError
 from ci_compress.files import text_sha256
@@ -51,12 +56,28 @@ _SHA256_RE = r"^[0-9a-fA-F]{64}$"
 _MODEL_URI_RE = r"^(models:/[^/@]+(@[\w-]+|/[0-9]+)(/.+)?|runs:/[0-9A-Za-z_-]+/.+)$"
 
 
+def _is(default: Any) -> Any:
+    """``exclude_if`` for a field added after 0.1: left out of dumps while at its default,
+    so existing reports, MLflow params and manifests do not change."""
+    return lambda value: value == default
+
+
+class HuggingFaceConfig(Frozen):
+    """How a Hugging Face ``save_pretrained`` folder is loaded (needs ``ci-compress[hf]``)."""
+
+    auto_class: str = Field(
+        "AutoModel",
+        pattern=r"^[A-Za-z_]\w*$",
+        description="The transformers class that loads the folder: AutoModel (hidden states), AutoModelForSequenceClassification, AutoModelForCausalLM, ... or a model class such as BertModel.",
+    )
+
+
 class ModelSource(Frozen):
     """Where the original (teacher) model comes from: exactly one of path, url, uri."""
 
     path: str | None = Field(
         None,
-        description="Local model file: TorchScript (.pt/.pth), state_dict (.pt with weights only, or .safetensors) or a ci-compress packed file (.ccz).",
+        description="Local model file: TorchScript (.pt/.pth), state_dict (.pt with weights only, or .safetensors), a ci-compress packed file (.ccz), a torch.export program (.pt2), or a Hugging Face save_pretrained folder (with config.json; see hf).",
     )
     url: str | None = Field(None, description="https URL of the model file; requires sha256.")
     uri: str | None = Field(
@@ -87,6 +108,16 @@ class ModelSource(Frozen):
     max_download_bytes: int = Field(
         2 * 1024**3, ge=1, description="Refuse downloads larger than this."
     )
+    output: str | int | None = Field(
+        None,
+        exclude_if=_is(None),
+        description="Which part of a structured model output is measured: a key (logits, last_hidden_state) or an index. Unset: a tensor as is, a mapping's logits when present else its first tensor, a tuple's first element.",
+    )
+    hf: HuggingFaceConfig | None = Field(
+        None,
+        exclude_if=_is(None),
+        description="For a Hugging Face folder in path: the transformers class to load it with (default AutoModel). Loaded offline, nothing is downloaded.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSource:
@@ -97,7 +128,14 @@ class ModelSource(Frozen):
             )
         if self.url and not self.sha256:
             raise ValueError("url needs sha256: pin the download to the file you tested")
+        if self.hf is not None and not self.path:
+            raise ValueError(
+                "model.hf: loads a Hugging Face folder given as model.path (a local folder)"
+            )
         return self
+
+
+InputNames = str | tuple[str, ...] | dict[str, str]
 
 
 class DataSource(Frozen):
@@ -108,17 +146,30 @@ class DataSource(Frozen):
         description="A dataset shipped with ci-compress's dependencies: digits (scikit-learn, 8x8 handwritten digits).",
     )
     split: Literal["train", "test"] = Field("test", description="For builtin sets: which split.")
-    path: str | None = Field(None, description=".npz or .pt file holding arrays x and y.")
+    path: str | None = Field(
+        None,
+        description=".npz, .pt or .safetensors file holding named arrays (x and y unless inputs and target name others).",
+    )
     factory: str | None = Field(
         None,
         pattern=FACTORY_RE,
-        description="package.module:function returning an iterable of (x, y) batches.",
+        description="package.module:function returning an iterable of (inputs, target) batches: inputs a tensor, a tuple (positional arguments) or a dict (keyword arguments) of tensors; target a tensor or None.",
     )
     kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Keyword arguments for the factory."
     )
     limit: int | None = Field(
         None, ge=1, description="Use only the first N samples (fast local checks)."
+    )
+    inputs: InputNames = Field(
+        "x",
+        exclude_if=_is("x"),
+        description="For path: the array(s) the model takes. One name (a single tensor), a list of names (positional arguments, in order), or a mapping argument: array (keyword arguments of forward, e.g. {input_ids: input_ids, attention_mask: attention_mask}).",
+    )
+    target: str | None = Field(
+        "y",
+        exclude_if=_is("y"),
+        description="For path: the array holding the target (labels, values, token ids); null when the task needs none (embedding, language-model).",
     )
 
     @model_validator(mode="after")
@@ -127,6 +178,24 @@ class DataSource(Frozen):
         if len(given) != 1:
             raise ValueError(
                 f"give exactly one of builtin, path, factory (got {', '.join(given) or 'none'})"
+            )
+        if not self.path and (self.inputs != "x" or self.target != "y"):
+            which = "inputs" if self.inputs != "x" else "target"
+            raise ValueError(
+                f"{which}: names arrays in a data file (path); a factory yields (inputs, target) itself and builtin sets are fixed"
+            )
+        names = (
+            [self.inputs]
+            if isinstance(self.inputs, str)
+            else list(self.inputs.values())
+            if isinstance(self.inputs, dict)
+            else list(self.inputs)
+        )
+        if not names or not all(names):
+            raise ValueError("inputs: name at least one array")
+        if self.target is not None and self.target in names:
+            raise ValueError(
+                f"target: {self.target!r} is also an input; the target is scored, not fed to the model"
             )
         return self
 
@@ -212,17 +281,41 @@ class Thresholds(Frozen):
         le=100,
         description="Largest allowed accuracy drop of any single class (label), in percentage points; catches a class that collapses while the overall drop passes.",
     )
+    metrics: dict[str, MetricThresholds] = Field(
+        default_factory=dict,
+        exclude_if=_is({}),
+        description="Limits on the task's metrics by name, student against teacher: {metric: {max_drop, max_relative_drop, min_recovery (higher-is-better metrics), max_increase, max_relative_increase (lower-is-better: errors, nll, perplexity), min_value, max_value}}, e.g. {perplexity: {max_relative_increase: 0.05}}.",
+    )
 
     def active(self) -> dict[str, float]:
-        """The thresholds that are set (the decision-rule fields are not thresholds)."""
-        return {
+        """The thresholds that are set (the decision-rule fields are not thresholds).
+
+        Metric thresholds are flattened as ``metrics.<metric>.<limit>``.
+        """
+        out = {
             k: float(v)
             for k, v in self.model_dump().items()
             if v is not None and k not in _RULE_FIELDS
         }
+        for metric, limits in sorted(self.metrics.items()):
+            for rule, value in limits.active().items():
+                out[f"metrics.{metric}.{rule}"] = value
+        return out
 
 
-_RULE_FIELDS = frozenset({"decision", "confidence", "inconclusive", "bootstrap_resamples"})
+_RULE_FIELDS = frozenset(
+    {"decision", "confidence", "inconclusive", "bootstrap_resamples", "metrics"}
+)
+# The historical thresholds that read classification's accuracy.
+_ACCURACY_NAMES = frozenset(
+    {
+        "max_accuracy_drop",
+        "max_relative_accuracy_drop",
+        "min_recovery",
+        "max_class_drop",
+        "max_accuracy_drop_vs_champion",
+    }
+)
 
 
 class MlflowConfig(Frozen):
@@ -329,6 +422,11 @@ class RuntimeConfig(Frozen):
         30, ge=1, le=10000, description="Timed repeats; the median is reported."
     )
     latency_warmup: int = Field(5, ge=0, le=1000, description="Untimed warm-up repeats.")
+    device: Literal["cpu", "cuda", "auto"] = Field(
+        "cpu",
+        exclude_if=_is("cpu"),
+        description="Where evaluation, latency and the passes that train run: cpu, cuda (an error when no GPU is usable) or auto (cuda when present, else cpu). torch.ao int8 modules always run on the CPU.",
+    )
 
 
 class CompressConfig(Frozen):
@@ -347,6 +445,15 @@ class CompressConfig(Frozen):
     tune: TuneConfig | None = Field(
         None, description="Search for the most compressed student that passes (ci-compress tune)."
     )
+    task: TaskConfig | None = Field(
+        None,
+        exclude_if=_is(None),
+        description="What the model's output means and how student and teacher are compared (default: classification, top-1).",
+    )
+
+    def task_config(self) -> TaskConfig:
+        """The task, classification when the config has no task section."""
+        return self.task if self.task is not None else TaskConfig()
 
     @model_validator(mode="after")
     def _some_threshold(self) -> CompressConfig:
@@ -354,6 +461,20 @@ class CompressConfig(Frozen):
             raise ValueError(
                 "thresholds: set at least one threshold; a gate that checks nothing passes anything"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _thresholds_fit_the_task(self) -> CompressConfig:
+        task = self.task_config()
+        check_metric_thresholds(self.thresholds.metrics, task, _did_you_mean)
+        if task.type != "classification":
+            wrong = sorted(set(self.thresholds.active()) & _ACCURACY_NAMES)
+            if wrong:
+                first = next(iter(task.metric_directions()))
+                raise ValueError(
+                    f"thresholds.{wrong[0]}: reads top-1 accuracy, which the {task.type} task does not measure; "
+                    f"limit its metrics instead, e.g. thresholds.metrics: {{{first}: {{...}}}}"
+                )
         return self
 
     @model_validator(mode="after")
@@ -611,15 +732,21 @@ def _check_keys(cls: type[BaseModel], data: Any, prefix: str) -> None:
                 path=_join(prefix, str(key)),
                 hint=f"known keys here: {', '.join(fields)}",
             )
-        if isinstance(value, bool) and _is_number(fields[key].annotation):
+        annotation = fields[key].annotation
+        if isinstance(value, bool) and _is_number(annotation):
             raise ConfigError(
                 f"must be a number, got the boolean {str(value).lower()}",
                 path=_join(prefix, str(key)),
                 hint="YAML reads true/false/yes/no/on/off as booleans; write the number",
             )
-        sub = _model_of(fields[key].annotation)
+        sub = _model_of(annotation)
         if sub is not None and sub is not PassConfig:
             _check_keys(sub, value, _join(prefix, str(key)))
+        elif typing.get_origin(annotation) is dict and isinstance(value, Mapping):
+            item = _model_of(typing.get_args(annotation)[-1])
+            for name, entry in value.items():
+                if item is not None:
+                    _check_keys(item, entry, _join(_join(prefix, str(key)), str(name)))
 
 
 def _field_info(cls: type[BaseModel], loc: tuple[Any, ...]) -> Any:
@@ -681,8 +808,10 @@ def _convert(err: ValidationError, cls: type[BaseModel], *, prefix: str) -> Conf
         if msg.startswith("thresholds: "):
             return ConfigError(msg.removeprefix("thresholds: "), path="thresholds")
         field_path, sep, rest = msg.partition(": ")
-        if sep and re.fullmatch(r"(mlflow|thresholds|ship)\.\w+", field_path):
+        if sep and re.fullmatch(r"(mlflow|thresholds|ship|task|model)(\.[\w-]+)+", field_path):
             return ConfigError(rest, path=field_path)
+        if sep and re.fullmatch(r"\w+", field_path) and _field_info(cls, (*loc, field_path)):
+            return ConfigError(rest, path=_join(path, field_path))
         return ConfigError(msg, path=path or None)
     if kind == "literal_error":
         expected = e.get("ctx", {}).get("expected", "")

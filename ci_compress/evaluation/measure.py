@@ -20,7 +20,11 @@ from ci_compress.evaluation.classes import PerClass, class_figures, per_class_ta
 from ci_compress.evaluation.metrics import TaskMetrics, score
 from ci_compress.evaluation.performance import latency_ms, model_memory_bytes
 from ci_compress.evaluation.statistics import PairedStatistics, paired_statistics
+from ci_compress.evaluation.tasks import Task
+from ci_compress.layers.batches import Inputs, take
+from ci_compress.layers.batches import batch_size as samples_in
 from ci_compress.layers.inspect import count_parameters
+from ci_compress.layers.outputs import OutputSpec
 from ci_compress.loading.data import HoldoutDigest
 from ci_compress.progress import Step
 
@@ -49,8 +53,8 @@ class Measurements:
     figures: Mapping[str, Mapping[str, float]]
     holdout_sha256: str
     samples: int
-    example: torch.Tensor  # the inputs of the timed batch (exports trace with it)
-    example_targets: torch.Tensor
+    example: Inputs  # the inputs of the timed batch (exports trace with it)
+    example_targets: torch.Tensor | None  # None for a task without targets
 
 
 def measure(
@@ -63,37 +67,51 @@ def measure(
     warmup: int,
     step: Step | None = None,
     before_latency: Callable[[Mapping[str, TaskMetrics]], None] | None = None,
+    task: Task | None = None,
+    output: OutputSpec = None,
+    device: str = "cpu",
 ) -> Measurements:
     """Score every model on the holdout in one streaming pass, then time and count them.
 
     ``before_latency`` sees the task metrics before the (slow) timing; it may raise to
     abandon the measurement (``ci-compress tune`` prunes a hopeless trial this way).
+    ``task`` (classification by default), ``output`` (``model.output``) and ``device``
+    (``runtime.device``) go to :func:`~ci_compress.evaluation.metrics.score`; batches
+    may be of any structure.
     """
     modules = {role: c.module for role, c in models.items()}
     digest, total, seen = HoldoutDigest(), holdout.size_hint(), [0]
 
-    def on_batch(x: torch.Tensor, y: torch.Tensor) -> None:
+    def on_batch(x: Inputs, y: torch.Tensor | None) -> None:
         digest.update(x, y)
-        seen[0] += len(y)
+        seen[0] += samples_in(x)
         if step is not None:
             step("evaluating", seen[0], total)
 
-    task = score(modules, holdout, batch_size=batch_size, on_batch=on_batch)
+    results = score(
+        modules,
+        holdout,
+        batch_size=batch_size,
+        on_batch=on_batch,
+        task=task,
+        output=output,
+        device=device,
+    )
     if step is not None and total is None:
         step("evaluating", seen[0], seen[0])
     x, y = next(holdout.batches(latency_batch))
-    x, y = x[:latency_batch], y[:latency_batch]
+    x, y = take(x, 0, latency_batch), (None if y is None else y[:latency_batch])
     if before_latency is not None:
-        before_latency(task)
-    lat = latency_ms(modules, x, repeats=repeats, warmup=warmup)
+        before_latency(results)
+    lat = latency_ms(modules, x, repeats=repeats, warmup=warmup, device=device)
     return Measurements(
-        task=task,
+        task=results,
         figures={
-            role: _figures(task[role], c.module, c.file_bytes, lat[role])
+            role: _figures(results[role], c.module, c.file_bytes, lat[role])
             for role, c in models.items()
         },
         holdout_sha256=digest.hexdigest(),
-        samples=task[next(iter(task))].samples,
+        samples=results[next(iter(results))].samples,
         example=x,
         example_targets=y,
     )

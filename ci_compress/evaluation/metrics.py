@@ -1,19 +1,35 @@
 """Task metrics for several models over one pass of the holdout.
 
 All models see the same batches in the same order (paired predictions), under
-``torch.inference_mode()``. Only what the metrics need is kept: per sample, whether
-each model was right and whether it agreed with the teacher (booleans), never the
-whole holdout's outputs. Per-class (per-label) counts are accumulated batch by batch
-(two integer vectors of length ``classes`` per model).
+``torch.inference_mode()``. Batches may be of any structure and each model's output
+goes through the output adapter (``model.output``); the task
+(:mod:`ci_compress.evaluation.tasks`, classification by default) turns outputs and
+targets into per-sample scores and named metrics. Only what the metrics need is kept:
+per sample, one score per model, never the whole holdout's outputs.
+
+Models run on ``runtime.device``; one that holds torch.ao int8 modules (CPU-only
+kernels) stays on the CPU.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ci_compress.errors import DataError, ModelOutputError
-from ci_compress.layers.inference import inference
+from ci_compress.evaluation.tasks import Classification, Task
+from ci_compress.layers.batches import (
+    Inputs,
+    call_model,
+    describe,
+    resolve_device,
+    take,
+    to_device,
+)
+from ci_compress.layers.batches import batch_size as samples_in
+from ci_compress.layers.inference import inference, placed
+from ci_compress.layers.outputs import OutputSpec, select_output
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -27,6 +43,14 @@ if TYPE_CHECKING:
 
 @dataclass
 class TaskMetrics:
+    """One model's result on the holdout.
+
+    ``samples``, ``correct``, ``accuracy``, ``agreement``, ``correct_mask`` and the
+    per-class counts are classification's figures (the gate, the report and explain
+    read them by these names); for any other task ``accuracy`` is NaN and ``correct``
+    0, and the task's figures are in ``metrics`` (by name) and ``scores`` (per sample).
+    """
+
     samples: int
     correct: int
     accuracy: float
@@ -34,6 +58,9 @@ class TaskMetrics:
     correct_mask: np.ndarray | None = field(default=None, repr=False)
     class_correct: np.ndarray | None = field(default=None, repr=False)  # per label
     class_total: np.ndarray | None = field(default=None, repr=False)  # per label
+    metrics: dict[str, float] = field(default_factory=dict)
+    scores: np.ndarray | None = field(default=None, repr=False)  # per-sample primary score
+    task: str = "classification"
 
     def class_accuracy(self) -> dict[str, float]:
         """Accuracy per label (as a string key), for every label the holdout contains."""
@@ -62,53 +89,35 @@ def score(
     *,
     batch_size: int,
     reference: str = "teacher",
-    on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+    on_batch: Callable[[Any, Any], None] | None = None,
+    task: Task | None = None,
+    output: OutputSpec = None,
+    device: str = "cpu",
 ) -> dict[str, TaskMetrics]:
-    """Top-1 accuracy of every model and agreement with ``reference``, streaming batches.
+    """The task's metrics for every model (agreement-like ones against ``reference``).
 
-    ``on_batch(x, y)`` is called once per batch after the models have seen it: the
-    pipeline uses it to hash the holdout and report progress in the same single pass.
+    ``on_batch(inputs, target)`` is called once per batch after the models have seen
+    it: the pipeline uses it to hash the holdout and report progress in the same single
+    pass. ``task`` defaults to top-1 classification (what ci-compress always measured),
+    ``output`` is ``model.output``, ``device`` is ``runtime.device``.
     """
     import numpy as np
-    import torch
 
-    masks: dict[str, list[np.ndarray]] = {k: [] for k in models}
-    agree: dict[str, int] = dict.fromkeys(models, 0)
-    per_class: dict[str, np.ndarray] = {}
-    class_total = np.zeros(0, dtype=np.int64)
-    n = 0
+    task = task or Classification()
+    dev = resolve_device(device)
     for m in models.values():
         m.eval()
-    with inference(models.values()):
+    run = task.start(list(models), reference, data.field)
+    n = 0
+    with placed(models, dev) as where, inference(models.values()):
         for x, y in data.batches(batch_size):
-            preds = {}
-            for role, model in models.items():
-                out = _forward(model, x, role, data.field)
-                if out.dim() != 2 or out.shape[0] != len(y):
-                    raise ModelOutputError(
-                        f"the {role} model returned shape {tuple(out.shape)} for a batch of {len(y)} samples; expected (samples, classes)",
-                        hint=f"check {data.field} matches the model's input (x shape {tuple(x.shape)})",
-                    )
-                if int(y.max()) >= out.shape[1]:
-                    raise DataError(
-                        f"{data.field}: label {int(y.max())} is out of range for a model with {out.shape[1]} outputs",
-                        hint="labels must be 0 .. classes-1",
-                    )
-                if not bool(torch.isfinite(out).all()):
-                    raise ModelOutputError(
-                        f"the {role} model produced NaN or infinite outputs on {data.field}",
-                        hint="the model or a compression pass is numerically broken",
-                    )
-                preds[role] = out.argmax(dim=1)
-                hit = (preds[role] == y).numpy()
-                masks[role].append(hit)
-                per_class[role] = _add(
-                    per_class.get(role), np.bincount(y.numpy()[hit], minlength=out.shape[1])
-                )
-            for role in models:
-                agree[role] += int((preds[role] == preds[reference]).sum())
-            class_total = _add(class_total, np.bincount(y.numpy(), minlength=1))
-            n += len(y)
+            task.check_target(y, data.field)
+            outputs = {
+                role: _forward(model, _on(x, where[role]), role, data.field, output)
+                for role, model in models.items()
+            }
+            run.add(outputs, y if dev.type == "cpu" or y is None else y.to(dev), _on(x, dev))
+            n += samples_in(x)
             if on_batch is not None:
                 on_batch(x, y)
     if n == 0:
@@ -116,54 +125,66 @@ def score(
             f"{data.field}: no samples to evaluate", hint="give a holdout with at least one sample"
         )
     result = {}
-    for role in models:
-        mask = np.concatenate(masks[role])
-        correct = int(mask.sum())
-        result[role] = TaskMetrics(
-            samples=n,
-            correct=correct,
-            accuracy=correct / n,
-            agreement=None if role == reference else agree[role] / n,
-            correct_mask=mask,
-            class_correct=_pad(per_class[role], len(class_total)),
-            class_total=_pad(class_total, len(per_class[role])),
-        )
+    for role, r in run.finish().items():
+        if task.type == "classification":
+            mask = r.scores.astype(bool)
+            result[role] = TaskMetrics(
+                samples=r.samples,
+                correct=int(mask.sum()),
+                accuracy=r.metrics["accuracy"],
+                agreement=None if role == reference else r.metrics["agreement"],
+                correct_mask=mask,
+                class_correct=r.class_correct,
+                class_total=r.class_total,
+                metrics=r.metrics,
+                scores=r.scores,
+            )
+        else:
+            result[role] = TaskMetrics(
+                samples=r.samples,
+                correct=0,
+                accuracy=float(np.nan),
+                metrics=r.metrics,
+                scores=r.scores,
+                task=task.type,
+            )
     return result
 
 
-def _pad(a: np.ndarray, n: int) -> np.ndarray:
-    import numpy as np
-
-    if len(a) >= n:
-        return a
-    padded: np.ndarray = np.concatenate([a, np.zeros(n - len(a), dtype=a.dtype)])
-    return padded
+def _on(x: Inputs, device: torch.device) -> Inputs:
+    return x if device.type == "cpu" else to_device(x, device)
 
 
-def _add(acc: np.ndarray | None, counts: np.ndarray) -> np.ndarray:
-    """Element-wise sum of two count vectors of possibly different lengths."""
-    if acc is None:
-        return counts.astype("int64")
-    n = max(len(acc), len(counts))
-    total: np.ndarray = _pad(acc, n) + _pad(counts.astype("int64"), n)
-    return total
+def probe(model: nn.Module, data: Dataset, *, output: OutputSpec = None, samples: int = 8) -> None:
+    """Run ``model`` (the teacher) on the first few samples, at load.
+
+    A model that cannot take the data fails here, before any pass runs, with its own
+    message and the data set's name (exit 3): token ids to a float model, a missing
+    keyword argument, a wrong shape.
+    """
+    first = data.first_batch(samples)
+    if first is None:
+        return
+    x, _ = first
+    model.eval()
+    with inference([model]):
+        _forward(model, take(x, 0, samples), "teacher", data.field, output)
 
 
-def _forward(model: nn.Module, x: object, role: str, field: str = "the holdout") -> torch.Tensor:
-    import torch
-
+def _forward(
+    model: nn.Module,
+    x: Inputs,
+    role: str,
+    field: str = "the holdout",
+    output: OutputSpec = None,
+) -> torch.Tensor:
     try:
-        out = model(x)
-    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        out = call_model(model, x)
+    except (RuntimeError, ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
         first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        what = "x shape and dtype" if not isinstance(x, tuple | list | Mapping) else "inputs"
         raise ModelOutputError(
             f"the {role} model failed on {field}: {first}",
-            hint="check the holdout's x shape and dtype match what the model expects",
+            hint=f"check the holdout's {what} match what the model expects (got {describe(x)})",
         ) from None
-    if isinstance(out, tuple | list):
-        out = out[0]
-    if not isinstance(out, torch.Tensor):
-        raise ModelOutputError(
-            f"the {role} model returned {type(out).__name__}, expected a tensor of logits"
-        )
-    return out
+    return select_output(out, output, role=role)

@@ -1,4 +1,4 @@
-"""How sure is the accuracy drop? Paired statistics over per-sample correctness.
+"""How sure is the change? Paired statistics over per-sample scores.
 
 Teacher and student are evaluated on the same holdout samples, so every sample falls
 into one of four cells: both right (``n11``), only the teacher right (``n10``), only
@@ -20,6 +20,12 @@ Known limit of the bootstrap: with no discordant samples at all, every resample 
 a drop of exactly 0 and the interval collapses to [0, 0], however small the holdout.
 The McNemar p-value (1.0) and the discordant counts are reported beside it so a reader
 can see that case.
+
+Tasks whose per-sample score is continuous (absolute error, cosine similarity, mean
+NLL; see :mod:`ci_compress.evaluation.tasks`) use :func:`paired_score_statistics`
+instead: a paired bootstrap of the mean change (resampled in chunks, so memory stays
+bounded) and a paired t-test (scipy, already installed with scikit-learn).
+:func:`is_binary` says which applies: 0/1 scores keep the exact McNemar path above.
 """
 
 from __future__ import annotations
@@ -166,6 +172,129 @@ def paired_statistics(
         relative_ci_low=q(relative, lo_q),
         relative_ci_high=q(relative, hi_q),
         mcnemar_p_value=mcnemar_exact(n10, n01),
+        confidence=confidence,
+        resamples=resamples,
+        seed=seed,
+    )
+
+
+# ---------------------------------------------------------------- continuous scores
+
+
+@dataclass(frozen=True)
+class PairedScoreStatistics:
+    """Interval and test for the change of a continuous per-sample score.
+
+    ``change`` is signed so that a positive value is always *worse*: ``teacher -
+    student`` for a score where higher is better (a drop), ``student - teacher`` where
+    lower is better (an increase, e.g. absolute error or NLL). ``relative_change`` is
+    ``change / |teacher mean|``.
+    """
+
+    samples: int
+    metric: str
+    higher_is_better: bool
+    teacher_mean: float
+    student_mean: float
+    change: float
+    change_ci_low: float
+    change_ci_high: float
+    relative_change: float
+    relative_ci_low: float
+    relative_ci_high: float
+    p_value: float
+    confidence: float
+    resamples: int
+    seed: int
+    method: str = "paired bootstrap (percentile) of the mean change, paired t-test"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def is_binary(*scores: np.ndarray) -> bool:
+    """Whether every score is 0 or 1 (correct / wrong): McNemar applies."""
+    import numpy as np
+
+    return all(bool(np.isin(np.asarray(s), (0.0, 1.0)).all()) for s in scores)
+
+
+def paired_t_p_value(diff: np.ndarray) -> float:
+    """Two-sided p-value of a paired t-test that the mean difference is 0.
+
+    Identical scores (every difference 0) give 1.0; a constant non-zero difference
+    (no spread, so no t statistic) gives 0.0.
+    """
+    import numpy as np
+    from scipy import stats
+
+    d = np.asarray(diff, dtype=np.float64)
+    if len(d) < 2 or not d.any():
+        return 1.0
+    if float(d.std(ddof=1)) == 0.0:
+        return 0.0
+    return float(stats.ttest_1samp(d, 0.0).pvalue)
+
+
+def paired_score_statistics(
+    teacher_scores: np.ndarray,
+    student_scores: np.ndarray,
+    *,
+    metric: str,
+    higher_is_better: bool,
+    confidence: float = 0.95,
+    resamples: int = 10_000,
+    seed: int = 0,
+    chunk: int = 256,
+) -> PairedScoreStatistics:
+    """Paired bootstrap interval of the mean change, and a paired t-test.
+
+    Resamples are drawn ``chunk`` at a time, so memory stays at ``chunk x samples``
+    indices whatever ``resamples`` is; the same seed gives the same interval.
+    """
+    import numpy as np
+
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    t = np.asarray(teacher_scores, dtype=np.float64)
+    s = np.asarray(student_scores, dtype=np.float64)
+    if t.shape != s.shape or t.ndim != 1:
+        raise ValueError(
+            f"paired scores must be 1-D and equal in length, got {t.shape} and {s.shape}"
+        )
+    n = len(t)
+    if n == 0:
+        raise ValueError("no paired samples")
+    sign = 1.0 if higher_is_better else -1.0
+    diff = sign * (t - s)  # positive = worse
+    rng = np.random.default_rng(seed)
+    changes = np.empty(resamples)
+    relative = np.empty(resamples)
+    for start in range(0, resamples, chunk):
+        k = min(chunk, resamples - start)
+        idx = rng.integers(0, n, size=(k, n))
+        d_mean = diff[idx].mean(axis=1)
+        t_mean = np.abs(t[idx].mean(axis=1))
+        changes[start : start + k] = d_mean
+        relative[start : start + k] = np.divide(
+            d_mean, t_mean, out=np.zeros_like(d_mean), where=t_mean > 0
+        )
+    alpha = (1.0 - confidence) / 2.0
+    t_mean_all = float(t.mean())
+    change = float(diff.mean())
+    return PairedScoreStatistics(
+        samples=n,
+        metric=metric,
+        higher_is_better=higher_is_better,
+        teacher_mean=t_mean_all,
+        student_mean=float(s.mean()),
+        change=change,
+        change_ci_low=float(np.quantile(changes, alpha)),
+        change_ci_high=float(np.quantile(changes, 1.0 - alpha)),
+        relative_change=change / abs(t_mean_all) if t_mean_all else 0.0,
+        relative_ci_low=float(np.quantile(relative, alpha)),
+        relative_ci_high=float(np.quantile(relative, 1.0 - alpha)),
+        p_value=paired_t_p_value(diff),
         confidence=confidence,
         resamples=resamples,
         seed=seed,

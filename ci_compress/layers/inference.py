@@ -14,10 +14,11 @@ off and restored afterwards; for every other model nothing changes.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
 _QUANTIZED_PREFIX = "torch.ao.nn.quantized"
@@ -53,3 +54,30 @@ def inference(models: Iterable[nn.Module]) -> Iterator[None]:
         finally:
             if quiet:
                 setter(True, warn_only=warn_only)
+
+
+def placement(model: nn.Module, device: torch.device) -> torch.device:
+    """Where ``model`` runs for measurement: ``device``, except the CPU for a model that
+    holds torch.ao int8 modules (their kernels exist for the CPU only)."""
+    import torch
+
+    if device.type != "cpu" and has_torch_ao_quantized([model]):
+        return torch.device("cpu")
+    return device
+
+
+@contextlib.contextmanager
+def placed(
+    models: Mapping[str, nn.Module], device: torch.device
+) -> Iterator[dict[str, torch.device]]:
+    """Each model on its :func:`placement` for the block, back on the CPU afterwards
+    (the packed file, exports and the next stage expect CPU models)."""
+    where = {role: placement(m, device) for role, m in models.items()}
+    moved = [(m, where[role]) for role, m in models.items() if where[role].type != "cpu"]
+    for m, d in moved:
+        m.to(d)
+    try:
+        yield where
+    finally:
+        for m, _ in moved:
+            m.to("cpu")

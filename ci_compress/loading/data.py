@@ -1,7 +1,18 @@
-"""Holdout (and training) data: files, factories and the built-in digits set.
+"""Holdout (and training, calibration) data: files, factories and the built-in digits set.
 
-Every batch is checked as it is read: x floating point and finite, y a 1-D integer
-label vector of the same length. An empty set is an error, not an accuracy of 0/0.
+A batch is ``(inputs, target)`` (:mod:`ci_compress.layers.batches`): inputs a tensor,
+positional tensors or keyword tensors, target a tensor or None. Every batch is checked
+as it is read: inputs well-formed with one sample count, floating inputs finite, the
+target as long as the inputs and what the task can score (the task's
+``check_target``). Integer inputs (token ids, masks) are fine; whether the model takes
+them is checked by running the teacher on the first batch at load. An empty set is an
+error, not an accuracy of 0/0.
+
+Files (``.npz``, ``.pt``, ``.safetensors``) may hold several named arrays; the config
+names the inputs (``data.holdout.inputs``: one name, a list for positional arguments, a
+mapping ``argument: array`` for keyword arguments) and the target
+(``data.holdout.target``, null for none); the defaults are ``x`` and ``y``.
+
 The digest (sha256 over the samples' bytes, in order, independent of batching)
 identifies exactly the data that was evaluated; the pipeline computes it during the
 evaluation pass, so a streaming factory is read once.
@@ -10,12 +21,21 @@ evaluation pass, so a streaming factory is read once.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ci_compress.errors import DataError
+from ci_compress.layers.batches import (
+    Batch,
+    Inputs,
+    batch_size,
+    check_inputs,
+    concat,
+    named_tensors,
+    take,
+)
 from ci_compress.refs import import_factory
 
 if TYPE_CHECKING:
@@ -23,69 +43,102 @@ if TYPE_CHECKING:
 
     from ci_compress.config import DataSource
 
-Batch = tuple["torch.Tensor", "torch.Tensor"]
+TargetCheck = Callable[["torch.Tensor | None", str], None]
+"""A task's check of one batch's target (``where`` names the data set and batch)."""
+
+DEFAULT_INPUTS = "x"
+DEFAULT_TARGET = "y"
 
 
 @dataclass
 class Dataset:
-    """A re-iterable source of checked ``(x, y)`` batches."""
+    """A re-iterable source of checked ``(inputs, target)`` batches."""
 
     name: str
     field: str
-    _tensors: tuple[torch.Tensor, torch.Tensor] | None = None
+    _tensors: tuple[Any, Any] | None = None  # (inputs, target) held in memory
     _factory: Callable[[], Iterable[Any]] | None = None
     limit: int | None = None
+    check_target: TargetCheck | None = None
+    _first: Batch | None = None  # a factory's first batch, read once at load
 
-    def batches(self, batch_size: int) -> Iterator[Batch]:
-        seen = 0
+    def batches(self, batch_size_: int) -> Iterator[Batch]:
         if self._tensors is not None:
-            x, y = self._tensors
-            n = len(y) if self.limit is None else min(len(y), self.limit)
-            for i in range(0, n, batch_size):
-                yield x[i : min(i + batch_size, n)], y[i : min(i + batch_size, n)]
+            inputs, target = self._tensors
+            total = batch_size(inputs)
+            n = total if self.limit is None else min(total, self.limit)
+            for i in range(0, n, batch_size_):
+                j = min(i + batch_size_, n)
+                yield take(inputs, i, j), (None if target is None else target[i:j])
             return
         assert self._factory is not None
         try:
             source = iter(self._factory())
         except Exception as e:
             raise DataError(f"{self.field}: the factory raised {type(e).__name__}: {e}") from None
+        seen = 0
         for i, item in enumerate(source):
             if not (isinstance(item, tuple | list) and len(item) == 2):
                 raise DataError(
-                    f"{self.field}: batch {i} is not an (x, y) pair",
-                    hint="the factory must yield (x, y) tuples",
+                    f"{self.field}: batch {i} is not an (inputs, target) pair",
+                    hint="the factory must yield (x, y) tuples; inputs may be a tensor, a tuple or a dict of tensors, the target a tensor or None",
                 )
-            x, y = _as_tensors(item[0], item[1], f"{self.field} batch {i}")
-            if self.limit is not None and seen + len(y) > self.limit:
+            where = f"{self.field} batch {i}"
+            inputs, target = as_batch(item[0], item[1], where)
+            n = batch_size(inputs) if _has_samples(inputs) else 0
+            if self.limit is not None and seen + n > self.limit:
                 keep = self.limit - seen
-                x, y = x[:keep], y[:keep]
-            if len(y):
-                _check(x, y, f"{self.field} batch {i}")
-                yield x, y
-            seen += len(y)
+                inputs = take(inputs, 0, keep)
+                target = None if target is None else target[:keep]
+                n = keep
+            if n:
+                self._check(inputs, target, where)
+                yield inputs, target
+            seen += n
             if self.limit is not None and seen >= self.limit:
                 return
 
-    def materialize(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def first_batch(self, samples: int) -> Batch | None:
+        """Up to ``samples`` samples of the first batch (a factory is not read again)."""
+        if self._tensors is not None:
+            return next(iter(self.batches(samples)), None)
+        if self._first is None:
+            self._first = next(iter(self.batches(samples)), None)
+        if self._first is None:
+            return None
+        inputs, target = self._first
+        return take(inputs, 0, samples), (None if target is None else target[:samples])
+
+    def _check(self, inputs: Inputs, target: torch.Tensor | None, where: str) -> None:
+        check_inputs(inputs, where)
+        n = batch_size(inputs)
+        if target is not None and len(target) != n:
+            what = "x" if not isinstance(inputs, tuple | list | Mapping) else "the inputs"
+            raise DataError(f"{where}: {what} has {n} samples but y has {len(target)}")
+        if self.check_target is not None:
+            self.check_target(target, where)
+
+    def materialize(self) -> tuple[Inputs, torch.Tensor | None]:
         """All samples in memory (for training passes and latency batches)."""
         import torch
 
         if self._tensors is not None and self.limit is None:
-            return self._tensors
+            return self._tensors[0], self._tensors[1]
         pairs = list(self.batches(4096))  # one pass over a factory, not two
-        xs, ys = zip(*pairs, strict=True) if pairs else ((), ())
-        if not xs:
+        if not pairs:
             raise DataError(
                 f"{self.field}: the dataset is empty",
                 hint="give a dataset with at least one sample",
             )
-        return torch.cat(xs), torch.cat(ys)
+        targets = [t for _, t in pairs if t is not None]
+        target = torch.cat(targets) if len(targets) == len(pairs) else None
+        return concat([x for x, _ in pairs]), target
 
     def count(self) -> int:
         if self._tensors is not None:
-            n = len(self._tensors[1])
+            n = batch_size(self._tensors[0])
             return n if self.limit is None else min(n, self.limit)
-        return sum(len(y) for _, y in self.batches(4096))
+        return sum(batch_size(x) for x, _ in self.batches(4096))
 
     def size_hint(self) -> int | None:
         """The number of samples if known without reading the data (None for a factory)."""
@@ -100,88 +153,137 @@ class Dataset:
 
 
 class HoldoutDigest:
-    """A streaming sha256 of ``(x, y)`` batches that does not depend on the batch size.
+    """A streaming sha256 of ``(inputs, target)`` batches that does not depend on the batch size.
 
-    x bytes and y bytes go into two running hashes and the per-sample shapes are
-    recorded whenever they change, so the same samples give the same digest
-    whether they arrive in one batch or in many. This lets the pipeline compute the
-    holdout's digest during the evaluation pass instead of reading the data twice.
+    Each input tensor's bytes and the target's bytes go into running hashes of their
+    own, and the per-sample shapes are recorded whenever they change, so the same
+    samples give the same digest whether they arrive in one batch or in many. This lets
+    the pipeline compute the holdout's digest during the evaluation pass instead of
+    reading the data twice.
+
+    A single-tensor batch with a target hashes exactly as ci-compress always did (x's
+    shape, x's bytes, y's bytes). Positional and keyword inputs add their structure
+    (``positional``/``keyword`` and each tensor's name, keywords sorted) to the shapes,
+    and a missing target hashes as the marker ``no target``.
     """
 
     def __init__(self) -> None:
-        self._x = hashlib.sha256()
+        self._x: dict[str, Any] = {}
         self._y = hashlib.sha256()
         self._shapes: list[str] = []
+        self._kind = ""
+        self._target = True
 
-    def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        shape = str(tuple(x.shape[1:]))
+    def update(self, x: Inputs, y: torch.Tensor | None = None) -> None:
+        tensors = named_tensors(x)
+        if isinstance(x, Mapping):
+            kind = "keyword"
+        elif isinstance(x, tuple | list):
+            kind = "positional"
+        else:
+            kind = ""
+        self._kind = kind
+        if kind:
+            shape = ",".join(f"{n}={tuple(t.shape[1:])}" for n, t in tensors)
+            shape = f"{kind}:{shape}"
+        else:
+            shape = str(tuple(tensors[0][1].shape[1:]))
         if not self._shapes or self._shapes[-1] != shape:
             self._shapes.append(shape)
-        self._x.update(x.detach().contiguous().numpy().reshape(-1).view("uint8").data)
-        self._y.update(y.detach().contiguous().numpy().reshape(-1).view("uint8").data)
+        for name, t in tensors:
+            self._x.setdefault(name, hashlib.sha256()).update(_bytes(t))
+        if y is None:
+            self._target = False
+        else:
+            self._y.update(_bytes(y))
 
     def hexdigest(self) -> str:
         h = hashlib.sha256(";".join(self._shapes).encode())
-        h.update(self._x.digest())
-        h.update(self._y.digest())
+        if self._kind:
+            for name in sorted(self._x):
+                h.update(name.encode() + b"\0")
+                h.update(self._x[name].digest())
+        else:
+            h.update(self._x.get("", hashlib.sha256()).digest())
+        h.update(self._y.digest() if self._target else b"no target")
         return h.hexdigest()
 
 
-def _as_tensors(x: Any, y: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _bytes(t: torch.Tensor) -> memoryview:
+    import torch
+
+    flat = t.detach().cpu().contiguous().reshape(-1)
+    if flat.dtype in (torch.bfloat16, torch.bool) or flat.dtype.is_complex:
+        flat = flat.view(torch.uint8) if flat.dtype != torch.bool else flat.to(torch.uint8)
+    return flat.numpy().view("uint8").data
+
+
+def _has_samples(inputs: Inputs) -> bool:
+    return bool(named_tensors(inputs)) and named_tensors(inputs)[0][1].dim() > 0
+
+
+def _tensor(value: Any, where: str, what: str) -> torch.Tensor:
     import numpy as np
     import torch
 
+    if isinstance(value, torch.Tensor):
+        return value
     try:
-        xt = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
-        yt = y if isinstance(y, torch.Tensor) else torch.from_numpy(np.asarray(y))
+        return torch.from_numpy(np.asarray(value))
     except (TypeError, ValueError) as e:
-        raise DataError(f"{where}: x and y must be arrays or tensors ({e})") from None
-    return xt, yt
+        raise DataError(f"{where}: {what} must be arrays or tensors ({e})") from None
 
 
-def _check(x: torch.Tensor, y: torch.Tensor, where: str) -> None:
+def as_batch(x: Any, y: Any, where: str) -> tuple[Inputs, torch.Tensor | None]:
+    """A factory's ``(inputs, target)`` item as tensors, structure kept.
+
+    A tuple is positional inputs; a list is positional when it holds arrays or tensors
+    (otherwise it is one array written as nested lists); a mapping is keyword inputs.
+    """
+    import numpy as np
     import torch
 
-    if not torch.is_floating_point(x):
-        raise DataError(
-            f"{where}: x has dtype {x.dtype}, expected floating point",
-            hint="convert x to float32 when you build the data",
-        )
-    if x.dim() < 2:
-        raise DataError(f"{where}: x has shape {tuple(x.shape)}, expected (samples, features...)")
-    if y.dim() != 1:
-        raise DataError(
-            f"{where}: y has shape {tuple(y.shape)}, expected a 1-D vector of class labels"
-        )
-    if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-        raise DataError(f"{where}: y has dtype {y.dtype}, expected integer class labels")
-    if len(x) != len(y):
-        raise DataError(f"{where}: x has {len(x)} samples but y has {len(y)}")
-    if not bool(torch.isfinite(x).all()):
-        bad = int((~torch.isfinite(x)).sum())
-        raise DataError(
-            f"{where}: x contains {bad} NaN or infinite values",
-            hint="clean or impute the data before gating",
-        )
-    if len(y) and int(y.min()) < 0:
-        raise DataError(f"{where}: y contains negative labels ({int(y.min())})")
+    inputs: Inputs
+    if isinstance(x, Mapping):
+        inputs = {str(k): _tensor(v, where, f"input {k!r}") for k, v in x.items()}
+    elif isinstance(x, tuple) or (
+        isinstance(x, list) and x and all(isinstance(v, torch.Tensor | np.ndarray) for v in x)
+    ):
+        inputs = tuple(_tensor(v, where, "x and y") for v in x)
+    else:
+        inputs = _tensor(x, where, "x and y")
+    return inputs, (None if y is None else _tensor(y, where, "x and y"))
 
 
-def _from_arrays(x: Any, y: Any, name: str, field: str, limit: int | None) -> Dataset:
+def _from_arrays(
+    inputs: Inputs,
+    target: torch.Tensor | None,
+    name: str,
+    field: str,
+    limit: int | None,
+    check_target: TargetCheck | None,
+) -> Dataset:
     import torch
 
-    xt, yt = _as_tensors(x, y, field)
-    if len(yt) == 0:
+    if not _has_samples(inputs) or batch_size(inputs) == 0:
         raise DataError(
             f"{field}: {name} is empty (0 samples)", hint="give a holdout with at least one sample"
         )
-    _check(xt, yt, field)
-    return Dataset(
-        name=name,
-        field=field,
-        _tensors=(xt.contiguous(), yt.to(torch.int64).contiguous()),
-        limit=limit,
+    ds = Dataset(name=name, field=field, limit=limit, check_target=check_target)
+    ds._check(inputs, target, field)
+    if target is not None and not torch.is_floating_point(target) and target.dtype != torch.bool:
+        target = target.to(torch.int64)  # integer labels of any width, as int64
+    inputs = (
+        {k: v.contiguous() for k, v in inputs.items()}
+        if isinstance(inputs, Mapping)
+        else (
+            tuple(t.contiguous() for t in inputs)
+            if isinstance(inputs, tuple | list)
+            else inputs.contiguous()
+        )
     )
+    ds._tensors = (inputs, None if target is None else target.contiguous())
+    return ds
 
 
 def digits_split(split: str) -> tuple[Any, Any]:
@@ -196,24 +298,42 @@ def digits_split(split: str) -> tuple[Any, Any]:
     return (xs / 16.0).astype(np.float32), ys.astype(np.int64)
 
 
-def load_dataset(source: DataSource, base_dir: Path, *, field: str) -> Dataset:
-    """Open a data source from the config (files are read and checked now)."""
+def load_dataset(
+    source: DataSource,
+    base_dir: Path,
+    *,
+    field: str,
+    check_target: TargetCheck | None = None,
+) -> Dataset:
+    """Open a data source from the config (files are read and checked now).
+
+    ``check_target`` is the task's check of a target (every batch is checked with it).
+    """
     if source.builtin == "digits":
         x, y = digits_split(source.split)
-        return _from_arrays(x, y, f"digits/{source.split}", field, source.limit)
+        return _from_arrays(
+            *as_batch(x, y, field), f"digits/{source.split}", field, source.limit, check_target
+        )
     if source.path:
         p = Path(source.path).expanduser()
         p = p if p.is_absolute() else base_dir / p
-        return _from_arrays(*_read_file(p, field), p.name, field, source.limit)
+        inputs, target = _read_file(p, field, source.inputs, source.target)
+        return _from_arrays(inputs, target, p.name, field, source.limit, check_target)
     assert source.factory
 
-    fn = import_factory(source.factory, path=f"{field}.factory")
+    fn = import_factory(source.factory, path=f"{field}.factory", base_dir=base_dir)
     kwargs = dict(source.kwargs)
     ds = Dataset(
-        name=source.factory, field=field, _factory=lambda: fn(**kwargs), limit=source.limit
+        name=source.factory,
+        field=field,
+        _factory=lambda: fn(**kwargs),
+        limit=source.limit,
+        check_target=check_target,
     )
-    # Read only the first batch: a streaming factory is not run through twice.
-    if next(iter(ds.batches(source.limit or 4096)), None) is None:
+    # Read only the first batch (kept for the load-time probe of the teacher): a
+    # streaming factory is not run through twice.
+    ds._first = next(iter(ds.batches(source.limit or 4096)), None)
+    if ds._first is None:
         raise DataError(
             f"{field}: the factory {source.factory} yielded no samples",
             hint="give a holdout with at least one sample",
@@ -221,7 +341,56 @@ def load_dataset(source: DataSource, base_dir: Path, *, field: str) -> Dataset:
     return ds
 
 
-def _read_file(p: Path, field: str) -> tuple[Any, Any]:
+InputSpec = str | tuple[str, ...] | Mapping[str, str]
+
+
+def _names(inputs: InputSpec, target: str | None) -> list[str]:
+    if isinstance(inputs, str):
+        wanted = [inputs]
+    elif isinstance(inputs, Mapping):
+        wanted = list(inputs.values())
+    else:
+        wanted = list(inputs)
+    return wanted + ([target] if target is not None else [])
+
+
+def _pick(
+    arrays: Mapping[str, Any],
+    p: Path,
+    field: str,
+    inputs: InputSpec,
+    target: str | None,
+) -> tuple[Inputs, torch.Tensor | None]:
+    present = sorted(arrays)
+    missing = [n for n in _names(inputs, target) if n not in arrays]
+    if missing:
+        if inputs == DEFAULT_INPUTS and target == DEFAULT_TARGET:
+            raise DataError(
+                f"{field}.path: {p.name} must hold arrays 'x' and 'y', has {present}",
+                hint=f"or name its arrays with {field}.inputs and {field}.target",
+            )
+        which = "target" if missing[0] == target else "inputs"
+        raise DataError(
+            f"{field}.path: {p.name} has no array {missing[0]!r} (named by {field}.{which}); it holds {present}",
+            hint=f"set {field}.inputs and {field}.target to names the file holds",
+        )
+    where = f"{field}.path"
+    picked: Inputs
+    if isinstance(inputs, str):
+        picked = _tensor(arrays[inputs], where, "x and y")
+    elif isinstance(inputs, Mapping):
+        picked = {
+            arg: _tensor(arrays[name], where, f"array {name!r}") for arg, name in inputs.items()
+        }
+    else:
+        picked = tuple(_tensor(arrays[name], where, f"array {name!r}") for name in inputs)
+    y = None if target is None else _tensor(arrays[target], where, "x and y")
+    return picked, y
+
+
+def _read_file(
+    p: Path, field: str, inputs: InputSpec = DEFAULT_INPUTS, target: str | None = DEFAULT_TARGET
+) -> tuple[Inputs, torch.Tensor | None]:
     import numpy as np
     import torch
 
@@ -233,11 +402,11 @@ def _read_file(p: Path, field: str) -> tuple[Any, Any]:
     if p.suffix == ".npz":
         try:
             with np.load(p, allow_pickle=False) as z:
-                if "x" not in z or "y" not in z:
-                    raise DataError(
-                        f"{field}.path: {p.name} must hold arrays 'x' and 'y', has {sorted(z.files)}"
-                    )
-                return z["x"], z["y"]
+                wanted = [n for n in _names(inputs, target) if n in z.files]
+                arrays = {n: z[n] for n in wanted} | dict.fromkeys(
+                    [n for n in z.files if n not in wanted]
+                )
+                return _pick(arrays, p, field, inputs, target)
         except (ValueError, OSError, EOFError) as e:
             raise DataError(
                 f"{field}.path: {p.name} is not a readable .npz file without pickles ({e})"
@@ -250,9 +419,25 @@ def _read_file(p: Path, field: str) -> tuple[Any, Any]:
                 f"{field}.path: {p.name} cannot be read with weights_only=True ({str(e).splitlines()[0][:200]})",
                 hint="save a dict {'x': tensor, 'y': tensor} with torch.save",
             ) from None
-        if not (isinstance(obj, dict) and "x" in obj and "y" in obj):
-            raise DataError(f"{field}.path: {p.name} must hold a dict with keys 'x' and 'y'")
-        return obj["x"], obj["y"]
+        if not isinstance(obj, dict):
+            raise DataError(
+                f"{field}.path: {p.name} must hold a dict with keys 'x' and 'y'"
+                if (inputs, target) == (DEFAULT_INPUTS, DEFAULT_TARGET)
+                else f"{field}.path: {p.name} must hold a dict of named tensors, holds a {type(obj).__name__}"
+            )
+        return _pick(obj, p, field, inputs, target)
+    if p.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            arrays = load_file(str(p))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise DataError(
+                f"{field}.path: {p.name} is not a readable safetensors file ({e})"
+            ) from None
+        return _pick(arrays, p, field, inputs, target)
     raise DataError(
-        f"{field}.path: unsupported data file {p.name}", hint="use .npz or .pt holding x and y"
+        f"{field}.path: unsupported data file {p.name}",
+        hint="use .npz, .pt or .safetensors holding the named arrays (x and y by default)",
     )

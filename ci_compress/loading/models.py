@@ -10,10 +10,19 @@ Supported files:
 * a ci-compress packed file (``.ccz``).
 * a fully pickled ``nn.Module`` only with ``model.allow_pickle: true``: unpickling runs
   code, so ci-compress refuses by default and says so.
+* a Hugging Face ``save_pretrained`` folder (``config.json`` plus weights), loaded with
+  the ``transformers`` class ``model.hf.auto_class`` names (``AutoModel`` by default),
+  offline: ``local_files_only=True`` and ``HF_HUB_OFFLINE=1`` while it loads, so nothing
+  is downloaded; ``transformers`` is an optional extra (``ci-compress[hf]``), imported
+  only here. The packed student is rebuilt from the same folder's ``config.json``.
+* a ``torch.export`` program (``.pt2``, ``torch.export.save``): loaded with
+  ``torch.export.load`` (no pickle), run as it was exported. Its layers are graph
+  operations, not modules, so passes cannot rewrite it: gate it with ``passes: []``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import warnings
 import zipfile
@@ -42,13 +51,27 @@ class LoadedModel:
     path: Path
     file_bytes: int
     sha256: str
-    kind: str  # torchscript | state_dict | packed | pickle
+    kind: str  # torchscript | state_dict | packed | pickle | huggingface | export
 
 
-def model_factory(source: ModelSource) -> Callable[[], nn.Module] | None:
+def model_factory(
+    source: ModelSource, base_dir: Path | None = None
+) -> Callable[[], nn.Module] | None:
+    """What builds the architecture a state_dict or packed file is loaded into.
+
+    ``model.factory`` (imported with the config's folder ``base_dir`` on the path); for
+    a Hugging Face folder, the model class built from its ``config.json`` (random
+    weights, replaced by the stored ones); for a ``.pt2`` program, the program itself.
+    """
+    local = _local_path(source, base_dir)
+    if not source.factory and local is not None:
+        if local.is_dir() and (local / HF_CONFIG).is_file():
+            return lambda: hf_architecture(local, source)
+        if local.suffix == EXPORT_SUFFIX and local.is_file():
+            return lambda: load_export(local)
     if not source.factory:
         return None
-    fn = import_factory(source.factory, path="model.factory")
+    fn = import_factory(source.factory, path="model.factory", base_dir=base_dir)
     kwargs = dict(source.factory_kwargs)
 
     def make() -> nn.Module:
@@ -101,8 +124,13 @@ def _is_torchscript(path: Path) -> bool:
     return any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names)
 
 
-def load_model_file(path: Path, source: ModelSource) -> LoadedModel:
-    """Load a local model file as an eager ``nn.Module`` in eval mode."""
+def load_model_file(
+    path: Path, source: ModelSource, *, base_dir: Path | None = None
+) -> LoadedModel:
+    """Load a local model file (or Hugging Face folder) as an ``nn.Module`` in eval mode.
+
+    ``base_dir`` (the config's folder) is importable for ``model.factory``.
+    """
     import torch
 
     if not path.exists():
@@ -111,7 +139,18 @@ def load_model_file(path: Path, source: ModelSource) -> LoadedModel:
             hint="check model.path (relative paths are relative to the config file)",
         )
     if path.is_dir():
-        raise ArtifactError(f"model.path is a folder, not a file: {path}")
+        if (path / HF_CONFIG).is_file():
+            return load_hf_dir(path, source)
+        raise ArtifactError(
+            f"model.path is a folder, not a file: {path}",
+            hint="a Hugging Face save_pretrained folder holds config.json; else point model.path at the model file",
+        )
+    if source.hf is not None:
+        raise ConfigError(
+            f"is set, but model.path {path.name} is a file, not a Hugging Face folder",
+            path="model.hf",
+            hint="point model.path at the save_pretrained folder (with config.json), or remove model.hf",
+        )
     size = path.stat().st_size
     if size == 0:
         raise ArtifactError(f"model file is empty: {path}")
@@ -121,7 +160,12 @@ def load_model_file(path: Path, source: ModelSource) -> LoadedModel:
             f"sha256 of {path} is {digest}, model.sha256 expects {source.sha256}",
             hint="the file changed: re-pin model.sha256 only if the new file is trusted",
         )
-    factory = model_factory(source)
+    if path.suffix == EXPORT_SUFFIX:
+        _check_zip(path)
+        program = load_export(path)
+        _check_finite(program, path)
+        return LoadedModel(module=program, path=path, file_bytes=size, sha256=digest, kind="export")
+    factory = model_factory(source, base_dir)
     with path.open("rb") as f:
         head = f.read(len(MAGIC))
 
@@ -279,7 +323,7 @@ def resolve_model(
     """
     if source.path:
         p = Path(source.path).expanduser()
-        return load_model_file(p if p.is_absolute() else base_dir / p, source)
+        return load_model_file(p if p.is_absolute() else base_dir / p, source, base_dir=base_dir)
     if source.url:
         local = download(
             source.url,
@@ -288,11 +332,160 @@ def resolve_model(
             allow_http=source.allow_http,
             max_bytes=source.max_download_bytes,
         )
-        return load_model_file(local, source)
+        return load_model_file(local, source, base_dir=base_dir)
     if source.uri and fetch is not None:
-        return load_model_file(fetch(source.uri, workdir / "mlflow-model"), source)
+        return load_model_file(
+            fetch(source.uri, workdir / "mlflow-model"), source, base_dir=base_dir
+        )
     raise ConfigError(
         f"model.uri {source.uri} needs MLflow, and no tracking client is available",
         path="model.uri",
         hint="set mlflow.tracking_uri or MLFLOW_TRACKING_URI, or download the file and use model.path",
     )
+
+
+# ---------------------------------------------------------------- Hugging Face folders
+
+HF_CONFIG = "config.json"
+HF_WEIGHTS = (".safetensors", ".bin")
+EXPORT_SUFFIX = ".pt2"
+# Noise on import (C-extension load failures of optional kernels, deprecation notes of
+# torch's pytree registry): printed by loggers nobody configured, never an error here.
+_QUIET_LOGGERS = ("torchao", "torch.utils._pytree", "transformers.modeling_utils")
+
+
+def _local_path(source: ModelSource, base_dir: Path | None) -> Path | None:
+    if not source.path:
+        return None
+    p = Path(source.path).expanduser()
+    return p if p.is_absolute() or base_dir is None else base_dir / p
+
+
+def _transformers() -> Any:
+    """``transformers``, imported quietly, or a ConfigError saying how to install it."""
+    import logging
+
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    with _offline():
+        try:
+            import transformers
+        except ImportError:
+            raise ConfigError(
+                "a Hugging Face model folder needs the transformers package, which is not installed",
+                path="model.path",
+                hint="pip install 'ci-compress[hf]'",
+            ) from None
+    transformers.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    transformers.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    return transformers
+
+
+class _offline:
+    """``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` set for the block, restored after."""
+
+    NAMES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_PROGRESS_BARS")
+
+    def __enter__(self) -> None:
+        import os
+
+        self.saved = {k: os.environ.get(k) for k in self.NAMES}
+        for k in self.NAMES:
+            os.environ[k] = "1"
+
+    def __exit__(self, *exc: object) -> None:
+        import os
+
+        for k, v in self.saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _hf_class(source: ModelSource) -> tuple[Any, str]:
+    transformers = _transformers()
+    name = source.hf.auto_class if source.hf is not None else "AutoModel"
+    cls = getattr(transformers, name, None)
+    if cls is None or not hasattr(cls, "from_pretrained"):
+        close = [n for n in dir(transformers) if n.startswith("AutoModel")]
+        raise ConfigError(
+            f"transformers has no model class {name!r}",
+            path="model.hf.auto_class",
+            hint=f"use an Auto class such as {', '.join(sorted(close)[:6])}, or a model class (BertModel)",
+        )
+    return cls, name
+
+
+def load_hf_dir(path: Path, source: ModelSource) -> LoadedModel:
+    """A ``save_pretrained`` folder, loaded offline with the configured class."""
+    cls, name = _hf_class(source)
+    weights = sorted(
+        (p for p in path.iterdir() if p.is_file() and p.suffix in HF_WEIGHTS),
+        key=lambda p: p.name,
+    )
+    if not weights:
+        raise ArtifactError(
+            f"the Hugging Face folder {path} holds config.json but no weights (*.safetensors, *.bin)",
+            hint="save the model with model.save_pretrained(folder)",
+        )
+    if source.sha256:
+        raise ConfigError(
+            "pins one file, and a Hugging Face model is a folder",
+            path="model.sha256",
+            hint="remove model.sha256; report.json records the digest of the folder's weight files",
+        )
+    try:
+        with _offline():
+            module, info = cls.from_pretrained(
+                str(path), local_files_only=True, output_loading_info=True
+            )
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, ImportError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise ArtifactError(
+            f"cannot load the Hugging Face model in {path} with transformers.{name}: {first}",
+            hint="check model.hf.auto_class fits the folder's config.json (architectures), and that the folder is complete",
+        ) from None
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        # transformers fills them with random values and carries on: a teacher with a
+        # random head (or, for the wrong class, random everything) is not the model.
+        shown = ", ".join(missing[:4]) + (
+            f" and {len(missing) - 4} more" if len(missing) > 4 else ""
+        )
+        raise ArtifactError(
+            f"the Hugging Face folder {path} has no weights for {len(missing)} tensor(s) "
+            f"transformers.{name} needs ({shown}); they would be random",
+            hint="save the whole model with save_pretrained, or set model.hf.auto_class to the class of config.json's architectures",
+        )
+    module.eval()
+    _check_finite(module, path)
+    digest = hashlib.sha256()
+    size = 0
+    for p in weights:
+        digest.update(p.name.encode() + b"\0")
+        digest.update(file_sha256(p).encode())
+        size += p.stat().st_size
+    return LoadedModel(
+        module=module, path=path, file_bytes=size, sha256=digest.hexdigest(), kind="huggingface"
+    )
+
+
+def hf_architecture(path: Path, source: ModelSource) -> nn.Module:
+    """The configured class built from ``config.json`` alone (weights to be replaced)."""
+    cls, _ = _hf_class(source)
+    transformers = _transformers()
+    with _offline():
+        config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
+        model = cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
+    return model  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------- torch.export programs
+
+
+def load_export(path: Path) -> nn.Module:
+    """A ``torch.export`` program as a module (see :mod:`ci_compress.loading.exported`)."""
+    from ci_compress.loading.exported import load_program
+
+    return load_program(path)

@@ -18,12 +18,14 @@ import contextlib
 import importlib
 import io
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ci_compress.errors import ConfigError
+from ci_compress.layers.batches import Inputs, call_model
 from ci_compress.layers.inference import inference
+from ci_compress.layers.outputs import OutputSpec, select_output
 
 if TYPE_CHECKING:
     import torch
@@ -56,10 +58,16 @@ def export_all(
     formats: Sequence[str],
     out_dir: Path,
     stem: str,
-    example: torch.Tensor,
-    batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+    example: Inputs,
+    batches: Callable[[], Iterable[tuple[Any, Any]]],
+    *,
+    output: OutputSpec = None,
 ) -> dict[str, dict[str, Any]]:
-    """Write each requested export and check it against ``model`` on ``batches``."""
+    """Write each requested export and check it against ``model`` on ``batches``.
+
+    ``example`` is one batch of inputs (any structure) for tracing; both the student and
+    its export are compared on the output ``output`` selects (``model.output``).
+    """
     out: dict[str, dict[str, Any]] = {}
     for fmt in formats:
         path = out_dir / f"{stem}{SUFFIX[fmt]}"
@@ -75,7 +83,7 @@ def export_all(
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             out[fmt] = {"status": "skipped", "reason": f"{type(e).__name__}: {reason}"}
             continue
-        agree, total, max_diff = _agreement(model, run, batches)
+        agree, total, max_diff = _agreement(model, run, batches, output)
         out[fmt] = {
             "status": "ok",
             "file": str(path),
@@ -87,26 +95,38 @@ def export_all(
     return out
 
 
-def _torchscript(
-    model: nn.Module, example: torch.Tensor, path: Path
-) -> Callable[[torch.Tensor], torch.Tensor]:
+def _torchscript(model: nn.Module, example: Inputs, path: Path) -> Callable[..., Any]:
     import torch
 
+    structured = not isinstance(example, torch.Tensor)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(model, example, check_trace=False)  # type: ignore[no-untyped-call]
+        if isinstance(example, Mapping):
+            traced = torch.jit.trace(  # type: ignore[no-untyped-call]
+                model, example_kwarg_inputs=dict(example), check_trace=False, strict=False
+            )
+        elif structured:
+            traced = torch.jit.trace(  # type: ignore[no-untyped-call]
+                model, tuple(example), check_trace=False, strict=False
+            )
+        else:
+            traced = torch.jit.trace(model, example, check_trace=False)  # type: ignore[no-untyped-call]
         torch.jit.save(traced, str(path))
         loaded = torch.jit.load(str(path))  # type: ignore[no-untyped-call]
     loaded.eval()
     return loaded  # type: ignore[no-any-return]
 
 
-def _onnx(
-    model: nn.Module, example: torch.Tensor, path: Path
-) -> Callable[[torch.Tensor], torch.Tensor]:
+def _onnx(model: nn.Module, example: Inputs, path: Path) -> Callable[..., Any]:
     import onnx
     import onnxruntime
     import torch
+
+    if not isinstance(example, torch.Tensor):
+        raise NotImplementedError(
+            "the onnx export takes single-tensor inputs for now; this model takes "
+            "several (use torchscript)"
+        )
 
     quantized = sorted(
         {
@@ -165,16 +185,18 @@ def _quiet_stdout() -> Iterator[None]:
 
 def _agreement(
     model: nn.Module,
-    run: Callable[[torch.Tensor], torch.Tensor],
-    batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+    run: Callable[..., Any],
+    batches: Callable[[], Iterable[tuple[Any, Any]]],
+    output: OutputSpec = None,
 ) -> tuple[int, int, float]:
-
+    """Top-1 agreement (argmax over the last dimension) and the largest difference."""
     agree = total = 0
     max_diff = 0.0
     with inference([model]):
         for x, _ in batches():
-            a, b = model(x), run(x)
-            agree += int((a.argmax(1) == b.argmax(1)).sum())
-            total += len(x)
-            max_diff = max(max_diff, float((a - b).abs().max()))
+            a = select_output(call_model(model, x), output, role="student")
+            b = select_output(call_model(run, x), output, role="exported")
+            agree += int((a.argmax(-1) == b.argmax(-1)).sum())
+            total += a.argmax(-1).numel()
+            max_diff = max(max_diff, float((a.float() - b.float()).abs().max()))
     return agree, total, max_diff

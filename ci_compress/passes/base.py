@@ -13,6 +13,7 @@ import fnmatch
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import Field
@@ -37,6 +38,20 @@ class PassConfig(Frozen):
         (), description="Modules to leave alone (same forms as include); exclude wins."
     )
 
+    def needs_data(self) -> tuple[tuple[str, str], ...]:
+        """The data sections this pass, as configured, reads: ``(field, why)`` pairs.
+
+        ``ci-compress validate`` and the start of every run check them against the
+        config's ``data`` section before a model is loaded; the pass raises the same
+        error (:func:`ci_compress.passes.training.require`) when called directly.
+        """
+        return ()
+
+    def factories(self) -> dict[str, str]:
+        """``package.module:function`` references this pass imports, by field name
+        (checked for importability before a model is loaded)."""
+        return {}
+
 
 @dataclass
 class PassContext:
@@ -44,11 +59,21 @@ class PassContext:
 
     seed: int
     index: int
-    train_data: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None
-    calibration_data: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None
+    train_data: Callable[[], Iterable[tuple[Any, torch.Tensor | None]]] | None = None
+    calibration_data: Callable[[], Iterable[tuple[Any, torch.Tensor | None]]] | None = None
     teacher: nn.Module | None = None
     step: Callable[[str, int, int | None], None] | None = None
     """Progress of a long pass: ``step(task, done, total)`` (e.g. training steps); may be None."""
+    output: str | int | None = None
+    """``model.output``: which part of a structured model output is the logits."""
+    device: str = "cpu"
+    """Where passes that train run (``runtime.device``, resolved: ``cpu`` or ``cuda``)."""
+    base_dir: Path | None = None
+    """The config's folder: importable for factory references (``student_factory``)."""
+
+    def fit_options(self) -> dict[str, Any]:
+        """The context's part of :func:`ci_compress.passes.training.fit`'s arguments."""
+        return {"output": self.output, "device": self.device}
 
 
 @dataclass

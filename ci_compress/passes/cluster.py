@@ -43,6 +43,11 @@ class ClusterConfig(PassConfig):
     batch_size: int = Field(64, ge=1, le=65536, description="Fine-tuning batch size.")
     max_steps: int | None = Field(None, ge=1, description="Cap on fine-tuning optimizer steps.")
 
+    def needs_data(self) -> tuple[tuple[str, str], ...]:
+        if self.fine_tune_epochs:
+            return (("data.train", "fine-tunes centroids (fine_tune_epochs > 0)"),)
+        return ()
+
 
 Config = ClusterConfig
 
@@ -110,9 +115,7 @@ def apply(model: nn.Module, config: ClusterConfig, ctx: PassContext) -> PassReco
     where = f"passes[{ctx.index}]"
     x = y = None
     if config.fine_tune_epochs:
-        data = require(
-            ctx.train_data, "data.train", where, "fine-tunes centroids (fine_tune_epochs > 0)"
-        )
+        data = require(ctx.train_data, "data.train", where, config.needs_data()[0][1])
         x, y = materialize(data)
     chosen = select(model, config.include, config.exclude, (nn.Linear, nn.Conv2d), path=where)
     zero_kept: dict[str, bool] = {}
@@ -145,6 +148,7 @@ def apply(model: nn.Module, config: ClusterConfig, ctx: PassContext) -> PassReco
                 seed=ctx.seed,
                 max_steps=config.max_steps,
                 after_step=keep_zero,
+                **ctx.fit_options(),
             )
         finally:
             for p in frozen:

@@ -16,13 +16,15 @@ pass). The trained student replaces the model for the passes after it.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
 from ci_compress.errors import ConfigError
+from ci_compress.layers.batches import batch_size, take
 from ci_compress.passes.base import PassConfig, PassContext, PassRecord
-from ci_compress.passes.training import fit, materialize, require
+from ci_compress.passes.training import fit, logits, materialize, require
 from ci_compress.refs import factory_pattern, import_factory
 
 if TYPE_CHECKING:
@@ -61,6 +63,12 @@ class DistillConfig(PassConfig):
         if (self.student_factory is None) == (self.width is None):
             raise ValueError("give exactly one of student_factory or width")
         return self
+
+    def needs_data(self) -> tuple[tuple[str, str], ...]:
+        return (("data.train", "distills a student"),)
+
+    def factories(self) -> dict[str, str]:
+        return {"student_factory": self.student_factory} if self.student_factory else {}
 
 
 Config = DistillConfig
@@ -178,13 +186,19 @@ def distillation_loss(
     return alpha * soft + (1 - alpha) * hard
 
 
-def make_student(model: nn.Module, config: DistillConfig, seed: int, where: str) -> nn.Module:
+def make_student(
+    model: nn.Module,
+    config: DistillConfig,
+    seed: int,
+    where: str,
+    base_dir: Path | None = None,
+) -> nn.Module:
     import torch
 
     torch.manual_seed(seed)
     if config.student_factory is not None:
         student: nn.Module = import_factory(
-            config.student_factory, path=f"{where}.student_factory"
+            config.student_factory, path=f"{where}.student_factory", base_dir=base_dir
         )()
         return student
     return derive_student(model, config.width, where)  # type: ignore[arg-type]
@@ -195,15 +209,18 @@ def apply(model: nn.Module, config: DistillConfig, ctx: PassContext) -> PassReco
     import torch
 
     where = f"passes[{ctx.index}]"
-    data = require(ctx.train_data, "data.train", where, "distills a student")
+    data = require(ctx.train_data, "data.train", where, config.needs_data()[0][1])
     x, y = materialize(data)
     model.eval()
+    n = batch_size(x)
     with torch.no_grad():
-        teacher_logits = torch.cat([model(x[i : i + 1024]) for i in range(0, len(y), 1024)])
-    student = make_student(model, config, ctx.seed, where)
+        teacher_logits = torch.cat(
+            [logits(model, take(x, i, i + 1024), ctx.output) for i in range(0, n, 1024)]
+        )
+    student = make_student(model, config, ctx.seed, where, ctx.base_dir)
     with torch.no_grad():
         try:
-            out = student(x[:2])
+            out = logits(student, take(x, 0, 2), ctx.output)
         except Exception as e:
             raise ConfigError(
                 f"the student cannot run on the training inputs: {type(e).__name__}: {e}",
@@ -215,8 +232,17 @@ def apply(model: nn.Module, config: DistillConfig, ctx: PassContext) -> PassReco
             path=f"{where}.student_factory" if config.student_factory else f"{where}.width",
         )
 
-    def loss(m: nn.Module, xb: torch.Tensor, yb: torch.Tensor, idx: torch.Tensor) -> Any:
-        return distillation_loss(m(xb), teacher_logits[idx], yb, config.temperature, config.alpha)
+    device = torch.device(ctx.device)
+    soft_targets = teacher_logits.to(device)
+
+    def loss(m: nn.Module, xb: Any, yb: torch.Tensor, idx: torch.Tensor) -> Any:
+        return distillation_loss(
+            logits(m, xb, ctx.output),
+            soft_targets[idx.to(soft_targets.device)],
+            yb,
+            config.temperature,
+            config.alpha,
+        )
 
     result = fit(
         student,
@@ -228,6 +254,8 @@ def apply(model: nn.Module, config: DistillConfig, ctx: PassContext) -> PassReco
         seed=ctx.seed,
         max_steps=config.max_steps,
         loss_fn=loss,
+        output=ctx.output,
+        device=device,
     )
     student.eval()
     record = PassRecord(
@@ -235,7 +263,7 @@ def apply(model: nn.Module, config: DistillConfig, ctx: PassContext) -> PassReco
         index=ctx.index,
         options=config.model_dump(mode="json"),
         modules=[n for n, _ in student.named_children()],
-        details={"student": type(student).__name__, "training": result, "samples": len(y)},
+        details={"student": type(student).__name__, "training": result, "samples": n},
     )
     record.replacement = student
     return record

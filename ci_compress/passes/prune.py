@@ -83,6 +83,11 @@ class PruneConfig(PassConfig):
             raise ValueError("structured pruning runs in one step; use steps: 1")
         return self
 
+    def needs_data(self) -> tuple[tuple[str, str], ...]:
+        if self.fine_tune_epochs > 0:
+            return (("data.train", "fine-tunes (fine_tune_epochs > 0)"),)
+        return ()
+
 
 Config = PruneConfig
 
@@ -98,7 +103,7 @@ def apply(model: nn.Module, config: PruneConfig, ctx: PassContext) -> PassRecord
     where = f"passes[{ctx.index}]"
     x = y = None
     if config.fine_tune_epochs > 0:
-        data = require(ctx.train_data, "data.train", where, "fine-tunes (fine_tune_epochs > 0)")
+        data = require(ctx.train_data, "data.train", where, config.needs_data()[0][1])
         x, y = materialize(data)
     chosen = select(model, config.include, config.exclude, _kinds(), path=where)
     record = PassRecord(
@@ -111,7 +116,7 @@ def apply(model: nn.Module, config: PruneConfig, ctx: PassContext) -> PassRecord
         record.details = structured_prune_(model, chosen, config, where)
         record.modules = list(record.details["layers"])
         if x is not None and y is not None:
-            record.details["fine_tune"] = fit(model, x, y, **_fit_args(config, ctx.seed))
+            record.details["fine_tune"] = fit(model, x, y, **_fit_args(config, ctx, ctx.seed))
         return record
     if config.steps == 1 and x is None:
         _prune_step(chosen, config, config.amount)
@@ -135,19 +140,20 @@ def apply(model: nn.Module, config: PruneConfig, ctx: PassContext) -> PassRecord
 
         step: dict[str, Any] = {"sparsity": round(_sparsity(chosen)["sparsity"], 6)}
         if x is not None and y is not None:
-            step |= fit(model, x, y, after_step=hold, **_fit_args(config, ctx.seed + t))
+            step |= fit(model, x, y, after_step=hold, **_fit_args(config, ctx, ctx.seed + t))
         history.append(step)
     record.details = _sparsity(chosen) | {"schedule": history}
     return record
 
 
-def _fit_args(config: PruneConfig, seed: int) -> dict[str, Any]:
+def _fit_args(config: PruneConfig, ctx: PassContext, seed: int) -> dict[str, Any]:
     return {
         "epochs": config.fine_tune_epochs,
         "lr": config.lr,
         "batch_size": config.batch_size,
         "seed": seed,
         "max_steps": config.max_steps,
+        **ctx.fit_options(),
     }
 
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
+from ci_compress.layers.batches import call_model, map_tensors, to_device
 from ci_compress.layers.int8 import int8_dynamic_linear, quantize_weight_int8
 from ci_compress.passes.base import PassConfig, PassContext, PassRecord, select, set_submodule
 from ci_compress.passes.training import require
@@ -61,6 +62,11 @@ class QuantizeConfig(PassConfig):
         description="int8-static: batches of data.calibration to measure ranges on.",
     )
 
+    def needs_data(self) -> tuple[tuple[str, str], ...]:
+        if self.scheme == "int8-static":
+            return (("data.calibration", "uses scheme int8-static"),)
+        return ()
+
 
 Config = QuantizeConfig
 
@@ -80,7 +86,7 @@ def apply(model: nn.Module, config: QuantizeConfig, ctx: PassContext) -> PassRec
     where = f"passes[{ctx.index}]"
     calib = None
     if config.scheme == "int8-static":
-        calib = require(ctx.calibration_data, "data.calibration", where, "uses scheme int8-static")
+        calib = require(ctx.calibration_data, "data.calibration", where, config.needs_data()[0][1])
     chosen = select(model, config.include, config.exclude, _kinds(config.scheme), path=where)
     chosen = [
         (n, m) for n, m in chosen if not (isinstance(m, nn.Conv2d) and m.padding_mode != "zeros")
@@ -93,7 +99,9 @@ def apply(model: nn.Module, config: QuantizeConfig, ctx: PassContext) -> PassRec
         _dynamic(model, chosen)
     elif config.scheme == "int8-static":
         assert calib is not None
-        ranges = calibrate(model, [n for n, _ in chosen], calib, config.calibration_batches)
+        ranges = calibrate(
+            model, [n for n, _ in chosen], calib, config.calibration_batches, ctx.device
+        )
 
         for name, module in chosen:
             cls = (
@@ -146,9 +154,14 @@ def _dynamic(model: nn.Module, chosen: list[tuple[str, nn.Module]]) -> None:
 
 
 def calibrate(
-    model: nn.Module, names: list[str], data: Any, batches: int
+    model: nn.Module, names: list[str], data: Any, batches: int, device: str = "cpu"
 ) -> dict[str, tuple[tuple[float, float], tuple[float, float]]]:
-    """(input min, max) and (output min, max) of each named layer over ``batches`` batches."""
+    """(input min, max) and (output min, max) of each named layer over ``batches`` batches.
+
+    Batches may be of any structure; floating inputs run as float32, others as they are.
+    The model's output is not used (hooks read each layer's), so its structure does not
+    matter. On a GPU (``device``) the model moves there and back.
+    """
     import torch
 
     ranges: dict[str, list[float]] = {n: [0.0, 0.0, 0.0, 0.0] for n in names}
@@ -174,15 +187,21 @@ def calibrate(
 
     handles = [model.get_submodule(n).register_forward_hook(hook(n)) for n in names]
     was_training = model.training
+    dev = torch.device(device)
     model.eval()
+    if dev.type != "cpu":
+        model.to(dev)
     try:
         with torch.no_grad():
             for i, (x, _) in enumerate(data()):
                 if i >= batches:
                     break
-                model(x.float())
+                x = map_tensors(x, lambda t: t.float() if torch.is_floating_point(t) else t)
+                call_model(model, x if dev.type == "cpu" else to_device(x, dev))
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
+        if dev.type != "cpu":
+            model.to("cpu")
     return {n: ((r[0], r[1]), (r[2], r[3])) for n, r in ranges.items()}

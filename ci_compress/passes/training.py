@@ -4,6 +4,11 @@ Deterministic: the data is read once into memory, shuffled each epoch by a gener
 seeded from the pass's seed, and the optimizer is Adam with a fixed learning rate.
 Bounded: ``epochs`` and an optional cap on optimizer steps. digits-sized data trains in
 seconds on one core; larger data should set ``max_steps``.
+
+Batches may be of any structure (:mod:`ci_compress.layers.batches`); the loss reads the
+logits through the output adapter (``model.output``), and training runs on the
+configured device (``runtime.device``), the model moved back to the CPU afterwards (the
+packed file is written from there).
 """
 
 from __future__ import annotations
@@ -12,47 +17,74 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ci_compress.errors import ConfigError
+from ci_compress.layers.batches import (
+    Inputs,
+    batch_size,
+    call_model,
+    concat,
+    map_tensors,
+    select,
+    to_device,
+)
+from ci_compress.layers.outputs import OutputSpec, select_output
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-Batches = Callable[[], Iterable[tuple["torch.Tensor", "torch.Tensor"]]]
-LossFn = Callable[["nn.Module", "torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]
+Batches = Callable[[], Iterable[tuple[Any, "torch.Tensor | None"]]]
+LossFn = Callable[["nn.Module", Any, "torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 
 
 def require(data: Batches | None, field: str, where: str, why: str) -> Batches:
     """The data source a pass needs, or a ConfigError naming the missing config field."""
     if data is None:
-        raise ConfigError(
-            f"{where} {why}, but the config has no {field}",
-            path=field,
-            hint=f"add {field} (for example builtin: digits, split: train), or turn the option off",
-        )
+        raise missing(field, where, why)
     return data
 
 
-def materialize(data: Batches) -> tuple[torch.Tensor, torch.Tensor]:
+def missing(field: str, where: str, why: str) -> ConfigError:
+    """The error for a pass whose data section is absent (also raised by ``check``)."""
+    return ConfigError(
+        f"{where} {why}, but the config has no {field}",
+        path=field,
+        hint=f"add {field} (for example builtin: digits, split: train), or turn the option off",
+    )
+
+
+def materialize(data: Batches, field: str = "data.train") -> tuple[Inputs, torch.Tensor]:
+    """Every training batch in memory: inputs (floating ones as float32) and labels."""
     import torch
 
     xs, ys = [], []
     for x, y in data():
-        xs.append(x.float())
+        if y is None:
+            raise ConfigError(
+                "training needs a target (labels), and the training data has none",
+                path=field,
+                hint=f"name the target with {field}.target, or yield (inputs, labels) from the factory",
+            )
+        xs.append(map_tensors(x, lambda t: t.float() if torch.is_floating_point(t) else t))
         ys.append(y.long())
     if not xs:
-        raise ConfigError("the training data is empty", path="data.train")
-    return torch.cat(xs), torch.cat(ys)
+        raise ConfigError("the training data is empty", path=field)
+    return concat(xs), torch.cat(ys)
 
 
-def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> Any:
+def logits(model: nn.Module, x: Inputs, output: OutputSpec = None) -> torch.Tensor:
+    """The model's output tensor for a batch, picked by ``model.output``."""
+    return select_output(call_model(model, x), output, role="trained")
+
+
+def cross_entropy(model: nn.Module, x: Any, y: torch.Tensor, idx: torch.Tensor) -> Any:
     import torch.nn.functional as F
 
-    return F.cross_entropy(model(x), y)
+    return F.cross_entropy(logits(model, x), y)
 
 
 def fit(
     model: nn.Module,
-    x: torch.Tensor,
+    x: Inputs,
     y: torch.Tensor,
     *,
     epochs: int,
@@ -60,32 +92,52 @@ def fit(
     batch_size: int,
     seed: int,
     max_steps: int | None = None,
-    loss_fn: LossFn = cross_entropy,
+    loss_fn: LossFn | None = None,
     after_step: Callable[[], None] | None = None,
+    output: OutputSpec = None,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """Train ``model`` in place; returns steps taken and the mean loss of the last epoch."""
+    """Train ``model`` in place; returns steps taken and the mean loss of the last epoch.
+
+    ``loss_fn(model, x_batch, y_batch, idx)`` defaults to cross-entropy on the output
+    ``output`` selects; ``device`` is where the steps run (the model ends on the CPU).
+    """
     import torch
+    import torch.nn.functional as F
 
     params = [p for p in model.parameters() if p.requires_grad]
     if not params or epochs == 0:
         return {"steps": 0, "last_epoch_loss": None}
+    dev = torch.device(device)
+    on_cpu = dev.type == "cpu"
+
+    def default_loss(m: nn.Module, xb: Any, yb: torch.Tensor, idx: torch.Tensor) -> Any:
+        return F.cross_entropy(logits(m, xb, output), yb)
+
+    loss_of = loss_fn or default_loss
+    if not on_cpu:
+        model.to(dev)
     opt = torch.optim.Adam(params, lr=lr)
     g = torch.Generator().manual_seed(seed)
     steps = 0
     last = 0.0
     was_training = model.training
     model.train()
+    n = _samples(x)
     try:
         for _ in range(epochs):
-            order = torch.randperm(len(y), generator=g)
+            order = torch.randperm(n, generator=g)
             total, count = 0.0, 0
-            for i in range(0, len(y), batch_size):
+            for i in range(0, n, batch_size):
                 if max_steps is not None and steps >= max_steps:
                     break
                 idx = order[i : i + batch_size]
+                xb, yb = select(x, idx), y[idx]
+                if not on_cpu:
+                    xb, yb = to_device(xb, dev), yb.to(dev)
                 opt.zero_grad()
-                loss = loss_fn(model, x[idx], y[idx], idx)
-                loss.backward()  # type: ignore[no-untyped-call]
+                loss = loss_of(model, xb, yb, idx)
+                loss.backward()
                 opt.step()
                 if after_step is not None:
                     with torch.no_grad():
@@ -99,5 +151,11 @@ def fit(
                 break
     finally:
         model.train(was_training)
+        if not on_cpu:
+            model.to("cpu")
     model.eval()
     return {"steps": steps, "last_epoch_loss": round(last, 5)}
+
+
+def _samples(x: Inputs) -> int:
+    return batch_size(x)

@@ -597,10 +597,10 @@ CASES = [
         "the teacher model failed on data.holdout",
     ),
     Case(
-        "data-int-dtype",
+        "data-int-dtype",  # integer inputs are data; the model refuses them, at load
         bad_x(lambda x: (x * 16).astype(np.int64)),
         3,
-        "data.holdout: x has dtype torch.int64, expected floating point",
+        "the teacher model failed on data.holdout: mat1 and mat2 must have the same dtype",
     ),
     Case("data-nan", bad_x(set_nan), 3, "data.holdout: x contains 1 NaN or infinite values"),
     Case("data-inf", bad_x(set_inf), 3, "data.holdout: x contains 1 NaN or infinite values"),

@@ -1,0 +1,148 @@
+"""``validate`` (and the start of every run) catches what a run would reject, before any
+model is loaded; factories beside the config import without PYTHONPATH."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from ci_compress.config import load_config
+from ci_compress.errors import ConfigError
+from ci_compress.refs import import_factory
+from ci_compress.stages import check
+from tests.helpers.cli import run_cli
+from tests.helpers.configs import base_config, write_config
+
+MISSING_MODEL = {
+    "path": "no-such-model.safetensors",
+    "factory": "ci_compress.demo.models:digits_mlp",
+}
+
+
+def cli(*args: str, cwd: Path) -> tuple[int, str, str]:
+    result = run_cli(*args, cwd=cwd)
+    return result.returncode, result.stdout, result.stderr
+
+
+CASES: list[tuple[str, dict[str, Any], str]] = [
+    (
+        "unimportable-data-factory",
+        {"data": {"holdout": {"factory": "nowhere_at_all:batches"}}},
+        "Error: data.holdout.factory: cannot import 'nowhere_at_all'",
+    ),
+    (
+        "distill-without-train",
+        {"passes": [{"type": "distill", "width": 0.5}]},
+        "Error: data.train: passes[0] distills a student, but the config has no data.train",
+    ),
+    (
+        "fine-tune-without-train",
+        {"passes": [{"type": "prune", "amount": 0.5, "fine_tune_epochs": 1}]},
+        "Error: data.train: passes[0] fine-tunes (fine_tune_epochs > 0), but the config has no data.train",
+    ),
+    (
+        "static-int8-without-calibration",
+        {"passes": [{"type": "quantize", "scheme": "int8-static"}]},
+        "Error: data.calibration: passes[0] uses scheme int8-static, but the config has no data.calibration",
+    ),
+    (
+        "unimportable-student-factory",
+        {
+            "passes": [{"type": "distill", "student_factory": "nowhere_at_all:student"}],
+            "data": {
+                "holdout": {"builtin": "digits"},
+                "train": {"builtin": "digits", "split": "train"},
+            },
+        },
+        "Error: passes[0].student_factory: cannot import 'nowhere_at_all'",
+    ),
+    (
+        "non-classification-task",
+        {"task": {"type": "regression"}, "thresholds": {"min_compression_ratio": 2}},
+        "Error: task.type: is regression: this version's gate (run, explain, tune) decides on classification only",
+    ),
+    (
+        "thresholds-on-metrics",
+        {"thresholds": {"metrics": {"macro_f1": {"max_drop": 0.01}}}},
+        "Error: thresholds.metrics.macro_f1: limits on task metrics by name are not applied by this version's gate",
+    ),
+    (
+        "export-program-with-passes",
+        {"model": {"path": "model.pt2"}},
+        "Error: passes: a torch.export program (.pt2) cannot be compressed",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "overrides", "error"), CASES, ids=[c[0] for c in CASES])
+def test_validate_and_run_refuse_before_loading_a_model(
+    name: str,
+    overrides: dict[str, Any],
+    error: str,
+    tmp_path: Path,
+) -> None:
+    config = base_config(**{"model": MISSING_MODEL, **overrides})
+    path = write_config(tmp_path, config)
+    code, _, err = cli("validate", "--config", str(path), cwd=tmp_path)
+    assert code == 2, err
+    assert err.splitlines()[0].startswith(error), err
+    # run stops at the same place: the missing model file (exit 3) is never reached
+    code, _, err = cli("run", "--config", str(path), "--quiet", cwd=tmp_path)
+    assert code == 2 and err.splitlines()[0].startswith(error), err
+
+
+def test_cuda_on_a_machine_without_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    path = write_config(tmp_path, base_config(model=MISSING_MODEL, runtime={"device": "cuda"}))
+    code, _, err = cli("validate", "--config", str(path), cwd=tmp_path)
+    assert code == 2 and err.startswith("Error: runtime.device: cuda was asked for, but "), err
+    assert "hint: set runtime.device: auto" in err
+    auto = write_config(tmp_path, base_config(model=MISSING_MODEL, runtime={"device": "auto"}))
+    code, out, err = cli("validate", "--config", str(auto), cwd=tmp_path)
+    assert code == 0 and "valid" in out, err
+
+
+FACTORY = """
+import numpy as np
+from ci_compress.loading.data import digits_split
+
+MARK = "{mark}"
+
+def holdout():
+    x, y = digits_split("test")
+    yield x[:50], y[:50]
+"""
+
+
+def test_a_factory_beside_the_config_needs_no_pythonpath(tmp_path: Path) -> None:
+    before = list(sys.path)
+    folders = []
+    for mark in ("a", "b"):
+        folder = tmp_path / mark
+        folder.mkdir()
+        (folder / "local_data.py").write_text(FACTORY.format(mark=mark))
+        folders.append(folder)
+        loaded = load_config(
+            write_config(folder, base_config(data={"holdout": {"factory": "local_data:holdout"}}))
+        )
+        check(loaded)
+        fn = import_factory("local_data:holdout", path="data.holdout.factory", base_dir=folder)
+        # each config gets the module beside it, not the one an earlier config imported
+        module = sys.modules[fn.__module__]
+        assert mark == module.MARK
+        assert sys.path == before  # nothing left behind for the next config
+    with pytest.raises(ConfigError, match="cannot import 'local_data'"):
+        sys.modules.pop("local_data", None)
+        import_factory("local_data:holdout", path="data.holdout.factory")
+
+
+def test_a_factory_module_that_raises_on_import_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "broken_mod.py").write_text("raise RuntimeError('no GPU here')\n")
+    with pytest.raises(ConfigError) as e:
+        import_factory("broken_mod:f", path="model.factory", base_dir=tmp_path)
+    assert str(e.value) == "model.factory: importing 'broken_mod' raised RuntimeError: no GPU here"
+    assert str(tmp_path) not in sys.path
