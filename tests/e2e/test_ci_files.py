@@ -180,6 +180,16 @@ def test_init_writes_a_valid_config_and_the_provider_file(
     proc = run_cli("init", "--provider", provider, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / dest).is_file() and (tmp_path / "compress.yaml").is_file()
+    # The starter names a placeholder factory: validate says so (exit 2) until it exists.
+    untouched = run_cli("validate", "--config", "compress.yaml", cwd=tmp_path)
+    assert untouched.returncode == 2
+    assert "model.factory: cannot import 'mypackage.models'" in untouched.stderr
+    package = tmp_path / "mypackage"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "models.py").write_text(
+        "import torch\n\ndef build_model():\n    return torch.nn.Linear(64, 10)\n"
+    )
     valid = run_cli("validate", "--config", "compress.yaml", cwd=tmp_path)
     assert valid.returncode == 0 and "valid" in valid.stdout, valid.stderr
     if schema:

@@ -16,7 +16,8 @@ environment the subprocess gets (no ``GITHUB_*``, ``GITLAB*``, ``CI_*``, ``JENKI
 ``MLFLOW_*`` from the outer shell), runs it in ``cwd``, and afterwards puts back the
 whole of ``os.environ`` (MlflowTracker sets its fast-fail variables), the working
 directory, the values registered with :mod:`ci_compress.redaction` and torch's thread
-count and deterministic-algorithms flag. The boundary itself puts back the SIGTERM
+count and deterministic-algorithms flag, ``sys.path``, and unloads the modules a config's
+factory imported from ``cwd``. The boundary itself puts back the SIGTERM
 handler ``run`` installs.
 """
 
@@ -63,6 +64,8 @@ def run_cli(*args: str, cwd: Path, env: Mapping[str, str] | None = None) -> CliR
     saved_env = dict(os.environ)
     saved_cwd = os.getcwd()
     saved_torch = _torch_state()
+    saved_path = list(sys.path)
+    saved_modules = set(sys.modules)
     runner = click.testing.CliRunner(catch_exceptions=False, capture="fd")
     redaction.clear()
     os.chdir(cwd)
@@ -76,6 +79,8 @@ def run_cli(*args: str, cwd: Path, env: Mapping[str, str] | None = None) -> CliR
         os.environ.update(saved_env)
         redaction.clear()
         _restore_torch(saved_torch)
+        sys.path[:] = saved_path
+        _forget_modules_under(Path(cwd), saved_modules)
     crash_log = None
     if result.exit_code == 70:
         m = re.search(r"details in (\S+ci-compress-crash-\S+\.log)", result.stderr)
@@ -90,6 +95,16 @@ def run_cli(*args: str, cwd: Path, env: Mapping[str, str] | None = None) -> CliR
         stderr=result.stderr,
         crash_log=crash_log,
     )
+
+
+def _forget_modules_under(folder: Path, keep: set[str]) -> None:
+    """Unload the modules a call imported from ``folder`` (a config's factory package), so
+    a later call in another folder imports its own module of the same name."""
+    root = str(folder.resolve())
+    for name in set(sys.modules) - keep:
+        file = getattr(sys.modules[name], "__file__", None) or ""
+        if file.startswith(root):
+            del sys.modules[name]
 
 
 def console_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
