@@ -493,7 +493,7 @@ def report() -> None:
     "--pr-number",
     type=click.IntRange(min=1),
     default=None,
-    help="PR to comment on (default: from the pull_request event); for workflow_run comment jobs.",
+    help="PR to comment on (default: from the event: pull_request, or the PR of a workflow_run).",
 )
 def report_github(
     report_path: Path,
@@ -508,7 +508,8 @@ def report_github(
     from ci_compress.ci import github
     from ci_compress.ci.common import load_report
 
-    rep = load_report(report_path)
+    # Under workflow_run the report is a fork's artifact: render from its data, escaped.
+    rep = load_report(report_path, untrusted=github.is_workflow_run(os.environ))
     return github.publish(
         rep,
         report_path=report_path,
@@ -530,7 +531,13 @@ def report_github(
     "--dotenv",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help="Write CI_COMPRESS_* variables here (artifacts:reports:dotenv).",
+    help="Write <PREFIX>* variables here (artifacts:reports:dotenv).",
+)
+@click.option(
+    "--dotenv-prefix",
+    default="CI_COMPRESS_",
+    show_default=True,
+    help="Prefix of the dotenv variables; a job name (gate-int8) becomes GATE_INT8_.",
 )
 @click.option(
     "--note/--no-note",
@@ -549,6 +556,7 @@ def report_gitlab(
     report_path: Path,
     fail_on: str,
     dotenv: Path | None,
+    dotenv_prefix: str,
     note: bool,
     note_key: str,
     token_variable: str,
@@ -564,6 +572,7 @@ def report_gitlab(
         environ=os.environ,
         fail_on=fail_on,
         dotenv=dotenv,
+        dotenv_prefix=gitlab.dotenv_prefix(dotenv_prefix),
         note=note,
         note_key=note_key,
         token_variable=token_variable,
@@ -580,13 +589,26 @@ def report_gitlab(
     default=None,
     help="Write a one-line build description here (for currentBuild.description).",
 )
-def report_jenkins(report_path: Path, fail_on: str, description_file: Path | None) -> int:
+@click.option(
+    "--report-url",
+    default=None,
+    help="URL of the archived report.md, linked from the description ($BUILD_URL/artifact/...).",
+)
+def report_jenkins(
+    report_path: Path, fail_on: str, description_file: Path | None, report_url: str | None
+) -> int:
     """Build description and the exit code ciCompress.groovy maps to SUCCESS/UNSTABLE/FAILURE."""
     from ci_compress.ci import jenkins
     from ci_compress.ci.common import load_report
 
     rep = load_report(report_path)
-    return jenkins.publish(rep, fail_on=fail_on, description_file=description_file, echo=click.echo)
+    return jenkins.publish(
+        rep,
+        fail_on=fail_on,
+        description_file=description_file,
+        report_url=report_url,
+        echo=click.echo,
+    )
 
 
 @cli.command()

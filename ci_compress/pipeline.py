@@ -42,7 +42,6 @@ from ci_compress.packing.file import size_breakdown
 from ci_compress.progress import Step, Warn, Warnings, step_of, warn_of
 from ci_compress.redaction import redact_data
 from ci_compress.report import (
-    Artifacts,
     Environment,
     ExportResult,
     HoldoutInfo,
@@ -121,12 +120,22 @@ def run(
             step=step_of(progress),
         )
         baseline = record.baseline(champion, report, tracker, warn=warnings)
+        trend, trend_png = (
+            record.trend(tracker, registered_model, alias, report, out_dir)
+            if registered_model
+            else (None, None)
+        )
         explained = _explain_if_asked(loaded, report.passed, out_dir, say, fetch)
         report = replace(
             report,
             baseline=baseline,
+            trend=trend,
             explain=explained[0] if explained else None,
-            artifacts=Artifacts(sensitivity_png=explained[1]) if explained else report.artifacts,
+            artifacts=replace(
+                report.artifacts,
+                sensitivity_png=explained[1] if explained else None,
+                trend_png=trend_png,
+            ),
             warnings=warnings.items,
             mlflow=record.mlflow_info(mlflow_run, cfg.mlflow.experiment, teacher_source),
         )

@@ -42,6 +42,8 @@ from ci_compress.report import (
     TeacherSource,
 )
 from ci_compress.reporting.render import report_files, write_reports
+from ci_compress.reporting.trend import TREND_VERSIONS, build_trend
+from ci_compress.reporting.trend import write_chart as write_trend_chart
 from ci_compress.tracking import MlflowTracker, ModelVersionRef, NullTracker, Tracker
 
 if TYPE_CHECKING:
@@ -282,6 +284,17 @@ def champion_baseline(
     )
 
 
+def trend(
+    tracker: Tracker, registered_model: str, alias: str, report: Report, out_dir: Path
+) -> tuple[Mapping[str, Any], str]:
+    """The report's ``trend`` section and its chart: this candidate beside the last
+    promoted versions of ``registered_model``. A registry read only, made before this run
+    registers its own version."""
+    history = tracker.promoted_history(registered_model, alias, TREND_VERSIONS)
+    built = build_trend(history, report, registered_model=registered_model, alias=alias)
+    return built, str(write_trend_chart(built, out_dir / "trend.png"))
+
+
 def mlflow_info(run: RecordedRun, experiment: str, teacher_source: Mapping[str, Any]) -> MlflowInfo:
     """The report's MLflow section: the run (if one is recorded), where, and where a
     ``model.uri`` teacher came from."""
@@ -366,8 +379,9 @@ def record_gate(
     write_reports(report, out_dir)
     for path in files.values():
         tracker.log_artifact(path)
-    if report.artifacts.sensitivity_png:
-        tracker.log_artifact(Path(report.artifacts.sensitivity_png))
+    for chart in (report.artifacts.sensitivity_png, report.artifacts.trend_png):
+        if chart:
+            tracker.log_artifact(Path(chart))
     promote_now = eligible and version is not None and report.registry is not None
     run.finish(
         {"ci_compress.status": "done", "ci_compress.verdict": report.verdict},

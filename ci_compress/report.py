@@ -548,6 +548,7 @@ class Artifacts(_Section):
     junit_xml: str | None = None
     manifest_json: str | None = None
     sensitivity_png: str | None = None
+    trend_png: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         values = {
@@ -556,12 +557,20 @@ class Artifacts(_Section):
             "junit_xml": self.junit_xml,
             "manifest_json": self.manifest_json,
             "sensitivity_png": self.sensitivity_png,
+            "trend_png": self.trend_png,
         }
         return {k: v for k, v in values.items() if v is not None}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Artifacts:
-        known = ("report_json", "report_md", "junit_xml", "manifest_json", "sensitivity_png")
+        known = (
+            "report_json",
+            "report_md",
+            "junit_xml",
+            "manifest_json",
+            "sensitivity_png",
+            "trend_png",
+        )
         return cls(**{k: str(data[k]) for k in known if data.get(k) is not None})
 
 
@@ -601,6 +610,8 @@ class Report:
     per_class: PerClass | None = None
     reproducibility: Mapping[str, Any] = field(default_factory=dict)  # the manifest
     explain: Mapping[str, Any] | None = None  # explain.ExplainResult.to_dict, when run
+    # This candidate against the last promoted versions (reporting.trend.build_trend)
+    trend: Mapping[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
@@ -651,6 +662,7 @@ class Report:
             "per_class": section(self.per_class),
             "reproducibility": self.reproducibility,
             "explain": self.explain,
+            "trend": self.trend,
         }
 
     @classmethod
@@ -692,6 +704,7 @@ class Report:
             per_class=optional("per_class", PerClass.from_dict),
             reproducibility=dict(data.get("reproducibility") or {}),
             explain=data.get("explain"),
+            trend=data.get("trend"),
         )
 
 

@@ -85,6 +85,38 @@ class ModelVersionRef:
     tags: Mapping[str, str] = field(default_factory=dict)
 
 
+# Version tags that say the gate promoted the version (pipeline.promotion_decision).
+PROMOTION_REASONS = ("default-branch", "promote-flag")
+
+
+@dataclass(frozen=True)
+class PromotedVersion:
+    """A version the gate promoted, with the metrics its gate run recorded (a registry
+    read for the trend across builds: ``student.accuracy``, ``student.file_bytes``, ...)."""
+
+    version: str
+    run_id: str | None
+    metrics: Mapping[str, float]
+    current: bool = False  # holds the alias now
+
+
+def is_promoted(tags: Mapping[str, str]) -> bool:
+    """A version the gate moved the alias to (or was about to, and did not fail after)."""
+    return (
+        tags.get("ci_compress.promotion") in PROMOTION_REASONS
+        and tags.get("ci_compress.status") != "failed"
+    )
+
+
+def newest_promoted(
+    versions: list[ModelVersionRef], current: str | None, n: int
+) -> list[ModelVersionRef]:
+    """The ``n`` newest promoted versions (and the alias holder), oldest first."""
+    chosen = [v for v in versions if is_promoted(v.tags) or v.version == current]
+    chosen.sort(key=lambda v: int(v.version) if v.version.isdigit() else 0)
+    return chosen[-n:] if n > 0 else []
+
+
 @dataclass(frozen=True)
 class FetchedModel:
     """A model artifact downloaded from MLflow: the local file and where it came from."""
@@ -166,6 +198,7 @@ class Tracker(Protocol):
     def set_alias(self, name: str, alias: str, version: str) -> None: ...
     def get_alias(self, name: str, alias: str) -> str | None: ...
     def set_version_tags(self, name: str, version: str, tags: Mapping[str, str]) -> None: ...
+    def promoted_history(self, name: str, alias: str, n: int) -> list[PromotedVersion]: ...
     def cleanup(self) -> contextlib.AbstractContextManager[None]: ...
 
 
@@ -401,6 +434,22 @@ class MemoryTracker:
         for i, v in enumerate(versions):
             if v.version == version:
                 versions[i] = replace(v, tags={**v.tags, **{k: str(x) for k, x in tags.items()}})
+
+    def promoted_history(self, name: str, alias: str, n: int) -> list[PromotedVersion]:
+        """The last ``n`` promoted versions of ``name``, oldest first, with run metrics."""
+        model = self.registry.get(name)
+        if model is None:
+            return []
+        current = model["aliases"].get(alias)
+        return [
+            PromotedVersion(
+                version=v.version,
+                run_id=v.run_id,
+                metrics=dict(self.runs.get(v.run_id or "", {}).get("metrics", {})),
+                current=v.version == current,
+            )
+            for v in newest_promoted(list(model["versions"]), current, n)
+        ]
 
     @contextmanager
     def cleanup(self) -> Iterator[None]:
@@ -762,6 +811,28 @@ class MlflowTracker:
         with self._errors(f"tag {name} version {version}"):
             for k, v in sorted(tags.items()):
                 self.client.set_model_version_tag(name, version, k, redact(str(v)))
+
+    def promoted_history(self, name: str, alias: str, n: int) -> list[PromotedVersion]:
+        """The last ``n`` promoted versions of ``name``, oldest first: the registry's
+        version tags say which were promoted, each version's gate run holds its metrics.
+        A model not registered yet has no history ([])."""
+        current = self.get_alias(name, alias)
+        quoted = name.replace("\\", "\\\\").replace("'", "\\'")
+        with self._errors(f"read the versions of {name}"):
+            found = self.client.search_model_versions(f"name='{quoted}'")
+            versions = newest_promoted([self._version_ref(mv) for mv in found], current, n)
+        out = []
+        for v in versions:
+            metrics = self.run_record(v.run_id)["metrics"] if v.run_id else {}
+            out.append(
+                PromotedVersion(
+                    version=v.version,
+                    run_id=v.run_id,
+                    metrics={k: float(x) for k, x in metrics.items()},
+                    current=v.version == current,
+                )
+            )
+        return out
 
     def _id(self) -> str:
         if self.run_id is None:

@@ -3,19 +3,22 @@
 The gate has already decided (``report.json`` says pass or fail). The renderers only map
 that result, and the user's ``fail-on`` choice, to the platform's states:
 
-======  ==================  ==================  ==================
-state   ``fail-on: fail``   ``fail-on: warn``   ``fail-on: never``
-======  ==================  ==================  ==================
-pass    0                   0                   0
-warn    0                   6 (WARN)            0
-fail    1                   1                   0
-======  ==================  ==================  ==================
+============  ==================  ==================  ==================
+state         ``fail-on: fail``   ``fail-on: warn``   ``fail-on: never``
+============  ==================  ==================  ==================
+pass          0                   0                   0
+warn          0                   6 (WARN)            0
+inconclusive  5                   5                   0
+fail          1                   1                   0
+============  ==================  ==================  ==================
 
 "warn" is a passed gate that carries warnings (e.g. MLflow unreachable with
 ``mlflow.required: false``), a report whose verdict is ``warn``, or an ``inconclusive``
-verdict that the config lets through (``thresholds.inconclusive: warn|pass``). An
-inconclusive verdict that blocks is "fail" here but keeps its own exit code, 5. Exit code 6 maps to
-each platform's own "not green, not red": Jenkins ``unstable``, GitLab
+verdict that the config lets through (``thresholds.inconclusive: warn|pass``).
+"inconclusive" is an inconclusive verdict that blocks (``thresholds.inconclusive:
+fail``): a result like the others, rendered like them, with its own exit code, 5 (the
+holdout could not decide; not the same as a student shown to be worse). Exit code 6 maps
+to each platform's own "not green, not red": Jenkins ``unstable``, GitLab
 ``allow_failure: exit_codes: [6]``; GitHub has no such state, so 6 fails the step.
 """
 
@@ -30,7 +33,7 @@ from ci_compress.report import Report, read_report_json, report_from_dict
 
 Echo = Callable[[str], None]
 FailOn = Literal["fail", "warn", "never"]
-State = Literal["pass", "warn", "fail"]
+State = Literal["pass", "warn", "inconclusive", "fail"]
 FAIL_ON_CHOICES: tuple[str, ...] = ("fail", "warn", "never")
 
 MARKER_PREFIX = "<!-- ci-compress:report"
@@ -41,12 +44,51 @@ def marker(key: str = "default") -> str:
     return f"{MARKER_PREFIX} key={key} -->"
 
 
-def load_report(path: Path) -> Report:
-    """Read a report.json written by ``ci-compress run``."""
+# Sections of an untrusted report.json that are left out: free-form structures the
+# renderers format without a type check, and links (a fork's MLflow run URL).
+UNTRUSTED_DROPPED = ("mlflow", "statistics", "per_class", "explain", "size", "exports", "trend")
+
+
+_INERT = str.maketrans({"`": "'", "|": "¦", "[": "(", "]": ")", "<": "‹", ">": "›", "&": "+"})
+
+
+def untrusted_text(s: str) -> str:
+    """A string from someone else's report.json, made inert in Markdown and HTML, in prose
+    and in code spans alike: no tags, no links or images, no mentions, no auto-linked
+    URLs, no code-span or table breakout. Characters are replaced, not escaped."""
+    s = s.translate(_INERT)
+    s = s.replace("@", "@\u200b").replace("://", ":/\u200b/").replace("www.", "www\u200b.")
+    return " ".join(s.splitlines())[:500]
+
+
+def untrusted_report_data(data: Any) -> Any:
+    """report.json data from an untrusted source (a fork's artifact) to render from:
+    every string escaped (:func:`untrusted_text`), the free-form sections dropped. Numbers
+    stay numbers; :func:`report_from_dict` still checks their types."""
+
+    def walk(v: Any) -> Any:
+        if isinstance(v, str):
+            return untrusted_text(v)
+        if isinstance(v, dict):
+            return {k: walk(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        return v
+
+    if not isinstance(data, dict):
+        return data
+    return {k: walk(v) for k, v in data.items() if k not in UNTRUSTED_DROPPED}
+
+
+def load_report(path: Path, *, untrusted: bool = False) -> Report:
+    """Read a report.json written by ``ci-compress run`` (``untrusted``: written by someone
+    else, e.g. a fork's PR job: see :func:`untrusted_report_data`)."""
     data = read_report_json(
         path,
         hint="run `ci-compress run` first; it writes report.json into report.dir (or --report-dir)",
     )
+    if untrusted:
+        data = untrusted_report_data(data)
     try:
         return report_from_dict(data)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -57,7 +99,10 @@ def load_report(path: Path) -> Report:
 
 
 def state(report: Report) -> State:
-    """pass | warn | fail, as the gate decided (warn: passed with warnings)."""
+    """pass | warn | inconclusive | fail, as the gate decided (warn: passed with
+    warnings; inconclusive: the holdout could not decide and the config blocks on that)."""
+    if not report.passed and report.verdict == "inconclusive":
+        return "inconclusive"
     if not report.passed or report.verdict == "fail":
         return "fail"
     if report.verdict in ("warn", "inconclusive") or report.warnings:
@@ -75,6 +120,8 @@ def exit_code(st: State, fail_on: str, verdict: str = "") -> int:
         raise ValueError(f"fail_on must be one of {FAIL_ON_CHOICES}, got {fail_on!r}")
     if fail_on == "never" or st == "pass":
         return int(ExitCode.PASSED)
+    if st == "inconclusive":
+        return int(ExitCode.INCONCLUSIVE)
     if st == "fail":
         if verdict == "inconclusive":
             return int(ExitCode.INCONCLUSIVE)
@@ -94,9 +141,12 @@ def conclude(report: Report, fail_on: str, echo: Echo) -> int:
     """The exit code for ``report`` under ``fail_on``, announced in one closing line."""
     st = state(report)
     code = exit_code(st, fail_on, report.verdict)
-    word = {"pass": "passed", "warn": "passed with warnings", "fail": "failed"}[st]
-    if st == "fail" and report.verdict == "inconclusive":
-        word = "was inconclusive (the holdout cannot tell the drop from the threshold)"
+    word = {
+        "pass": "passed",
+        "warn": "passed with warnings",
+        "fail": "failed",
+        "inconclusive": "was inconclusive (the holdout cannot tell the drop from the threshold)",
+    }[st]
     echo(f"ci-compress: the gate {word} (fail-on: {fail_on}, exit {code})")
     return code
 

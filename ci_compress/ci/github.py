@@ -10,8 +10,13 @@ them at temporary files and a local HTTP server.
 * ``::error``/``::warning`` workflow commands: one per failed threshold / warning,
   at most 10 each (GitHub shows no more per step).
 * One PR comment, found by a hidden marker among the token's own comments and updated
-  in place; a read-only token (fork PRs: 403 "Resource not accessible by integration")
-  degrades to the summary with a ``::notice::``.
+  in place. A 403 degrades to the summary: a ``::notice::`` for a pull request from a
+  fork (``pull_request.head.repo.fork`` in the event: its token is read-only), a
+  ``::warning::`` naming the missing ``pull-requests: write`` permission otherwise.
+* Under a ``workflow_run`` event (the comment job for fork PRs) the PR number comes from
+  the event (its ``pull_requests`` array, or the open PR whose head is the run's
+  ``head_sha``), never from the artifact, and the report is rendered from its data with
+  every string escaped (:func:`~ci_compress.ci.common.untrusted_report_data`).
 """
 
 from __future__ import annotations
@@ -60,15 +65,21 @@ def command(name: str, message: str, **props: str) -> str:
     return f"::{name}{' ' + p if p else ''}::{escape_data(message)}"
 
 
-def annotation_lines(report: Report, *, config_file: str | None = None) -> list[str]:
-    """``::error`` per failed threshold and ``::warning`` per warning, at most 10 each."""
+def annotation_lines(
+    report: Report, *, config_file: str | None = None, level: str = "error"
+) -> list[str]:
+    """``::error`` per failed threshold and ``::warning`` per warning, at most 10 each.
+
+    ``level="warning"`` (``fail-on: never``: the step will not fail) shows the failed
+    thresholds as warnings, so the run is not marked with errors it did not fail on.
+    """
     lines: list[str] = []
     failed = report.gate.failures
     file_prop = {"file": config_file} if config_file else {}
     for c in failed[:MAX_ANNOTATIONS]:
         lines.append(
             command(
-                "error",
+                level,
                 f"{c.message} (measured {c.measured:.6g}, limit {c.limit:.6g})",
                 title=f"ci-compress: {c.threshold}",
                 **file_prop,
@@ -76,7 +87,7 @@ def annotation_lines(report: Report, *, config_file: str | None = None) -> list[
         )
     if len(failed) > MAX_ANNOTATIONS:
         lines[-1] = command(
-            "error",
+            level,
             f"{len(failed) - MAX_ANNOTATIONS + 1} more thresholds failed; see the job summary",
             title="ci-compress",
         )
@@ -111,17 +122,40 @@ def append_summary(path: Path, markdown: str) -> None:
             f.write(b"\n")
 
 
+def event_payload(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The webhook payload at ``$GITHUB_EVENT_PATH`` ({} when absent or unreadable)."""
+    event_path = environ.get("GITHUB_EVENT_PATH")
+    if not event_path:
+        return {}
+    try:
+        event = json.loads(Path(event_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return event if isinstance(event, dict) else {}
+
+
+def _get(data: Any, *keys: str) -> Any:
+    for k in keys:
+        data = data.get(k) if isinstance(data, dict) else None
+    return data
+
+
+def head_is_fork(environ: Mapping[str, str]) -> bool | None:
+    """``pull_request.head.repo.fork`` from the event: True, False, or None when unknown."""
+    fork = _get(event_payload(environ), "pull_request", "head", "repo", "fork")
+    return fork if isinstance(fork, bool) else None
+
+
+def is_workflow_run(environ: Mapping[str, str]) -> bool:
+    return environ.get("GITHUB_EVENT_NAME") == "workflow_run"
+
+
 def pull_request_number(environ: Mapping[str, str]) -> int | None:
     """The PR number from the event payload (pull_request / pull_request_target), or the ref."""
-    event_path = environ.get("GITHUB_EVENT_PATH")
-    if event_path:
-        try:
-            event = json.loads(Path(event_path).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            event = {}
-        pr = event.get("pull_request") if isinstance(event, dict) else None
-        if isinstance(pr, dict) and isinstance(pr.get("number"), int):
-            return int(pr["number"])
+    event = event_payload(environ)
+    number = _get(event, "pull_request", "number")
+    if isinstance(number, int):
+        return number
     ref = environ.get("GITHUB_REF", "")
     if ref.startswith("refs/pull/"):
         part = ref.split("/")[2]
@@ -195,6 +229,13 @@ class GitHubClient:
             pages += 1
         return out
 
+    def pulls_with_head(self, repo: str, head: str) -> list[dict[str, Any]]:
+        """Open PRs whose head is ``owner:branch``."""
+        url = f"{self.api_url}/repos/{repo}/pulls"
+        params = {"state": "open", "head": head, "per_page": "100"}
+        data = self._call("GET", url, params=params).json()
+        return [p for p in data if isinstance(p, dict)] if isinstance(data, list) else []
+
     def create_comment(self, repo: str, number: int, body: str) -> dict[str, Any]:
         url = f"{self.api_url}/repos/{repo}/issues/{number}/comments"
         return dict(self._call("POST", url, json={"body": body}).json())
@@ -202,6 +243,35 @@ class GitHubClient:
     def update_comment(self, repo: str, comment_id: int, body: str) -> dict[str, Any]:
         url = f"{self.api_url}/repos/{repo}/issues/comments/{comment_id}"
         return dict(self._call("PATCH", url, json={"body": body}).json())
+
+
+def workflow_run_pull_request(
+    event: Mapping[str, Any], client: GitHubClient, repo: str
+) -> int | None:
+    """The PR a ``workflow_run`` event's run belongs to, from the event, never the artifact.
+
+    Same-repository PRs are in ``workflow_run.pull_requests``; for a fork the array is
+    empty, so the open PR whose head is ``<head owner>:<head_branch>`` at the run's
+    ``head_sha`` is looked up. Only a PR whose head commit is the run's commit counts.
+    """
+    run = event.get("workflow_run")
+    if not isinstance(run, dict) or run.get("event") not in ("pull_request", None):
+        return None
+    sha = run.get("head_sha")
+    for pr in run.get("pull_requests") or []:
+        base = _get(pr, "base", "repo", "url")  # the array can list other repos' PRs
+        if base and not str(base).endswith(f"/repos/{repo}"):
+            continue
+        if _get(pr, "head", "sha") == sha and isinstance(pr.get("number"), int):
+            return int(pr["number"])
+    owner = _get(run, "head_repository", "owner", "login")
+    branch = run.get("head_branch")
+    if not (sha and owner and branch):
+        return None
+    for pr in client.pulls_with_head(repo, f"{owner}:{branch}"):
+        if _get(pr, "head", "sha") == sha and isinstance(pr.get("number"), int):
+            return int(pr["number"])
+    return None
 
 
 def upsert_comment(
@@ -243,7 +313,8 @@ def publish(
         write_outputs(
             Path(environ["GITHUB_OUTPUT"]), {k.replace("_", "-"): v for k, v in values.items()}
         )
-    for line in annotation_lines(report, config_file=config_file):
+    level = "warning" if fail_on == "never" else "error"
+    for line in annotation_lines(report, config_file=config_file, level=level):
         echo(line)
 
     if comment:
@@ -260,14 +331,14 @@ def _comment(
     pr_number: int | None,
     echo: Echo,
 ) -> None:
+    token = environ.get("GITHUB_TOKEN") or environ.get("INPUT_GITHUB_TOKEN")
+    repo = environ.get("GITHUB_REPOSITORY")
     number = pr_number or pull_request_number(environ)
-    if number is None:
+    if number is None and not is_workflow_run(environ):
         echo(
             "ci-compress: not a pull request event; no PR comment (the job summary has the report)"
         )
         return
-    token = environ.get("GITHUB_TOKEN") or environ.get("INPUT_GITHUB_TOKEN")
-    repo = environ.get("GITHUB_REPOSITORY")
     if not token or not repo:
         echo(
             command(
@@ -278,6 +349,15 @@ def _comment(
         )
         return
     client = GitHubClient(environ.get("GITHUB_API_URL") or "https://api.github.com", token)
+    if number is None:
+        try:
+            number = workflow_run_pull_request(event_payload(environ), client, repo)
+        except GitHubApiError as e:
+            echo(command("warning", f"could not find the run's PR ({e.text})", title="ci-compress"))
+            return
+        if number is None:
+            echo("ci-compress: the workflow_run event names no open pull request; no PR comment")
+            return
     run_url = None
     if environ.get("GITHUB_RUN_ID"):
         server = environ.get("GITHUB_SERVER_URL", "https://github.com")
@@ -292,12 +372,22 @@ def _comment(
         who = author or client.login() or GITHUB_ACTIONS_BOT
         action, data = upsert_comment(client, repo, number, body, key=key, author=who)
     except GitHubApiError as e:
-        if e.read_only:
+        if e.status == 403 and head_is_fork(environ):
             echo(
                 command(
                     "notice",
                     "the token is read-only here (a pull request from a fork): the report is in the "
-                    "job summary; see the README's workflow_run pattern to comment on fork PRs",
+                    "job summary; see docs/ci/github.md, the workflow_run pattern, to comment on fork PRs",
+                    title="ci-compress",
+                )
+            )
+        elif e.status == 403:
+            echo(
+                command(
+                    "warning",
+                    f"could not post the PR comment ({e.text}): the token lacks "
+                    "pull-requests: write; add `permissions: pull-requests: write` to the job "
+                    "(or comment-on-pr: false). The report is in the job summary",
                     title="ci-compress",
                 )
             )

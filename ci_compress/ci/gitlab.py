@@ -3,8 +3,10 @@
 Renders a :class:`~ci_compress.report.Report`; decides nothing. The JUnit file
 (``artifacts:reports:junit``) is written by ``ci-compress run`` itself.
 
-* dotenv (``artifacts:reports:dotenv``): ``CI_COMPRESS_*=value`` lines, one line each,
-  so later jobs read the verdict and figures as variables.
+* dotenv (``artifacts:reports:dotenv``): ``<PREFIX>NAME=value`` lines, one line each,
+  so later jobs read the verdict and figures as variables. The prefix comes from the
+  job's name (``ci-compress`` -> ``CI_COMPRESS_``, ``gate-int8`` -> ``GATE_INT8_``), so
+  two gates in one pipeline do not overwrite each other's variables.
 * One MR note through the REST API (``$CI_API_V4_URL``, ``$CI_PROJECT_ID``,
   ``$CI_MERGE_REQUEST_IID``), found by a hidden marker among the token's own notes and
   updated in place. ``CI_JOB_TOKEN`` cannot write notes: the token is a project (or
@@ -36,17 +38,32 @@ MAX_NOTE_CHARS = 1_000_000
 DEFAULT_TOKEN_VARIABLE = "CI_COMPRESS_GITLAB_TOKEN"
 
 
-def dotenv_lines(values: Mapping[str, str]) -> list[str]:
-    """``CI_COMPRESS_NAME=value`` lines; newlines are not allowed in GitLab dotenv values."""
+DEFAULT_DOTENV_PREFIX = "CI_COMPRESS_"
+
+
+def dotenv_prefix(name: str) -> str:
+    """A variable-name prefix from a job name: ``gate-int8`` -> ``GATE_INT8_``."""
+    word = re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_").upper()
+    if not word:
+        return DEFAULT_DOTENV_PREFIX
+    if word[0].isdigit():
+        word = "_" + word
+    return word + "_"
+
+
+def dotenv_lines(values: Mapping[str, str], prefix: str = DEFAULT_DOTENV_PREFIX) -> list[str]:
+    """``<PREFIX>NAME=value`` lines; newlines are not allowed in GitLab dotenv values."""
     out = []
     for name, value in values.items():
-        key = "CI_COMPRESS_" + re.sub(r"[^A-Za-z0-9_]", "_", name).upper()
+        key = prefix + re.sub(r"[^A-Za-z0-9_]", "_", name).upper()
         out.append(f"{key}={' '.join(value.splitlines())}")
     return out
 
 
-def write_dotenv(path: Path, values: Mapping[str, str]) -> None:
-    atomic_write(path, "\n".join(dotenv_lines(values)) + "\n")
+def write_dotenv(
+    path: Path, values: Mapping[str, str], prefix: str = DEFAULT_DOTENV_PREFIX
+) -> None:
+    atomic_write(path, "\n".join(dotenv_lines(values, prefix)) + "\n")
 
 
 class GitLabApiError(Exception):
@@ -136,6 +153,7 @@ def publish(
     environ: Mapping[str, str],
     fail_on: str = "fail",
     dotenv: Path | None = None,
+    dotenv_prefix: str = DEFAULT_DOTENV_PREFIX,
     note: bool = True,
     note_key: str = "default",
     token_variable: str = DEFAULT_TOKEN_VARIABLE,
@@ -144,7 +162,7 @@ def publish(
     """Render the report into GitLab's channels; return the job's exit code."""
 
     if dotenv is not None:
-        write_dotenv(dotenv, outputs(report, report_path))
+        write_dotenv(dotenv, outputs(report, report_path), dotenv_prefix)
     echo_findings(report, echo)
     if note:
         _note(markdown(report), environ, note_key, token_variable, echo)
@@ -161,8 +179,10 @@ def _note(md: str, environ: Mapping[str, str], key: str, token_variable: str, ec
     project = environ.get("CI_MERGE_REQUEST_PROJECT_ID") or environ.get("CI_PROJECT_ID")
     if not token:
         echo(
-            f"ci-compress: no MR note: ${token_variable} is not set (CI_JOB_TOKEN cannot write "
-            "notes; store a project access token with the api scope in that masked variable)"
+            f"ci-compress: no MR note: ${token_variable} is not set. CI_JOB_TOKEN cannot write "
+            "notes: create a project access token (api scope, Reporter role) and store it as a "
+            f"CI/CD variable named {token_variable} that is masked but NOT protected (protected "
+            "variables are hidden from merge-request pipelines of unprotected branches)"
         )
         return
     if not api or not project:

@@ -2,6 +2,8 @@
 
 The files come from ``ci_compress/ci/starters/`` (package data). The starter config is
 validated before anything is written, and nothing is overwritten without ``force``.
+The report folder (it holds the shipped student) is added to ``.gitignore``, so a
+``git add -A`` after a local run or the pre-push hook never commits it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ PROVIDER_FILES: dict[str, tuple[str, str]] = {
     "pre-commit": ("pre-commit-config.yaml", ".pre-commit-config.yaml"),
 }
 CONFIG_FILE = "compress.yaml"
+REPORT_DIR = "ci-compress-report"  # report.dir in the starter compress.yaml
 
 
 def starter(name: str) -> str:
@@ -57,4 +60,21 @@ def write_starter(provider: str, target: Path, *, force: bool = False) -> list[P
     for rel, text in files.items():
         atomic_write(target / rel, text)
         written.append(target / rel)
+    ignore = ignore_folder(target, REPORT_DIR)
+    if ignore is not None:
+        written.append(ignore)
     return written
+
+
+def ignore_folder(target: Path, folder: str) -> Path | None:
+    """Add ``folder/`` to ``target/.gitignore`` unless a line already names it; returns
+    the .gitignore path when it was changed."""
+    path = target / ".gitignore"
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    names = {line.strip().strip("/") for line in text.splitlines()}
+    if folder.strip("/") in names:
+        return None
+    sep = "" if not text or text.endswith("\n") else "\n"
+    note = "# ci-compress reports and the shipped student (ci-compress init)\n"
+    atomic_write(path, f"{text}{sep}{note}{folder.strip('/')}/\n")
+    return path

@@ -5,7 +5,7 @@ resize their quantized output with ``quantized_resize_cpu_``, which torch flags 
 no deterministic implementation (with deterministic algorithms on, a resized tensor's
 new memory is not filled). With ``warn_only=True`` that is a C++ warning on *every*
 call: hundreds of lines in a CI log for one gate. The kernel then writes every output
-element, so nothing uninitialised is read; ``tests/test_determinism.py`` runs the
+element, so nothing uninitialised is read; ``tests/e2e/test_determinism.py`` runs the
 static int8 gate repeatedly and checks the reports are identical. So while a model
 holding torch.ao quantized modules runs, deterministic-algorithm alerts are switched
 off and restored afterwards; for every other model nothing changes.

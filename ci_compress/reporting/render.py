@@ -12,6 +12,8 @@ from ci_compress.redaction import redact, redact_data
 from ci_compress.report import PerClass, Report
 from ci_compress.reporting.explain import markdown_section, terminal_table
 from ci_compress.reporting.junit import junit_xml
+from ci_compress.reporting.trend import drift_line
+from ci_compress.reporting.trend import markdown_section as trend_markdown
 
 # (metric key, label, formatter)
 ROWS: list[tuple[str, str, str]] = [
@@ -177,6 +179,11 @@ def terminal(report: Report) -> str:
         )
     if report.explain:
         lines += ["", *("  " + line for line in terminal_table(dict(report.explain)).splitlines())]
+    if report.trend and report.trend.get("rows"):
+        lines.append(
+            f"  trend: {report.trend['versions']} promoted version(s) in report.md; "
+            + (drift_line(report.trend) or "no comparable metrics")
+        )
     run = report.mlflow
     if run is not None and run.run_id:
         lines.append(f"  mlflow run: {run.run_id}" + (f" ({run.run_url})" if run.run_url else ""))
@@ -224,6 +231,8 @@ def markdown(report: Report) -> str:
     out += per_class_markdown(report.per_class)
     if report.explain:
         out += ["", markdown_section(dict(report.explain))]
+    if report.trend:
+        out += trend_markdown(report.trend)
     h = report.holdout
     out += [
         "",

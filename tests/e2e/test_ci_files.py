@@ -96,7 +96,7 @@ def test_the_schema_check_can_fail(tmp_path: Path) -> None:
     bad.write_text(json.dumps({"job": {"script": "x", "allow_failure": {"exit_codes": "six"}}}))
     assert check("vendor.gitlab-ci", bad).returncode == 1
     action = yaml.safe_load((REPO / "action.yml").read_text())
-    del action["runs"]["steps"][1]["shell"]
+    del next(s for s in action["runs"]["steps"] if "run" in s)["shell"]
     bad_action = tmp_path / "action.json"
     bad_action.write_text(json.dumps(action))
     assert check("vendor.github-actions", bad_action).returncode == 1
@@ -132,8 +132,9 @@ def test_precommit_manifest_validates() -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     hooks = {h["id"]: h for h in yaml.safe_load((REPO / ".pre-commit-hooks.yaml").read_text())}
-    assert set(hooks) == {"ci-compress", "ci-compress-system"}
-    assert hooks["ci-compress"]["language"] == "python"
+    assert set(hooks) == {"ci-compress", "ci-compress-system", "ci-compress-python"}
+    assert hooks["ci-compress"]["language"] == "system"  # the default; python is opt-in
+    assert hooks["ci-compress-python"]["language"] == "python"
     assert hooks["ci-compress-system"]["language"] == "system"
     for h in hooks.values():
         assert h["stages"] == ["pre-push"] and h["pass_filenames"] is False and h["require_serial"]

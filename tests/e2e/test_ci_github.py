@@ -21,7 +21,14 @@ MARKER = "<!-- ci-compress:report key=default -->"
 def _github_env(tmp: Path, api: str, number: int = 7) -> dict[str, str]:
     event = tmp / "event.json"
     event.write_text(
-        json.dumps({"action": "synchronize", "number": number, "pull_request": {"number": number}})
+        json.dumps(
+            {
+                "action": "synchronize",
+                "number": number,
+                # a fork PR: a 403 on the comment is then the read-only token (head.repo.fork)
+                "pull_request": {"number": number, "head": {"repo": {"fork": True}}},
+            }
+        )
     )
     env = {
         k: v
@@ -80,7 +87,7 @@ def test_action_comments_once_then_updates_in_place(workdir: Path, tmp_path: Pat
             workdir, tmp_path, env, "ghs_token", config="compress.yaml", **{"report-dir": "out"}
         )
         assert first.returncode == 0, first.stdout + first.stderr
-        assert first.skipped == ["Set up Python"]
+        assert first.skipped == ["Set up Python", "Cache pip downloads"]  # install: false
         ours = [c for c in state.comments[7] if c["user"]["login"] == "github-actions[bot]"]
         assert len(ours) == 1 and ours[0]["body"].startswith(MARKER)
         assert "✅" in ours[0]["body"] and "actions/runs/4242" in ours[0]["body"]
@@ -156,7 +163,9 @@ def test_fail_on_never_reports_but_passes_and_tool_errors_still_fail(
             **{"fail-on": "never", "comment-on-pr": "false"},
         )
         assert res.returncode == 0 and res.outputs["passed"] == "false"
-        assert sum(line.startswith("::error") for line in res.stdout.splitlines()) == 1
+        # fail-on: never: the failed threshold is a warning, the step does not fail
+        assert sum(line.startswith("::warning") for line in res.stdout.splitlines()) == 1
+        assert not any(line.startswith("::error") for line in res.stdout.splitlines())
         bad = _gate(workdir, tmp_path, env, "t", config="missing.yaml", **{"fail-on": "never"})
     assert bad.returncode == 2
     assert (

@@ -21,7 +21,7 @@ def worse = { String r ->
 }
 
 def binding = new Binding()
-binding.setVariable('env', new Expando(WORKSPACE: workspace.absolutePath))
+binding.setVariable('env', new Expando(WORKSPACE: workspace.absolutePath, BUILD_URL: System.getenv('BUILD_URL')))
 binding.setVariable('currentBuild', build)
 binding.setVariable('sh', { Map a ->
     def pb = new ProcessBuilder('bash', '-c', a.script as String)
