@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers.configs import base_config, write_config
+from tests.e2e.test_ci_files import check
 from tests.e2e.test_wrapper_github import api, gate, github_env
 from tests.e2e.test_wrapper_gitlab import dotenv, gitlab_project, run_pipeline
+from tests.helpers.configs import base_config, write_config
 from tests.helpers.wrapper_tools import (
     REPO,
     SITE_PACKAGES,
@@ -27,7 +28,6 @@ from tests.helpers.wrapper_tools import (
     gitlab_ci_local,
     project_version,
 )
-from tests.e2e.test_ci_files import check
 
 pytestmark = pytest.mark.slow
 DOCS = [REPO / "README.md", *sorted((REPO / "docs/ci").glob("*.md"))]

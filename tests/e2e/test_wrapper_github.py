@@ -22,6 +22,7 @@ import yaml
 
 from tests.helpers.action_harness import ActionResult, run_action
 from tests.helpers.configs import base_config, write_config
+from tests.helpers.fake_apis import READ_ONLY, FakeState, _Handler
 from tests.helpers.wrapper_tools import (
     REPO,
     SITE_PACKAGES,
@@ -31,7 +32,6 @@ from tests.helpers.wrapper_tools import (
     fresh_venv,
     release_archive,
 )
-from tests.helpers.fake_apis import READ_ONLY, FakeState, _Handler
 
 pytestmark = pytest.mark.slow
 MARKER = "<!-- ci-compress:report key=default -->"

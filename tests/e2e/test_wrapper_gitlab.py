@@ -19,7 +19,9 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.e2e.test_ci_files import check_documents
 from tests.helpers.configs import base_config, write_config
+from tests.helpers.fake_apis import fake_api
 from tests.helpers.wrapper_tools import (
     REPO,
     SITE_PACKAGES,
@@ -30,8 +32,6 @@ from tests.helpers.wrapper_tools import (
     release_archive,
     require_tool,
 )
-from tests.helpers.fake_apis import fake_api
-from tests.e2e.test_ci_files import check_documents
 
 pytestmark = pytest.mark.slow
 TEMPLATES = ["templates/ci-compress.yml", "pipelines/gitlab/ci-compress.gitlab-ci.yml"]

@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from ci_compress.gate import GateResult
-from ci_compress.report import ModelSummary, Report, report_from_dict
+from ci_compress.report import Report, report_from_dict
 from ci_compress.reporting.render import markdown
 from ci_compress.reporting.trend import build_trend, markdown_section, write_chart
 from ci_compress.tracking import MemoryTracker
+from tests.e2e.test_wrapper_github import api, gate, github_env
 from tests.helpers.cli import run_cli
 from tests.helpers.configs import base_config, write_config
 from tests.helpers.servers import MlflowServer
-from tests.e2e.test_wrapper_github import api, gate, github_env
 
 
 def _memory_registry() -> MemoryTracker:
@@ -39,11 +39,23 @@ def _memory_registry() -> MemoryTracker:
 
 
 def _report(acc: float, size: int) -> Report:
-    m = ModelSummary(
-        "student", "s.ccz", size, "0", {"accuracy": acc, "file_bytes": size, "latency_ms": 0.12}
+    student = {
+        "file": "s.ccz",
+        "file_bytes": size,
+        "sha256": "0" * 64,
+        "metrics": {"accuracy": acc, "file_bytes": size, "latency_ms": 0.12},
+    }
+    return report_from_dict(
+        {
+            "verdict": "pass",
+            "gate": {"passed": True, "checks": []},
+            "teacher": student,
+            "student": student,
+            "deltas": {"delta.accuracy_drop_points": 1.0, "delta.compression_ratio": 5.0},
+            "thresholds": {},
+            "holdout": {"name": "h", "samples": 1, "sha256": "0" * 64},
+        }
     )
-    deltas = {"delta.accuracy_drop_points": 1.0, "delta.compression_ratio": 5.0}
-    return Report("pass", GateResult(True, ()), m, m, deltas, {}, [], {}, {}, {})
 
 
 def test_memory_tracker_reads_promoted_versions_oldest_first() -> None:
@@ -59,9 +71,13 @@ def test_memory_tracker_reads_promoted_versions_oldest_first() -> None:
 def test_trend_table_and_chart(tmp_path: Path) -> None:
     t = _memory_registry()
     rep = _report(0.955, 34_000)
-    rep.trend = build_trend(
-        t.promoted_history("m", "champion", 5), rep, registered_model="m", alias="champion"
+    rep = replace(
+        rep,
+        trend=build_trend(
+            t.promoted_history("m", "champion", 5), rep, registered_model="m", alias="champion"
+        ),
     )
+    assert rep.trend is not None
     lines = "\n".join(markdown_section(rep.trend))
     assert "| v4 `@champion` | 95.80% | 35,000 | 0.100 |" in lines
     assert "| **candidate** | **95.50%** | **34,000** | **0.120** |" in lines
