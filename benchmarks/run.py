@@ -18,6 +18,8 @@ Measured in the same run, side by side, each in fresh subprocesses:
 * **memory**: peak RSS (``ru_maxrss``) and Python-side peak (``tracemalloc``) of the
   gate evaluating the digits holdout streamed from a data factory, and the same holdout
   50 times larger, plus the 50x holdout materialized in an .npz file as the contrast.
+* **packing**: ``benchmarks/packing.py`` at 1M and 10M parameters (its own targets; the
+  full 1M-110M table is ``python benchmarks/packing.py``).
 
 Targets are printed beside the numbers; a missed target does not fail the command
 (benchmarks are not timed tests: shared CI runners are noisy).
@@ -39,6 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import packing  # benchmarks/packing.py, beside this file
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "mlflow", "numpy", "pydantic", "sklearn", "yaml", "requests")
@@ -553,10 +557,14 @@ def main(argv: list[str] | None = None) -> int:
         res["cold_start"] = bench_cold_start(1 if args.smoke else 15)
         res["latency"] = bench_latency(work, args.smoke)
         res["memory"] = bench_memory(work, 2 if args.smoke else 50)
+        # packing at scale has its own command and targets (1M-110M: benchmarks/packing.py)
+        res["packing"] = packing.run([0.1] if args.smoke else [1, 10])
         res["targets"] = targets(res)
         res["seconds"] = time.perf_counter() - t0
     out_json.write_text(json.dumps(res, indent=2) + "\n")
     print(table(res))
+    print("\npacking (the full table, 1M-110M: python benchmarks/packing.py)")
+    print(packing.table(res["packing"]))
     print(f"\nwritten: {out_json}  ({res['seconds']:.0f} s)")
     return 0
 

@@ -1,9 +1,11 @@
 """PACK: the shipped file and what it is made of.
 
-* :mod:`~ci_compress.packing.file`: the ``.ccz`` container (write, read back, bounded
-  reading, size breakdown);
-* :mod:`~ci_compress.packing.encoding`: tensor encodings (bit-packing, palettes, sparse
-  streams, canonical Huffman) and the zstd payload;
+* :mod:`~ci_compress.packing.file`: the ``.ccz`` container (streamed writing, bounded and
+  strict reading, size breakdown);
+* :mod:`~ci_compress.packing.encoding`: tensor encodings of format 3 (sparse masks or
+  gaps, integer/palette/raw values, rANS or zstd-coded symbol streams, chosen from
+  histograms);
+* :mod:`~ci_compress.packing.legacy`: reading files of formats 1 and 2;
 * :mod:`~ci_compress.packing.codecs`: how each layer type is described and rebuilt
   (derived from :mod:`ci_compress.layers`);
 * :mod:`~ci_compress.packing.export`: TorchScript and ONNX exports, checked on the holdout.

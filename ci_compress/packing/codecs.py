@@ -40,6 +40,7 @@ class Codec:
     to_args: Callable[[Any], dict[str, Any]] | None = None
     build: Callable[[dict[str, Any], dict[str, torch.Tensor]], Any] | None = None
     container: bool = False
+    tensor_names: tuple[str, ...] = ()  # with ``build``: the tensors it may be given
 
 
 def _nn(name: str) -> Callable[[], type]:
@@ -137,6 +138,7 @@ CODECS: dict[str, Codec] = {
             to_tensors=dynamic_linear_tensors,
             to_args=_dyn_args,
             build=_dyn_build,
+            tensor_names=("bias", "weight_int8", "weight_scale"),
         ),
         *[_pass_codec(cls) for cls in modules.CLASSES.values()],
     ]
@@ -185,15 +187,38 @@ def own_tensors(codec: Codec | None, module: nn.Module) -> dict[str, torch.Tenso
 
 
 def build_module(codec: Codec, args: dict[str, Any], tensors: dict[str, torch.Tensor]) -> nn.Module:
+    """Rebuild a module from its constructor arguments and exactly its stored tensors.
+
+    The module is constructed on the ``meta`` device (its constructor allocates nothing,
+    whatever sizes the arguments name) and the stored tensors are assigned to it, so a
+    rebuilt model holds one copy of its weights. Strict: a tensor the module has but the
+    file lacks, or one the file has but the module does not, is an error (a missing one
+    would otherwise keep the constructor's random initialisation).
+    """
+    import torch
+
     if codec.build is not None:
-        return codec.build(args, tensors)  # type: ignore[no-any-return]
+        unexpected = sorted(set(tensors) - set(codec.tensor_names))
+        if unexpected:
+            raise KeyError(
+                f"{codec.name} takes tensors {list(codec.tensor_names)}, not {unexpected}"
+            )
+        built: nn.Module = codec.build(args, tensors)  # a missing tensor is a KeyError there
+        return built
     cls = codec.cls()
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in args.items()}
-    module = cls(**kwargs)
+    with torch.device("meta"):
+        module: nn.Module = cls(**kwargs)
     if tensors:
-        own = {k: v for k, v in tensors.items()}
-        missing = module.load_state_dict(own, strict=False)
-        unexpected = [k for k in missing.unexpected_keys if "." not in k]
-        if unexpected:
-            raise KeyError(f"unexpected tensors {unexpected} for {codec.name}")
-    return module  # type: ignore[no-any-return]
+        module.load_state_dict(tensors, strict=False, assign=True)
+    expected = set(own_tensors(codec, module))
+    missing = sorted(expected - set(tensors))
+    unexpected = sorted(set(tensors) - expected)
+    if missing or unexpected:
+        raise KeyError(
+            f"{codec.name} has tensors {sorted(expected)}; the file "
+            + (f"lacks {missing}" if missing else "")
+            + (" and " if missing and unexpected else "")
+            + (f"has unexpected {unexpected}" if unexpected else "")
+        )
+    return module

@@ -16,7 +16,9 @@ the record says so).
 
 ``steps: N`` with ``fine_tune_epochs: E`` prunes gradually (Zhu & Gupta 2017: sparsity
 ``s_t = amount * (1 - (1 - t/N)^3)``), fine-tuning ``E`` epochs on ``data.train`` after
-each step with the pruned weights held at zero, to recover accuracy.
+each step with the pruned weights held at zero, to recover accuracy. Fine-tuning holds
+every zero already in the model, in any layer (:func:`ci_compress.passes.training.fit`),
+so a per-layer sequence of prune passes keeps each earlier pass's sparsity.
 """
 
 from __future__ import annotations
@@ -122,7 +124,7 @@ def apply(model: nn.Module, config: PruneConfig, ctx: PassContext) -> PassRecord
         _prune_step(chosen, config, config.amount)
         record.details = _sparsity(chosen)
         return record
-    # gradual: prune to s_t, fine-tune with the mask held, repeat
+    # gradual: prune to s_t, fine-tune (fit holds every zero in the model), repeat
     schedule = [
         config.amount * (1 - (1 - t / config.steps) ** 3)  # type: ignore[operator]
         for t in range(1, config.steps + 1)
@@ -132,15 +134,9 @@ def apply(model: nn.Module, config: PruneConfig, ctx: PassContext) -> PassRecord
     history = []
     for t, target in enumerate(schedule):
         _prune_step(chosen, config, target if config.threshold is None else None)
-        masks = [(_weight(m) != 0) for _, m in chosen]
-
-        def hold(masks: list[Any] = masks) -> None:
-            for (_, m), mask in zip(chosen, masks, strict=True):
-                _weight(m).mul_(mask)
-
         step: dict[str, Any] = {"sparsity": round(_sparsity(chosen)["sparsity"], 6)}
         if x is not None and y is not None:
-            step |= fit(model, x, y, after_step=hold, **_fit_args(config, ctx, ctx.seed + t))
+            step |= fit(model, x, y, **_fit_args(config, ctx, ctx.seed + t))
         history.append(step)
     record.details = _sparsity(chosen) | {"schedule": history}
     return record

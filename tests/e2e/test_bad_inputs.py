@@ -149,7 +149,7 @@ def packed(env: Env, p: Path) -> None:
 def packed_tampered(env: Env, p: Path) -> None:
     packed(env, p)
     b = bytearray(p.read_bytes())
-    b[-10] ^= 0xFF  # one byte of the compressed payload
+    b[8 + 10] ^= 0xFF  # one byte of the compressed payload (after the 8 magic bytes)
     p.write_bytes(bytes(b))
 
 
