@@ -148,7 +148,7 @@ class DataSource(Frozen):
     split: Literal["train", "test"] = Field("test", description="For builtin sets: which split.")
     path: str | None = Field(
         None,
-        description=".npz, .pt or .safetensors file holding named arrays (x and y unless inputs and target name others).",
+        description=".npz, .pt or .safetensors file holding named arrays (x and y unless inputs and target name others), or a folder of .npy arrays (x.npy, y.npy) or of shard folders holding them, read a batch at a time.",
     )
     factory: str | None = Field(
         None,

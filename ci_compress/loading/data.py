@@ -8,7 +8,9 @@ target as long as the inputs and what the task can score (the task's
 them is checked by running the teacher on the first batch at load. An empty set is an
 error, not an accuracy of 0/0.
 
-Files (``.npz``, ``.pt``, ``.safetensors``) may hold several named arrays; the config
+Files (``.npz``, ``.pt``, ``.safetensors``) and folders of ``.npy`` arrays or shards
+(:mod:`ci_compress.loading.npy`, read a batch at a time for holdouts larger than
+memory) may hold several named arrays; the config
 names the inputs (``data.holdout.inputs``: one name, a list for positional arguments, a
 mapping ``argument: array`` for keyword arguments) and the target
 (``data.holdout.target``, null for none); the defaults are ``x`` and ``y``.
@@ -36,6 +38,7 @@ from ci_compress.layers.batches import (
     named_tensors,
     take,
 )
+from ci_compress.loading.npy import open_folder
 from ci_compress.refs import import_factory
 
 if TYPE_CHECKING:
@@ -61,6 +64,9 @@ class Dataset:
     limit: int | None = None
     check_target: TargetCheck | None = None
     _first: Batch | None = None  # a factory's first batch, read once at load
+    # A folder of .npy arrays (loading.npy): batches read at the size asked for
+    _reader: Callable[[int], Iterable[Any]] | None = None
+    _samples: int | None = None  # known without reading (a folder's headers)
 
     def batches(self, batch_size_: int) -> Iterator[Batch]:
         if self._tensors is not None:
@@ -71,9 +77,14 @@ class Dataset:
                 j = min(i + batch_size_, n)
                 yield take(inputs, i, j), (None if target is None else target[i:j])
             return
-        assert self._factory is not None
         try:
-            source = iter(self._factory())
+            if self._reader is not None:
+                source = iter(self._reader(batch_size_))
+            else:
+                assert self._factory is not None
+                source = iter(self._factory())
+        except DataError:
+            raise
         except Exception as e:
             raise DataError(f"{self.field}: the factory raised {type(e).__name__}: {e}") from None
         seen = 0
@@ -135,6 +146,8 @@ class Dataset:
         return concat([x for x, _ in pairs]), target
 
     def count(self) -> int:
+        if self._samples is not None:
+            return self._samples if self.limit is None else min(self._samples, self.limit)
         if self._tensors is not None:
             n = batch_size(self._tensors[0])
             return n if self.limit is None else min(n, self.limit)
@@ -142,7 +155,7 @@ class Dataset:
 
     def size_hint(self) -> int | None:
         """The number of samples if known without reading the data (None for a factory)."""
-        return self.count() if self._tensors is not None else None
+        return self.count() if self._tensors is not None or self._samples is not None else None
 
     def digest(self) -> str:
         """sha256 of the samples (a full read; the pipeline computes it while evaluating)."""
@@ -317,6 +330,8 @@ def load_dataset(
     if source.path:
         p = Path(source.path).expanduser()
         p = p if p.is_absolute() else base_dir / p
+        if p.is_dir():
+            return _from_folder(p, source, field, check_target)
         inputs, target = _read_file(p, field, source.inputs, source.target)
         return _from_arrays(inputs, target, p.name, field, source.limit, check_target)
     assert source.factory
@@ -338,6 +353,34 @@ def load_dataset(
             f"{field}: the factory {source.factory} yielded no samples",
             hint="give a holdout with at least one sample",
         )
+    return ds
+
+
+def _from_folder(
+    p: Path, source: DataSource, field: str, check_target: TargetCheck | None
+) -> Dataset:
+    """A folder of ``.npy`` arrays or shard folders (:mod:`ci_compress.loading.npy`),
+    read a batch at a time; the samples equal those of an ``.npz`` of the same arrays."""
+    import torch
+
+    inputs, target = source.inputs, source.target
+    shards = open_folder(p, _names(inputs, target), field)
+
+    def read(size: int) -> Iterator[tuple[Inputs, torch.Tensor | None]]:
+        for arrays in shards.batches(size):
+            x, y = _pick(arrays, p, field, inputs, target)
+            if y is not None and not torch.is_floating_point(y) and y.dtype != torch.bool:
+                y = y.to(torch.int64)  # as for a file read whole
+            yield x, y
+
+    ds = Dataset(
+        name=p.name,
+        field=field,
+        _reader=read,
+        _samples=shards.samples,
+        limit=source.limit,
+        check_target=check_target,
+    )
     return ds
 
 

@@ -1,0 +1,257 @@
+"""Holdouts larger than memory: peak memory of the whole gate, and evaluation throughput
+against a bare inference loop.
+
+    python benchmarks/holdout_scale.py [--smoke] [--json PATH]
+
+``benchmarks/run.py`` runs :func:`memory` as its memory section; this command runs both.
+
+* **memory**: the whole gate (``pipeline.run``: demo MLP, prune 0.5 + int8-dynamic,
+  ``mlflow.enabled: false``) in a fresh process per holdout; the peak RSS of that
+  process (``ru_maxrss``, everything: interpreter, torch, the data). Holdouts: the
+  digits test split repeated to 8,100 samples (1x, 2.1 MB of arrays) and to 405,000
+  (50x, 107 MB: large against the ~270 MB process), stored as a folder of ``.npy``
+  shards (read a batch at a time, :mod:`ci_compress.loading.npy`), and the 50x holdout
+  as one ``.npz`` (read whole) as the contrast, which must show the data in the peak.
+* **throughput**: in one process, interleaved, median of 3: the gate's scoring pass
+  (:func:`ci_compress.evaluation.metrics.score` over the folder holdout: reading,
+  checks, both models, the task's per-sample scores) against a bare loop over the same
+  shards (``np.load`` of each shard, both models' forward and argmax). 1k, 10k and 100k
+  samples, batch 256, one thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DIGITS_TEST = 540
+
+
+def write_folder(folder: Path, repeat: int, shard_repeats: int = 25) -> tuple[int, int]:
+    """The digits test split ``repeat`` times (each copy slightly shifted) as shard
+    folders of ``shard_repeats`` copies; returns (samples, bytes of arrays)."""
+    import numpy as np
+
+    sys.path.insert(0, str(REPO))
+    from benchmarks.holdout import digits_stream
+
+    folder.mkdir(parents=True, exist_ok=True)
+    batch = DIGITS_TEST * shard_repeats
+    samples = 0
+    for k, (x, y) in enumerate(digits_stream(repeat, batch_size=batch)):
+        shard = folder / f"part-{k:05d}"
+        shard.mkdir(exist_ok=True)
+        np.save(shard / "x.npy", x)
+        np.save(shard / "y.npy", y)
+        samples += len(y)
+    return samples, sum(p.stat().st_size for p in folder.rglob("*.npy"))
+
+
+def _gate_worker(config: Path, out: Path) -> None:
+    """Runs in its own process: the whole gate; the process's peak RSS."""
+    from ci_compress import pipeline
+    from ci_compress.config import load_config
+
+    report = pipeline.run(load_config(config))
+    out.write_text(
+        json.dumps(
+            {
+                "samples": report.holdout.samples,
+                "holdout_sha256": report.holdout.sha256,
+                "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                "passed": report.passed,
+            }
+        )
+    )
+
+
+def memory(work: Path, demo: Path, *, base: int, repeat: int) -> dict[str, Any]:
+    """Peak RSS of fresh gate processes: 1x and ``repeat``x folder holdouts, and the
+    ``repeat``x holdout as one .npz. ``base``: digits copies in the 1x holdout."""
+    import numpy as np
+    import yaml
+
+    config = yaml.safe_load((demo / "compress.yaml").read_text())
+    config["mlflow"] = {"enabled": False}
+    small, large = work / f"holdout-x{base}", work / f"holdout-x{base * repeat}"
+    n_small, bytes_small = write_folder(small, base)
+    n_large, bytes_large = write_folder(large, base * repeat)
+    npz = work / f"holdout-x{base * repeat}.npz"
+    xs = [np.load(p) for p in sorted(large.glob("*/x.npy"))]
+    ys = [np.load(p) for p in sorted(large.glob("*/y.npy"))]
+    np.savez(npz, x=np.concatenate(xs), y=np.concatenate(ys))
+    del xs, ys
+    cases = {
+        f"folder of .npy shards, {n_small:,} samples ({bytes_small / 1e6:.1f} MB)": small,
+        f"folder of .npy shards, {n_large:,} samples ({bytes_large / 1e6:.0f} MB)": large,
+        f"one .npz read whole, {n_large:,} samples ({npz.stat().st_size / 1e6:.0f} MB)": npz,
+    }
+    rows: dict[str, Any] = {}
+    for i, (label, path) in enumerate(cases.items()):
+        cfg = demo / f"memory-{i}.yaml"
+        cfg.write_text(
+            yaml.safe_dump(
+                {**config, "data": {"holdout": {"path": str(path)}}, "report": {"dir": f"mem-{i}"}}
+            )
+        )
+        out = work / f"memory-{i}.json"
+        subprocess.run(
+            [sys.executable, __file__, "_gate", str(cfg), str(out)], cwd=demo, check=True
+        )
+        rows[label] = json.loads(out.read_text())
+    one, fifty, whole = rows.values()
+    return {
+        "repeat": repeat,
+        "data_bytes": [bytes_small, bytes_large],
+        "rows": rows,
+        "peak_rss_ratio": fifty["peak_rss_kib"] / one["peak_rss_kib"],
+        "npz_peak_rss_ratio": whole["peak_rss_kib"] / one["peak_rss_kib"],
+        "same_digest": fifty["holdout_sha256"] == whole["holdout_sha256"],
+    }
+
+
+def throughput(work: Path, demo: Path, sizes: list[int], rounds: int = 3) -> list[dict[str, Any]]:
+    """Seconds to score a folder holdout through the gate's pass against a bare loop."""
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(REPO))
+    from ci_compress.config import DataSource, load_config
+    from ci_compress.evaluation.metrics import score
+    from ci_compress.loading.data import load_dataset
+    from ci_compress.stages import apply_passes, load_inputs, ship
+
+    torch.set_num_threads(1)
+    loaded = load_config(demo / "compress.yaml")
+    inputs = load_inputs(loaded, work)
+    student, history = apply_passes(loaded, inputs, loaded.config.passes)
+    shipped, _ = ship(loaded, student, [r.to_dict() for r in history], work / "student.ccz")
+    models = {"teacher": inputs.teacher.module.eval(), "student": shipped.eval()}
+    rows = []
+    for n in sizes:
+        folder = work / f"throughput-{n}"
+        samples, _ = write_folder(folder, max(1, n // DIGITS_TEST), shard_repeats=10)
+
+        def gate(folder: Path = folder) -> int:
+            ds = load_dataset(DataSource(path=str(folder)), work, field="data.holdout")
+            return score(models, ds, batch_size=256)["teacher"].samples
+
+        def bare(folder: Path = folder) -> int:
+            seen = 0
+            with torch.inference_mode():
+                for shard in sorted(p for p in folder.iterdir() if p.is_dir()):
+                    x = torch.from_numpy(np.load(shard / "x.npy"))
+                    y = torch.from_numpy(np.load(shard / "y.npy"))
+                    for i in range(0, len(y), 256):
+                        xb = x[i : i + 256]
+                        for m in models.values():
+                            (m(xb).argmax(1) == y[i : i + 256]).sum()
+                        seen += len(xb)
+            return seen
+
+        times: dict[str, list[float]] = {"gate": [], "bare": []}
+        assert gate() == bare() == samples  # warm-up, and both read every sample
+        for _ in range(rounds):
+            for name, fn in (("gate", gate), ("bare", bare)):
+                t0 = time.process_time()
+                fn()
+                times[name].append(time.process_time() - t0)
+        g, b = statistics.median(times["gate"]), statistics.median(times["bare"])
+        rows.append({"samples": samples, "gate_s": g, "bare_s": b, "ratio": g / b})
+    return rows
+
+
+def table(mem: dict[str, Any], thr: list[dict[str, Any]] | None) -> str:
+    lines = [
+        "peak RSS of the whole gate, a fresh process per holdout (demo MLP, prune 0.5 + int8)",
+        "  holdout                                               peak RSS   samples",
+        "  ----------------------------------------------------  ---------  --------",
+    ]
+    for label, r in mem["rows"].items():
+        lines.append(f"  {label:<52}  {r['peak_rss_kib'] / 1024:7.1f}MB  {r['samples']:>8,}")
+    lines.append(
+        f"  peak RSS, {mem['repeat']}x / 1x folder: {mem['peak_rss_ratio']:.3f}; "
+        f"{mem['repeat']}x .npz / 1x folder: {mem['npz_peak_rss_ratio']:.3f}; "
+        f"same digest folder/.npz: {mem['same_digest']}"
+    )
+    if thr:
+        lines += [
+            "",
+            "evaluation CPU time, folder holdout, both models, batch 256, 1 thread (median of 3)",
+            "  samples    gate s    bare s   gate/bare",
+            "  -------  --------  --------  ----------",
+        ]
+        for r in thr:
+            lines.append(
+                f"  {r['samples']:>7,}  {r['gate_s']:8.3f}  {r['bare_s']:8.3f}  {r['ratio']:9.2f}x"
+            )
+    lines += ["", "targets"]
+    for t in targets(mem, thr):
+        lines.append(f"  [{'met' if t['met'] else 'MISSED'}] {t['target']}: {t['measured']}")
+    return "\n".join(lines)
+
+
+def targets(mem: dict[str, Any], thr: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    out = [
+        {
+            "target": f"peak RSS, {mem['repeat']}x / 1x folder holdout <= 1.2",
+            "measured": f"{mem['peak_rss_ratio']:.3f}",
+            "met": mem["peak_rss_ratio"] <= 1.2,
+        },
+        {
+            "target": "the folder's digest equals the .npz's",
+            "measured": str(mem["same_digest"]),
+            "met": bool(mem["same_digest"]),
+        },
+    ]
+    for r in thr or []:
+        out.append(
+            {
+                "target": f"evaluation CPU, gate / bare loop <= 1.1 at {r['samples']:,} samples",
+                "measured": f"{r['ratio']:.2f}",
+                "met": r["ratio"] <= 1.1,
+            }
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "_gate":
+        _gate_worker(Path(argv[1]), Path(argv[2]))
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, once")
+    ap.add_argument("--json", type=Path, default=REPO / "benchmarks/results/holdout_scale.json")
+    args = ap.parse_args(argv)
+    sys.path.insert(0, str(REPO))
+    from ci_compress.demo.train import prepare
+
+    with tempfile.TemporaryDirectory(prefix="ci-compress-holdout-") as tmp:
+        work = Path(tmp)
+        demo = work / "demo"
+        prepare(demo, kind="mlp")
+        mem = (
+            memory(work, demo, base=1, repeat=2)
+            if args.smoke
+            else memory(work, demo, base=15, repeat=50)
+        )
+        thr = throughput(work, demo, [1_000] if args.smoke else [1_000, 10_000, 100_000])
+    res = {"smoke": args.smoke, "memory": mem, "throughput": thr, "targets": targets(mem, thr)}
+    if not args.smoke:
+        args.json.write_text(json.dumps(res, indent=2) + "\n")
+    print(table(mem, thr))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""Holdouts larger than memory: a folder of ``.npy`` arrays, or of shard folders, read a
+batch at a time.
+
+``data.holdout.path`` may name a folder instead of a file. The folder holds one ``.npy``
+file per named array (``x.npy`` and ``y.npy`` by default; ``inputs`` and ``target`` name
+others, as for ``.npz``), or sub-folders (shards, read in name order) that each hold
+the same arrays. ``np.save`` writes them; a dataset too large for one machine's memory is
+written shard by shard.
+
+Nothing is read whole. Each array's header is parsed (:mod:`numpy.lib.format`, no
+pickles: an object dtype is refused) and checked against the file's size before any
+data is read, so a header cannot ask for more than the file holds; each batch is then
+read with one ``seek`` + ``readinto`` per array into a fresh buffer of that batch's size.
+Reading this way, not through ``mmap``, keeps the pages out of the process's resident
+set: peak memory is one batch, whatever the holdout's size
+(``benchmarks/holdout_memory.py`` measures it). The samples, and so the holdout's
+digest, are the same as those of an ``.npz`` holding the same arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ci_compress.errors import DataError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+@dataclass(frozen=True)
+class NpyArray:
+    """One ``.npy`` file: where its data starts, its shape and dtype."""
+
+    path: Path
+    offset: int
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+
+    @property
+    def samples(self) -> int:
+        return self.shape[0]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Samples ``start:stop`` (one read into a buffer of exactly their size)."""
+        import numpy as np
+
+        row = math.prod(self.shape[1:]) * self.dtype.itemsize
+        out = np.empty((stop - start, *self.shape[1:]), dtype=self.dtype)
+        with self.path.open("rb") as f:
+            f.seek(self.offset + start * row)
+            got = f.readinto(memoryview(out.reshape(-1).view(np.uint8)))
+        if got != (stop - start) * row:  # the file shrank after it was opened
+            raise DataError(f"{self.path}: truncated while reading samples {start}:{stop}")
+        return out
+
+
+def open_npy(path: Path, field: str) -> NpyArray:
+    """Parse and check one ``.npy`` header; no data is read."""
+    import numpy as np
+    from numpy.lib import format as npformat
+
+    where = f"{field}.path: {path.parent.name}/{path.name}"
+    try:
+        with path.open("rb") as f:
+            version = npformat.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = npformat.read_array_header_1_0(f)
+            elif version in ((2, 0), (3, 0)):
+                shape, fortran, dtype = npformat.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"unsupported .npy format version {version}")
+            offset = f.tell()
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(f"{where} is not a readable .npy file ({e})") from None
+    if dtype.hasobject:
+        raise DataError(
+            f"{where} holds Python objects (dtype {dtype}), which would need unpickling",
+            hint="save numeric arrays (np.save of a float or integer array)",
+        )
+    if fortran and len(shape) > 1:
+        raise DataError(
+            f"{where} is stored in Fortran order; batches are read as rows",
+            hint="save np.ascontiguousarray(array) instead",
+        )
+    if not shape:
+        raise DataError(f"{where} is a scalar; an array of samples (first axis) is needed")
+    expected = offset + math.prod(shape) * np.dtype(dtype).itemsize
+    actual = path.stat().st_size
+    if actual != expected:
+        raise DataError(
+            f"{where} declares shape {tuple(shape)} of {dtype} ({expected:,} bytes with its header) "
+            f"but the file has {actual:,} bytes",
+            hint="the file is truncated or not what its header says; write it again with np.save",
+        )
+    return NpyArray(path=path, offset=offset, shape=tuple(shape), dtype=np.dtype(dtype))
+
+
+@dataclass(frozen=True)
+class NpyShards:
+    """The shards of a folder holdout, each a mapping ``array name -> NpyArray``."""
+
+    folder: Path
+    shards: tuple[Mapping[str, NpyArray], ...]
+
+    @property
+    def samples(self) -> int:
+        return sum(next(iter(s.values())).samples for s in self.shards)
+
+    def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        """``{name: samples}`` batches of at most ``batch_size``, shard after shard."""
+        for shard in self.shards:
+            n = next(iter(shard.values())).samples
+            for i in range(0, n, batch_size):
+                j = min(i + batch_size, n)
+                yield {name: a.read(i, j) for name, a in shard.items()}
+
+
+def open_folder(folder: Path, names: Sequence[str], field: str) -> NpyShards:
+    """A folder holdout: ``<name>.npy`` for each of ``names`` in the folder itself, or in
+    each of its sub-folders (shards, in name order). Every header is checked now."""
+    direct = [folder / f"{n}.npy" for n in names]
+    if any(p.exists() for p in direct):
+        dirs = [folder]
+    else:
+        dirs = sorted(p for p in folder.iterdir() if p.is_dir())
+        if not dirs:
+            present = sorted(p.name for p in folder.iterdir())[:8]
+            raise DataError(
+                f"{field}.path: the folder {folder.name} holds no {names[0]}.npy and no shard folders "
+                f"(it holds {present})",
+                hint=f"save one .npy per array ({', '.join(n + '.npy' for n in names)}), in the folder or in shard sub-folders",
+            )
+    shards: list[dict[str, NpyArray]] = []
+    first: dict[str, tuple[tuple[int, ...], str]] | None = None
+    for d in dirs:
+        shard: dict[str, NpyArray] = {}
+        for n in names:
+            p = d / f"{n}.npy"
+            if not p.is_file():
+                held = sorted(q.stem for q in d.glob("*.npy"))
+                raise DataError(
+                    f"{field}.path: {_rel(p, folder)} is missing (shard {d.name} holds {held})",
+                    hint=f"every shard holds the same arrays: {', '.join(n + '.npy' for n in names)}",
+                )
+            shard[n] = open_npy(p, field)
+        counts = {n: a.samples for n, a in shard.items()}
+        if len(set(counts.values())) > 1:
+            raise DataError(
+                f"{field}.path: the arrays of {_rel(d, folder) or folder.name} disagree on the number of samples ({counts})"
+            )
+        layout = {n: (a.shape[1:], str(a.dtype)) for n, a in shard.items()}
+        if first is None:
+            first = layout
+        elif layout != first:
+            raise DataError(
+                f"{field}.path: shard {d.name} stores {layout}, the first shard {first}",
+                hint="every shard holds arrays of the same per-sample shape and dtype",
+            )
+        if next(iter(counts.values())):
+            shards.append(shard)
+    if not shards:
+        raise DataError(
+            f"{field}: {folder.name} is empty (0 samples)",
+            hint="give a holdout with at least one sample",
+        )
+    return NpyShards(folder=folder, shards=tuple(shards))
+
+
+def _rel(p: Path, folder: Path) -> str:
+    return str(p.relative_to(folder)) if p != folder else ""

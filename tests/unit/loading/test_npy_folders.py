@@ -1,0 +1,170 @@
+"""Holdouts in folders of .npy arrays or shard folders (ci_compress/loading/npy.py):
+the same samples and digest as an .npz, read a batch at a time, hostile headers refused."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ci_compress.config import DataSource
+from ci_compress.errors import DataError
+from ci_compress.loading.data import digits_split, load_dataset
+from tests.helpers.cli import run_cli
+from tests.helpers.configs import base_config, write_config
+
+
+def _write_shards(folder: Path, x: np.ndarray, y: np.ndarray, cuts: list[int]) -> None:
+    bounds = [0, *cuts, len(y)]
+    for k, (a, b) in enumerate(itertools.pairwise(bounds)):
+        shard = folder / f"part-{k:03d}"
+        shard.mkdir(parents=True)
+        np.save(shard / "x.npy", x[a:b])
+        np.save(shard / "y.npy", y[a:b])
+
+
+def _open(path: Path, **kw: object) -> object:
+    return load_dataset(DataSource(path=str(path), **kw), path.parent, field="data.holdout")  # type: ignore[arg-type]
+
+
+def test_a_folder_and_its_shards_hold_the_samples_and_digest_of_the_npz(tmp_path: Path) -> None:
+    x, y = digits_split("test")
+    np.savez(tmp_path / "h.npz", x=x, y=y)
+    (tmp_path / "one").mkdir()
+    np.save(tmp_path / "one" / "x.npy", x)
+    np.save(tmp_path / "one" / "y.npy", y)
+    _write_shards(tmp_path / "sharded", x, y, [100, 333])
+    sets = {name: _open(tmp_path / name) for name in ("h.npz", "one", "sharded")}
+    digests = {name: ds.digest() for name, ds in sets.items()}  # type: ignore[attr-defined]
+    assert len(set(digests.values())) == 1, digests
+    for ds in sets.values():
+        assert ds.size_hint() == 540  # type: ignore[attr-defined]
+        got = [(bx, by) for bx, by in ds.batches(64)]  # type: ignore[attr-defined]
+        assert sum(len(by) for _, by in got) == 540
+        assert max(len(by) for _, by in got) <= 64  # the batch size asked for, across shards
+        assert str(got[0][1].dtype) == "torch.int64"
+    limited = _open(tmp_path / "sharded", limit=150)
+    assert limited.count() == 150  # type: ignore[attr-defined]
+    assert sum(len(by) for _, by in limited.batches(64)) == 150  # type: ignore[attr-defined]
+
+
+def test_reading_a_folder_holds_one_batch_not_the_array(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((80_000, 64), dtype=np.float32)  # 20 MB
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", rng.integers(0, 10, 80_000))
+    del x
+    ds = _open(tmp_path)
+    tracemalloc.start()
+    try:
+        seen = sum(len(by) for _, by in ds.batches(256))  # type: ignore[attr-defined]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert seen == 80_000
+    assert peak < 2_000_000, f"peak {peak:,} bytes while reading a 20 MB array in batches of 256"
+
+
+def _header_lies(folder: Path) -> None:
+    np.save(folder / "y.npy", np.zeros(10, dtype=np.int64))
+    np.save(folder / "x.npy", np.zeros((10, 4), dtype=np.float32))
+    raw = (folder / "x.npy").read_bytes().replace(b"(10, 4)", b"(99999999, 4)", 1)
+    (folder / "x.npy").write_bytes(raw)
+
+
+def _objects(folder: Path) -> None:
+    np.save(folder / "x.npy", np.array([{"a": 1}] * 3, dtype=object), allow_pickle=True)
+    np.save(folder / "y.npy", np.zeros(3, dtype=np.int64))
+
+
+def _fortran(folder: Path) -> None:
+    np.save(folder / "x.npy", np.asfortranarray(np.zeros((3, 4), dtype=np.float32)))
+    np.save(folder / "y.npy", np.zeros(3, dtype=np.int64))
+
+
+def _shards_disagree(folder: Path) -> None:
+    for k, width in enumerate((4, 5)):
+        d = folder / f"p{k}"
+        d.mkdir()
+        np.save(d / "x.npy", np.zeros((3, width), dtype=np.float32))
+        np.save(d / "y.npy", np.zeros(3, dtype=np.int64))
+
+
+def _shard_misses_y(folder: Path) -> None:
+    for k in range(2):
+        d = folder / f"p{k}"
+        d.mkdir()
+        np.save(d / "x.npy", np.zeros((3, 4), dtype=np.float32))
+        if k == 0:
+            np.save(d / "y.npy", np.zeros(3, dtype=np.int64))
+
+
+def _counts_disagree(folder: Path) -> None:
+    np.save(folder / "x.npy", np.zeros((3, 4), dtype=np.float32))
+    np.save(folder / "y.npy", np.zeros(4, dtype=np.int64))
+
+
+def _nothing(folder: Path) -> None:
+    (folder / "notes.txt").write_text("no arrays here")
+
+
+def _not_npy(folder: Path) -> None:
+    (folder / "x.npy").write_bytes(b"PK\x03\x04 not an npy")
+    np.save(folder / "y.npy", np.zeros(3, dtype=np.int64))
+
+
+def _zero_samples(folder: Path) -> None:
+    np.save(folder / "x.npy", np.zeros((0, 4), dtype=np.float32))
+    np.save(folder / "y.npy", np.zeros(0, dtype=np.int64))
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"),
+    [
+        (_header_lies, "declares shape (99999999, 4) of float32"),
+        (_objects, "holds Python objects (dtype object), which would need unpickling"),
+        (_fortran, "is stored in Fortran order"),
+        (_shards_disagree, "shard p1 stores"),
+        (_shard_misses_y, "p1/y.npy is missing (shard p1 holds ['x'])"),
+        (_counts_disagree, "disagree on the number of samples"),
+        (_nothing, "holds no x.npy and no shard folders"),
+        (_not_npy, "is not a readable .npy file"),
+        (_zero_samples, "is empty (0 samples)"),
+    ],
+)
+def test_a_hostile_folder_is_refused_before_any_data_is_read(
+    tmp_path: Path, make: object, fragment: str
+) -> None:
+    folder = tmp_path / "holdout"
+    folder.mkdir()
+    make(folder)  # type: ignore[operator]
+    with pytest.raises(DataError) as e:
+        _open(folder)
+    assert fragment in str(e.value)
+
+
+def test_the_gate_reads_a_sharded_holdout_and_records_the_npz_digest(workdir: Path) -> None:
+    x, y = digits_split("test")
+    np.savez(workdir / "h.npz", x=x, y=y)
+    _write_shards(workdir / "holdout", x, y, [200, 201, 400])
+    digests = []
+    for path in ("h.npz", "holdout"):
+        cfg = base_config(data={"holdout": {"path": path}}, report={"dir": f"report-{path}"})
+        write_config(workdir, cfg)
+        proc = run_cli("run", "--config", "compress.yaml", "--quiet", cwd=workdir)
+        assert proc.returncode == 0, proc.stderr
+        report = json.loads((workdir / f"report-{path}" / "report.json").read_text())
+        assert report["holdout"]["samples"] == 540
+        digests.append(report["holdout"]["sha256"])
+    assert digests[0] == digests[1]
+    bad = base_config(data={"holdout": {"path": "holdout"}})
+    (workdir / "holdout" / "part-002" / "y.npy").write_bytes(b"\x93NUMPY truncated")
+    write_config(workdir, bad)
+    proc = run_cli("run", "--config", "compress.yaml", "--quiet", cwd=workdir)
+    assert proc.returncode == 3
+    assert "data.holdout.path: part-002/y.npy is not a readable .npy file" in proc.stderr
+    assert not (workdir / "report" / "student.ccz").exists()
