@@ -15,9 +15,10 @@ Measured in the same run, side by side, each in fresh subprocesses:
   modules it imports (``python -X importtime``).
 * **latency**: each student (rebuilt from its shipped .ccz) against its fp32 teacher at
   batch 1, 64 and 256, one thread, median of repeats, timed round-robin.
-* **memory**: peak RSS (``ru_maxrss``) and Python-side peak (``tracemalloc``) of the
-  gate evaluating the digits holdout streamed from a data factory, and the same holdout
-  50 times larger, plus the 50x holdout materialized in an .npz file as the contrast.
+* **memory**: peak RSS (``ru_maxrss``) of fresh gate processes on a folder holdout of
+  .npy shards at 1x (8,100 samples) and 50x (405,000 samples, 107 MB: large against the
+  process), and the 50x holdout as one .npz read whole as the contrast
+  (``benchmarks/holdout_scale.py``, which also measures evaluation throughput).
 * **packing**: ``benchmarks/packing.py`` at 1M and 10M parameters (its own targets; the
   full 1M-110M table is ``python benchmarks/packing.py``).
 
@@ -33,7 +34,6 @@ import json
 import os
 import platform
 import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import holdout_scale  # benchmarks/holdout_scale.py, beside this file
 import packing  # benchmarks/packing.py, beside this file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -332,81 +333,12 @@ def bench_latency(work: Path, smoke: bool) -> list[dict[str, Any]]:
     return list(json.loads(out.read_text()))
 
 
-def _memory_worker(config: Path, out: Path) -> None:
-    """Runs in its own process: the whole gate on one holdout; RSS and tracemalloc peaks."""
-    import tracemalloc
-
-    import safetensors.torch  # noqa: F401
-    import torch  # noqa: F401
-    import zstandard  # noqa: F401
-
-    from ci_compress import pipeline
-    from ci_compress.config import load_config
-    from ci_compress.loading.data import digits_split
-
-    # Everything any of the compared runs imports is loaded before the baseline, so the
-    # growth is the gate's work on the data, not a library's import (sklearn alone is ~100 MB).
-    digits_split("test")
-    loaded = load_config(config)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    tracemalloc.start()
-    report = pipeline.run(loaded)
-    _, traced_peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    out.write_text(
-        json.dumps(
-            {
-                "samples": report.holdout.samples,
-                "peak_rss_kib": peak,
-                "rss_growth_kib": peak - before,
-                "tracemalloc_peak_kib": traced_peak // 1024,
-                "holdout_sha256": report.holdout.sha256,
-            }
-        )
-    )
-
-
-def bench_memory(work: Path, repeat: int) -> dict[str, Any]:
-    import numpy as np
-    import yaml
-
-    sys.path.insert(0, str(REPO))
-    from benchmarks.holdout import digits_arrays
-
-    demo = work / "demo"
-    base = yaml.safe_load((demo / "compress.yaml").read_text())
-    base["mlflow"] = {"enabled": False}
-    x, y = digits_arrays(repeat)
-    np.savez(work / f"holdout-x{repeat}.npz", x=x, y=y)
-    del x, y
-    holdouts = {
-        "digits (540), streamed": {"factory": "benchmarks.holdout:digits_stream"},
-        f"digits x{repeat} ({540 * repeat:,}), streamed": {
-            "factory": "benchmarks.holdout:digits_stream",
-            "kwargs": {"repeat": repeat},
-        },
-        f"digits x{repeat} ({540 * repeat:,}), materialized .npz": {
-            "path": str(work / f"holdout-x{repeat}.npz")
-        },
-    }
-    rows = {}
-    for i, (label, source) in enumerate(holdouts.items()):
-        cfg = _write_yaml(
-            demo / f"memory-{i}.yaml",
-            {**base, "data": {"holdout": source}, "report": {"dir": f"report-mem-{i}"}},
-        )
-        out = work / f"memory-{i}.json"
-        _timed([sys.executable, __file__, "_memory", str(cfg), str(out)], demo)
-        rows[label] = json.loads(out.read_text())
-    small, large = list(rows.values())[:2]
-    return {
-        "repeat": repeat,
-        "rows": rows,
-        "peak_rss_ratio": large["peak_rss_kib"] / small["peak_rss_kib"],
-        "rss_growth_ratio": large["rss_growth_kib"] / max(1, small["rss_growth_kib"]),
-        "tracemalloc_ratio": large["tracemalloc_peak_kib"] / max(1, small["tracemalloc_peak_kib"]),
-    }
+def bench_memory(work: Path, smoke: bool) -> dict[str, Any]:
+    """Peak RSS of fresh gate processes on folder holdouts of 1x and 50x (107 MB) and
+    on the 50x holdout as one .npz (benchmarks/holdout_scale.py)."""
+    if smoke:
+        return holdout_scale.memory(work, work / "demo", base=1, repeat=2)
+    return holdout_scale.memory(work, work / "demo", base=15, repeat=50)
 
 
 # ---------------------------------------------------------------- table
@@ -451,21 +383,12 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
             "measured": f"{wide256['speedup']:.2f}x",
             "met": wide256["speedup"] >= 1.5,
         },
-        {
-            "target": f"Python-side peak (tracemalloc), x{m['repeat']} streamed / x1 <= 1.2",
-            "measured": f"{m['tracemalloc_ratio']:.3f}",
-            "met": m["tracemalloc_ratio"] <= 1.2,
-        },
-        {
-            "target": f"peak RSS, x{m['repeat']} streamed / x1 streamed <= 1.2",
-            "measured": f"{m['peak_rss_ratio']:.3f}",
-            "met": m["peak_rss_ratio"] <= 1.2,
-        },
+        *holdout_scale.targets(m, None),
     ]
 
 
 def table(res: dict[str, Any]) -> str:
-    p, c, m = res["pipeline"], res["cold_start"], res["memory"]
+    p, c = res["pipeline"], res["cold_start"]
     mc = res["machine"]
     lines = [
         f"machine: {mc['nproc']} cores, {mc['cpu']}, Python {mc['python']}, torch {mc['torch']}, "
@@ -505,17 +428,7 @@ def table(res: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "memory of the whole gate run (evaluation streams batches of data.batch_size)",
-        "  holdout                                    peak RSS  growth  tracemalloc peak",
-        "  -----------------------------------------  --------  ------  ----------------",
-    ]
-    for label, r in m["rows"].items():
-        lines.append(
-            f"  {label:<41}  {r['peak_rss_kib'] / 1024:6.1f}MB  {r['rss_growth_kib'] / 1024:4.1f}MB  {r['tracemalloc_peak_kib'] / 1024:14.2f}MB"
-        )
-    lines += [
-        f"  ratio x{m['repeat']} / x1 streamed: peak RSS {m['peak_rss_ratio']:.3f}, "
-        f"tracemalloc peak {m['tracemalloc_ratio']:.2f}",
+        *holdout_scale.table(res["memory"], None).split("\n\ntargets")[0].splitlines(),
         "",
         "targets",
     ]
@@ -531,9 +444,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if argv and argv[0] == "_mlflow":
         _mlflow_worker(argv[1], Path(argv[2]), Path(argv[3]))
-        return 0
-    if argv and argv[0] == "_memory":
-        _memory_worker(Path(argv[1]), Path(argv[2]))
         return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--smoke", action="store_true", help="every benchmark once, tiny sizes")
@@ -556,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         res["pipeline"]["mlflow_breakdown_s"] = bench_mlflow_breakdown(work)
         res["cold_start"] = bench_cold_start(1 if args.smoke else 15)
         res["latency"] = bench_latency(work, args.smoke)
-        res["memory"] = bench_memory(work, 2 if args.smoke else 50)
+        res["memory"] = bench_memory(work, args.smoke)
         # packing at scale has its own command and targets (1M-110M: benchmarks/packing.py)
         res["packing"] = packing.run([0.1] if args.smoke else [1, 10])
         res["targets"] = targets(res)

@@ -52,7 +52,7 @@ class NpyArray:
         out = np.empty((stop - start, *self.shape[1:]), dtype=self.dtype)
         with self.path.open("rb") as f:
             f.seek(self.offset + start * row)
-            got = f.readinto(memoryview(out.reshape(-1).view(np.uint8)))
+            got = f.readinto(out.data.cast("B"))
         if got != (stop - start) * row:  # the file shrank after it was opened
             raise DataError(f"{self.path}: truncated while reading samples {start}:{stop}")
         return out

@@ -48,5 +48,6 @@ def test_benchmark_smoke_run_reports_every_row(tmp_path: Path) -> None:
     assert len(rows) == 3 and all(r["peak_rss_kib"] > 0 for r in rows.values())
     samples = [r["samples"] for r in rows.values()]
     assert samples == [540, 1080, 1080]
+    assert res["memory"]["same_digest"] is True  # the folder and the .npz hold the same samples
     assert len(res["targets"]) == 8 and all(isinstance(t["met"], bool) for t in res["targets"])
     assert "gate vs bare script" in proc.stdout and "targets" in proc.stdout
