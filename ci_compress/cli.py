@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import click
 
 from ci_compress import __version__
-from ci_compress.errors import CICompressError, ExitCode
+from ci_compress.errors import DISK_FULL_ERRNOS, CICompressError, ExitCode, os_error
 
 EXIT_CODES_HELP = """\b
 Exit codes:
@@ -679,6 +679,12 @@ def _boundary(invoke: Callable[[], Any], argv: Sequence[str]) -> int:
     except Exception as e:
         from ci_compress.redaction import redact
 
+        if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
+            # A full disk wherever it struck (torch, MLflow, a temporary file): never a bug.
+            err = os_error(e)
+            click.echo(f"Error: {redact(err.message)}", err=True)
+            click.echo(f"  hint: {redact(err.hint or '')}", err=True)
+            return int(err.exit_code)
         log = _crash_log(e, argv)
         click.echo(
             redact(

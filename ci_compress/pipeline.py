@@ -32,11 +32,13 @@ from ci_compress.ci.env import CIContext, detect
 from ci_compress.config import LoadedConfig, to_mapping
 from ci_compress.evaluation.measure import Candidate, Measurements, Paired, compare, measure
 from ci_compress.explain import explain
+from ci_compress.files import make_dir, remove_files
 from ci_compress.gate import GateResult, decide, derive
 from ci_compress.layers.batches import Inputs as ModelInputs
 from ci_compress.layers.batches import first_tensor
 from ci_compress.layers.outputs import OutputSpec
 from ci_compress.loading.models import LoadedModel, load_model_file
+from ci_compress.packing.export import SUFFIX as EXPORT_SUFFIX
 from ci_compress.packing.export import check_available, export_all
 from ci_compress.packing.file import size_breakdown
 from ci_compress.progress import Step, Warn, Warnings, step_of, warn_of
@@ -51,6 +53,7 @@ from ci_compress.report import (
     SizeBreakdown,
 )
 from ci_compress.reporting.explain import write_chart
+from ci_compress.reporting.render import report_files
 from ci_compress.reproducibility import build_manifest
 from ci_compress.stages import Inputs, Shipped, apply_passes, load_inputs, set_determinism, ship
 from ci_compress.tracking import NullTracker, Tracker, make_tracker, model_fetcher
@@ -92,11 +95,66 @@ def run(
     say = progress or _silent
     warnings = Warnings(warn or warn_of(progress))
     ci = detect(environ, loaded.base_dir)
+    record.check_promote(
+        promote=promote,
+        ci=ci,
+        registered_model=cfg.mlflow.registered_model if cfg.mlflow.enabled else None,
+        alias=cfg.mlflow.alias,
+    )
+    out_dir = report_dir or loaded.resolve(cfg.report.dir)
+    make_dir(out_dir)
+    try:
+        return _run(
+            loaded,
+            out_dir,
+            ci,
+            tracker=tracker,
+            environ=environ,
+            say=say,
+            warnings=warnings,
+            progress=progress,
+            promote=promote,
+        )
+    except BaseException:
+        # Exit 2, 3, 4, 70 or a signal (SIGTERM arrives as KeyboardInterrupt): the tool
+        # could not decide, so nothing it wrote may be taken for a checked result.
+        remove_files(outputs(out_dir, cfg.ship.filename))
+        raise
+
+
+def outputs(out_dir: Path, ship_filename: str) -> list[Path]:
+    """Every file a gate writes into its report folder: the shipped student and its
+    exports, the report files, the charts and the analysis. A gate that ends in an error
+    or a signal removes them all (a completed gate, even a failed one, keeps them)."""
+    stem = ship_filename.removesuffix(".ccz")
+    return [
+        out_dir / ship_filename,
+        *(out_dir / f"{stem}{suffix}" for suffix in EXPORT_SUFFIX.values()),
+        *report_files(out_dir, manifest=True).values(),
+        *(
+            out_dir / name
+            for name in ("sensitivity.png", "trend.png", "explain.json", "explain.md")
+        ),
+    ]
+
+
+def _run(
+    loaded: LoadedConfig,
+    out_dir: Path,
+    ci: CIContext,
+    *,
+    tracker: Tracker | None,
+    environ: Mapping[str, str],
+    say: Progress,
+    warnings: Warnings,
+    progress: Progress | None,
+    promote: bool,
+) -> Report:
+    """:func:`run` once its report folder exists (``run`` removes what this wrote when
+    it raises)."""
+    cfg = loaded.config
     registered_model = cfg.mlflow.registered_model if cfg.mlflow.enabled else None
     alias = cfg.mlflow.alias
-    record.check_promote(promote=promote, ci=ci, registered_model=registered_model, alias=alias)
-    out_dir = report_dir or loaded.resolve(cfg.report.dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     tracker = tracker or make_tracker(loaded, environ, warnings)
     if registered_model and isinstance(tracker, NullTracker):
         warnings("MLflow is not available: no registration, no promotion, champion checks skipped")
@@ -235,7 +293,7 @@ def _compress_and_evaluate(
             early_stop=early_stop,
         )
     except BaseException:
-        shipped_path.unlink(missing_ok=True)
+        remove_files([shipped_path])
         raise
 
 

@@ -13,11 +13,12 @@ kernels) stays on the CPU.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ci_compress.errors import DataError, ModelOutputError
+from ci_compress.errors import CICompressError, DataError, ModelOutputError
 from ci_compress.evaluation.tasks import Classification, Task
 from ci_compress.layers.batches import (
     Inputs,
@@ -178,13 +179,32 @@ def _forward(
     field: str = "the holdout",
     output: OutputSpec = None,
 ) -> torch.Tensor:
-    try:
+    with model_errors(role, field, x):
         out = call_model(model, x)
-    except (RuntimeError, ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
-        first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+    return select_output(out, output, role=role)
+
+
+# What a model that cannot take the data usually raises (the message says enough);
+# any other exception is named by its type.
+_USUAL = (RuntimeError, ValueError, TypeError, IndexError, KeyError, AttributeError)
+
+
+@contextlib.contextmanager
+def model_errors(role: str, field: str, x: Inputs) -> Iterator[None]:
+    """A model's forward that raises (any exception: an ``assert`` in its code, a
+    ``ZeroDivisionError``, a shape error) is the model's failure on the data, exit 3,
+    naming the model; never "a bug in ci-compress"."""
+    try:
+        yield
+    except CICompressError:
+        raise
+    except Exception as e:
+        text = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        first = text if isinstance(e, _USUAL) and text else type(e).__name__
+        if text and not isinstance(e, _USUAL):
+            first += f": {text}"
         what = "x shape and dtype" if not isinstance(x, tuple | list | Mapping) else "inputs"
         raise ModelOutputError(
             f"the {role} model failed on {field}: {first}",
-            hint=f"check the holdout's {what} match what the model expects (got {describe(x)})",
+            hint=f"check the holdout's {what} match what the model expects (got {describe(x)}), and the model's forward",
         ) from None
-    return select_output(out, output, role=role)

@@ -18,6 +18,7 @@ import statistics
 import time
 from typing import TYPE_CHECKING
 
+from ci_compress.evaluation.metrics import model_errors
 from ci_compress.layers.batches import Inputs, call_model, resolve_device, synchronize, to_device
 from ci_compress.layers.inference import inference, placed
 from ci_compress.packing.file import describe
@@ -43,13 +44,15 @@ def latency_ms(
         }
         for _ in range(warmup):
             for role, m in models.items():
-                call_model(m, inputs[role])
+                with model_errors(role, "the latency batch", inputs[role]):
+                    call_model(m, inputs[role])
         for d in set(where.values()):
             synchronize(d)
         for _ in range(repeats):
             for role, m in models.items():
                 t0 = time.perf_counter()
-                call_model(m, inputs[role])
+                with model_errors(role, "the latency batch", inputs[role]):
+                    call_model(m, inputs[role])
                 synchronize(where[role])
                 times[role].append((time.perf_counter() - t0) * 1000.0)
     return {role: statistics.median(ts) for role, ts in times.items()}
