@@ -21,6 +21,8 @@ evaluation pass, so a streaming factory is read once.
 from __future__ import annotations
 
 import hashlib
+import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -428,7 +430,8 @@ def _read_file(
                     [n for n in z.files if n not in wanted]
                 )
                 return _pick(arrays, p, field, inputs, target)
-        except (ValueError, OSError, EOFError) as e:
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            # a cut or foreign file: zipfile's BadZipFile, a member's zlib.error
             raise DataError(
                 f"{field}.path: {p.name} is not a readable .npz file without pickles ({e})"
             ) from None

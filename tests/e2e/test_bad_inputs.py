@@ -254,6 +254,14 @@ def object_npz(env: Env) -> dict[str, Any]:
     return base_config(data={"holdout": {"path": "holdout.npz"}})
 
 
+def truncated_npz(env: Env) -> dict[str, Any]:
+    x, y = digits()
+    np.savez(env.wd / "holdout.npz", x=x, y=y)
+    raw = (env.wd / "holdout.npz").read_bytes()
+    (env.wd / "holdout.npz").write_bytes(raw[: len(raw) // 3])
+    return base_config(data={"holdout": {"path": "holdout.npz"}})
+
+
 def npz_without_y(env: Env) -> dict[str, Any]:
     x, _ = digits()
     np.savez(env.wd / "holdout.npz", x=x, labels=np.zeros(len(x)))
@@ -683,6 +691,12 @@ CASES = [
         object_npz,
         3,
         "data.holdout.path: holdout.npz is not a readable .npz file without pickles",
+    ),
+    Case(
+        "data-npz-truncated",  # zipfile's BadZipFile: was exit 70 (found by the fuzz test)
+        truncated_npz,
+        3,
+        "data.holdout.path: holdout.npz is not a readable .npz file without pickles (File is not a zip file)",
     ),
     # -- downloads (local servers): exit 3 or 4
     Case(
