@@ -31,6 +31,7 @@ from ci_compress import record
 from ci_compress.ci.env import CIContext, detect
 from ci_compress.config import LoadedConfig, to_mapping
 from ci_compress.evaluation.measure import Candidate, Measurements, Paired, compare, measure
+from ci_compress.evaluation.performance import latency_ratio
 from ci_compress.explain import explain
 from ci_compress.files import make_dir, remove_files
 from ci_compress.gate import GateResult, decide, derive
@@ -269,6 +270,13 @@ def _compress_and_evaluate(
 
     say("loading the model and the holdout")
     inputs = load_inputs(loaded, out_dir, fetch=fetch)
+    if inputs.teacher_variation:
+        warn(
+            f"the teacher is not deterministic: two forward passes on the same batch of "
+            f"{inputs.holdout.field} differ by up to {inputs.teacher_variation:.3g} (a model "
+            "that stays in train mode, e.g. dropout, or random operations in its forward); "
+            "every figure of this gate varies from run to run"
+        )
     champion = None
     if champion_file is not None:
         say("loading the champion")
@@ -377,7 +385,15 @@ def _evaluate(
         seed=rt.seed,
         max_class_drop=thresholds.get("max_class_drop"),
     )
-    deltas = {**derive(flat), **paired.statistics.deltas(), **paired.class_deltas}
+    deltas = {
+        **derive(flat),
+        **paired.statistics.deltas(),
+        **paired.class_deltas,
+        **latency_deltas(
+            measured, th.confidence, warn if "max_latency_ratio" in thresholds else None
+        ),
+    }
+    _warn_if_too_small(measured.samples, holdout.name, warn)
     result = decide(
         thresholds,
         {**flat, **deltas},
@@ -409,6 +425,47 @@ def _evaluate(
         paired=paired,
         result=result,
     )
+
+
+# Fewer holdout samples than this decide nothing: one sample moves the accuracy by
+# more than 3 points, and no interval can be narrower than the limits people set.
+MIN_DECIDING_SAMPLES = 30
+
+
+def _warn_if_too_small(samples: int, name: str, warn: Warn) -> None:
+    if samples < MIN_DECIDING_SAMPLES:
+        warn(
+            f"the holdout {name} has {samples} sample(s): too few to decide anything "
+            f"(one sample moves the accuracy by {100 / samples:.3g} points); give at least "
+            f"{MIN_DECIDING_SAMPLES}, ideally hundreds (thresholds.decision: confident says "
+            "when it is too small to decide)"
+        )
+
+
+def latency_deltas(
+    measured: Measurements, confidence: float, warn: Warn | None
+) -> dict[str, float]:
+    """``delta.latency_ratio`` as the median of the paired per-repeat ratios, with its
+    interval (``_ci_low``, ``_ci_high``) at ``confidence``; the ratio of the medians
+    otherwise (no per-repeat times). ``warn`` (given when a latency threshold is set)
+    hears of too few repeats for an interval at ``confidence``."""
+    times = measured.latency_samples
+    if "teacher" not in times or "student" not in times:
+        return {}
+    r = latency_ratio(list(times["teacher"]), list(times["student"]), confidence=confidence)
+    if r.repeats == 0:
+        return {}
+    if not r.exact and warn is not None:
+        warn(
+            f"runtime.latency_repeats is {r.repeats}: too few for a {confidence:.0%} interval "
+            "on the latency ratio (it needs at least 6); the interval shown is the whole "
+            "range of the repeats"
+        )
+    return {
+        "delta.latency_ratio": r.ratio,
+        "delta.latency_ratio_ci_low": r.low,
+        "delta.latency_ratio_ci_high": r.high,
+    }
 
 
 def _export(

@@ -156,20 +156,34 @@ def _on(x: Inputs, device: torch.device) -> Inputs:
     return x if device.type == "cpu" else to_device(x, device)
 
 
-def probe(model: nn.Module, data: Dataset, *, output: OutputSpec = None, samples: int = 8) -> None:
-    """Run ``model`` (the teacher) on the first few samples, at load.
+def probe(model: nn.Module, data: Dataset, *, output: OutputSpec = None, samples: int = 8) -> float:
+    """Run ``model`` (the teacher) twice on the first few samples, at load; returns the
+    largest difference between the two outputs (0.0 for a deterministic model).
 
     A model that cannot take the data fails here, before any pass runs, with its own
     message and the data set's name (exit 3): token ids to a float model, a missing
-    keyword argument, a wrong shape.
+    keyword argument, a wrong shape. A model whose outputs differ on the same inputs
+    (dropout left on, random operations) makes every figure of the gate noise: the
+    caller warns.
     """
+    import torch
+
     first = data.first_batch(samples)
     if first is None:
-        return
+        return 0.0
     x, _ = first
     model.eval()
+    batch = take(x, 0, samples)
     with inference([model]):
-        _forward(model, take(x, 0, samples), "teacher", data.field, output)
+        a = _forward(model, batch, "teacher", data.field, output)
+        b = _forward(model, batch, "teacher", data.field, output)
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.shape != b.shape:
+        return 0.0
+    if not (a.is_floating_point() or a.is_complex()):
+        return float((a != b).sum().item())
+    diff = (a.double() - b.double()).abs()
+    tolerance = 1e-5 * (1.0 + a.double().abs())
+    return float(diff.max().item()) if bool((diff > tolerance).any().item()) else 0.0
 
 
 def _forward(

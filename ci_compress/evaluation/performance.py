@@ -14,8 +14,10 @@ A model holding torch.ao int8 modules (CPU-only kernels) is timed on the CPU.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ci_compress.evaluation.metrics import model_errors
@@ -37,6 +39,25 @@ def latency_ms(
     device: str = "cpu",
 ) -> dict[str, float]:
     """Median milliseconds of one forward pass on ``batch``, per model."""
+    times = latency_samples(models, batch, repeats=repeats, warmup=warmup, device=device)
+    return {role: statistics.median(ts) for role, ts in times.items()}
+
+
+def latency_samples(
+    models: dict[str, nn.Module],
+    batch: Inputs,
+    *,
+    repeats: int,
+    warmup: int,
+    device: str = "cpu",
+) -> dict[str, list[float]]:
+    """Milliseconds of each timed forward pass on ``batch``, per model, repeat by repeat.
+
+    The models take turns within each repeat, and the order of the turn alternates from
+    one repeat to the next (teacher first, then student first, ...), so neither model
+    always runs on the caches the other just warmed. Repeat ``i`` of two models is a
+    pair taken moments apart: :func:`latency_ratio` works on those pairs.
+    """
     times: dict[str, list[float]] = {k: [] for k in models}
     with placed(models, resolve_device(device)) as where, inference(models.values()):
         inputs = {
@@ -48,14 +69,62 @@ def latency_ms(
                     call_model(m, inputs[role])
         for d in set(where.values()):
             synchronize(d)
-        for _ in range(repeats):
-            for role, m in models.items():
+        order = list(models.items())
+        for i in range(repeats):
+            for role, m in order if i % 2 == 0 else order[::-1]:
                 t0 = time.perf_counter()
                 with model_errors(role, "the latency batch", inputs[role]):
                     call_model(m, inputs[role])
                 synchronize(where[role])
                 times[role].append((time.perf_counter() - t0) * 1000.0)
-    return {role: statistics.median(ts) for role, ts in times.items()}
+    return times
+
+
+@dataclass(frozen=True)
+class LatencyRatio:
+    """Student / teacher latency: the median of the paired per-repeat ratios and a
+    distribution-free interval for that median.
+
+    ``exact`` is False when there are too few repeats for any order-statistic interval
+    to reach ``confidence`` (fewer than 6 at 95%): the interval is then the whole range
+    of the ratios, and holds with less confidence than asked.
+    """
+
+    ratio: float
+    low: float
+    high: float
+    repeats: int
+    exact: bool
+
+
+def latency_ratio(
+    teacher_ms: list[float], student_ms: list[float], *, confidence: float
+) -> LatencyRatio:
+    """The paired ratios ``student[i] / teacher[i]``, their median and the order-statistic
+    interval of the median at ``confidence``.
+
+    Why not the ratio of the two medians: one slow moment of a shared runner moves one
+    model's median and not the other's; a pair measured moments apart shares the moment,
+    and the median of pairs is robust to the slow ones. The interval is the classic
+    sign-test interval: with ``n`` ratios sorted, ``[r_k, r_(n-k+1)]`` where ``k`` is the
+    largest rank with ``P(Binomial(n, 1/2) < k) <= (1 - confidence) / 2``; it assumes
+    nothing about the timing distribution, only that the pairs are exchangeable.
+    """
+    ratios = sorted(s / t for t, s in zip(teacher_ms, student_ms, strict=True) if t > 0)
+    n = len(ratios)
+    if n == 0:
+        nan = float("nan")
+        return LatencyRatio(nan, nan, nan, 0, False)
+    alpha = (1.0 - confidence) / 2.0
+    k, cdf = 0, 0.0
+    for j in range(n + 1):  # cdf = P(B < j + 1) after adding P(B = j)
+        cdf += math.comb(n, j) / 2.0**n
+        if cdf > alpha:
+            break
+        k = j + 1
+    exact = k >= 1
+    lo, hi = (ratios[k - 1], ratios[n - k]) if exact else (ratios[0], ratios[-1])
+    return LatencyRatio(statistics.median(ratios), lo, hi, n, exact)
 
 
 def model_memory_bytes(model: nn.Module) -> int:
