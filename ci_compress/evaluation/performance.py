@@ -1,8 +1,11 @@
 """Latency and memory of a model, measured the same way for teacher and student.
 
 Latency is the median wall time of a forward pass on one fixed batch, at a fixed
-thread count, after untimed warm-up; models are timed interleaved (round-robin) so a
-slow moment of a shared runner hits all of them alike. Memory is the bytes of every
+thread count, after untimed warm-up; models are timed interleaved (in turns whose order
+alternates) so a slow moment of a shared runner hits all of them alike, and fast models
+get more turns (as many as fit in 0.3 s, up to 1,000). The student/teacher ratio is
+the median of the per-turn ratios, with an order-statistic interval
+(:func:`latency_ratio`) that the gate's confident rule decides on. Memory is the bytes of every
 tensor the model holds (weights, buffers, packed int8 weights): deterministic, unlike
 a process's peak RSS.
 
@@ -43,6 +46,14 @@ def latency_ms(
     return {role: statistics.median(ts) for role, ts in times.items()}
 
 
+# Fast models get more turns: as many as fit in this much timing (never fewer than
+# runtime.latency_repeats, never more than MAX_TURNS). The interval of the median
+# ratio narrows as 1/sqrt(turns); 1,000 turns of the demo MLP take ~0.15 s. Each turn
+# times single calls: a longer sample is more often cut by the scheduler on a busy runner.
+TIME_BUDGET_MS = 300.0
+MAX_TURNS = 1000
+
+
 def latency_samples(
     models: dict[str, nn.Module],
     batch: Inputs,
@@ -51,32 +62,43 @@ def latency_samples(
     warmup: int,
     device: str = "cpu",
 ) -> dict[str, list[float]]:
-    """Milliseconds of each timed forward pass on ``batch``, per model, repeat by repeat.
+    """Milliseconds of one forward pass on ``batch``, per model, turn by turn.
 
-    The models take turns within each repeat, and the order of the turn alternates from
-    one repeat to the next (teacher first, then student first, ...), so neither model
-    always runs on the caches the other just warmed. Repeat ``i`` of two models is a
-    pair taken moments apart: :func:`latency_ratio` works on those pairs.
+    The models take turns, and the order within a turn alternates from one turn to the
+    next (teacher first, then student first, ...), so neither model always runs on the
+    caches the other just warmed. Turn ``i`` of two models is a pair taken moments
+    apart: :func:`latency_ratio` works on those pairs. There are ``repeats`` turns, or
+    more for fast models: as many as fit in :data:`TIME_BUDGET_MS` (at most
+    :data:`MAX_TURNS`).
     """
     times: dict[str, list[float]] = {k: [] for k in models}
     with placed(models, resolve_device(device)) as where, inference(models.values()):
         inputs = {
             role: batch if d.type == "cpu" else to_device(batch, d) for role, d in where.items()
         }
+
+        def timed(role: str, m: nn.Module) -> float:
+            t0 = time.perf_counter()
+            with model_errors(role, "the latency batch", inputs[role]):
+                call_model(m, inputs[role])
+            synchronize(where[role])
+            return (time.perf_counter() - t0) * 1000.0
+
         for _ in range(warmup):
             for role, m in models.items():
                 with model_errors(role, "the latency batch", inputs[role]):
                     call_model(m, inputs[role])
         for d in set(where.values()):
             synchronize(d)
+        turns = repeats
+        if repeats > 0 and TIME_BUDGET_MS > 0:
+            per_turn = sum(timed(role, m) for role, m in models.items())
+            fit = int(TIME_BUDGET_MS / max(per_turn, 1e-6))
+            turns = max(repeats, min(MAX_TURNS, fit))
         order = list(models.items())
-        for i in range(repeats):
+        for i in range(turns):
             for role, m in order if i % 2 == 0 else order[::-1]:
-                t0 = time.perf_counter()
-                with model_errors(role, "the latency batch", inputs[role]):
-                    call_model(m, inputs[role])
-                synchronize(where[role])
-                times[role].append((time.perf_counter() - t0) * 1000.0)
+                times[role].append(timed(role, m))
     return times
 
 

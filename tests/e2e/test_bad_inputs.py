@@ -880,8 +880,12 @@ def assert_nothing_left(report: Path) -> None:
 
 
 def test_the_catalogue_is_large_and_ids_are_unique() -> None:
-    assert len(CASES) >= 40
+    from tests.e2e.test_fuzz_inputs import FUZZ
+
+    assert len(CASES) >= 90
     assert len({c.id for c in CASES}) == len(CASES)
+    # issue 16: at least 150 hostile inputs, none an exit 70 (the fuzz cases count)
+    assert len(CASES) + len(FUZZ) >= 150
 
 
 @pytest.mark.slow

@@ -86,7 +86,12 @@ def test_the_latency_ratio_is_paired_with_an_interval_and_decided_on_it(workdir:
 
 
 @pytest.mark.slow
-def test_too_few_repeats_for_an_interval_warn_when_latency_is_gated(workdir: Path) -> None:
+def test_too_few_repeats_for_an_interval_warn_when_latency_is_gated(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ci_compress.evaluation.performance as performance
+
+    monkeypatch.setattr(performance, "TIME_BUDGET_MS", 0.0)  # a slow model: no extra turns
     _, report, _ = gate(
         workdir,
         base_config(thresholds={"max_latency_ratio": 100.0}, runtime={"latency_repeats": 3}),

@@ -70,12 +70,23 @@ class Recorder(nn.Module):
         return x
 
 
-def test_the_models_take_turns_in_alternating_order() -> None:
+def test_the_models_take_turns_in_alternating_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ci_compress.evaluation.performance as performance
+
+    monkeypatch.setattr(performance, "TIME_BUDGET_MS", 0.0)  # exactly `repeats` turns
     calls: list[str] = []
     models: dict[str, Any] = {"teacher": Recorder("t", calls), "student": Recorder("s", calls)}
     times = latency_samples(models, torch.zeros(2, 3), repeats=4, warmup=0)
     assert calls == ["t", "s", "s", "t", "t", "s", "s", "t"]
     assert [len(v) for v in times.values()] == [4, 4]
+
+
+def test_fast_models_get_more_turns_within_the_budget() -> None:
+    calls: list[str] = []
+    models: dict[str, Any] = {"teacher": Recorder("t", calls), "student": Recorder("s", calls)}
+    times = latency_samples(models, torch.zeros(2, 3), repeats=3, warmup=0)
+    turns = len(times["teacher"])
+    assert 3 < turns <= 1000 and len(times["student"]) == turns
 
 
 @pytest.mark.parametrize(
