@@ -36,10 +36,11 @@ Exit codes:
   2   config or usage error
   3   bad input: model artifact or data unreadable, unsafe or invalid
   4   infrastructure: MLflow or a download host unreachable or refusing
-  5   inconclusive: the holdout is too small to decide (thresholds.decision:
-      confident with thresholds.inconclusive: fail)
+  5   inconclusive: too noisy to decide (thresholds.decision: confident, an
+      interval straddles a limit, with thresholds.inconclusive: fail)
   6   passed with warnings, with `report ... --fail-on warn`
-  70  internal error in ci-compress (a crash log is written)
+  70  internal error: a bug in ci-compress (a crash log is written)
+  130 interrupted (Ctrl-C, SIGTERM); nothing the run wrote is left behind
 """
 
 
