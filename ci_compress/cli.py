@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import click
 
 from ci_compress import __version__
-from ci_compress.errors import CICompressError, ExitCode
+from ci_compress.errors import DISK_FULL_ERRNOS, CICompressError, ExitCode, os_error
 
 EXIT_CODES_HELP = """\b
 Exit codes:
@@ -36,10 +36,11 @@ Exit codes:
   2   config or usage error
   3   bad input: model artifact or data unreadable, unsafe or invalid
   4   infrastructure: MLflow or a download host unreachable or refusing
-  5   inconclusive: the holdout is too small to decide (thresholds.decision:
-      confident with thresholds.inconclusive: fail)
+  5   inconclusive: too noisy to decide (thresholds.decision: confident, an
+      interval straddles a limit, with thresholds.inconclusive: fail)
   6   passed with warnings, with `report ... --fail-on warn`
-  70  internal error in ci-compress (a crash log is written)
+  70  internal error: a bug in ci-compress (a crash log is written)
+  130 interrupted (Ctrl-C, SIGTERM); nothing the run wrote is left behind
 """
 
 
@@ -679,6 +680,12 @@ def _boundary(invoke: Callable[[], Any], argv: Sequence[str]) -> int:
     except Exception as e:
         from ci_compress.redaction import redact
 
+        if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
+            # A full disk wherever it struck (torch, MLflow, a temporary file): never a bug.
+            err = os_error(e)
+            click.echo(f"Error: {redact(err.message)}", err=True)
+            click.echo(f"  hint: {redact(err.hint or '')}", err=True)
+            return int(err.exit_code)
         log = _crash_log(e, argv)
         click.echo(
             redact(

@@ -8,6 +8,7 @@ could not decide. ``cli.main`` is the single boundary that turns them into a one
 
 from __future__ import annotations
 
+import errno
 from enum import IntEnum
 
 
@@ -81,3 +82,35 @@ class InfraError(CICompressError):
 
 class TrackingError(InfraError):
     """MLflow could not be reached or refused a request."""
+
+
+class OutputError(InputError):
+    """A file or folder the gate writes cannot be written: the path is a file where a
+    folder is needed (or the reverse), a read-only file system, no permission."""
+
+
+class DiskFullError(InfraError):
+    """The disk (or the user's quota) is full: the machine, not the input, is at fault."""
+
+
+# errno values that mean "the disk is full", not "this path is wrong".
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def os_error(e: OSError, path: object | None = None, *, doing: str = "write") -> CICompressError:
+    """The user error for an OSError met while writing ``path``: a full disk is
+    infrastructure (exit 4), anything else about the path is an input (exit 3).
+
+    Raise it ``from e``. The path named is ``path``, else the one the OSError carries.
+    """
+    where = path if path is not None else (e.filename or "a file")
+    why = e.strerror or type(e).__name__
+    if e.errno in DISK_FULL_ERRNOS:
+        return DiskFullError(
+            f"no space left to {doing} {where} ({why})",
+            hint="free disk space (or raise the quota) on the runner, or point report.dir at a larger disk",
+        )
+    return OutputError(
+        f"cannot {doing} {where}: {why}",
+        hint="check that the folder exists or can be created, that no file or folder of that name is in the way, and that it is writable (report.dir, --report-dir)",
+    )

@@ -171,6 +171,9 @@ INTERVALS: dict[str, tuple[str, str]] = {
         "delta.relative_accuracy_drop_ci_low",
         "delta.relative_accuracy_drop_ci_high",
     ),
+    # the order-statistic interval of the median paired latency ratio
+    # (ci_compress.evaluation.performance.latency_ratio)
+    "max_latency_ratio": ("delta.latency_ratio_ci_low", "delta.latency_ratio_ci_high"),
 }
 DECISIONS = ("point", "confident")
 INCONCLUSIVE_POLICIES = ("fail", "pass", "warn")
@@ -200,11 +203,13 @@ def decide(
     """Check every set threshold; the gate passes when all checks pass.
 
     ``decision="point"`` compares the measured figure with the limit. ``"confident"``
-    does so for figures without an interval (size, ratio, latency) and, for the
-    accuracy thresholds, uses the interval measurements (``INTERVALS``): the check
-    fails only when the whole interval is above the limit (the drop exceeds it with
-    the given confidence), passes when the whole interval is at or below it, and is
-    inconclusive when the interval straddles the limit.
+    does so for figures without an interval (size, compression ratio) and, for the
+    thresholds with one (``INTERVALS``: the accuracy drops and the latency ratio), uses
+    the interval: the check fails only when the whole interval is above the limit (the
+    figure exceeds it with the given confidence), passes when the whole interval is at
+    or below it, and is inconclusive when the interval straddles the limit. A latency
+    ratio measured without its interval (a caller that timed no repeats) is compared
+    as a point.
 
     ``rules`` adds thresholds beyond :data:`RULES` (name -> figure, direction, unit):
     :func:`metric_rules` gives those of a task's metrics, whose figures come from
@@ -246,9 +251,10 @@ def decide(
         ci_low = ci_high = None
         if name in INTERVALS and all(k in figures for k in INTERVALS[name]):
             ci_low, ci_high = (float(figures[k]) for k in INTERVALS[name])
-        if decision == "confident" and name in INTERVALS:
-            if ci_low is None or ci_high is None:
-                raise KeyError(f"the confident rule needs measurements {INTERVALS[name]}")
+        missing = name in INTERVALS and (ci_low is None or ci_high is None)
+        if missing and decision == "confident" and name in ACCURACY_THRESHOLDS:
+            raise KeyError(f"the confident rule needs measurements {INTERVALS[name]}")
+        if decision == "confident" and ci_low is not None and ci_high is not None:
             # direction is "max" for every threshold with an interval
             if ci_low > limit:
                 outcome = "fail"

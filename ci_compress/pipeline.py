@@ -31,12 +31,15 @@ from ci_compress import record
 from ci_compress.ci.env import CIContext, detect
 from ci_compress.config import LoadedConfig, to_mapping
 from ci_compress.evaluation.measure import Candidate, Measurements, Paired, compare, measure
+from ci_compress.evaluation.performance import latency_ratio
 from ci_compress.explain import explain
+from ci_compress.files import make_dir, remove_files
 from ci_compress.gate import GateResult, decide, derive
 from ci_compress.layers.batches import Inputs as ModelInputs
 from ci_compress.layers.batches import first_tensor
 from ci_compress.layers.outputs import OutputSpec
 from ci_compress.loading.models import LoadedModel, load_model_file
+from ci_compress.packing.export import SUFFIX as EXPORT_SUFFIX
 from ci_compress.packing.export import check_available, export_all
 from ci_compress.packing.file import size_breakdown
 from ci_compress.progress import Step, Warn, Warnings, step_of, warn_of
@@ -51,6 +54,7 @@ from ci_compress.report import (
     SizeBreakdown,
 )
 from ci_compress.reporting.explain import write_chart
+from ci_compress.reporting.render import report_files
 from ci_compress.reproducibility import build_manifest
 from ci_compress.stages import Inputs, Shipped, apply_passes, load_inputs, set_determinism, ship
 from ci_compress.tracking import NullTracker, Tracker, make_tracker, model_fetcher
@@ -92,11 +96,66 @@ def run(
     say = progress or _silent
     warnings = Warnings(warn or warn_of(progress))
     ci = detect(environ, loaded.base_dir)
+    record.check_promote(
+        promote=promote,
+        ci=ci,
+        registered_model=cfg.mlflow.registered_model if cfg.mlflow.enabled else None,
+        alias=cfg.mlflow.alias,
+    )
+    out_dir = report_dir or loaded.resolve(cfg.report.dir)
+    make_dir(out_dir)
+    try:
+        return _run(
+            loaded,
+            out_dir,
+            ci,
+            tracker=tracker,
+            environ=environ,
+            say=say,
+            warnings=warnings,
+            progress=progress,
+            promote=promote,
+        )
+    except BaseException:
+        # Exit 2, 3, 4, 70 or a signal (SIGTERM arrives as KeyboardInterrupt): the tool
+        # could not decide, so nothing it wrote may be taken for a checked result.
+        remove_files(outputs(out_dir, cfg.ship.filename))
+        raise
+
+
+def outputs(out_dir: Path, ship_filename: str) -> list[Path]:
+    """Every file a gate writes into its report folder: the shipped student and its
+    exports, the report files, the charts and the analysis. A gate that ends in an error
+    or a signal removes them all (a completed gate, even a failed one, keeps them)."""
+    stem = ship_filename.removesuffix(".ccz")
+    return [
+        out_dir / ship_filename,
+        *(out_dir / f"{stem}{suffix}" for suffix in EXPORT_SUFFIX.values()),
+        *report_files(out_dir, manifest=True).values(),
+        *(
+            out_dir / name
+            for name in ("sensitivity.png", "trend.png", "explain.json", "explain.md")
+        ),
+    ]
+
+
+def _run(
+    loaded: LoadedConfig,
+    out_dir: Path,
+    ci: CIContext,
+    *,
+    tracker: Tracker | None,
+    environ: Mapping[str, str],
+    say: Progress,
+    warnings: Warnings,
+    progress: Progress | None,
+    promote: bool,
+) -> Report:
+    """:func:`run` once its report folder exists (``run`` removes what this wrote when
+    it raises)."""
+    cfg = loaded.config
     registered_model = cfg.mlflow.registered_model if cfg.mlflow.enabled else None
     alias = cfg.mlflow.alias
-    record.check_promote(promote=promote, ci=ci, registered_model=registered_model, alias=alias)
-    out_dir = report_dir or loaded.resolve(cfg.report.dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     tracker = tracker or make_tracker(loaded, environ, warnings)
     if registered_model and isinstance(tracker, NullTracker):
         warnings("MLflow is not available: no registration, no promotion, champion checks skipped")
@@ -211,6 +270,13 @@ def _compress_and_evaluate(
 
     say("loading the model and the holdout")
     inputs = load_inputs(loaded, out_dir, fetch=fetch)
+    if inputs.teacher_variation:
+        warn(
+            f"the teacher is not deterministic: two forward passes on the same batch of "
+            f"{inputs.holdout.field} differ by up to {inputs.teacher_variation:.3g} (a model "
+            "that stays in train mode, e.g. dropout, or random operations in its forward); "
+            "every figure of this gate varies from run to run"
+        )
     champion = None
     if champion_file is not None:
         say("loading the champion")
@@ -235,7 +301,7 @@ def _compress_and_evaluate(
             early_stop=early_stop,
         )
     except BaseException:
-        shipped_path.unlink(missing_ok=True)
+        remove_files([shipped_path])
         raise
 
 
@@ -319,7 +385,15 @@ def _evaluate(
         seed=rt.seed,
         max_class_drop=thresholds.get("max_class_drop"),
     )
-    deltas = {**derive(flat), **paired.statistics.deltas(), **paired.class_deltas}
+    deltas = {
+        **derive(flat),
+        **paired.statistics.deltas(),
+        **paired.class_deltas,
+        **latency_deltas(
+            measured, th.confidence, warn if "max_latency_ratio" in thresholds else None
+        ),
+    }
+    _warn_if_too_small(measured.samples, holdout.name, warn)
     result = decide(
         thresholds,
         {**flat, **deltas},
@@ -351,6 +425,47 @@ def _evaluate(
         paired=paired,
         result=result,
     )
+
+
+# Fewer holdout samples than this decide nothing: one sample moves the accuracy by
+# more than 3 points, and no interval can be narrower than the limits people set.
+MIN_DECIDING_SAMPLES = 30
+
+
+def _warn_if_too_small(samples: int, name: str, warn: Warn) -> None:
+    if samples < MIN_DECIDING_SAMPLES:
+        warn(
+            f"the holdout {name} has {samples} sample(s): too few to decide anything "
+            f"(one sample moves the accuracy by {100 / samples:.3g} points); give at least "
+            f"{MIN_DECIDING_SAMPLES}, ideally hundreds (thresholds.decision: confident says "
+            "when it is too small to decide)"
+        )
+
+
+def latency_deltas(
+    measured: Measurements, confidence: float, warn: Warn | None
+) -> dict[str, float]:
+    """``delta.latency_ratio`` as the median of the paired per-repeat ratios, with its
+    interval (``_ci_low``, ``_ci_high``) at ``confidence``; the ratio of the medians
+    otherwise (no per-repeat times). ``warn`` (given when a latency threshold is set)
+    hears of too few repeats for an interval at ``confidence``."""
+    times = measured.latency_samples
+    if "teacher" not in times or "student" not in times:
+        return {}
+    r = latency_ratio(list(times["teacher"]), list(times["student"]), confidence=confidence)
+    if r.repeats == 0:
+        return {}
+    if not r.exact and warn is not None:
+        warn(
+            f"runtime.latency_repeats is {r.repeats}: too few for a {confidence:.0%} interval "
+            "on the latency ratio (it needs at least 6); the interval shown is the whole "
+            "range of the repeats"
+        )
+    return {
+        "delta.latency_ratio": r.ratio,
+        "delta.latency_ratio_ci_low": r.low,
+        "delta.latency_ratio_ci_high": r.high,
+    }
 
 
 def _export(

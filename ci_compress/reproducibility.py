@@ -46,7 +46,12 @@ PACKAGES = (
 
 # Measurements that must reproduce exactly (latency and time-based figures are excluded:
 # they depend on the machine's load, not on the model).
-EXCLUDED_MEASUREMENTS = ("latency_ms", "latency_ratio")
+EXCLUDED_MEASUREMENTS = (
+    "latency_ms",
+    "latency_ratio",
+    "latency_ratio_ci_low",
+    "latency_ratio_ci_high",
+)
 
 
 def package_versions() -> dict[str, str | None]:

@@ -136,6 +136,9 @@ class Inputs:
     train: Dataset | None
     calibration: Dataset | None
     task: Task | None = None
+    # largest difference between two forward passes of the teacher on the same batch
+    # (0.0: deterministic, as a gate needs)
+    teacher_variation: float = 0.0
 
 
 def load_inputs(
@@ -149,8 +152,9 @@ def load_inputs(
     ``fetch`` downloads a ``model.uri`` from MLflow).
 
     :func:`check` runs first. The holdout and training targets are checked by the
-    task; the teacher is then run on the first holdout samples, so a model that cannot
-    take the data fails now, with its own message (exit 3).
+    task; the teacher is then run twice on the first holdout samples, so a model that
+    cannot take the data fails now, with its own message (exit 3), and one that does not
+    give the same outputs twice is found (``Inputs.teacher_variation``).
     """
     cfg = loaded.config
     task = check(loaded, gate=gate)
@@ -170,8 +174,15 @@ def load_inputs(
         if cfg.data.calibration
         else None
     )
-    probe(teacher.module, holdout, output=cfg.model.output)
-    return Inputs(teacher=teacher, holdout=holdout, train=train, calibration=calib, task=task)
+    variation = probe(teacher.module, holdout, output=cfg.model.output)
+    return Inputs(
+        teacher=teacher,
+        holdout=holdout,
+        train=train,
+        calibration=calib,
+        task=task,
+        teacher_variation=variation,
+    )
 
 
 def apply_passes(

@@ -235,7 +235,7 @@ class Thresholds(Frozen):
     max_latency_ratio: float | None = Field(
         None,
         gt=0,
-        description="Largest allowed student latency / teacher latency (median, same batch and threads).",
+        description="Largest allowed student latency / teacher latency: the median of the ratios of turns in which both ran (same batch and threads). Under decision: confident it is decided on the ratio's interval (pass, fail or inconclusive).",
     )
     max_accuracy_drop_vs_champion: float | None = Field(
         None,
@@ -251,13 +251,13 @@ class Thresholds(Frozen):
 
     decision: Literal["point", "confident"] = Field(
         "point",
-        description="point: compare the measured accuracy drop with the limit. confident: fail only when the drop exceeds the limit with `confidence` (the whole paired-bootstrap interval is above it); an interval that straddles the limit is inconclusive (exit code 5 unless `inconclusive` says otherwise).",
+        description="point: compare the measured accuracy drop (and latency ratio) with the limit. confident: fail only when the figure exceeds the limit with `confidence` (the whole interval is above it: the paired bootstrap of the accuracy drop, the order-statistic interval of the latency ratio); an interval that straddles the limit is inconclusive (exit code 5 unless `inconclusive` says otherwise).",
     )
     confidence: float = Field(
         0.95,
         gt=0.5,
         lt=1,
-        description="Two-sided confidence level of the accuracy-drop interval (reported under either rule).",
+        description="Two-sided confidence level of the accuracy-drop and latency-ratio intervals (reported under either rule).",
     )
     inconclusive: Literal["fail", "pass", "warn"] = Field(
         "fail",
@@ -419,7 +419,10 @@ class RuntimeConfig(Frozen):
     )
     latency_batch_size: int = Field(64, ge=1, description="Batch size for the latency measurement.")
     latency_repeats: int = Field(
-        30, ge=1, le=10000, description="Timed repeats; the median is reported."
+        30,
+        ge=1,
+        le=10000,
+        description="Timed turns of teacher and student (order alternating); the median is reported, and the interval of the latency ratio needs at least 6.",
     )
     latency_warmup: int = Field(5, ge=0, le=1000, description="Untimed warm-up repeats.")
     device: Literal["cpu", "cuda", "auto"] = Field(

@@ -12,13 +12,14 @@ Nothing here decides: :func:`ci_compress.gate.decide` does, on these figures.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ci_compress.evaluation.classes import PerClass, class_figures, per_class_table
 from ci_compress.evaluation.metrics import TaskMetrics, score
-from ci_compress.evaluation.performance import latency_ms, model_memory_bytes
+from ci_compress.evaluation.performance import latency_samples, model_memory_bytes
 from ci_compress.evaluation.statistics import PairedStatistics, paired_statistics
 from ci_compress.evaluation.tasks import Task
 from ci_compress.layers.batches import Inputs, take
@@ -55,6 +56,9 @@ class Measurements:
     samples: int
     example: Inputs  # the inputs of the timed batch (exports trace with it)
     example_targets: torch.Tensor | None  # None for a task without targets
+    # role -> the milliseconds of each timed repeat (interleaved: repeat i of every
+    # role was taken in the same turn)
+    latency_samples: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
 
 
 def measure(
@@ -103,7 +107,8 @@ def measure(
     x, y = take(x, 0, latency_batch), (None if y is None else y[:latency_batch])
     if before_latency is not None:
         before_latency(results)
-    lat = latency_ms(modules, x, repeats=repeats, warmup=warmup, device=device)
+    times = latency_samples(modules, x, repeats=repeats, warmup=warmup, device=device)
+    lat = {role: statistics.median(ts) for role, ts in times.items()}
     return Measurements(
         task=results,
         figures={
@@ -114,6 +119,7 @@ def measure(
         samples=results[next(iter(results))].samples,
         example=x,
         example_targets=y,
+        latency_samples={role: tuple(ts) for role, ts in times.items()},
     )
 
 

@@ -13,11 +13,12 @@ kernels) stays on the CPU.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ci_compress.errors import DataError, ModelOutputError
+from ci_compress.errors import CICompressError, DataError, ModelOutputError
 from ci_compress.evaluation.tasks import Classification, Task
 from ci_compress.layers.batches import (
     Inputs,
@@ -155,20 +156,34 @@ def _on(x: Inputs, device: torch.device) -> Inputs:
     return x if device.type == "cpu" else to_device(x, device)
 
 
-def probe(model: nn.Module, data: Dataset, *, output: OutputSpec = None, samples: int = 8) -> None:
-    """Run ``model`` (the teacher) on the first few samples, at load.
+def probe(model: nn.Module, data: Dataset, *, output: OutputSpec = None, samples: int = 8) -> float:
+    """Run ``model`` (the teacher) twice on the first few samples, at load; returns the
+    largest difference between the two outputs (0.0 for a deterministic model).
 
     A model that cannot take the data fails here, before any pass runs, with its own
     message and the data set's name (exit 3): token ids to a float model, a missing
-    keyword argument, a wrong shape.
+    keyword argument, a wrong shape. A model whose outputs differ on the same inputs
+    (dropout left on, random operations) makes every figure of the gate noise: the
+    caller warns.
     """
+    import torch
+
     first = data.first_batch(samples)
     if first is None:
-        return
+        return 0.0
     x, _ = first
     model.eval()
+    batch = take(x, 0, samples)
     with inference([model]):
-        _forward(model, take(x, 0, samples), "teacher", data.field, output)
+        a = _forward(model, batch, "teacher", data.field, output)
+        b = _forward(model, batch, "teacher", data.field, output)
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.shape != b.shape:
+        return 0.0
+    if not (a.is_floating_point() or a.is_complex()):
+        return float((a != b).sum().item())
+    diff = (a.double() - b.double()).abs()
+    tolerance = 1e-5 * (1.0 + a.double().abs())
+    return float(diff.max().item()) if bool((diff > tolerance).any().item()) else 0.0
 
 
 def _forward(
@@ -178,13 +193,32 @@ def _forward(
     field: str = "the holdout",
     output: OutputSpec = None,
 ) -> torch.Tensor:
-    try:
+    with model_errors(role, field, x):
         out = call_model(model, x)
-    except (RuntimeError, ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
-        first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+    return select_output(out, output, role=role)
+
+
+# What a model that cannot take the data usually raises (the message says enough);
+# any other exception is named by its type.
+_USUAL = (RuntimeError, ValueError, TypeError, IndexError, KeyError, AttributeError)
+
+
+@contextlib.contextmanager
+def model_errors(role: str, field: str, x: Inputs) -> Iterator[None]:
+    """A model's forward that raises (any exception: an ``assert`` in its code, a
+    ``ZeroDivisionError``, a shape error) is the model's failure on the data, exit 3,
+    naming the model; never "a bug in ci-compress"."""
+    try:
+        yield
+    except CICompressError:
+        raise
+    except Exception as e:
+        text = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        first = text if isinstance(e, _USUAL) and text else type(e).__name__
+        if text and not isinstance(e, _USUAL):
+            first += f": {text}"
         what = "x shape and dtype" if not isinstance(x, tuple | list | Mapping) else "inputs"
         raise ModelOutputError(
             f"the {role} model failed on {field}: {first}",
-            hint=f"check the holdout's {what} match what the model expects (got {describe(x)})",
+            hint=f"check the holdout's {what} match what the model expects (got {describe(x)}), and the model's forward",
         ) from None
-    return select_output(out, output, role=role)

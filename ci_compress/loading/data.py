@@ -23,12 +23,14 @@ evaluation pass, so a streaming factory is read once.
 from __future__ import annotations
 
 import hashlib
+import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ci_compress.errors import DataError
+from ci_compress.errors import CICompressError, DataError
 from ci_compress.layers.batches import (
     Batch,
     Inputs,
@@ -88,7 +90,7 @@ class Dataset:
         except Exception as e:
             raise DataError(f"{self.field}: the factory raised {type(e).__name__}: {e}") from None
         seen = 0
-        for i, item in enumerate(source):
+        for i, item in enumerate(self._read(source)):
             if not (isinstance(item, tuple | list) and len(item) == 2):
                 raise DataError(
                     f"{self.field}: batch {i} is not an (inputs, target) pair",
@@ -108,6 +110,27 @@ class Dataset:
             seen += n
             if self.limit is not None and seen >= self.limit:
                 return
+
+    def _read(self, source: Iterator[Any]) -> Iterator[Any]:
+        """The factory's items; an exception it raises part-way (a broken connection, a
+        bad shard) is the data source's failure, exit 3, naming the source and batch."""
+        i = 0
+        while True:
+            try:
+                item = next(source)
+            except StopIteration:
+                return
+            except CICompressError:
+                raise
+            except Exception as e:
+                detail = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+                raise DataError(
+                    f"{self.field}: the factory {self.name} raised {type(e).__name__} at batch {i}"
+                    + (f": {detail}" if detail else ""),
+                    hint=f"fix the data source {self.name} (or its files, server or credentials); the gate needs every batch",
+                ) from None
+            yield item
+            i += 1
 
     def first_batch(self, samples: int) -> Batch | None:
         """Up to ``samples`` samples of the first batch (a factory is not read again)."""
@@ -450,7 +473,8 @@ def _read_file(
                     [n for n in z.files if n not in wanted]
                 )
                 return _pick(arrays, p, field, inputs, target)
-        except (ValueError, OSError, EOFError) as e:
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            # a cut or foreign file: zipfile's BadZipFile, a member's zlib.error
             raise DataError(
                 f"{field}.path: {p.name} is not a readable .npz file without pickles ({e})"
             ) from None

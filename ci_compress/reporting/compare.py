@@ -14,7 +14,7 @@ from typing import Any
 
 # Keys whose values are timings or run identity, wherever they appear.
 VOLATILE_KEYS = frozenset({"latency_ms", "seconds", "mlflow", "artifacts", "file", "warnings"})
-VOLATILE_METRICS = ("latency_ms", "latency_ratio")
+VOLATILE_METRICS = ("latency_ms", "latency_ratio", "latency_ratio_ci_low", "latency_ratio_ci_high")
 
 
 def without_timings(report: dict[str, Any]) -> dict[str, Any]:

@@ -254,6 +254,14 @@ def object_npz(env: Env) -> dict[str, Any]:
     return base_config(data={"holdout": {"path": "holdout.npz"}})
 
 
+def truncated_npz(env: Env) -> dict[str, Any]:
+    x, y = digits()
+    np.savez(env.wd / "holdout.npz", x=x, y=y)
+    raw = (env.wd / "holdout.npz").read_bytes()
+    (env.wd / "holdout.npz").write_bytes(raw[: len(raw) // 3])
+    return base_config(data={"holdout": {"path": "holdout.npz"}})
+
+
 def npz_without_y(env: Env) -> dict[str, Any]:
     x, _ = digits()
     np.savez(env.wd / "holdout.npz", x=x, labels=np.zeros(len(x)))
@@ -308,6 +316,46 @@ def missing_env_var(env: Env) -> dict[str, Any]:
     return base_config(
         mlflow={"enabled": True, "tracking_uri": "http://${CI_COMPRESS_NO_SUCH_VAR}@127.0.0.1:1"}
     )
+
+
+def factory_model(name: str, **overrides: Any) -> Setup:
+    """A model of ``tests.helpers.bad_models`` (saved as its own weights), pruned."""
+
+    def setup(env: Env) -> dict[str, Any]:
+        from safetensors.torch import save_file
+
+        from tests.helpers import bad_models
+
+        module = getattr(bad_models, name)()
+        save_file(module.state_dict(), str(env.wd / f"{name}.safetensors"))
+        return base_config(
+            model={"path": f"{name}.safetensors", "factory": f"tests.helpers.bad_models:{name}"},
+            passes=[{"type": "prune", "amount": 0.5}],
+            **overrides,
+        )
+
+    return setup
+
+
+def data_factory(name: str, **kwargs: Any) -> Setup:
+    holdout = {"factory": f"tests.helpers.bad_models:{name}", "kwargs": kwargs}
+    return cfg(data={"holdout": holdout})
+
+
+def in_the_way(relative: str, *, folder: bool, **overrides: Any) -> Setup:
+    """A config whose output path ``relative`` is already taken: by a folder where a
+    file goes (``folder=True``), or by a file where a folder goes."""
+
+    def setup(env: Env) -> dict[str, Any]:
+        p = env.wd / relative
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if folder:
+            p.mkdir()
+        else:
+            p.write_text("not a folder\n")
+        return base_config(**overrides)
+
+    return setup
 
 
 def yaml_text(text: str) -> Setup:
@@ -644,6 +692,12 @@ CASES = [
         3,
         "data.holdout.path: holdout.npz is not a readable .npz file without pickles",
     ),
+    Case(
+        "data-npz-truncated",  # zipfile's BadZipFile: was exit 70 (found by the fuzz test)
+        truncated_npz,
+        3,
+        "data.holdout.path: holdout.npz is not a readable .npz file without pickles (File is not a zip file)",
+    ),
     # -- downloads (local servers): exit 3 or 4
     Case(
         "url-sha256-mismatch",
@@ -679,6 +733,123 @@ CASES = [
     Case("url-https-redirects-to-http", https_redirect_to_http, 3, "was redirected to plain http"),
     # -- infrastructure: exit 4
     Case("mlflow-unreachable", mlflow_down, 4, "MLflow at http://127.0.0.1:"),
+    # -- a model whose forward raises anything: exit 3 naming the model (was exit 70)
+    Case(
+        "model-forward-assert",
+        factory_model("assert_model"),
+        3,
+        "the teacher model failed on data.holdout: AssertionError: expected 3 channels",
+    ),
+    Case(
+        "model-forward-zero-division",
+        factory_model("zero_division_model"),
+        3,
+        "the teacher model failed on data.holdout: ZeroDivisionError: division by zero",
+    ),
+    Case(
+        "model-forward-key-error",
+        factory_model("key_error_model"),
+        3,
+        "the teacher model failed on data.holdout: 'pixel_values'",
+    ),
+    Case(
+        "model-forward-stop-iteration",
+        factory_model("stop_iteration_model"),
+        3,
+        "the teacher model failed on data.holdout: StopIteration",
+    ),
+    Case(
+        "model-forward-own-exception",
+        factory_model("custom_error_model"),
+        3,
+        "the teacher model failed on data.holdout: ModelBug: the weights were never initialised",
+    ),
+    Case(
+        "model-forward-empty-message",
+        factory_model("empty_message_model"),
+        3,
+        "the teacher model failed on data.holdout: LookupError",
+    ),
+    Case(
+        "model-forward-asserts-mid-evaluation",  # after the student shipped: it is removed
+        factory_model("late_assert_model"),
+        3,
+        "model failed on data.holdout: AssertionError: batch statistics drifted",
+    ),
+    # -- a data factory that fails part-way: exit 3 naming the source (was exit 70)
+    Case(
+        "data-factory-value-error-mid-stream",
+        data_factory("fails_mid_stream", exc="ValueError"),
+        3,
+        "data.holdout: the factory tests.helpers.bad_models:fails_mid_stream raised ValueError at batch 2: connection reset",
+    ),
+    Case(
+        "data-factory-os-error-mid-stream",
+        data_factory("fails_mid_stream", exc="OSError"),
+        3,
+        "raised OSError at batch 2: Input/output error",
+    ),
+    Case(
+        "data-factory-connection-error-mid-stream",
+        data_factory("fails_mid_stream", exc="ConnectionError"),
+        3,
+        "raised ConnectionError at batch 2",
+    ),
+    Case(
+        "data-factory-assert-mid-stream",
+        data_factory("fails_mid_stream", exc="AssertionError"),
+        3,
+        "raised AssertionError at batch 2",
+    ),
+    Case(
+        "data-factory-key-error-first-batch",
+        data_factory("fails_mid_stream", exc="KeyError", at=0),
+        3,
+        "raised KeyError at batch 0: 'label'",
+    ),
+    Case(
+        "data-factory-yields-strings",
+        data_factory("yields_strings"),
+        3,
+        "data.holdout batch 0",
+    ),
+    # -- a report folder that cannot be written: exit 3 naming the path (was exit 70)
+    Case(
+        "report-dir-is-a-file",
+        in_the_way("out", folder=False, report={"dir": "out"}),
+        3,
+        "cannot create the folder",
+    ),
+    Case(
+        "report-dir-under-a-file",
+        in_the_way("out", folder=False, report={"dir": "out/sub"}),
+        3,
+        "out/sub: Not a directory",
+    ),
+    Case(
+        "student-path-is-a-folder",
+        in_the_way("report/student.ccz", folder=True),
+        3,
+        "cannot write",
+    ),
+    Case(
+        "report-json-path-is-a-folder",
+        in_the_way("report/report.json", folder=True),
+        3,
+        "report/report.json: Is a directory",
+    ),
+    Case(
+        "junit-path-is-a-folder",  # report.json and report.md were written: removed again
+        in_the_way("report/junit.xml", folder=True),
+        3,
+        "report/junit.xml: Is a directory",
+    ),
+    Case(
+        "chart-path-is-a-folder",  # after the student shipped and explain ran: removed
+        in_the_way("report/sensitivity.png", folder=True, explain={"when": "always"}),
+        3,
+        "report/sensitivity.png: Is a directory",
+    ),
 ]
 
 
@@ -699,9 +870,22 @@ def one_error_line(stderr: str) -> str:
     return lines[0]
 
 
+def assert_nothing_left(report: Path) -> None:
+    """No file a later step could take for a checked result (a folder a case put in the
+    way stays: it is not ours)."""
+    from ci_compress.pipeline import outputs
+
+    left = [p.name for p in outputs(report, "student.ccz") if p.is_file()]
+    assert not left, left
+
+
 def test_the_catalogue_is_large_and_ids_are_unique() -> None:
-    assert len(CASES) >= 40
+    from tests.e2e.test_fuzz_inputs import FUZZ
+
+    assert len(CASES) >= 90
     assert len({c.id for c in CASES}) == len(CASES)
+    # issue 16: at least 150 hostile inputs, none an exit 70 (the fuzz cases count)
+    assert len(CASES) + len(FUZZ) >= 150
 
 
 @pytest.mark.slow
@@ -724,10 +908,8 @@ def test_bad_input(case: Case, workdir: Path, servers: tuple[LocalServer, LocalS
     assert proc.returncode == case.code, out
     line = one_error_line(proc.stderr)
     assert case.fragment in line, line
-    report = workdir / "report"
-    assert not (report / "report.json").exists()
-    assert not (report / "student.ccz").exists()
-    downloads = report / "downloads"
+    assert_nothing_left(workdir / "report")
+    downloads = workdir / "report" / "downloads"
     assert not downloads.exists() or not any(downloads.iterdir()), list(downloads.iterdir())
 
 

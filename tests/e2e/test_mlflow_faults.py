@@ -131,6 +131,9 @@ def test_server_killed_at_the_alias_step_leaves_the_alias_and_exits_4(
     assert versions[2].tags["ci_compress.verdict"] == "pass"
     assert versions[2].tags["ci_compress.baseline_version"] == "1"
     assert run.data.tags["ci_compress.registered_version"] == "2"
+    # Nothing left behind locally (issue 16 item 4): report.json, report.md and the
+    # student were written before the alias step; the gate could not finish, so they go.
+    assert _left_behind(workdir) == []
 
 
 def test_cancelled_job_marks_the_run_failed_and_keeps_the_alias(
@@ -174,6 +177,13 @@ def test_cancelled_job_marks_the_run_failed_and_keeps_the_alias(
     runs = sorted(client.search_runs([exp]), key=lambda r: r.info.start_time)
     assert [r.info.status for r in runs] == ["FINISHED", "FAILED"]
     assert runs[1].data.tags["ci_compress.status"] == "failed"
+    assert _left_behind(workdir) == []  # the shipped student went with the cancel
+
+
+def _left_behind(workdir: Path) -> list[str]:
+    from ci_compress.pipeline import outputs
+
+    return [p.name for p in outputs(workdir / "report", "student.ccz") if p.is_file()]
 
 
 # ---------------------------------------------------------------- credentials
