@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,8 +31,9 @@ from ci_compress import record
 from ci_compress.ci.env import CIContext, detect
 from ci_compress.config import LoadedConfig, to_mapping
 from ci_compress.evaluation.measure import Candidate, Measurements, Paired, compare, measure
+from ci_compress.evaluation.tasks import Classification, Task
 from ci_compress.explain import explain
-from ci_compress.gate import GateResult, decide, derive
+from ci_compress.gate import GateResult, decide, derive, metric_figures, metric_rules
 from ci_compress.layers.batches import Inputs as ModelInputs
 from ci_compress.layers.batches import first_tensor
 from ci_compress.layers.outputs import OutputSpec
@@ -312,14 +313,20 @@ def _evaluate(
     }
     flat = {f"{role}.{k}": v for role, values in figures.items() for k, v in values.items()}
     thresholds = th.active()
+    task = inputs.task or Classification()
     paired = compare(
         measured.task,
         confidence=th.confidence,
         resamples=th.bootstrap_resamples,
         seed=rt.seed,
         max_class_drop=thresholds.get("max_class_drop"),
+        scored=task,
     )
-    deltas = {**derive(flat), **paired.statistics.deltas(), **paired.class_deltas}
+    deltas = {
+        **derive(flat),
+        **_metric_deltas(measured.task, task, th.metrics),
+        **paired.deltas(),
+    }
     result = decide(
         thresholds,
         {**flat, **deltas},
@@ -327,6 +334,7 @@ def _evaluate(
         confidence=th.confidence,
         inconclusive=th.inconclusive,
         notes=dict(paired.class_notes),
+        rules=metric_rules(thresholds),
     )
     if result.verdict == "inconclusive" and th.inconclusive != "pass":
         warn(
@@ -351,6 +359,19 @@ def _evaluate(
         paired=paired,
         result=result,
     )
+
+
+def _metric_deltas(
+    scores: Mapping[str, TaskMetrics], task: Task, limited: Collection[str]
+) -> dict[str, float]:
+    """``delta.<metric>.*`` of the task's metrics (:func:`ci_compress.gate.metric_figures`,
+    in each metric's direction): every metric of a task other than classification, and
+    for classification only the metrics ``thresholds.metrics`` limits (its historical
+    figures keep their names, so a classification report stays as it was)."""
+    directions = task.metric_directions()
+    if task.type == "classification":
+        directions = {k: v for k, v in directions.items() if k in limited}
+    return metric_figures(scores["teacher"].metrics, scores["student"].metrics, directions)
 
 
 def _export(
