@@ -304,16 +304,13 @@ def _evaluate(
         warn,
         output=cfg.model.output,
     )
+    task = inputs.task or Classification()
     figures = {
         **measured.figures,
-        "student": {
-            **measured.figures["student"],
-            **{f"{fmt}_agreement": float(e.agreement or 0.0) for fmt, e in exports.items() if e.ok},
-        },
+        "student": {**measured.figures["student"], **_export_figures(exports, task)},
     }
     flat = {f"{role}.{k}": v for role, values in figures.items() for k, v in values.items()}
     thresholds = th.active()
-    task = inputs.task or Classification()
     paired = compare(
         measured.task,
         confidence=th.confidence,
@@ -359,6 +356,18 @@ def _evaluate(
         paired=paired,
         result=result,
     )
+
+
+def _export_figures(exports: Mapping[str, ExportResult], task: Task) -> dict[str, float]:
+    """Each checked export against the shipped student: top-1 agreement for
+    classification (``onnx_agreement``), else the largest output difference
+    (``onnx_max_abs_diff``): an argmax of a regression value or an embedding means
+    nothing."""
+    if task.type == "classification":
+        return {f"{fmt}_agreement": float(e.agreement or 0.0) for fmt, e in exports.items() if e.ok}
+    return {
+        f"{fmt}_max_abs_diff": float(e.max_abs_diff or 0.0) for fmt, e in exports.items() if e.ok
+    }
 
 
 def _metric_deltas(

@@ -35,6 +35,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("file_bytes", "shipped file (bytes)", "int"),
     ("bits_per_weight", "bits per weight (file)", "f2"),
     ("onnx_agreement", "ONNX export agreement", "pct"),
+    ("onnx_max_abs_diff", "ONNX export max |difference|", "f4"),
     ("parameters", "parameters", "int"),
     ("nonzero_parameters", "nonzero parameters", "int"),
     ("sparsity", "sparsity", "pct"),
@@ -82,7 +83,9 @@ def metric_rows(report: Report) -> list[tuple[str, str, str]]:
     extra = [
         (key, key, "f4")
         for key in report.student.metrics
-        if key not in known and key not in _COMMON and not key.endswith("_agreement")
+        if key not in known
+        and key not in _COMMON
+        and not key.endswith(("_agreement", "_max_abs_diff"))
     ]
     return [ROWS[0], *extra, *ROWS[1:]]
 
