@@ -90,7 +90,12 @@ def test_regression_gate_passes_is_inconclusive_or_fails_as_the_mae_limit_tighte
     from mlflow import MlflowClient
 
     diabetes_regressor(tmp_path)
-    mlflow = {"enabled": True, "tracking_uri": mlflow_server.uri, "experiment": "e2e-regression"}
+    mlflow = {
+        "enabled": True,
+        "tracking_uri": mlflow_server.uri,
+        "experiment": "e2e-regression",
+        "registered_model": "diabetes-regressor",
+    }
 
     def with_limit(limit: float) -> dict[str, Any]:
         return {
@@ -106,7 +111,7 @@ def test_regression_gate_passes_is_inconclusive_or_fails_as_the_mae_limit_tighte
             "mlflow": mlflow,
         }
 
-    code, report, seconds = gate(tmp_path, with_limit(0.5))
+    code, report, seconds = gate(tmp_path, with_limit(0.5), "--promote")
     measured("diabetes-regression-prune-0.5-int8-dynamic-run", report, code, seconds)
     assert code == 0, report["gate"]
     t, s = report["teacher"]["metrics"], report["student"]["metrics"]
@@ -138,11 +143,17 @@ def test_regression_gate_passes_is_inconclusive_or_fails_as_the_mae_limit_tighte
     assert logged["student.mae"] == pytest.approx(s["mae"])
     assert logged["delta.mae.relative_increase"] == pytest.approx(d["delta.mae.relative_increase"])
     assert logged["gate.passed"] == 1.0 and run.data.tags["ci_compress.verdict"] == "pass"
+    assert report["registry"]["promoted"]  # version 1 holds @champion
 
-    # a limit inside the interval: the confident rule cannot tell (exit 5)
+    # a limit inside the interval: the confident rule cannot tell (exit 5); the
+    # champion (the same student, from the registry) is re-measured with the task
     middle = (mae["ci_low"] + mae["ci_high"]) / 2
     code, report, _ = gate(tmp_path, with_limit(middle))
     assert code == 5 and report["verdict"] == "inconclusive", report["gate"]
+    assert report["champion"]["metrics"]["mae"] == pytest.approx(s["mae"])
+    assert report["baseline"]["status"] == "compared" and report["baseline"]["version"] == "1"
+    # the champion measures what its own run recorded: no warning about it
+    assert not [w for w in report["warnings"] if "champion" in w], report["warnings"]
 
     # a limit under the whole interval: the gate fails, in every format
     code, report, _ = gate(tmp_path, with_limit(mae["ci_low"] / 2))
