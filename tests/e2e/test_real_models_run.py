@@ -165,7 +165,7 @@ def test_regression_gate_passes_is_inconclusive_or_fails_as_the_mae_limit_tighte
     assert run.data.metrics["gate.passed"] == 0.0
 
 
-def test_an_accuracy_threshold_or_explain_on_regression_is_a_config_error(
+def test_accuracy_thresholds_explain_and_tune_on_regression_are_config_errors(
     tmp_path: Path,
 ) -> None:
     diabetes_regressor(tmp_path)
@@ -186,8 +186,12 @@ def test_an_accuracy_threshold_or_explain_on_regression_is_a_config_error(
     assert result.stderr.startswith(
         "Error: explain.when: the per-layer analysis ranks by top-1 accuracy"
     )
-    result = run_cli("explain", "--config", str(path), cwd=tmp_path)
-    assert result.returncode == 2 and "Error: task.type: is regression" in result.stderr
+    for command in ("explain", "tune"):
+        result = run_cli(command, "--config", str(path), cwd=tmp_path)
+        assert result.returncode == 2
+        assert result.stderr.startswith(
+            f"Error: task.type: is regression: ci-compress {command} ranks by top-1 accuracy"
+        ), result.stderr
     assert not (tmp_path / "report" / "report.json").exists()
 
 
