@@ -76,3 +76,35 @@ def test_a_custom_metric_names_every_figure_check_and_row(workdir: Path) -> None
         f'<failure type="ThresholdExceeded" message="delta.{name}.value measured'
         in (workdir / "report" / "junit.xml").read_text()
     )
+
+
+def test_a_multilabel_gate_on_one_hot_digits(workdir: Path) -> None:
+    import numpy as np
+
+    from ci_compress.loading.data import digits_split
+
+    x, y = digits_split("test")
+    np.savez(
+        workdir / "holdout.npz",
+        x=x.astype(np.float32),
+        y=np.eye(10, dtype=np.float32)[y],  # one label per sample, as a 0/1 matrix
+    )
+    config = base_config(
+        data={"holdout": {"path": "holdout.npz"}},
+        task={"type": "multilabel"},
+        thresholds={"metrics": {"f1": {"max_drop": 0.05}, "agreement": {"min_value": 0.9}}},
+    )
+    result = run_cli("run", "--config", str(write_config(workdir, config)), "--quiet", cwd=workdir)
+    # a softmax classifier read label by label through a sigmoid: pruning and int8 move
+    # many logits across 0, so the student's label sets agree with the teacher's on
+    # about 70% of the digits, while its per-sample F1 does not drop
+    assert result.returncode == 1, result.stdout
+    data = json.loads((workdir / "report" / "report.json").read_text())
+    t, s = data["teacher"]["metrics"], data["student"]["metrics"]
+    assert {"f1", "exact_match", "agreement"} <= set(s) and "accuracy" not in s
+    assert t["agreement"] == 1.0 and s["agreement"] < 0.9
+    failed = [c["threshold"] for c in data["gate"]["checks"] if not c["passed"]]
+    assert failed == ["metrics.agreement.min_value"]
+    assert data["statistics"]["metric"] == "f1"
+    assert data["deltas"]["delta.f1.drop"] == t["f1"] - s["f1"] < 0.05
+    assert "F1 (per sample)" in result.stdout and "exact match" in result.stdout
