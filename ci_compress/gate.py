@@ -90,14 +90,11 @@ def derive(m: Mapping[str, float]) -> dict[str, float]:
     (classification); a task without them gets the size, latency and parameter figures,
     and its own metrics' figures from :func:`metric_figures`.
     """
-    out: dict[str, float] = {}
+    out = {"delta.compression_ratio": m["teacher.file_bytes"] / m["student.file_bytes"]}
     if "teacher.accuracy" in m and "student.accuracy" in m:
         t_acc, s_acc = m["teacher.accuracy"], m["student.accuracy"]
         out["delta.accuracy_drop_points"] = (t_acc - s_acc) * 100.0
         out["delta.relative_accuracy_drop"] = (t_acc - s_acc) / t_acc if t_acc > 0 else 0.0
-    out["delta.compression_ratio"] = m["teacher.file_bytes"] / m["student.file_bytes"]
-    if "teacher.accuracy" in m and "student.accuracy" in m:
-        t_acc, s_acc = m["teacher.accuracy"], m["student.accuracy"]
         out["delta.accuracy_recovery"] = s_acc / t_acc if t_acc > 0 else 1.0
     if m.get("teacher.latency_ms"):
         out["delta.latency_ratio"] = m["student.latency_ms"] / m["teacher.latency_ms"]
@@ -160,16 +157,13 @@ def metric_figures(
         t, s = float(teacher[name]), float(student[name])
         base = f"delta.{name}."
         higher = None if directions is None else directions[name]
-        if higher is not False:
+        if higher is not False:  # higher is better, or either
             out[base + "drop"] = t - s
-        if higher is not True:
-            out[base + "increase"] = s - t
-        if higher is not False:
             out[base + "relative_drop"] = (t - s) / abs(t) if t else 0.0
-        if higher is not True:
-            out[base + "relative_increase"] = (s - t) / abs(t) if t else 0.0
-        if higher is not False:
             out[base + "recovery"] = s / t if t else 1.0
+        if higher is not True:  # lower is better, or either
+            out[base + "increase"] = s - t
+            out[base + "relative_increase"] = (s - t) / abs(t) if t else 0.0
         out[base + "value"] = s
     return out
 
