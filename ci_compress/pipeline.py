@@ -31,6 +31,7 @@ from ci_compress import record
 from ci_compress.ci.env import CIContext, detect
 from ci_compress.config import LoadedConfig, to_mapping
 from ci_compress.evaluation.measure import Candidate, Measurements, Paired, compare, measure
+from ci_compress.evaluation.statistics import PairedStatistics
 from ci_compress.evaluation.tasks import Classification, Task
 from ci_compress.explain import explain
 from ci_compress.gate import GateResult, decide, derive, metric_figures, metric_rules
@@ -324,6 +325,8 @@ def _evaluate(
         **_metric_deltas(measured.task, task, th.metrics),
         **paired.deltas(),
     }
+    if "accuracy" in th.metrics and isinstance(paired.statistics, PairedStatistics):
+        deltas.update(_accuracy_intervals(paired.statistics))
     result = decide(
         thresholds,
         {**flat, **deltas},
@@ -381,6 +384,18 @@ def _metric_deltas(
     if task.type == "classification":
         directions = {k: v for k, v in directions.items() if k in limited}
     return metric_figures(scores["teacher"].metrics, scores["student"].metrics, directions)
+
+
+def _accuracy_intervals(st: PairedStatistics) -> dict[str, float]:
+    """The accuracy drop's interval under the names ``thresholds.metrics.accuracy``'s
+    limits read (a fraction, as the metric is), so ``decision: confident`` decides them
+    as it does ``max_accuracy_drop``."""
+    return {
+        "delta.accuracy.drop_ci_low": st.drop_ci_low / 100.0,
+        "delta.accuracy.drop_ci_high": st.drop_ci_high / 100.0,
+        "delta.accuracy.relative_drop_ci_low": st.relative_ci_low,
+        "delta.accuracy.relative_drop_ci_high": st.relative_ci_high,
+    }
 
 
 def _export(

@@ -108,3 +108,26 @@ def test_a_multilabel_gate_on_one_hot_digits(workdir: Path) -> None:
     assert data["statistics"]["metric"] == "f1"
     assert data["deltas"]["delta.f1.drop"] == t["f1"] - s["f1"] < 0.05
     assert "F1 (per sample)" in result.stdout and "exact match" in result.stdout
+
+
+def test_classification_limits_by_name_are_decided_on_the_accuracy_interval(
+    workdir: Path,
+) -> None:
+    config = base_config(
+        thresholds={
+            "metrics": {"accuracy": {"max_drop": 0.015}, "macro_f1": {"max_drop": 0.05}},
+            "decision": "confident",
+        }
+    )
+    result = run_cli("run", "--config", str(write_config(workdir, config)), "--quiet", cwd=workdir)
+    assert result.returncode == 0, result.stdout
+    data = json.loads((workdir / "report" / "report.json").read_text())
+    d = data["deltas"]
+    checks = {c["threshold"]: c for c in data["gate"]["checks"]}
+    accuracy = checks["metrics.accuracy.max_drop"]
+    # the same interval as max_accuracy_drop's, as a fraction
+    assert accuracy["ci_low"] == d["delta.accuracy_drop_ci_low"] / 100
+    assert accuracy["ci_high"] == d["delta.accuracy_drop_ci_high"] / 100 <= 0.015
+    assert checks["metrics.macro_f1.max_drop"]["ci_low"] is None  # no paired scores: a point
+    assert "student.accuracy" in data["metrics"] and "delta.macro_f1.drop" in d
+    assert "delta.agreement.drop" not in d  # only the metrics limited by name
