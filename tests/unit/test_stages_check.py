@@ -70,6 +70,14 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
         "Error: explain.when: the per-layer analysis ranks by top-1 accuracy, which the regression task does not measure",
     ),
     (
+        "custom-metric-named-like-a-figure",
+        {
+            "task": {"type": "custom", "metric": "builtins:samples"},
+            "thresholds": {"metrics": {"samples": {"min_value": 1}}},
+        },
+        "Error: task.metric: the function's name 'samples' is a figure every gate reports",
+    ),
+    (
         "export-program-with-passes",
         {"model": {"path": "model.pt2"}},
         "Error: passes: a torch.export program (.pt2) cannot be compressed",
