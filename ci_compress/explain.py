@@ -35,7 +35,13 @@ from ci_compress.gate import ACCURACY_THRESHOLDS, decide, derive
 from ci_compress.progress import warn_of
 from ci_compress.record import record_explain
 from ci_compress.reporting.explain import markdown_section, write_chart
-from ci_compress.stages import apply_passes, load_inputs, set_determinism, ship
+from ci_compress.stages import (
+    apply_passes,
+    load_inputs,
+    require_classification,
+    set_determinism,
+    ship,
+)
 from ci_compress.tracking import make_tracker
 
 if TYPE_CHECKING:
@@ -120,6 +126,7 @@ def explain(
     ``fetch`` downloads a ``model.uri`` from MLflow (the gate passes its own).
     """
 
+    require_classification(loaded, what="ci-compress explain")
     cfg = loaded.config
     say = progress or (lambda _msg: None)
     out_dir = report_dir or loaded.resolve(cfg.report.dir)

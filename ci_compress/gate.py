@@ -84,20 +84,26 @@ class GateResult:
 
 
 def derive(m: Mapping[str, float]) -> dict[str, float]:
-    """delta.* figures from teacher.* and student.* measurements."""
-    t_acc, s_acc = m["teacher.accuracy"], m["student.accuracy"]
-    out = {
-        "delta.accuracy_drop_points": (t_acc - s_acc) * 100.0,
-        "delta.relative_accuracy_drop": (t_acc - s_acc) / t_acc if t_acc > 0 else 0.0,
-        "delta.compression_ratio": m["teacher.file_bytes"] / m["student.file_bytes"],
-        "delta.accuracy_recovery": s_acc / t_acc if t_acc > 0 else 1.0,
-    }
+    """delta.* figures from teacher.* and student.* measurements.
+
+    The accuracy figures need ``teacher.accuracy`` and ``student.accuracy``
+    (classification); a task without them gets the size, latency and parameter figures,
+    and its own metrics' figures from :func:`metric_figures`.
+    """
+    out = {"delta.compression_ratio": m["teacher.file_bytes"] / m["student.file_bytes"]}
+    if "teacher.accuracy" in m and "student.accuracy" in m:
+        t_acc, s_acc = m["teacher.accuracy"], m["student.accuracy"]
+        out["delta.accuracy_drop_points"] = (t_acc - s_acc) * 100.0
+        out["delta.relative_accuracy_drop"] = (t_acc - s_acc) / t_acc if t_acc > 0 else 0.0
+        out["delta.accuracy_recovery"] = s_acc / t_acc if t_acc > 0 else 1.0
     if m.get("teacher.latency_ms"):
         out["delta.latency_ratio"] = m["student.latency_ms"] / m["teacher.latency_ms"]
     if m.get("teacher.parameters"):
         out["delta.parameter_ratio"] = m["student.parameters"] / m["teacher.parameters"]
-    if "champion.accuracy" in m:
-        out["delta.accuracy_drop_vs_champion_points"] = (m["champion.accuracy"] - s_acc) * 100.0
+    if "champion.accuracy" in m and "student.accuracy" in m:
+        out["delta.accuracy_drop_vs_champion_points"] = (
+            m["champion.accuracy"] - m["student.accuracy"]
+        ) * 100.0
     if m.get("champion.file_bytes"):
         out["delta.size_ratio_vs_champion"] = m["student.file_bytes"] / m["champion.file_bytes"]
     return out
@@ -127,24 +133,57 @@ METRIC_LIMITS: dict[str, tuple[str, str]] = {
 }
 
 
-def metric_figures(teacher: Mapping[str, float], student: Mapping[str, float]) -> dict[str, float]:
+def metric_figures(
+    teacher: Mapping[str, float],
+    student: Mapping[str, float],
+    directions: Mapping[str, bool] | None = None,
+) -> dict[str, float]:
     """``delta.<metric>.*`` for every metric both models report (a task's metrics by name).
 
     ``drop`` = teacher - student, ``increase`` = student - teacher, the relative forms
     divided by the teacher's value (0 when it is 0), ``recovery`` = student / teacher
     (1 when the teacher's value is 0), ``value`` = the student's own value.
+
+    ``directions`` (metric -> higher is better) keeps the figures that fit each metric:
+    ``drop``, ``relative_drop``, ``recovery`` for higher-is-better metrics,
+    ``increase``, ``relative_increase`` for lower-is-better ones, ``value`` for both;
+    metrics it does not name are left out.
     """
     out: dict[str, float] = {}
-    for name in sorted(set(teacher) & set(student)):
+    names = set(teacher) & set(student)
+    if directions is not None:
+        names &= set(directions)
+    for name in sorted(names):
         t, s = float(teacher[name]), float(student[name])
         base = f"delta.{name}."
-        out[base + "drop"] = t - s
-        out[base + "increase"] = s - t
-        out[base + "relative_drop"] = (t - s) / abs(t) if t else 0.0
-        out[base + "relative_increase"] = (s - t) / abs(t) if t else 0.0
-        out[base + "recovery"] = s / t if t else 1.0
+        higher = None if directions is None else directions[name]
+        if higher is not False:  # higher is better, or either
+            out[base + "drop"] = t - s
+            out[base + "relative_drop"] = (t - s) / abs(t) if t else 0.0
+            out[base + "recovery"] = s / t if t else 1.0
+        if higher is not True:  # lower is better, or either
+            out[base + "increase"] = s - t
+            out[base + "relative_increase"] = (s - t) / abs(t) if t else 0.0
         out[base + "value"] = s
     return out
+
+
+def metric_interval(name: str) -> tuple[str, str] | None:
+    """The interval figures of a ``metrics.<metric>.max_<drop|increase>`` or
+    ``max_relative_<drop|increase>`` threshold (present for the task's primary metric,
+    whose per-sample scores are paired: :meth:`PairedScoreStatistics.deltas
+    <ci_compress.evaluation.statistics.PairedScoreStatistics.deltas>`)."""
+    head, _, rest = name.partition(".")
+    metric, _, limit = rest.rpartition(".")
+    if head != "metrics" or not metric or limit not in _INTERVAL_LIMITS:
+        return None
+    figure = METRIC_LIMITS[limit][0]
+    return f"delta.{metric}.{figure}_ci_low", f"delta.{metric}.{figure}_ci_high"
+
+
+_INTERVAL_LIMITS = frozenset(
+    {"max_drop", "max_relative_drop", "max_increase", "max_relative_increase"}
+)
 
 
 def metric_rules(thresholds: Mapping[str, float]) -> dict[str, tuple[str, str, str]]:
@@ -203,13 +242,15 @@ def decide(
     """Check every set threshold; the gate passes when all checks pass.
 
     ``decision="point"`` compares the measured figure with the limit. ``"confident"``
-    does so for figures without an interval (size, compression ratio) and, for the
-    thresholds with one (``INTERVALS``: the accuracy drops and the latency ratio), uses
-    the interval: the check fails only when the whole interval is above the limit (the
-    figure exceeds it with the given confidence), passes when the whole interval is at
-    or below it, and is inconclusive when the interval straddles the limit. A latency
-    ratio measured without its interval (a caller that timed no repeats) is compared
-    as a point.
+    does so for figures without an interval (size, compression ratio, a task metric
+    other than the primary one) and, for the thresholds with one (``INTERVALS``: the
+    accuracy drops and the latency ratio; :func:`metric_interval`: the ``max_*`` limits
+    of ``thresholds.metrics`` on the task's primary metric), uses the interval: the
+    check fails only when the whole interval is above the limit (the figure exceeds it
+    with the given confidence), passes when the whole interval is at or below it, and
+    is inconclusive when the interval straddles the limit. A latency ratio or a task
+    metric measured without its interval (no timed repeats, no paired scores) is
+    compared as a point.
 
     ``rules`` adds thresholds beyond :data:`RULES` (name -> figure, direction, unit):
     :func:`metric_rules` gives those of a task's metrics, whose figures come from
@@ -249,11 +290,11 @@ def decide(
         word = "at most" if direction == "max" else "at least"
         note = f" ({notes[metric]})" if notes.get(metric) else ""
         ci_low = ci_high = None
-        if name in INTERVALS and all(k in figures for k in INTERVALS[name]):
-            ci_low, ci_high = (float(figures[k]) for k in INTERVALS[name])
-        missing = name in INTERVALS and (ci_low is None or ci_high is None)
-        if missing and decision == "confident" and name in ACCURACY_THRESHOLDS:
-            raise KeyError(f"the confident rule needs measurements {INTERVALS[name]}")
+        bounds = INTERVALS.get(name) or metric_interval(name)
+        if bounds is not None and all(k in figures for k in bounds):
+            ci_low, ci_high = (float(figures[k]) for k in bounds)
+        elif bounds is not None and decision == "confident" and name in ACCURACY_THRESHOLDS:
+            raise KeyError(f"the confident rule needs measurements {bounds}")
         if decision == "confident" and ci_low is not None and ci_high is not None:
             # direction is "max" for every threshold with an interval
             if ci_low > limit:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,9 +32,11 @@ from ci_compress.ci.env import CIContext, detect
 from ci_compress.config import LoadedConfig, to_mapping
 from ci_compress.evaluation.measure import Candidate, Measurements, Paired, compare, measure
 from ci_compress.evaluation.performance import latency_ratio
+from ci_compress.evaluation.statistics import PairedStatistics
+from ci_compress.evaluation.tasks import Classification, Task
 from ci_compress.explain import explain
 from ci_compress.files import make_dir, remove_files
-from ci_compress.gate import GateResult, decide, derive
+from ci_compress.gate import GateResult, decide, derive, metric_figures, metric_rules
 from ci_compress.layers.batches import Inputs as ModelInputs
 from ci_compress.layers.batches import first_tensor
 from ci_compress.layers.outputs import OutputSpec
@@ -369,12 +371,10 @@ def _evaluate(
         warn,
         output=cfg.model.output,
     )
+    task = inputs.task or Classification()
     figures = {
         **measured.figures,
-        "student": {
-            **measured.figures["student"],
-            **{f"{fmt}_agreement": float(e.agreement or 0.0) for fmt, e in exports.items() if e.ok},
-        },
+        "student": {**measured.figures["student"], **_export_figures(exports, task)},
     }
     flat = {f"{role}.{k}": v for role, values in figures.items() for k, v in values.items()}
     thresholds = th.active()
@@ -384,15 +384,18 @@ def _evaluate(
         resamples=th.bootstrap_resamples,
         seed=rt.seed,
         max_class_drop=thresholds.get("max_class_drop"),
+        scored=task,
     )
     deltas = {
         **derive(flat),
-        **paired.statistics.deltas(),
-        **paired.class_deltas,
+        **_metric_deltas(measured.task, task, th.metrics),
+        **paired.deltas(),
         **latency_deltas(
             measured, th.confidence, warn if "max_latency_ratio" in thresholds else None
         ),
     }
+    if "accuracy" in th.metrics and isinstance(paired.statistics, PairedStatistics):
+        deltas.update(_accuracy_intervals(paired.statistics))
     _warn_if_too_small(measured.samples, holdout.name, warn)
     result = decide(
         thresholds,
@@ -401,6 +404,7 @@ def _evaluate(
         confidence=th.confidence,
         inconclusive=th.inconclusive,
         notes=dict(paired.class_notes),
+        rules=metric_rules(thresholds),
     )
     if result.verdict == "inconclusive" and th.inconclusive != "pass":
         warn(
@@ -465,6 +469,43 @@ def latency_deltas(
         "delta.latency_ratio": r.ratio,
         "delta.latency_ratio_ci_low": r.low,
         "delta.latency_ratio_ci_high": r.high,
+    }
+
+
+def _export_figures(exports: Mapping[str, ExportResult], task: Task) -> dict[str, float]:
+    """Each checked export against the shipped student: top-1 agreement for
+    classification (``onnx_agreement``), else the largest output difference
+    (``onnx_max_abs_diff``): an argmax of a regression value or an embedding means
+    nothing."""
+    if task.type == "classification":
+        return {f"{fmt}_agreement": float(e.agreement or 0.0) for fmt, e in exports.items() if e.ok}
+    return {
+        f"{fmt}_max_abs_diff": float(e.max_abs_diff or 0.0) for fmt, e in exports.items() if e.ok
+    }
+
+
+def _metric_deltas(
+    scores: Mapping[str, TaskMetrics], task: Task, limited: Collection[str]
+) -> dict[str, float]:
+    """``delta.<metric>.*`` of the task's metrics (:func:`ci_compress.gate.metric_figures`,
+    in each metric's direction): every metric of a task other than classification, and
+    for classification only the metrics ``thresholds.metrics`` limits (its historical
+    figures keep their names, so a classification report stays as it was)."""
+    directions = task.metric_directions()
+    if task.type == "classification":
+        directions = {k: v for k, v in directions.items() if k in limited}
+    return metric_figures(scores["teacher"].metrics, scores["student"].metrics, directions)
+
+
+def _accuracy_intervals(st: PairedStatistics) -> dict[str, float]:
+    """The accuracy drop's interval under the names ``thresholds.metrics.accuracy``'s
+    limits read (a fraction, as the metric is), so ``decision: confident`` decides them
+    as it does ``max_accuracy_drop``."""
+    return {
+        "delta.accuracy.drop_ci_low": st.drop_ci_low / 100.0,
+        "delta.accuracy.drop_ci_high": st.drop_ci_high / 100.0,
+        "delta.accuracy.relative_drop_ci_low": st.relative_ci_low,
+        "delta.accuracy.relative_drop_ci_high": st.relative_ci_high,
     }
 
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from ci_compress.ci.env import CIContext
 from ci_compress.config import flatten
 from ci_compress.errors import CICompressError, ConfigError
+from ci_compress.evaluation.statistics import PairedScoreStatistics
 from ci_compress.files import atomic_write
 from ci_compress.progress import Warn
 from ci_compress.redaction import redact
@@ -231,13 +232,16 @@ def baseline(
         )
     if report.champion is None:
         return Baseline("none", registered_model=champion.registered_model, alias=champion.alias)
+    st = report.statistics
+    metric = st.metric if isinstance(st, PairedScoreStatistics) else "accuracy"
     return champion_baseline(
         champion.version,
         champion.alias,
         tracker,
         holdout_sha256=report.holdout.sha256,
-        measured_accuracy=report.champion.metrics["accuracy"],
+        measured_accuracy=report.champion.metrics.get(metric, float("nan")),
         warn=warn,
+        metric=metric,
     )
 
 
@@ -249,13 +253,18 @@ def champion_baseline(
     holdout_sha256: str,
     measured_accuracy: float,
     warn: Warn,
+    metric: str = "accuracy",
 ) -> Baseline:
-    """The champion re-measured now, beside what its own gate run recorded."""
+    """The champion re-measured now, beside what its own gate run recorded.
+
+    ``metric`` is the one compared with the champion's record: ``accuracy`` for
+    classification, else the task's primary metric (``measured_accuracy`` is its value).
+    """
     recorded = tracker.run_record(champion.run_id) if champion.run_id else {}
     metrics = recorded.get("metrics", {})
     tags = recorded.get("tags", {})
     rec_holdout = tags.get("ci_compress.holdout_sha256")
-    rec_acc = metrics.get("student.accuracy")
+    rec_acc = metrics.get(f"student.{metric}")
     note = None
     if rec_holdout and rec_holdout != holdout_sha256:
         note = (
@@ -263,9 +272,14 @@ def champion_baseline(
             f"(sha256 {rec_holdout[:12]}); both are compared on this one"
         )
     elif rec_acc is not None and abs(rec_acc - measured_accuracy) > 1e-9:
+        was, now = (
+            (f"{rec_acc:.4%}", f"{measured_accuracy:.4%}")
+            if metric == "accuracy"
+            else (f"{rec_acc:.6g}", f"{measured_accuracy:.6g}")
+        )
         warn(
-            f"champion version {champion.version} recorded accuracy {rec_acc:.4%} "
-            f"but measures {measured_accuracy:.4%} on the same holdout now "
+            f"champion version {champion.version} recorded {metric} {was} "
+            f"but measures {now} on the same holdout now "
             "(library versions changed?); the gate uses the new measurement"
         )
     return Baseline(
@@ -276,7 +290,7 @@ def champion_baseline(
         run_id=champion.run_id,
         source=champion.source,
         recorded=ChampionRecord(
-            accuracy=rec_acc,
+            accuracy=rec_acc if metric == "accuracy" else None,
             file_bytes=metrics.get("student.file_bytes"),
             holdout_sha256=rec_holdout,
         ),

@@ -33,13 +33,19 @@ from typing import Any
 
 from ci_compress.errors import InputError
 from ci_compress.evaluation.classes import PerClass
-from ci_compress.evaluation.statistics import PairedStatistics
+from ci_compress.evaluation.statistics import (
+    PairedScoreStatistics,
+    PairedStatistics,
+    statistics_from_dict,
+)
 from ci_compress.gate import Check, GateResult
 
 SCHEMA_VERSION = 1
 
-Statistics = PairedStatistics
-"""The paired statistics of the accuracy drop (the report's ``statistics`` section)."""
+Statistics = PairedStatistics | PairedScoreStatistics
+"""The report's ``statistics`` section: the paired statistics of the accuracy drop
+(classification), or of the change of the task's per-sample primary score (any other
+task; its ``metric`` names it)."""
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -633,7 +639,9 @@ class Report:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        def section(value: _Section | PairedStatistics | PerClass | None) -> dict[str, Any]:
+        def section(
+            value: _Section | PairedStatistics | PairedScoreStatistics | PerClass | None,
+        ) -> dict[str, Any]:
             return {} if value is None else value.to_dict()
 
         return {
@@ -697,7 +705,7 @@ class Report:
             exports={
                 fmt: ExportResult.from_dict(e) for fmt, e in (data.get("exports") or {}).items()
             },
-            statistics=optional("statistics", PairedStatistics.from_dict),
+            statistics=optional("statistics", statistics_from_dict),
             champion=optional("champion", lambda m: ModelSummary.from_dict("champion", m)),
             baseline=optional("baseline", Baseline.from_dict),
             registry=optional("registry", RegistryInfo.from_dict),

@@ -78,10 +78,8 @@ def check(loaded: LoadedConfig, *, gate: bool = True) -> Task:
     ``torch.export`` program is not given passes. ``ci-compress validate`` runs it, and
     so does every run, explain and tune (:func:`load_inputs`).
 
-    ``gate=True`` also refuses what the gate (run, explain, tune) cannot decide on yet:
-    a task other than classification, and thresholds on task metrics by name. The
-    library measures those (:func:`ci_compress.evaluation.metrics.score` with the
-    task); the report, MLflow metrics and gate checks for them come next.
+    ``gate=True`` also refuses what a gate cannot do for the task: the per-layer
+    analysis (``explain.when``) ranks layers by top-1 accuracy, classification's.
     """
     cfg = loaded.config
     base = loaded.base_dir
@@ -112,19 +110,28 @@ def check(loaded: LoadedConfig, *, gate: bool = True) -> Task:
 
 def _gate_supports(loaded: LoadedConfig) -> None:
     cfg = loaded.config
-    if cfg.task is not None and cfg.task.type != "classification":
-        raise ConfigError(
-            f"is {cfg.task.type}: this version's gate (run, explain, tune) decides on classification only",
-            path="task.type",
-            hint="measure other tasks with the library (ci_compress.evaluation.metrics.score(..., task=...)); the gate's report and thresholds for them are on the way",
-        )
-    if cfg.thresholds.metrics:
-        name = next(iter(cfg.thresholds.metrics))
-        raise ConfigError(
-            "limits on task metrics by name are not applied by this version's gate",
-            path=f"thresholds.metrics.{name}",
-            hint="use the classification thresholds (max_accuracy_drop, min_recovery, ...) for now",
-        )
+    if cfg.explain.when != "never":
+        require_classification(loaded, what="the per-layer analysis", path="explain.when")
+
+
+def require_classification(loaded: LoadedConfig, *, what: str, path: str = "task.type") -> None:
+    """Refuse a task other than classification for ``what`` (``ci-compress explain``,
+    ``ci-compress tune``, ``explain.when``): they rank layers and trials by top-1
+    accuracy. ``ci-compress run`` gates every task."""
+    task = loaded.config.task
+    if task is None or task.type == "classification":
+        return
+    raise ConfigError(
+        f"{'is ' + task.type + ': ' if path == 'task.type' else ''}{what} ranks by top-1 "
+        f"accuracy, which the {task.type} task does not measure",
+        path=path,
+        hint="ci-compress run gates this task on thresholds.metrics"
+        + (
+            "; set explain.when: never (the default)"
+            if path == "explain.when"
+            else f"; {what} supports classification only"
+        ),
+    )
 
 
 @dataclass

@@ -62,6 +62,24 @@ PRIMARY: dict[str, str] = {
 }
 """The metric each task's per-sample score averages to (the paired statistics' figure)."""
 
+# Figures the report holds for every model beside the task's metrics (a custom metric
+# may not take these names).
+RESERVED_NAMES = frozenset(
+    {
+        "accuracy",
+        "agreement",
+        "bits_per_weight",
+        "correct",
+        "file_bytes",
+        "latency_ms",
+        "memory_bytes",
+        "nonzero_parameters",
+        "parameters",
+        "samples",
+        "sparsity",
+    }
+)
+
 # option -> the task types it applies to
 _OPTIONS: dict[str, tuple[str, ...]] = {
     "top_k": ("classification",),
@@ -140,6 +158,11 @@ class TaskConfig(Frozen):
                 )
         if self.type == "custom" and self.metric is None:
             raise ValueError("task.metric: the custom task needs metric: package.module:function")
+        if self.type == "custom" and self.primary() in RESERVED_NAMES:
+            raise ValueError(
+                f"task.metric: the function's name {self.primary()!r} is a figure every gate "
+                "reports (the report would hold two values under one name); rename the function"
+            )
         return self
 
     def metric_directions(self) -> dict[str, bool]:

@@ -12,6 +12,7 @@ Nothing here decides: :func:`ci_compress.gate.decide` does, on these figures.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,7 +21,12 @@ from typing import TYPE_CHECKING
 from ci_compress.evaluation.classes import PerClass, class_figures, per_class_table
 from ci_compress.evaluation.metrics import TaskMetrics, score
 from ci_compress.evaluation.performance import latency_samples, model_memory_bytes
-from ci_compress.evaluation.statistics import PairedStatistics, paired_statistics
+from ci_compress.evaluation.statistics import (
+    PairedScoreStatistics,
+    PairedStatistics,
+    paired_score_statistics,
+    paired_statistics,
+)
 from ci_compress.evaluation.tasks import Task
 from ci_compress.layers.batches import Inputs, take
 from ci_compress.layers.batches import batch_size as samples_in
@@ -124,10 +130,17 @@ def measure(
 
 
 def _figures(m: TaskMetrics, model: nn.Module, file_bytes: int, latency: float) -> dict[str, float]:
+    """One role's figures: classification's historical ones (``accuracy``, ``correct``,
+    ``agreement``), or the task's metrics by name (``mae``, ``perplexity``, ...), then
+    samples, sizes, latency and memory."""
     params, nonzero = count_parameters(model)
+    task: dict[str, float] = (
+        {"accuracy": m.accuracy, "correct": float(m.correct)}
+        if m.task == "classification"
+        else {k: float(v) for k, v in m.metrics.items()}
+    )
     out: dict[str, float] = {
-        "accuracy": m.accuracy,
-        "correct": float(m.correct),
+        **task,
         "samples": float(m.samples),
         "file_bytes": float(file_bytes),
         "parameters": float(params),
@@ -137,7 +150,7 @@ def _figures(m: TaskMetrics, model: nn.Module, file_bytes: int, latency: float) 
         "memory_bytes": float(model_memory_bytes(model)),
         "bits_per_weight": 8 * file_bytes / params if params else 0.0,
     }
-    if m.agreement is not None:
+    if m.agreement is not None and m.task == "classification":
         out["agreement"] = m.agreement
     return out
 
@@ -147,13 +160,80 @@ class Paired:
     """The student against the teacher, sample by sample: how sure the drop is, and
     which classes it hits."""
 
-    statistics: PairedStatistics
+    statistics: PairedStatistics | PairedScoreStatistics
     class_deltas: Mapping[str, float]  # delta.max_class_drop_points
     class_notes: Mapping[str, str]  # the gate's note naming the worst class
     per_class: PerClass | None
+    # intervals derived from the primary metric's (the language model's perplexity)
+    metric_deltas: Mapping[str, float] = field(default_factory=dict)
+
+    def deltas(self) -> dict[str, float]:
+        """Every ``delta.*`` figure of the comparison (report, MLflow, gate)."""
+        return {**self.metric_deltas, **self.statistics.deltas(), **self.class_deltas}
 
 
 def compare(
+    task: Mapping[str, TaskMetrics],
+    *,
+    confidence: float,
+    resamples: int,
+    seed: int,
+    max_class_drop: float | None = None,
+    scored: Task | None = None,
+) -> Paired:
+    """Paired statistics of the change and, for classification, the per-class figures.
+
+    ``scored`` is the task (classification when None). Classification keeps its
+    historical figures: McNemar and the bootstrap of the accuracy drop, per class. Any
+    other task gets the paired bootstrap and t-test of its per-sample primary score
+    (:func:`~ci_compress.evaluation.statistics.paired_score_statistics`); the language
+    model's interval of the NLL increase also bounds its perplexity (perplexity =
+    exp(NLL), so the increase maps through exp) in ``metric_deltas``.
+    """
+    if scored is not None and scored.type != "classification":
+        return _compare_scores(task, scored, confidence=confidence, resamples=resamples, seed=seed)
+    return _compare_classes(
+        task, confidence=confidence, resamples=resamples, seed=seed, max_class_drop=max_class_drop
+    )
+
+
+def _compare_scores(
+    task: Mapping[str, TaskMetrics],
+    scored: Task,
+    *,
+    confidence: float,
+    resamples: int,
+    seed: int,
+) -> Paired:
+    teacher, student = task["teacher"], task["student"]
+    assert teacher.scores is not None and student.scores is not None
+    stats = paired_score_statistics(
+        teacher.scores,
+        student.scores,
+        metric=scored.primary,
+        higher_is_better=scored.higher_is_better,
+        confidence=confidence,
+        resamples=resamples,
+        seed=seed,
+    )
+    figures: dict[str, float] = {}
+    if scored.type == "language-model" and "perplexity" in teacher.metrics:
+        ppl = teacher.metrics["perplexity"]
+        for end in ("low", "high"):
+            change = getattr(stats, f"change_ci_{end}")
+            factor = math.exp(min(change, 700.0)) - 1.0
+            figures[f"delta.perplexity.relative_increase_ci_{end}"] = factor
+            figures[f"delta.perplexity.increase_ci_{end}"] = ppl * factor
+    return Paired(
+        statistics=stats,
+        class_deltas={},
+        class_notes={},
+        per_class=None,
+        metric_deltas=figures,
+    )
+
+
+def _compare_classes(
     task: Mapping[str, TaskMetrics],
     *,
     confidence: float,

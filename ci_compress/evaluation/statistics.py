@@ -31,6 +31,7 @@ bounded) and a paired t-test (scipy, already installed with scikit-learn).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -208,8 +209,58 @@ class PairedScoreStatistics:
     seed: int
     method: str = "paired bootstrap (percentile) of the mean change, paired t-test"
 
+    @property
+    def worse(self) -> str:
+        """What a positive change is called: ``drop`` (higher is better) or ``increase``."""
+        return "drop" if self.higher_is_better else "increase"
+
+    def deltas(self) -> dict[str, float]:
+        """The interval and test as flat ``delta.<metric>.*`` measurements (report, MLflow,
+        gate): ``<drop|increase>_ci_low/high`` of the change in the metric's unit,
+        ``relative_<drop|increase>_ci_low/high`` of the relative change, ``p_value``.
+        The gate's confident rule reads the intervals of ``thresholds.metrics.<metric>``'s
+        ``max_<drop|increase>`` and ``max_relative_<drop|increase>``."""
+        base, w = f"delta.{self.metric}.", self.worse
+        return {
+            f"{base}{w}_ci_low": self.change_ci_low,
+            f"{base}{w}_ci_high": self.change_ci_high,
+            f"{base}relative_{w}_ci_low": self.relative_ci_low,
+            f"{base}relative_{w}_ci_high": self.relative_ci_high,
+            f"{base}p_value": self.p_value,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PairedScoreStatistics:
+        """The inverse of :meth:`to_dict` (the report's ``statistics`` section of a task
+        other than classification)."""
+        return cls(
+            samples=int(data["samples"]),
+            metric=str(data["metric"]),
+            higher_is_better=bool(data["higher_is_better"]),
+            teacher_mean=float(data["teacher_mean"]),
+            student_mean=float(data["student_mean"]),
+            change=float(data["change"]),
+            change_ci_low=float(data["change_ci_low"]),
+            change_ci_high=float(data["change_ci_high"]),
+            relative_change=float(data["relative_change"]),
+            relative_ci_low=float(data["relative_ci_low"]),
+            relative_ci_high=float(data["relative_ci_high"]),
+            p_value=float(data["p_value"]),
+            confidence=float(data["confidence"]),
+            resamples=int(data["resamples"]),
+            seed=int(data["seed"]),
+            method=str(data.get("method", cls.method)),
+        )
+
+
+def statistics_from_dict(data: Mapping[str, Any]) -> PairedStatistics | PairedScoreStatistics:
+    """Either statistics section of a report: continuous scores name their ``metric``."""
+    if "metric" in data:
+        return PairedScoreStatistics.from_dict(data)
+    return PairedStatistics.from_dict(data)
 
 
 def is_binary(*scores: np.ndarray) -> bool:
@@ -233,7 +284,11 @@ def paired_t_p_value(diff: np.ndarray) -> float:
         return 1.0
     if float(d.std(ddof=1)) == 0.0:
         return 0.0
-    return float(stats.ttest_1samp(d, 0.0).pvalue)
+    with warnings.catch_warnings():
+        # differences equal up to rounding (a student identical but for float noise):
+        # scipy warns of precision loss; the p-value is still the one to report
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(stats.ttest_1samp(d, 0.0).pvalue)
 
 
 def paired_score_statistics(

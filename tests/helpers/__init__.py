@@ -6,7 +6,8 @@ suite every :class:`~ci_compress.tracking.Tracker` must pass; the rest are stand
 ``local_http`` (a model host), ``fake_apis`` (GitHub and GitLab REST), ``faultproxy``
 (a fault-injecting proxy before MLflow), ``action_harness`` (a composite action's
 steps), ``bad_models`` (misbehaving model factories) and ``passes_support`` (trained
-teachers and one example config per pass).
+teachers and one example config per pass); ``real_models`` builds real models of each
+task offline (MiniLM from its wheel, a diabetes regressor, a tiny GPT-2).
 """
 
 from __future__ import annotations

@@ -61,14 +61,21 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
         "Error: passes[0].student_factory: cannot import 'nowhere_at_all'",
     ),
     (
-        "non-classification-task",
-        {"task": {"type": "regression"}, "thresholds": {"min_compression_ratio": 2}},
-        "Error: task.type: is regression: this version's gate (run, explain, tune) decides on classification only",
+        "explain-on-a-regression-task",
+        {
+            "task": {"type": "regression"},
+            "thresholds": {"metrics": {"mae": {"max_increase": 0.1}}},
+            "explain": {"when": "fail"},
+        },
+        "Error: explain.when: the per-layer analysis ranks by top-1 accuracy, which the regression task does not measure",
     ),
     (
-        "thresholds-on-metrics",
-        {"thresholds": {"metrics": {"macro_f1": {"max_drop": 0.01}}}},
-        "Error: thresholds.metrics.macro_f1: limits on task metrics by name are not applied by this version's gate",
+        "custom-metric-named-like-a-figure",
+        {
+            "task": {"type": "custom", "metric": "builtins:samples"},
+            "thresholds": {"metrics": {"samples": {"min_value": 1}}},
+        },
+        "Error: task.metric: the function's name 'samples' is a figure every gate reports",
     ),
     (
         "export-program-with-passes",

@@ -111,3 +111,33 @@ def test_point_rule_ignores_the_interval_but_shows_it() -> None:
 def test_confident_rule_keeps_point_checks_for_figures_without_an_interval() -> None:
     r = decide({"max_accuracy_drop": 5.0, "min_compression_ratio": 3.0}, FIG, decision="confident")
     assert r.verdict == "fail" and [c.threshold for c in r.failures] == ["min_compression_ratio"]
+
+
+def test_score_statistics_name_their_metric_in_deltas_and_round_trip() -> None:
+    from ci_compress.evaluation.statistics import (
+        PairedScoreStatistics,
+        paired_score_statistics,
+        statistics_from_dict,
+    )
+
+    rng = np.random.default_rng(0)
+    teacher = rng.random(200)
+    lower = paired_score_statistics(
+        teacher, teacher + 0.1, metric="mae", higher_is_better=False, resamples=500
+    )
+    assert lower.worse == "increase" and lower.change == pytest.approx(0.1)
+    assert sorted(lower.deltas()) == [
+        "delta.mae.increase_ci_high",
+        "delta.mae.increase_ci_low",
+        "delta.mae.p_value",
+        "delta.mae.relative_increase_ci_high",
+        "delta.mae.relative_increase_ci_low",
+    ]
+    higher = paired_score_statistics(
+        teacher, teacher - 0.1, metric="cosine", higher_is_better=True, resamples=500
+    )
+    assert "delta.cosine.drop_ci_low" in higher.deltas()
+    back = statistics_from_dict(higher.to_dict())
+    assert isinstance(back, PairedScoreStatistics) and back == higher
+    accuracy = paired_statistics(np.ones(10, bool), np.ones(10, bool), resamples=100)
+    assert statistics_from_dict(accuracy.to_dict()) == accuracy
