@@ -51,3 +51,48 @@ def test_benchmark_smoke_run_reports_every_row(tmp_path: Path) -> None:
     assert res["memory"]["same_digest"] is True  # the folder and the .npz hold the same samples
     assert len(res["targets"]) == 8 and all(isinstance(t["met"], bool) for t in res["targets"])
     assert "gate vs bare script" in proc.stdout and "targets" in proc.stdout
+
+
+@pytest.mark.slow
+def test_deep_compression_smoke_reports_the_table(tmp_path: Path) -> None:
+    out = tmp_path / "deep_compression.json"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/deep_compression.py", "--smoke", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    # the smoke teacher trains one epoch: every configuration qualifies (structure only)
+    assert res["smoke"] is True and res["max_drop_points"] == 100.0 and res["target_ratio"] == 45.0
+    # train / validation / test: disjoint 60/20/20 of digits' 1,797 images
+    assert res["split_sizes"] == {"train": 1077, "val": 360, "test": 360}
+    by_model = {r["model"]: r for r in res["results"]}
+    assert set(by_model) == {"lenet-300-100", "lenet-5"}
+    # Deep Compression's layer shapes; the denominator is 4 bytes per fp32 parameter
+    assert by_model["lenet-300-100"]["parameters"] == 784 * 300 + 300 + 300 * 100 + 100 + 1010
+    assert by_model["lenet-5"]["parameters"] == 520 + 25050 + 400500 + 5010
+    for r in res["results"]:
+        assert r["fp32_bytes"] == 4 * r["parameters"]
+        layers = set(r["sensitivity"])
+        assert len(layers) == (3 if r["model"] == "lenet-300-100" else 4)
+        assert all(set(d) == {"0.5", "0.9"} for d in r["sensitivity"].values())
+        assert r["rows"]
+        for row in r["rows"]:
+            # a real packed file: the ratio is fp32 bytes over its bytes, manifest included
+            assert row["ratio"] == pytest.approx(r["fp32_bytes"] / row["shipped_bytes"])
+            assert row["payload_bytes"] + row["manifest_bytes"] < row["shipped_bytes"]
+            assert set(row["kept"]) == layers
+            assert all(0 < k <= 1 for k in row["kept"].values())
+            assert 0 < row["bound_bits_per_nonzero"] <= row["bits_per_nonzero"]
+        best = r["best"]
+        assert best is not None, r["rows"]
+        assert set(res["columns"]) <= set(best)
+        assert best["drop_ci_low"] <= best["drop_points"] <= best["drop_ci_high"]
+        assert best["test_samples"] == 360 and best["paper_ratio"] in (40.0, 39.0)
+        assert best["ratio"] == pytest.approx(r["fp32_bytes"] / best["shipped_bytes"])
+    header = proc.stdout.splitlines()
+    assert any(line.startswith("| model | shipped bytes | ratio | paper |") for line in header)
+    assert sum(line.startswith("| lenet-") for line in header) == 2

@@ -1,0 +1,537 @@
+"""Deep Compression's own networks: LeNet-300-100 and LeNet-5, shipped as ``.ccz`` files.
+
+    python benchmarks/deep_compression.py            # both models (~10 CPU min on one core)
+    python benchmarks/deep_compression.py --smoke    # tiny: every step once (the test suite)
+    python benchmarks/deep_compression.py --models lenet-300-100 --update   # one model again
+
+Han et al. (2016) report 40x for LeNet-300-100 and 39x for LeNet-5 (MNIST, pruning +
+k-means weight sharing + Huffman coding, fp32 weights as the denominator). Here:
+
+* **Models**: Deep Compression's layer shapes. LeNet-300-100 is 784-300-100-10 with
+  ReLUs; LeNet-5 is Caffe's LeNet (conv 20@5x5, max-pool, conv 50@5x5, max-pool,
+  fc 800-500 with ReLU, fc 500-10).
+* **Data**: scikit-learn's digits (1,797 images, shipped with the library, no download),
+  upsampled from 8x8 to 28x28 (bilinear), split 60/20/20 into train / validation / test,
+  stratified with a fixed seed. The test split is read only once, at the end, for the
+  configuration the validation split chose.
+* **Teacher**: trained deterministically (Adam, fixed seed, one thread).
+* **Ratio**: ``fp32 bytes / shipped bytes``. ``fp32 bytes`` is 4 bytes per parameter of
+  the teacher (weights and biases), the paper's denominator (LeNet-300-100: 266,610
+  parameters, 1,066,440 bytes; the paper's 1,070 KB). ``shipped bytes`` is the whole
+  ``.ccz`` file the real packer writes (:func:`ci_compress.packing.file.pack`): payload,
+  manifest and all; the student evaluated is the one read back from it.
+* **Per-layer sparsity from sensitivity**: each prunable layer is pruned alone (the
+  ``prune`` pass with ``include: [layer]``, no fine-tuning, as ``ci-compress explain``
+  restricts a pass to one layer and as Deep Compression's sensitivity analysis does) at
+  increasing amounts, and its validation accuracy drop recorded. For a tolerance ``tau``
+  each layer gets the largest amount whose drop alone (and every smaller amount's) is at
+  most ``tau`` points; the tolerances give a few candidate configurations (fine-tuning
+  recovers most of a one-shot drop, so ``tau`` runs from 10 to 40 points). Then a small
+  greedy refinement (``refine_rounds``): from the best candidate that passes on
+  validation, raise one layer at a time to its next measured amount, keep the best that
+  still passes, repeat.
+* **Passes** (ci-compress's own pass API, :func:`ci_compress.passes.run.run_pass`): one
+  ``prune`` pass per layer (``include: [layer]``, ``scope: layer``, gradual ``steps``
+  with ``fine_tune_epochs`` after each; fine-tuning holds every zero already in the
+  model, so later layers' passes keep earlier layers' sparsity), then ``cluster``
+  (k-means weight sharing, zero reserved, centroids fine-tuned) at a few bit widths.
+* **Choice**: the configuration with the highest ratio whose validation drop is at most
+  ``MAX_DROP_POINTS``; then scored once on test, with the paired bootstrap interval of
+  the drop (:func:`ci_compress.evaluation.statistics.paired_statistics`, 95%).
+* **Bits per nonzero weight**: ``8 * shipped bytes / nonzero weights`` (everything in the
+  file counted against the weights that survive pruning), beside the same for the
+  order-0 entropy bound of the streams the payload stores (``PackInfo.entropy_bound_bytes``)
+  and the file's split into payload and manifest.
+
+Prints one table per model and a summary with the targets (>= 45x at <= 1 point drop)
+and the paper's figures beside; writes ``benchmarks/results/deep_compression.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+MAX_DROP_POINTS = 1.0
+TARGET_RATIO = 45.0
+PAPER = {"lenet-300-100": 40.0, "lenet-5": 39.0}  # Han et al. 2016, Table 1
+COLUMNS = (
+    "model",
+    "shipped_bytes",
+    "ratio",
+    "paper_ratio",
+    "teacher_test_accuracy",
+    "student_test_accuracy",
+    "drop_points",
+    "drop_ci_low",
+    "drop_ci_high",
+    "kept",
+    "bits_per_nonzero",
+    "bound_bits_per_nonzero",
+    "payload_bytes",
+    "manifest_bytes",
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much work one run does (the full run, or the smoke run the tests use)."""
+
+    teacher_epochs: dict[str, int]
+    amounts: tuple[float, ...]
+    sensitivity_epochs: int
+    tolerances: tuple[float, ...]
+    bits: tuple[int, ...]
+    steps: int
+    prune_epochs: int
+    cluster_epochs: int
+    train_limit: int | None = None
+    max_steps: int | None = None
+    max_drop_points: float = MAX_DROP_POINTS
+    refine_rounds: dict[str, int] = field(default_factory=dict)
+
+
+FULL = Plan(
+    teacher_epochs={"lenet-300-100": 30, "lenet-5": 15},
+    amounts=(0.5, 0.7, 0.8, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995),
+    sensitivity_epochs=0,
+    tolerances=(10.0, 20.0, 40.0),
+    bits=(3, 4),
+    steps=3,
+    prune_epochs=3,
+    cluster_epochs=3,
+    # LeNet-5 candidates cost ~75 s each on one loaded core; its tolerance search passes
+    refine_rounds={"lenet-300-100": 3},
+)
+SMOKE = Plan(
+    teacher_epochs={"lenet-300-100": 1, "lenet-5": 1},
+    amounts=(0.5, 0.9),
+    sensitivity_epochs=1,
+    tolerances=(5.0,),
+    bits=(4,),
+    steps=1,
+    prune_epochs=1,
+    cluster_epochs=1,
+    train_limit=128,
+    max_steps=2,
+    max_drop_points=100.0,  # a teacher trained for one epoch: the smoke checks structure
+    refine_rounds={"lenet-300-100": 1},
+)
+
+
+def lenet_300_100() -> Any:
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(784, 300),
+        nn.ReLU(),
+        nn.Linear(300, 100),
+        nn.ReLU(),
+        nn.Linear(100, 10),
+    )
+
+
+def lenet_5() -> Any:
+    """Caffe's LeNet: no nonlinearity after the convolutions, one ReLU after ip1."""
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(1, 20, 5),
+        nn.MaxPool2d(2),
+        nn.Conv2d(20, 50, 5),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(800, 500),
+        nn.ReLU(),
+        nn.Linear(500, 10),
+    )
+
+
+MODELS = {"lenet-300-100": lenet_300_100, "lenet-5": lenet_5}
+
+
+def digits_28() -> dict[str, tuple[Any, Any]]:
+    """digits upsampled to 28x28 (bilinear), split 60/20/20 train/validation/test."""
+    import torch
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    x_rest, x_te, y_rest, y_te = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)
+    x_tr, x_va, y_tr, y_va = train_test_split(
+        x_rest, y_rest, test_size=0.25, random_state=0, stratify=y_rest
+    )
+
+    def up(a: Any) -> Any:
+        t = torch.tensor(a / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8)
+        return F.interpolate(t, size=(28, 28), mode="bilinear", align_corners=False)
+
+    return {
+        s: (up(xs), torch.tensor(ys, dtype=torch.long))
+        for s, xs, ys in (("train", x_tr, y_tr), ("val", x_va, y_va), ("test", x_te, y_te))
+    }
+
+
+def train_teacher(name: str, x: Any, y: Any, epochs: int, seed: int = 0) -> Any:
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    model = MODELS[name]()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(y), generator=g)
+        for i in range(0, len(y), 64):
+            idx = order[i : i + 64]
+            opt.zero_grad()
+            loss_fn(model(x[idx]), y[idx]).backward()
+            opt.step()
+    model.eval()
+    return model
+
+
+def correct(model: Any, x: Any, y: Any) -> Any:
+    import torch
+
+    with torch.inference_mode():
+        return (model(x).argmax(1) == y).numpy()
+
+
+def prunable(model: Any) -> list[str]:
+    from torch import nn
+
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+
+
+def run_passes(model: Any, passes: list[dict[str, Any]], train: Any, plan: Plan) -> Any:
+    """Apply ``passes`` (dicts as in a config's ``passes:``) through the pass registry."""
+    import torch
+
+    from ci_compress.passes.base import PassContext
+    from ci_compress.passes.registry import PASSES
+    from ci_compress.passes.run import apply_pass
+
+    xt, yt = train
+
+    def batches() -> Any:
+        return [(xt[i : i + 64], yt[i : i + 64]) for i in range(0, len(yt), 64)]
+
+    for i, raw in enumerate(passes):
+        if plan.max_steps is not None and raw.get("fine_tune_epochs"):
+            raw = raw | {"max_steps": plan.max_steps}
+        module = PASSES[raw["type"]]
+        cfg = module.Config.model_validate(raw)
+        torch.manual_seed(i)
+        model, _ = apply_pass(module, model, cfg, PassContext(seed=i, index=i, train_data=batches))
+    return model
+
+
+def sensitivity(teacher: Any, val: Any, train: Any, plan: Plan) -> dict[str, dict[str, float]]:
+    """Validation drop (points) of pruning each layer alone, by amount, then fine-tuning
+    ``plan.sensitivity_epochs`` (the other layers train too; only this one holds zeros)."""
+    base = correct(teacher, *val).mean()
+    out: dict[str, dict[str, float]] = {}
+    for layer in prunable(teacher):
+        out[layer] = {}
+        for a in plan.amounts:
+            student = run_passes(
+                copy.deepcopy(teacher),
+                [
+                    {
+                        "type": "prune",
+                        "amount": a,
+                        "include": [layer],
+                        "scope": "layer",
+                        "fine_tune_epochs": plan.sensitivity_epochs,
+                    }
+                ],
+                train,
+                plan,
+            )
+            out[layer][str(a)] = round(100 * float(base - correct(student, *val).mean()), 3)
+    return out
+
+
+def amounts_for(sens: dict[str, dict[str, float]], tau: float) -> dict[str, float]:
+    """Each layer's largest amount whose drop alone, and every smaller amount's, is at
+    most ``tau`` points (0 if none): a curve that dips back under ``tau`` past a
+    collapse (a layer pruned to 1% guessing 40% right) does not count."""
+    out = {}
+    for layer, drops in sens.items():
+        out[layer] = 0.0
+        for a, d in sorted((float(a), d) for a, d in drops.items()):
+            if d > tau:
+                break
+            out[layer] = a
+    return out
+
+
+def kept_and_nonzero(model: Any) -> tuple[dict[str, float], int]:
+    """Per layer: kept fraction of its weight; and the nonzero weights in all of them."""
+    out: dict[str, float] = {}
+    nonzero = 0
+    for name, m in model.named_modules():
+        w = m.decoded_weight() if hasattr(m, "decoded_weight") else None
+        if w is None and name and hasattr(m, "weight") and getattr(m.weight, "dim", None):
+            w = m.weight if m.weight.dim() >= 2 else None
+        if w is None:
+            continue
+        nz = int((w != 0).sum())
+        out[name] = round(nz / w.numel(), 4)
+        nonzero += nz
+    return out, nonzero
+
+
+def bench(name: str, data: dict[str, Any], plan: Plan, workdir: Path) -> dict[str, Any]:
+    import torch
+
+    from ci_compress.evaluation.statistics import paired_statistics
+    from ci_compress.packing.file import load_packed, pack
+
+    t0 = time.perf_counter()
+    train = data["train"]
+    if plan.train_limit is not None:
+        train = (train[0][: plan.train_limit], train[1][: plan.train_limit])
+    teacher = train_teacher(name, *train, plan.teacher_epochs[name])
+    params = sum(p.numel() for p in teacher.parameters())
+    fp32_bytes = 4 * params
+    teacher_val = correct(teacher, *data["val"])
+    teacher_info = pack(teacher, workdir / f"{name}-teacher.ccz")
+
+    sens = sensitivity(teacher, data["val"], train, plan)
+    plans: dict[str, dict[str, float]] = {}
+    for tau in plan.tolerances:
+        amounts = amounts_for(sens, tau)
+        if amounts not in plans.values():
+            plans[f"tau={tau:g}"] = amounts
+
+    rows: list[dict[str, Any]] = []
+    students: dict[int, Any] = {}
+
+    def attempt(key: str, amounts: dict[str, float], bits_list: tuple[int, ...]) -> None:
+        prune_passes = [
+            {
+                "type": "prune",
+                "amount": a,
+                "include": [layer],
+                "scope": "layer",
+                "steps": plan.steps,
+                "fine_tune_epochs": plan.prune_epochs,
+            }
+            for layer, a in amounts.items()
+            if a > 0
+        ]
+        pruned = run_passes(copy.deepcopy(teacher), prune_passes, train, plan)
+        for bits in bits_list:
+            cluster = {"type": "cluster", "bits": bits, "fine_tune_epochs": plan.cluster_epochs}
+            student = run_passes(copy.deepcopy(pruned), [cluster], train, plan)
+            path = workdir / f"{name}-{len(rows)}.ccz"
+            info = pack(student, path, passes=[*prune_passes, cluster])
+            shipped, _ = load_packed(path)
+            kept, nonzero = kept_and_nonzero(shipped)
+            val_acc = float(correct(shipped, *data["val"]).mean())
+            students[len(rows)] = shipped
+            rows.append(
+                {
+                    "config": f"{key}, cluster {bits} bits",
+                    "amounts": amounts,
+                    "bits": bits,
+                    "shipped_bytes": info.file_bytes,
+                    "payload_bytes": info.payload_bytes,
+                    "manifest_bytes": info.manifest_bytes,
+                    "entropy_bound_bytes": info.entropy_bound_bytes,
+                    "ratio": fp32_bytes / info.file_bytes,
+                    "val_accuracy": val_acc,
+                    "val_drop_points": 100 * (float(teacher_val.mean()) - val_acc),
+                    "kept": kept,
+                    "nonzero_weights": nonzero,
+                    "bits_per_nonzero": 8 * info.file_bytes / max(1, nonzero),
+                    "bound_bits_per_nonzero": 8 * info.entropy_bound_bytes / max(1, nonzero),
+                }
+            )
+            print(
+                f"  {name} {rows[-1]['config']}: {info.file_bytes:,} bytes, "
+                f"{rows[-1]['ratio']:.1f}x, val drop {rows[-1]['val_drop_points']:.2f}",
+                file=sys.stderr,
+            )
+
+    def best_ok() -> int | None:
+        ok = [i for i, r in enumerate(rows) if r["val_drop_points"] <= plan.max_drop_points]
+        return max(ok, key=lambda i: rows[i]["ratio"]) if ok else None
+
+    for key, amounts in plans.items():
+        attempt(key, amounts, plan.bits)
+    # refine: from the best so far, raise one layer's amount to the next measured one
+    # (each layer in turn, at the best's bits); keep the best that still passes; repeat
+    grid = sorted(plan.amounts)
+    tried = list(plans.values())
+    for round_ in range(plan.refine_rounds.get(name, 0)):
+        start = best_ok()
+        if start is None:
+            break
+        base, bits = rows[start]["amounts"], rows[start]["bits"]
+        for layer, a in base.items():
+            up = [g for g in grid if g > a]
+            cand = base | {layer: up[0]} if up else None
+            if cand is None or cand in tried:
+                continue
+            tried.append(cand)
+            attempt(f"refine {round_ + 1}: {layer}={up[0]:g}", cand, (bits,))
+        if best_ok() == start:
+            break
+    chosen = best_ok()
+    best: dict[str, Any] | None = None
+    if chosen is not None:  # the test split is read here, once, for the chosen student
+        r = rows[chosen]
+        t_ok = correct(teacher, *data["test"])
+        s_ok = correct(students[chosen], *data["test"])
+        stats = paired_statistics(t_ok, s_ok, confidence=0.95, resamples=10_000, seed=0)
+        best = {
+            "model": name,
+            "config": r["config"],
+            "shipped_bytes": r["shipped_bytes"],
+            "ratio": r["ratio"],
+            "paper_ratio": PAPER[name],
+            "teacher_test_accuracy": float(t_ok.mean()),
+            "student_test_accuracy": float(s_ok.mean()),
+            "drop_points": stats.drop_points,
+            "drop_ci_low": stats.drop_ci_low,
+            "drop_ci_high": stats.drop_ci_high,
+            "mcnemar_p_value": stats.mcnemar_p_value,
+            "test_samples": stats.samples,
+            "kept": r["kept"],
+            "kept_total": r["nonzero_weights"]
+            / sum(m.weight.numel() for m in teacher.modules() if hasattr(m, "weight")),
+            "bits_per_nonzero": r["bits_per_nonzero"],
+            "bound_bits_per_nonzero": r["bound_bits_per_nonzero"],
+            "payload_bytes": r["payload_bytes"],
+            "manifest_bytes": r["manifest_bytes"],
+            "entropy_bound_bytes": r["entropy_bound_bytes"],
+            "met_ratio": r["ratio"] >= TARGET_RATIO,
+            "met_drop": stats.drop_points <= MAX_DROP_POINTS,
+        }
+    torch.manual_seed(0)
+    return {
+        "model": name,
+        "parameters": params,
+        "fp32_bytes": fp32_bytes,
+        "teacher_ccz_bytes": teacher_info.file_bytes,
+        "teacher_val_accuracy": float(teacher_val.mean()),
+        "sensitivity": sens,
+        "rows": rows,
+        "best": best,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def table(res: dict[str, Any]) -> str:
+    head = (
+        f"{res['model']}: {res['parameters']:,} parameters, fp32 {res['fp32_bytes']:,} bytes, "
+        f"teacher .ccz {res['teacher_ccz_bytes']:,} bytes, "
+        f"validation accuracy {100 * res['teacher_val_accuracy']:.2f}%"
+    )
+    cols = ["configuration (validation)", "bytes", "ratio", "val drop", "kept", "bits/nz", "bound"]
+    lines = [head, "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in res["rows"]:
+        mark = " **chosen**" if res["best"] and res["best"]["config"] == r["config"] else ""
+        kept = " ".join(f"{k}:{100 * v:.1f}%" for k, v in r["kept"].items())
+        lines.append(
+            f"| {r['config']}{mark} | {r['shipped_bytes']:,} | {r['ratio']:.1f}x | "
+            f"{r['val_drop_points']:.2f} | {kept} | {r['bits_per_nonzero']:.2f} | "
+            f"{r['bound_bits_per_nonzero']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def summary(results: list[dict[str, Any]]) -> str:
+    cols = [
+        "model",
+        "shipped bytes",
+        "ratio",
+        "paper",
+        "test acc teacher / student",
+        "drop [95% CI]",
+        "kept per layer",
+        "bits/nz (bound)",
+        ">= 45x",
+        "<= 1 pt",
+    ]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for res in results:
+        b = res["best"]
+        if b is None:
+            lines.append(f"| {res['model']} | no configuration within the drop on validation |")
+            continue
+        kept = " ".join(f"{k}:{100 * v:.1f}%" for k, v in b["kept"].items())
+        lines.append(
+            f"| {b['model']} | {b['shipped_bytes']:,} | {b['ratio']:.1f}x | {b['paper_ratio']:.0f}x | "
+            f"{100 * b['teacher_test_accuracy']:.2f} / {100 * b['student_test_accuracy']:.2f} | "
+            f"{b['drop_points']:+.2f} [{b['drop_ci_low']:+.2f}, {b['drop_ci_high']:+.2f}] | "
+            f"{kept} | {b['bits_per_nonzero']:.2f} ({b['bound_bits_per_nonzero']:.2f}) | "
+            f"{'met' if b['met_ratio'] else 'missed'} | {'met' if b['met_drop'] else 'missed'} |"
+        )
+    return "\n".join(lines)
+
+
+def run(models: list[str], plan: Plan) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    data = digits_28()
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in models:
+            results.append(bench(name, data, plan, Path(tmp)) | {"plan": plan.__dict__})
+    return {
+        "max_drop_points": plan.max_drop_points,
+        "target_ratio": TARGET_RATIO,
+        "split_sizes": {k: len(v[1]) for k, v in data.items()},
+        "plan": plan.__dict__,
+        "results": results,
+        "columns": list(COLUMNS),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--smoke", action="store_true", help="every step once, tiny sizes")
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--update", action="store_true", help="replace only --models' results in --out")
+    args = ap.parse_args(argv)
+    out = args.out or REPO / "benchmarks" / "results" / (
+        "deep_compression-smoke.json" if args.smoke else "deep_compression.json"
+    )
+    res = run(args.models, SMOKE if args.smoke else FULL) | {"smoke": args.smoke}
+    if args.update and out.exists():  # keep the other models' results from an earlier run
+        old = json.loads(out.read_text())
+        ran = {r["model"] for r in res["results"]}
+        res["results"] = [r for r in old["results"] if r["model"] not in ran] + res["results"]
+        res["results"].sort(key=lambda r: list(MODELS).index(r["model"]))
+    for r in res["results"]:
+        print(table(r) + "\n")
+    print(summary(res["results"]))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
