@@ -32,7 +32,6 @@ records it) where provenance matters.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import struct
