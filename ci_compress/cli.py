@@ -39,6 +39,8 @@ Exit codes:
   5   inconclusive: the holdout is too small to decide (thresholds.decision:
       confident with thresholds.inconclusive: fail)
   6   passed with warnings, with `report ... --fail-on warn`
+  7   passed, registered, not promoted: another gate moved the alias after
+      this one compared itself with the champion (re-run to compare anew)
   70  internal error in ci-compress (a crash log is written)
 """
 

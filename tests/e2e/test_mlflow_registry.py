@@ -91,6 +91,8 @@ def test_default_branch_promotes_a_pr_build_never_does(
         "promotion": "default-branch",
         "promoted": True,
         "will_promote": True,
+        "compared_with": "none",
+        "alias_was": "none",
     }
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
