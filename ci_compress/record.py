@@ -505,6 +505,12 @@ def promotion_lock(
             break
         held = tracker.read_lock(name)
         if held is None:
+            if now >= deadline:
+                raise TrackingError(
+                    f"MLflow at {shown_uri(tracker)} refuses to create the promotion lock {name} "
+                    "but shows no such model; the alias was not moved",
+                    hint="check that no registered model's name differs from it only in case",
+                )
             continue  # released between the two requests: try again at once
         if held.get(LOCK_HOLDER) == holder:
             break  # our own create, answered "exists" after a retried request
@@ -524,14 +530,26 @@ def promotion_lock(
                 "(mlflow.promotion_lock_wait sets how long to wait)",
             )
         sleep(LOCK_POLL_SECONDS + random.uniform(0, LOCK_POLL_SECONDS))
+
+    def release() -> None:
+        # Only our own lease (one a stale-lock breaker replaced is not ours).
+        current = tracker.read_lock(name)
+        if current is not None and current.get(LOCK_HOLDER) == holder:
+            tracker.delete_lock(name)
+
     try:
         yield
-    finally:
-        # Release only our own lease (one a stale-lock breaker replaced is not ours).
+    except BaseException:
         with tracker.cleanup(), contextlib.suppress(CICompressError):
-            current = tracker.read_lock(name)
-            if current is not None and current.get(LOCK_HOLDER) == holder:
-                tracker.delete_lock(name)
+            release()  # best effort: one quick attempt, the first error is the one to show
+        raise
+    try:
+        release()
+    except CICompressError as e:
+        say(
+            f"warning: could not release the promotion lock {name} ({e.message}); "
+            f"the next gate breaks it once its lease ends ({ttl:g} s)"
+        )
 
 
 def _expires(lease: Mapping[str, str]) -> float:
