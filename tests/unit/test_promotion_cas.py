@@ -196,3 +196,40 @@ def test_a_gate_does_not_promote_over_a_champion_it_never_compared_with(workdir:
     assert run["status"] == "FINISHED" and run["tags"]["ci_compress.promotion"] == "champion-moved"
     text = (workdir / "r2" / "report.md").read_text()
     assert "not moved (champion-moved): another gate moved it to version 3" in text
+
+
+def test_a_stale_lease_replaced_before_the_break_is_left_alone() -> None:
+    """Two gates find the same stale lease; the first breaks it and takes the lock; the
+    second reads the lock again before deleting, sees a new lease, and does not delete it."""
+
+    class Racer(MemoryTracker):
+        reads = 0
+
+        def read_lock(self, name: str) -> dict[str, str] | None:
+            self.reads += 1
+            if self.reads == 2:  # between our two reads another gate broke and re-took it
+                self.delete_lock(name)
+                self.create_lock(name, {record.LOCK_HOLDER: "gate-b", record.LOCK_EXPIRES: "500"})
+            return super().read_lock(name)
+
+    t = Racer()
+    _registered(t, "m", 1)
+    t.create_lock(record.lock_name("m"), {record.LOCK_HOLDER: "dead", record.LOCK_EXPIRES: "5"})
+    clock = iter([100.0, 100.0, 101.0, 600.0, 600.0, 600.0, 600.0, 600.0])
+    with pytest.raises(TrackingError) as e:  # gate-b's live lease outlasts our wait
+        _cas(t, _info("m", "1"), None, wait=1.0, clock=lambda: next(clock), sleep=lambda _s: None)
+    assert "held by gate-b" in e.value.message
+    assert (t.read_lock(record.lock_name("m")) or {}).get(record.LOCK_HOLDER) == "gate-b"
+
+
+def test_a_lock_that_cannot_be_released_after_a_promotion_is_said_not_raised() -> None:
+    class NoDelete(MemoryTracker):
+        def delete_lock(self, name: str) -> None:
+            raise TrackingError("refused delete")
+
+    t = NoDelete()
+    _registered(t, "m", 1)
+    said: list[str] = []
+    out = _cas(t, _info("m", "1"), None, say=said.append)
+    assert out.promoted and t.get_alias("m", "champion") == "1"
+    assert any("could not release the promotion lock m.ci-compress-lock" in s for s in said)
