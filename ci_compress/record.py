@@ -589,16 +589,10 @@ def compare_and_swap_alias(
     ):
         now = tracker.get_alias(name, alias)
         was = now or "none"
-        lease = tracker.read_lock(lock_name(name)) or {}
-        if lease.get(LOCK_HOLDER) != holder:
-            raise TrackingError(
-                f"the promotion lock of {name} was broken while this gate held it; the alias was not moved",
-                hint="raise mlflow.promotion_lock_ttl above the time the registry takes to answer; re-run the job",
-            )
         if now != expected:
             say(
-                f"not moving @{alias}: it moved to version {now} after this gate compared "
-                f"version {number} with version {expected or 'none'}"
+                f"not moving @{alias}: it moved to {f'version {now}' if now else 'no version'} "
+                f"after this gate compared version {number} with version {expected or 'none'}"
             )
             tracker.set_version_tags(
                 name,
@@ -612,6 +606,13 @@ def compare_and_swap_alias(
             tracker.set_tags({"ci_compress.promotion": CHAMPION_MOVED})
             return replace(registry, promotion=CHAMPION_MOVED, will_promote=False, alias_was=was)
         tracker.set_version_tags(name, number, {"ci_compress.alias_was": was})
+        # Fencing: still our lease, right before the one write that must not overlap.
+        lease = tracker.read_lock(lock_name(name)) or {}
+        if lease.get(LOCK_HOLDER) != holder:
+            raise TrackingError(
+                f"the promotion lock of {name} was broken while this gate held it; the alias was not moved",
+                hint="raise mlflow.promotion_lock_ttl above the time the registry takes to answer; re-run the job",
+            )
         # Last write: everything the alias will point at is recorded and READY.
         say(f"moving @{alias} of {name} to version {number} (from {was})")
         tracker.set_alias(name, alias, number)

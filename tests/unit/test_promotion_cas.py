@@ -233,3 +233,22 @@ def test_a_lock_that_cannot_be_released_after_a_promotion_is_said_not_raised() -
     out = _cas(t, _info("m", "1"), None, say=said.append)
     assert out.promoted and t.get_alias("m", "champion") == "1"
     assert any("could not release the promotion lock m.ci-compress-lock" in s for s in said)
+
+
+def test_a_lock_broken_while_held_stops_the_alias_write() -> None:
+    """A holder stalled past its lease, whose lock another gate broke and took, checks
+    its lease right before the alias request and does not move the alias."""
+
+    class Stalled(MemoryTracker):
+        def set_version_tags(self, name: str, version: str, tags: Any) -> None:
+            super().set_version_tags(name, version, tags)
+            self.delete_lock(record.lock_name(name))
+            self.create_lock(record.lock_name(name), {record.LOCK_HOLDER: "gate-b"})
+
+    t = Stalled()
+    _registered(t, "m", 1)
+    with pytest.raises(TrackingError) as e:
+        _cas(t, _info("m", "1"), None)
+    assert "was broken while this gate held it" in e.value.message
+    assert t.get_alias("m", "champion") is None
+    assert (t.read_lock(record.lock_name("m")) or {}).get(record.LOCK_HOLDER) == "gate-b"
