@@ -39,6 +39,8 @@ Exit codes:
   5   inconclusive: too noisy to decide (thresholds.decision: confident, an
       interval straddles a limit, with thresholds.inconclusive: fail)
   6   passed with warnings, with `report ... --fail-on warn`
+  7   passed, registered, not promoted: another gate moved the alias after
+      this one compared itself with the champion (re-run to compare anew)
   70  internal error: a bug in ci-compress (a crash log is written)
   130 interrupted (Ctrl-C, SIGTERM); nothing the run wrote is left behind
 """

@@ -22,6 +22,9 @@ class ExitCode(IntEnum):
     INFRA = 4  # MLflow or network unreachable/refusing
     INCONCLUSIVE = 5  # the gate could not decide with the data given
     WARN = 6  # passed with warnings, and the user asked to fail on warnings (--fail-on warn)
+    # The gate passed and was eligible to promote, but another gate moved the alias after
+    # this one compared itself with the champion: registered, not promoted (re-run it).
+    CHAMPION_MOVED = 7
     INTERNAL = 70  # a bug in ci-compress: a crash log is written
 
 

@@ -40,6 +40,20 @@ class Check:
 
 
 @dataclass(frozen=True)
+class Tightened:
+    """A threshold a PR's config set looser than the policy (or dropped): the gate used
+    the policy's value instead."""
+
+    threshold: str
+    config: float | None  # what the PR's config says (None: it does not set it)
+    policy: float  # what the policy recorded on the registry says
+    used: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class GateResult:
     """The decision. ``passed`` means "does not block the merge"; ``verdict`` says why.
 
@@ -53,6 +67,10 @@ class GateResult:
     verdict: str = ""  # pass | fail | inconclusive ("" = derived from passed)
     decision: str = "point"
     inconclusive_policy: str = "fail"
+    # Where the policy a PR build is held to came from (None: no policy applied), and
+    # each threshold the PR's config tried to loosen.
+    policy_source: str | None = None
+    tightened: tuple[Tightened, ...] = ()
 
     @property
     def failures(self) -> tuple[Check, ...]:
@@ -74,13 +92,19 @@ class GateResult:
         return int(ExitCode.PASSED)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "passed": self.passed,
             "verdict": self.verdict or ("pass" if self.passed else "fail"),
             "decision": self.decision,
             "inconclusive_policy": self.inconclusive_policy,
             "checks": [c.to_dict() for c in self.checks],
         }
+        if self.policy_source is not None:
+            out["policy"] = {
+                "source": self.policy_source,
+                "loosened": [t.to_dict() for t in self.tightened],
+            }
+        return out
 
 
 def derive(m: Mapping[str, float]) -> dict[str, float]:
@@ -347,3 +371,48 @@ def decide(
         decision=decision,
         inconclusive_policy=inconclusive,
     )
+
+
+def direction(threshold: str) -> str | None:
+    """``max`` (lower is stricter), ``min`` (higher is stricter) or None (unknown name)."""
+    if threshold in RULES:
+        return RULES[threshold][1]
+    head, _, rest = threshold.partition(".")
+    limit = rest.rpartition(".")[2]
+    if head == "metrics" and limit in METRIC_LIMITS:
+        return METRIC_LIMITS[limit][1]
+    return None
+
+
+def stricter(
+    config: Mapping[str, float], policy: Mapping[str, float]
+) -> tuple[dict[str, float], tuple[Tightened, ...]]:
+    """Per threshold, the stricter of a PR's ``config`` and the ``policy``.
+
+    A threshold only the config sets is kept (a PR may add checks); one only the policy
+    sets is added (a PR may not drop one); one both set takes the stricter value (the
+    lower ``max_*``, the higher ``min_*``). Returns the thresholds to gate on and each
+    one the config tried to loosen. Policy names this version does not know are
+    ignored (a newer ci-compress recorded them).
+    """
+    used = dict(config)
+    tightened = []
+    for name in sorted(policy):
+        way = direction(name)
+        if way is None:
+            continue
+        limit = float(policy[name])
+        mine = config.get(name)
+        looser = mine is not None and (float(mine) > limit if way == "max" else float(mine) < limit)
+        if mine is not None and not looser:
+            continue
+        used[name] = limit
+        tightened.append(
+            Tightened(
+                threshold=name,
+                config=None if mine is None else float(mine),
+                policy=limit,
+                used=limit,
+            )
+        )
+    return used, tuple(tightened)

@@ -36,7 +36,15 @@ from ci_compress.evaluation.statistics import PairedStatistics
 from ci_compress.evaluation.tasks import Classification, Task
 from ci_compress.explain import explain
 from ci_compress.files import make_dir, remove_files
-from ci_compress.gate import GateResult, decide, derive, metric_figures, metric_rules
+from ci_compress.gate import (
+    GateResult,
+    Tightened,
+    decide,
+    derive,
+    metric_figures,
+    metric_rules,
+    stricter,
+)
 from ci_compress.layers.batches import Inputs as ModelInputs
 from ci_compress.layers.batches import first_tensor
 from ci_compress.layers.outputs import OutputSpec
@@ -65,6 +73,7 @@ from ci_compress.versions import versions
 if TYPE_CHECKING:
     from ci_compress.evaluation.metrics import TaskMetrics
     from ci_compress.loading.data import Dataset
+    from ci_compress.record import Policy
 
 Progress = Callable[[str], None]
 EarlyStop = Callable[[Mapping[str, float]], None]
@@ -179,6 +188,7 @@ def _run(
             fetch=fetch,
             champion_file=champion.file if champion else None,
             step=step_of(progress),
+            policy=record.pr_policy(champion, ci),
         )
         baseline = record.baseline(champion, report, tracker, warn=warnings)
         trend, trend_png = (
@@ -258,8 +268,12 @@ def _compress_and_evaluate(
     champion_file: Path | None = None,
     step: Step | None = None,
     early_stop: EarlyStop | None = None,
+    policy: Policy | None = None,
 ) -> Report:
     """Everything up to the decision: load, compress, ship, reload, evaluate, gate.
+
+    ``policy`` (a PR build's, from the registry) holds each threshold to at least its
+    strictness; the gate section of the report lists the ones the config tried to loosen.
 
     A failure after the student was written removes it: the tool could not decide, and
     no un-gated student may stay where a later step (an upload, a promotion) could pick
@@ -301,6 +315,7 @@ def _compress_and_evaluate(
             warn=warn,
             step=step,
             early_stop=early_stop,
+            policy=policy,
         )
     except BaseException:
         remove_files([shipped_path])
@@ -335,6 +350,7 @@ def _evaluate(
     warn: Warn,
     step: Step | None,
     early_stop: EarlyStop | None,
+    policy: Policy | None = None,
 ) -> Report:
     """Measure the shipped student beside the teacher (and champion), export, decide."""
     cfg = loaded.config
@@ -377,7 +393,10 @@ def _evaluate(
         "student": {**measured.figures["student"], **_export_figures(exports, task)},
     }
     flat = {f"{role}.{k}": v for role, values in figures.items() for k, v in values.items()}
-    thresholds = th.active()
+    thresholds: Mapping[str, float] = th.active()
+    tightened: tuple[Tightened, ...] = ()
+    if policy is not None:
+        thresholds, tightened = stricter(thresholds, policy.thresholds)
     paired = compare(
         measured.task,
         confidence=th.confidence,
@@ -406,6 +425,8 @@ def _evaluate(
         notes=dict(paired.class_notes),
         rules=metric_rules(thresholds),
     )
+    if policy is not None:
+        result = replace(result, policy_source=policy.source, tightened=tightened)
     if result.verdict == "inconclusive" and th.inconclusive != "pass":
         warn(
             f"the holdout is too small to decide at {th.confidence:.0%} confidence: "
@@ -616,7 +637,11 @@ def assemble_report(
             platform=platform.platform(),
             threads=cfg.runtime.threads,
             seed=cfg.runtime.seed,
-            ci={k: v for k, v in vars(ci).items() if v is not None},
+            ci={
+                k: str(v).lower() if isinstance(v, bool) else v
+                for k, v in vars(ci).items()
+                if v not in (None, False)
+            },
         ),
         config=redact_data(to_mapping(cfg)),
         size=SizeBreakdown.from_dict(

@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
+import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,12 +31,13 @@ from typing import TYPE_CHECKING, Any
 
 from ci_compress.ci.env import CIContext
 from ci_compress.config import flatten
-from ci_compress.errors import CICompressError, ConfigError
+from ci_compress.errors import CICompressError, ConfigError, InputError, TrackingError
 from ci_compress.evaluation.statistics import PairedScoreStatistics
 from ci_compress.files import atomic_write
 from ci_compress.progress import Warn
 from ci_compress.redaction import redact
 from ci_compress.report import (
+    CHAMPION_MOVED,
     Baseline,
     ChampionRecord,
     HoldoutInfo,
@@ -139,7 +143,7 @@ def check_promote(
     """Refuse ``--promote`` where it can never apply, before anything runs."""
     if promote and ci.is_pull_request:
         raise ConfigError(
-            f"a pull/merge request build (#{ci.pr_number}) never moves the alias {alias!r}",
+            f"a pull/merge request build ({f'#{ci.pr_number}' if ci.pr_number else ci.event or 'no number'}) never moves the alias {alias!r}",
             path="--promote",
             hint="drop --promote; the alias moves when the change is merged and the gate passes on the default branch",
         )
@@ -212,6 +216,49 @@ def look_up_champion(
     if version is not None:
         file = tracker.fetch(f"models:/{registered_model}/{version.version}", dest).path
     return Champion(registered_model, alias, version, file)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The thresholds a PR build is held to, from outside the PR: those the champion's
+    own gate recorded (tag ``ci_compress.thresholds``) when the default branch promoted it."""
+
+    thresholds: Mapping[str, float]
+    source: str
+
+
+POLICY_TAG = "ci_compress.thresholds"
+
+
+def pr_policy(champion: Champion | None, ci: CIContext) -> Policy | None:
+    """The policy of a PR build (None: not a PR build, or no champion to read it from).
+
+    A PR's ``compress.yaml`` is the PR's own code: it may tighten its gate, never loosen
+    it below what the default branch last promoted under. The thresholds are read from
+    the version holding the alias, where the gate that promoted it recorded them; a
+    champion without that tag (moved by hand) carries no policy. A tag that does not
+    parse is an error (exit 3): the gate will not guess a policy.
+    """
+    if champion is None or champion.version is None or not ci.is_pull_request:
+        return None
+    v = champion.version
+    raw = v.tags.get(POLICY_TAG)
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw)
+        thresholds = {str(k): float(x) for k, x in data.items()}
+    except (ValueError, TypeError, AttributeError):
+        raise InputError(
+            f"the policy recorded on {v.name} version {v.version} (tag {POLICY_TAG}) is not "
+            f"a JSON mapping of threshold names to numbers: {raw[:200]!r}",
+            hint="fix the tag in the MLflow UI, or promote a new version from the default branch",
+        ) from None
+    how = v.tags.get("ci_compress.promotion", "by hand")
+    return Policy(
+        thresholds,
+        f"{v.name}@{champion.alias} (version {v.version}, promoted by {how})",
+    )
 
 
 def baseline(
@@ -381,6 +428,7 @@ def record_gate(
                 promotion=reason,
                 promoted=False,
                 will_promote=eligible,
+                compared_with=champion.version if champion else "none",
             ),
         )
         tracker.set_tags({"ci_compress.registered_version": version.version})
@@ -402,13 +450,187 @@ def record_gate(
         settle=not promote_now,
     )
     if promote_now and version is not None and report.registry is not None:
-        # Last write: everything the alias will point at is recorded and READY.
-        say(f"moving @{alias} of {registered_model} to version {version.version}")
-        tracker.set_alias(report.registry.registered_model, alias, version.version)
+        registry = compare_and_swap_alias(
+            tracker,
+            report.registry,
+            holder=run.run_id or f"local-{uuid.uuid4().hex}",
+            expected=champion.version if champion else None,
+            ttl=loaded.config.mlflow.promotion_lock_ttl,
+            wait=loaded.config.mlflow.promotion_lock_wait,
+            say=say,
+        )
         run.settled = True  # only the local report rewrite can fail from here on
-        report = replace(report, registry=replace(report.registry, promoted=True))
-        write_reports(report, out_dir)  # the local copy says it happened
+        report = replace(report, registry=registry)
+        write_reports(report, out_dir)  # the local copy says what happened
     return report
+
+
+# ---------------------------------------------------------------- promotion: compare and swap
+
+LOCK_SUFFIX = ".ci-compress-lock"
+LOCK_HOLDER = "ci_compress.lock.holder"
+LOCK_EXPIRES = "ci_compress.lock.expires"  # epoch seconds, the end of the lease
+LOCK_MODEL = "ci_compress.lock.model"
+LOCK_POLL_SECONDS = 0.5
+
+
+def lock_name(registered_model: str) -> str:
+    """The registered model that serves as ``registered_model``'s promotion lock."""
+    return f"{registered_model}{LOCK_SUFFIX}"
+
+
+@contextlib.contextmanager
+def promotion_lock(
+    tracker: Tracker,
+    registered_model: str,
+    holder: str,
+    *,
+    ttl: float,
+    wait: float,
+    say: Progress,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[None]:
+    """Hold ``registered_model``'s promotion lock for the body; release it after, always.
+
+    MLflow has no compare-and-swap on an alias, but its registry refuses a second
+    registered model of the same name, atomically (a unique key in the server's
+    database): creating ``<name>.ci-compress-lock`` is the mutex. Its tags are the
+    lease: who holds it (the gate's run id) and until when (``ttl`` seconds). A lock
+    whose lease ran out was left by a crashed or killed job: it is deleted (if it is
+    still the same lease when read again) and taken anew. A lock held by a live gate is
+    waited for, polling, up to ``wait`` seconds; then TrackingError (exit 4): nothing
+    was promoted, re-run the job.
+
+    The lease is only as safe as ``ttl`` is long: a holder paused for longer than its
+    lease (its critical section is two or three requests) could overlap the gate that
+    broke its lock. :func:`compare_and_swap_alias` re-reads its own lease before it moves the alias.
+    """
+    name = lock_name(registered_model)
+    deadline = clock() + wait
+    while True:
+        now = clock()
+        lease = {
+            LOCK_HOLDER: holder,
+            LOCK_EXPIRES: f"{now + ttl:.3f}",
+            LOCK_MODEL: registered_model,
+        }
+        if tracker.create_lock(name, lease):
+            break
+        held = tracker.read_lock(name)
+        if held is None:
+            if now >= deadline:
+                raise TrackingError(
+                    f"MLflow at {shown_uri(tracker)} refuses to create the promotion lock {name} "
+                    "but shows no such model; the alias was not moved",
+                    hint="check that no registered model's name differs from it only in case",
+                )
+            continue  # released between the two requests: try again at once
+        if held.get(LOCK_HOLDER) == holder:
+            break  # our own create, answered "exists" after a retried request
+        if _expires(held) < now:
+            say(
+                f"breaking a stale promotion lock {name} "
+                f"(held by {held.get(LOCK_HOLDER, 'unknown')}, lease ended {now - _expires(held):.0f} s ago)"
+            )
+            if tracker.read_lock(name) == held:
+                tracker.delete_lock(name)
+            continue
+        if now >= deadline:
+            raise TrackingError(
+                f"the promotion lock {name} is held by {held.get(LOCK_HOLDER, 'unknown')} "
+                f"(lease until {_expires(held):.0f}); waited {wait:g} s, the alias was not moved",
+                hint="another gate is promoting a version of this model; re-run the job "
+                "(mlflow.promotion_lock_wait sets how long to wait)",
+            )
+        sleep(LOCK_POLL_SECONDS + random.uniform(0, LOCK_POLL_SECONDS))
+
+    def release() -> None:
+        # Only our own lease (one a stale-lock breaker replaced is not ours).
+        current = tracker.read_lock(name)
+        if current is not None and current.get(LOCK_HOLDER) == holder:
+            tracker.delete_lock(name)
+
+    try:
+        yield
+    except BaseException:
+        with tracker.cleanup(), contextlib.suppress(CICompressError):
+            release()  # best effort: one quick attempt, the first error is the one to show
+        raise
+    try:
+        release()
+    except CICompressError as e:
+        say(
+            f"warning: could not release the promotion lock {name} ({e.message}); "
+            f"the next gate breaks it once its lease ends ({ttl:g} s)"
+        )
+
+
+def _expires(lease: Mapping[str, str]) -> float:
+    """The end of a lease; a lock without a readable one counts as expired."""
+    try:
+        return float(lease.get(LOCK_EXPIRES, ""))
+    except ValueError:
+        return 0.0
+
+
+def compare_and_swap_alias(
+    tracker: Tracker,
+    registry: RegistryInfo,
+    *,
+    holder: str,
+    expected: str | None,
+    ttl: float,
+    wait: float,
+    say: Progress,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+) -> RegistryInfo:
+    """Move the alias to ``registry.version`` only if it still points at ``expected``,
+    the version this gate compared itself with (None: no version held it): compare and
+    swap, under :func:`promotion_lock`.
+
+    If another gate moved the alias since this one looked it up, this candidate was
+    never compared with the new champion: the alias stays, the version is tagged
+    ``ci_compress.promotion=champion-moved`` and ``candidate=true`` and the report says
+    so (exit 7: re-run the job to compare with the new champion). Either way the version
+    is tagged with ``ci_compress.alias_was``, the version that held the alias then.
+    """
+    name, alias, number = registry.registered_model, registry.alias, registry.version
+    say(f"taking the promotion lock of {name}")
+    with promotion_lock(
+        tracker, name, holder, ttl=ttl, wait=wait, say=say, clock=clock, sleep=sleep
+    ):
+        now = tracker.get_alias(name, alias)
+        was = now or "none"
+        if now != expected:
+            say(
+                f"not moving @{alias}: it moved to {f'version {now}' if now else 'no version'} "
+                f"after this gate compared version {number} with version {expected or 'none'}"
+            )
+            tracker.set_version_tags(
+                name,
+                number,
+                {
+                    "ci_compress.promotion": CHAMPION_MOVED,
+                    "ci_compress.alias_was": was,
+                    "candidate": "true",
+                },
+            )
+            tracker.set_tags({"ci_compress.promotion": CHAMPION_MOVED})
+            return replace(registry, promotion=CHAMPION_MOVED, will_promote=False, alias_was=was)
+        tracker.set_version_tags(name, number, {"ci_compress.alias_was": was})
+        # Fencing: still our lease, right before the one write that must not overlap.
+        lease = tracker.read_lock(lock_name(name)) or {}
+        if lease.get(LOCK_HOLDER) != holder:
+            raise TrackingError(
+                f"the promotion lock of {name} was broken while this gate held it; the alias was not moved",
+                hint="raise mlflow.promotion_lock_ttl above the time the registry takes to answer; re-run the job",
+            )
+        # Last write: everything the alias will point at is recorded and READY.
+        say(f"moving @{alias} of {name} to version {number} (from {was})")
+        tracker.set_alias(name, alias, number)
+    return replace(registry, promoted=True, alias_was=was)
 
 
 def version_tags(

@@ -31,16 +31,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ci_compress.errors import InputError
+from ci_compress.errors import ExitCode, InputError
 from ci_compress.evaluation.classes import PerClass
 from ci_compress.evaluation.statistics import (
     PairedScoreStatistics,
     PairedStatistics,
     statistics_from_dict,
 )
-from ci_compress.gate import Check, GateResult
+from ci_compress.gate import Check, GateResult, Tightened
 
 SCHEMA_VERSION = 1
+# registry.promotion when another gate moved the alias after this one compared itself
+# with the champion: the version is registered, the alias stays (exit 7).
+CHAMPION_MOVED = "champion-moved"
 
 Statistics = PairedStatistics | PairedScoreStatistics
 """The report's ``statistics`` section: the paired statistics of the accuracy drop
@@ -458,6 +461,12 @@ class RegistryInfo(_Section):
     promotion: str  # the reason: default-branch, promote-flag, pull-request, gate-failed, ...
     promoted: bool  # the alias moved to this version (the last write of the gate)
     will_promote: bool  # eligible: the alias moves once everything is recorded
+    # The champion this gate compared itself with ("none": no version held the alias).
+    compared_with: str = "none"
+    # Who held the alias when the gate, under the promotion lock, went to move it (the
+    # version it replaced, or the one that moved in meanwhile: promotion champion-moved);
+    # None when the gate never went to move it.
+    alias_was: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -468,6 +477,8 @@ class RegistryInfo(_Section):
             "promotion": self.promotion,
             "promoted": self.promoted,
             "will_promote": self.will_promote,
+            "compared_with": self.compared_with,
+            "alias_was": self.alias_was,
         }
 
     @classmethod
@@ -480,6 +491,8 @@ class RegistryInfo(_Section):
             promotion=str(data.get("promotion", "")),
             promoted=bool(data.get("promoted", False)),
             will_promote=bool(data.get("will_promote", False)),
+            compared_with=str(data.get("compared_with", "none")),
+            alias_was=None if data.get("alias_was") is None else str(data["alias_was"]),
         )
 
 
@@ -625,8 +638,13 @@ class Report:
 
     @property
     def exit_code(self) -> int:
-        """0 pass, 1 gate failed, 5 inconclusive (when thresholds.inconclusive: fail)."""
-        return self.gate.exit_code
+        """0 pass, 1 gate failed, 5 inconclusive (when thresholds.inconclusive: fail),
+        7 passed but not promoted because another gate moved the alias meanwhile."""
+        code = self.gate.exit_code
+        moved = self.registry is not None and self.registry.promotion == CHAMPION_MOVED
+        if code == ExitCode.PASSED and moved:
+            return int(ExitCode.CHAMPION_MOVED)
+        return code
 
     def metrics(self) -> dict[str, float]:
         """Flat metric names, as logged to MLflow."""
@@ -717,6 +735,7 @@ class Report:
 
 
 def _gate_from_dict(gate: Mapping[str, Any], verdict: str) -> GateResult:
+    policy = gate.get("policy")
     checks = tuple(
         Check(
             threshold=str(c["threshold"]),
@@ -738,6 +757,16 @@ def _gate_from_dict(gate: Mapping[str, Any], verdict: str) -> GateResult:
         verdict=str(gate.get("verdict", verdict)),
         decision=str(gate.get("decision", "point")),
         inconclusive_policy=str(gate.get("inconclusive_policy", "fail")),
+        policy_source=None if not policy else str(policy.get("source", "")),
+        tightened=tuple(
+            Tightened(
+                threshold=str(t["threshold"]),
+                config=None if t.get("config") is None else float(t["config"]),
+                policy=float(t["policy"]),
+                used=float(t["used"]),
+            )
+            for t in (policy or {}).get("loosened", [])
+        ),
     )
 
 

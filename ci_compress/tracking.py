@@ -199,6 +199,9 @@ class Tracker(Protocol):
     def get_alias(self, name: str, alias: str) -> str | None: ...
     def set_version_tags(self, name: str, version: str, tags: Mapping[str, str]) -> None: ...
     def promoted_history(self, name: str, alias: str, n: int) -> list[PromotedVersion]: ...
+    def create_lock(self, name: str, tags: Mapping[str, str]) -> bool: ...
+    def read_lock(self, name: str) -> dict[str, str] | None: ...
+    def delete_lock(self, name: str) -> None: ...
     def cleanup(self) -> contextlib.AbstractContextManager[None]: ...
 
 
@@ -450,6 +453,25 @@ class MemoryTracker:
             )
             for v in newest_promoted(list(model["versions"]), current, n)
         ]
+
+    # A lock is a registered model of its own, with its lease in tags (record.promotion_lock).
+
+    def create_lock(self, name: str, tags: Mapping[str, str]) -> bool:
+        """Create the registered model ``name`` with ``tags``; False if it exists already
+        (one atomic step, as MLflow's unique model name makes it on the server)."""
+        fresh: dict[str, Any] = {
+            "versions": [],
+            "aliases": {},
+            "tags": {k: redact(str(v)) for k, v in tags.items()},
+        }
+        return self.registry.setdefault(name, fresh) is fresh
+
+    def read_lock(self, name: str) -> dict[str, str] | None:
+        model = self.registry.get(name)
+        return None if model is None else dict(model.get("tags", {}))
+
+    def delete_lock(self, name: str) -> None:
+        self.registry.pop(name, None)
 
     @contextmanager
     def cleanup(self) -> Iterator[None]:
@@ -833,6 +855,50 @@ class MlflowTracker:
                 )
             )
         return out
+
+    def create_lock(self, name: str, tags: Mapping[str, str]) -> bool:
+        """Create the registered model ``name`` with ``tags`` in one request; False when
+        it exists. The server's unique model name makes this atomic: of several gates
+        creating it at once, exactly one gets True (the others RESOURCE_ALREADY_EXISTS)."""
+        from mlflow.exceptions import MlflowException
+
+        with self._errors(f"take the lock {name}"):
+            try:
+                self.client.create_registered_model(
+                    name,
+                    tags={k: redact(str(v)) for k, v in tags.items()},
+                    description="ci-compress promotion lock: held while a gate moves the alias; "
+                    "deleted when it is done (a stale one is broken after its lease expires)",
+                )
+            except MlflowException as e:
+                if getattr(e, "error_code", "") == "RESOURCE_ALREADY_EXISTS":
+                    return False
+                raise
+        return True
+
+    def read_lock(self, name: str) -> dict[str, str] | None:
+        """The tags of the registered model ``name`` (a lock's lease), None if there is none."""
+        from mlflow.exceptions import MlflowException
+
+        with self._errors(f"read the lock {name}"):
+            try:
+                model = self.client.get_registered_model(name)
+            except MlflowException as e:
+                if self._not_found(e):
+                    return None
+                raise
+        return {str(k): str(v) for k, v in (model.tags or {}).items()}
+
+    def delete_lock(self, name: str) -> None:
+        """Delete the registered model ``name``; one that is already gone is no error."""
+        from mlflow.exceptions import MlflowException
+
+        with self._errors(f"release the lock {name}"):
+            try:
+                self.client.delete_registered_model(name)
+            except MlflowException as e:
+                if not self._not_found(e):
+                    raise
 
     def _id(self) -> str:
         if self.run_id is None:

@@ -344,6 +344,18 @@ class MlflowConfig(Frozen):
         pattern=r"^[\w-]+$",
         description="Alias that marks the production version; moved to the new version when the gate passes on the default branch (or with --promote locally). 'latest' and v<number> are reserved by MLflow.",
     )
+    promotion_lock_ttl: float = Field(
+        300.0,
+        gt=0,
+        le=86400,
+        description="Seconds a gate's promotion lock (the registered model <registered_model>.ci-compress-lock) is leased for; a lock older than this was left by a crashed job and is broken.",
+    )
+    promotion_lock_wait: float = Field(
+        330.0,
+        ge=0,
+        le=86400,
+        description="Seconds a gate waits for another gate's promotion lock before it gives up (exit 4); at least promotion_lock_ttl, so a crashed holder's lock is broken within one job.",
+    )
 
     @model_validator(mode="after")
     def _alias_not_reserved(self) -> MlflowConfig:

@@ -9,8 +9,9 @@ from typing import Any
 
 from ci_compress.evaluation.statistics import PairedScoreStatistics
 from ci_compress.files import atomic_write
+from ci_compress.gate import Tightened
 from ci_compress.redaction import redact, redact_data
-from ci_compress.report import PerClass, Report
+from ci_compress.report import CHAMPION_MOVED, PerClass, Report
 from ci_compress.reporting.explain import markdown_section, terminal_table
 from ci_compress.reporting.junit import junit_xml
 from ci_compress.reporting.trend import drift_line
@@ -177,13 +178,40 @@ def baseline_lines(report: Report) -> list[str]:
     r = report.registry
     if r is not None and r.version:
         if r.promoted:
-            what = f"@{r.alias} moved to version {r.version}"
+            what = f"@{r.alias} moved to version {r.version}" + (
+                f" (from version {r.alias_was})" if r.alias_was not in (None, "none") else ""
+            )
+        elif r.promotion == CHAMPION_MOVED:
+            what = (
+                f"@{r.alias} not moved (champion-moved): another gate moved it to version "
+                f"{r.alias_was} after this one compared itself with version {r.compared_with}; "
+                "re-run the job to compare with the new champion (exit 7)"
+            )
         elif r.will_promote:
             what = f"@{r.alias} to move to version {r.version} once recorded"
         else:
             what = f"@{r.alias} not moved ({r.promotion})"
         out.append(f"registry: {r.registered_model} version {r.version} registered; {what}")
     return out
+
+
+def policy_line(t: Tightened, source: str) -> str:
+    """One threshold a PR's config tried to loosen, and the value the gate used."""
+    said = "does not set it" if t.config is None else f"says {t.config:g}"
+    return (
+        f"policy: {t.threshold}: this build's config {said}, looser than the {t.policy:g} "
+        f"recorded on {source}; the gate used {t.used:g} (a PR cannot loosen the gate that judges it)"
+    )
+
+
+def policy_lines(report: Report) -> list[str]:
+    """The policy a PR build was held to, and each threshold its config tried to loosen."""
+    g = report.gate
+    if g.policy_source is None:
+        return []
+    if not g.tightened:
+        return [f"policy: thresholds at least as strict as those recorded on {g.policy_source}"]
+    return [policy_line(t, g.policy_source) for t in g.tightened]
 
 
 def verdict_line(report: Report) -> str:
@@ -228,6 +256,8 @@ def terminal(report: Report) -> str:
         else:
             mark = {"inconclusive": "??"}.get(c.outcome, "ok" if c.passed else "FAIL")
         lines.append(f"  [{mark}] {c.message}")
+    for line in policy_lines(report):
+        lines.append(f"  {line}")
     if statistics_line(report):
         lines.append(f"  {statistics_line(report)}")
     for line in baseline_lines(report):
@@ -276,6 +306,7 @@ def markdown(report: Report) -> str:
         out.append(
             f"| `{c.threshold}` | {c.measured:.4g} | {interval} | {c.limit:.4g} | {result} |"
         )
+    out += policy_markdown(report)
     if statistics_line(report):
         out += ["", statistics_line(report) + "."]
     if has_champion_column(report):
@@ -310,6 +341,30 @@ def markdown(report: Report) -> str:
             f"MLflow run: {'[' + run.run_id + '](' + link + ')' if link else '`' + run.run_id + '`'}."
         )
     return "\n".join(out) + "\n"
+
+
+def policy_markdown(report: Report) -> list[str]:
+    """The thresholds a PR's config tried to loosen, as a table (nothing when none did)."""
+    g = report.gate
+    if g.policy_source is None:
+        return []
+    if not g.tightened:
+        return [
+            "",
+            f"Policy: thresholds at least as strict as those recorded on {g.policy_source}.",
+        ]
+    out = [
+        "",
+        f"**Policy:** this PR's config tried to loosen the gate that judges it; the gate used "
+        f"the thresholds recorded on {g.policy_source}.",
+        "",
+        "| threshold | this PR's config | policy | used |",
+        "|---|---:|---:|---:|",
+    ]
+    for t in g.tightened:
+        mine = "not set" if t.config is None else f"{t.config:g}"
+        out.append(f"| `{t.threshold}` | {mine} | {t.policy:g} | **{t.used:g}** |")
+    return out
 
 
 def per_class_markdown(per_class: PerClass | None) -> list[str]:

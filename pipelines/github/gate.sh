@@ -32,9 +32,10 @@ echo "::group::ci-compress run"
 echo "::endgroup::"
 echo "exit-code=$rc" >> "$GITHUB_OUTPUT"
 
-# 0 pass, 1 fail, 5 inconclusive (6 warn): a result, rendered below like the others.
+# 0 pass, 1 fail, 5 inconclusive (6 warn), 7 passed but not promoted (the champion
+# moved meanwhile): a result, rendered below like the others.
 case "$rc" in
-  0|1|5|6) ;;
+  0|1|5|6|7) ;;
   *)
     echo "state=error" >> "$GITHUB_OUTPUT"
     printf '### ❌ ci-compress could not run the gate (exit %s)\n\nThe log of the step says why: 2 config, 3 model or data, 4 MLflow or network, 70 a bug.\n' "$rc" >> "$GITHUB_STEP_SUMMARY"
@@ -44,7 +45,7 @@ esac
 why="$(grep -m1 '^Error: ' "$errfile" | sed -e 's/%/%25/g' -e 's/\r/%0D/g' || true)"
 rm -f "$errfile"
 case "$rc" in
-  0|1|5|6) ;;
+  0|1|5|6|7) ;;
   2) echo "::error title=ci-compress%3A config or usage error (exit 2)::${why:-see the log above}"; exit 2 ;;
   3) echo "::error title=ci-compress%3A bad model artifact or holdout data (exit 3)::${why:-see the log above}"; exit 3 ;;
   4) echo "::error title=ci-compress%3A infrastructure error (exit 4)::${why:-see the log above}"; exit 4 ;;
@@ -65,9 +66,15 @@ case "$INPUT_REPORT_DIR" in
   *) report_json="$(pwd)/${INPUT_REPORT_DIR%/}/report.json" ;;
 esac
 
+rrc=0
 python -m ci_compress report github \
   --report "$report_json" \
   --fail-on "$INPUT_FAIL_ON" \
   "$comment" \
   --comment-key "$INPUT_COMMENT_KEY" \
-  --config-file "$config_path"
+  --config-file "$config_path" || rrc=$?
+if [ "$rc" = 7 ] && [ "$rrc" = 0 ] && [ "${INPUT_FAIL_ON:-fail}" != never ]; then
+  echo "::error title=ci-compress%3A passed but not promoted (exit 7)::another gate moved the alias after this one compared itself with the champion; re-run this job to compare with the new champion"
+  exit 7
+fi
+exit "$rrc"

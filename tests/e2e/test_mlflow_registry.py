@@ -91,6 +91,8 @@ def test_default_branch_promotes_a_pr_build_never_does(
         "promotion": "default-branch",
         "promoted": True,
         "will_promote": True,
+        "compared_with": "none",
+        "alias_was": "none",
     }
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
@@ -321,3 +323,52 @@ def test_explain_after_a_failed_gate_reuses_the_downloaded_teacher(
     report = pipeline.run(loaded, tracker=tracker, environ={}, report_dir=workdir / "ex")
     assert not report.passed and report.explain is not None
     assert tracker.fetched == [f"models:/{name}@champion"]
+
+
+def test_a_pr_is_held_to_the_thresholds_its_champion_was_promoted_under(
+    workdir: Path, mlflow_server: MlflowServer
+) -> None:
+    """Issue 16 item 2, against the real server: the policy is read from the registry,
+    and a pull_request_target build (GITHUB_REF is the base branch) is a PR build."""
+    client = MlflowClient(tracking_uri=mlflow_server.uri, registry_uri=mlflow_server.uri)
+    name = _name("policy")
+    proc, main = _run(
+        workdir, _cfg(mlflow_server.uri, name, thresholds={"max_accuracy_drop": 1.5}), GH_MAIN
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert main["gate"].get("policy") is None and _alias(client, name) == "1"
+    assert json.loads(client.get_model_version(name, "1").tags["ci_compress.thresholds"]) == {
+        "max_accuracy_drop": 1.5
+    }
+
+    event = workdir / "event.json"
+    event.write_text(json.dumps({"pull_request": {"number": 12}}))
+    target = {
+        **GH_MAIN,  # refs/heads/main: the base branch's ref
+        "GITHUB_EVENT_NAME": "pull_request_target",
+        "GITHUB_EVENT_PATH": str(event),
+        "GITHUB_HEAD_REF": "loosen",
+        "GITHUB_SHA": "c" * 40,
+    }
+    loose = _cfg(mlflow_server.uri, name, thresholds={"max_accuracy_drop": 50.0})
+    proc, pr = _run(workdir, loose, target)
+    assert proc.returncode in (0, 1), proc.stderr
+    assert [(c["threshold"], c["limit"]) for c in pr["gate"]["checks"]] == [
+        ("max_accuracy_drop", 1.5)
+    ]
+    assert pr["gate"]["policy"] == {
+        "source": f"{name}@champion (version 1, promoted by default-branch)",
+        "loosened": [
+            {"threshold": "max_accuracy_drop", "config": 50.0, "policy": 1.5, "used": 1.5}
+        ],
+    }
+    assert (
+        "policy: max_accuracy_drop: this build's config says 50, looser than the 1.5" in proc.stdout
+    )
+    md = (workdir / "report" / "report.md").read_text()
+    assert "| `max_accuracy_drop` | 50 | 1.5 | **1.5** |" in md
+    # A PR build, though its ref is main: registered as a candidate, never promoted.
+    assert pr["registry"]["promotion"] == "pull-request" and _alias(client, name) == "1"
+    v2 = client.get_model_version(name, "2")
+    assert v2.tags["ci.pr_number"] == "12" and v2.tags["ci_compress.promotion"] == "pull-request"
+    assert json.loads(v2.tags["ci_compress.thresholds"]) == {"max_accuracy_drop": 1.5}

@@ -499,6 +499,64 @@ class TrackerContract:
         with pytest.raises(ArtifactError):
             tracker.fetch(uri, tmp_path / "dl")
 
+    # ------------------------------------------------------------ locks (record.promotion_lock)
+
+    def test_a_lock_is_created_once_and_read_back_with_its_lease(self, tracker: Tracker) -> None:
+        name = _unique("model") + ".ci-compress-lock"
+        lease = {"ci_compress.lock.holder": "run-a", "ci_compress.lock.expires": "123.5"}
+        assert tracker.read_lock(name) is None
+        assert tracker.create_lock(name, lease) is True
+        assert tracker.create_lock(name, {"ci_compress.lock.holder": "run-b"}) is False
+        assert tracker.read_lock(name) == lease
+        tracker.delete_lock(name)
+        assert tracker.read_lock(name) is None
+        tracker.delete_lock(name)  # already gone: no error
+        assert tracker.create_lock(name, {"ci_compress.lock.holder": "run-b"}) is True
+        tracker.delete_lock(name)
+
+    def test_a_lock_is_no_champion_and_no_version_of_its_model(
+        self, tracker: Tracker, experiment: str, model_file: Path
+    ) -> None:
+        name, _ = self._registered(tracker, experiment, model_file)
+        tracker.set_alias(name, "champion", "1")
+        lock = name + ".ci-compress-lock"
+        assert tracker.create_lock(lock, {"ci_compress.lock.holder": "r"})
+        champion = tracker.champion(name, "champion")
+        assert champion is not None and champion.version == "1"
+        assert tracker.champion(lock, "champion") is None
+        assert [v.version for v in tracker.promoted_history(name, "champion", 5)] == ["1"]
+        tracker.delete_lock(lock)
+
+    def test_of_threads_racing_to_create_a_lock_exactly_one_wins(
+        self, backend: Backend, tracker: Tracker
+    ) -> None:
+        import threading
+
+        name = _unique("model") + ".ci-compress-lock"
+        won: list[str] = []
+        errors: list[BaseException] = []
+        # One client per gate on a store; the in-memory store lives in its tracker.
+        shared = isinstance(tracker, MemoryTracker)
+        trackers = [tracker if shared else backend.tracker() for _ in range(6)]
+        start = threading.Barrier(len(trackers))
+
+        def take(i: int, t: Tracker) -> None:
+            try:
+                start.wait()
+                if t.create_lock(name, {"ci_compress.lock.holder": f"run-{i}"}):
+                    won.append(f"run-{i}")
+            except BaseException as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=take, args=(i, t)) for i, t in enumerate(trackers)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert errors == [] and len(won) == 1
+        assert trackers[0].read_lock(name) == {"ci_compress.lock.holder": won[0]}
+        trackers[0].delete_lock(name)
+
     # ------------------------------------------------------------ failure clean-up
 
     def test_cleanup_lets_the_failure_path_record_and_restores_the_environment(

@@ -10,6 +10,7 @@
 //   6 passed with warnings (failOn: 'warn')         -> unstable(...)
 //   1 gate failed                                   -> error(...)   (FAILURE)
 //   5 inconclusive (the holdout could not decide)   -> error(...) with its own message
+//   7 passed, not promoted (the champion moved)     -> error(...) with its own message
 //   2 config, 3 model/data, 4 MLflow/network, 70 bug -> error(...) with its own message
 //   ci-compress missing (127) or pip install failed  -> error(...) before the gate runs
 // failOn: 'never' reports and never fails on the gate's result (tool errors still fail).
@@ -107,8 +108,9 @@ def call(Map args = [:]) {
         archiveArtifacts(artifacts: "${reportDir}/report.json, ${reportDir}/report.md, ${reportDir}/junit.xml",
                          allowEmptyArchive: true, fingerprint: true)
 
-        // 0 pass, 1 fail, 5 inconclusive (6 warn): a result, rendered like the others.
-        if (runCode in [0, 1, 5, 6]) {
+        // 0 pass, 1 fail, 5 inconclusive (6 warn), 7 passed but not promoted (the
+        // champion moved meanwhile): a result, rendered like the others.
+        if (runCode in [0, 1, 5, 6, 7]) {
             reportCode = sh(label: 'ci-compress report jenkins', returnStatus: true, script: '''
                 set -- --report "$CI_COMPRESS_REPORT_DIR/report.json" --fail-on "$CI_COMPRESS_FAIL_ON" \
                   --description-file "$CI_COMPRESS_REPORT_DIR/description.txt"
@@ -135,6 +137,11 @@ def call(Map args = [:]) {
             break
         case 4:
             error('ci-compress: infrastructure error (exit 4): MLflow or a download host unreachable; see the log')
+            break
+        case 7:
+            if (failOn != 'never') {
+                error('ci-compress: passed but not promoted (exit 7): another gate moved the alias after this one compared itself with the champion; re-run this build to compare with the new champion')
+            }
             break
         case 70:
             error('ci-compress: internal error (exit 70), a bug; the log names the crash log')
