@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +25,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, base_config, write_config
+from tests.helpers.postgres import pg_bin, postgres_server
 
 pytestmark = pytest.mark.slow
 
@@ -34,24 +33,10 @@ SPACE = {"passes[0].amount": {"choices": [0.5, 0.9]}}
 TRIALS = 16
 
 
-def _pg_bin() -> Path | None:
-    for root in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
-        if (root / "initdb").exists():
-            return root
-    found = shutil.which("initdb")
-    return Path(found).parent if found else None
-
-
 def _missing(what: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{what} is missing in CI: .ci/run must install it")
     pytest.skip(f"{what} is not installed")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -61,68 +46,12 @@ def postgres() -> Iterator[str]:
         import psycopg2  # noqa: F401
     except ImportError:
         _missing("the psycopg2 driver (pip install psycopg2-binary)")
-    bin_dir = _pg_bin()
+    bin_dir = pg_bin()
     if bin_dir is None:
         _missing("PostgreSQL (apt-get install postgresql)")
     assert bin_dir is not None
-    # Not under pytest's tmp folders: those are 0700 root, and the server runs as postgres.
-    root = Path(tempfile.mkdtemp(prefix="ci-compress-pg-"))
-    data, sock = root / "data", root / "sock"
-    sock.mkdir()
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # postgres refuses to run as root: use its own system user
-        as_user = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(root, "postgres")
-        shutil.chown(sock, "postgres")
-    subprocess.run(
-        [*as_user, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
-        check=True,
-        capture_output=True,
-    )
-    port = _free_port()
-    log = root / "server.log"
-    subprocess.run(
-        [
-            *as_user,
-            str(bin_dir / "pg_ctl"),
-            "-D",
-            str(data),
-            "-l",
-            str(log),
-            "-w",
-            "-o",
-            f"-h 127.0.0.1 -p {port} -k {sock} -c fsync=off",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    try:
-        subprocess.run(
-            [
-                *as_user,
-                str(bin_dir / "createdb"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "-U",
-                "postgres",
-                "tune",
-            ],
-            check=True,
-            capture_output=True,
-        )
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/tune"
-    finally:
-        subprocess.run(
-            [*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-            capture_output=True,
-            timeout=120,
-            check=False,
-        )
-        shutil.rmtree(root, ignore_errors=True)
+    with postgres_server(bin_dir) as url:
+        yield url
 
 
 def _tune(
