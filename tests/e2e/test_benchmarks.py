@@ -96,3 +96,36 @@ def test_deep_compression_smoke_reports_the_table(tmp_path: Path) -> None:
     header = proc.stdout.splitlines()
     assert any(line.startswith("| model | shipped bytes | ratio | paper |") for line in header)
     assert sum(line.startswith("| lenet-") for line in header) == 2
+
+
+def test_gpu_benchmark_says_plainly_when_there_is_no_gpu() -> None:
+    import torch
+
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/gpu.py"], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    if torch.version.cuda is None:  # this project's CI: the CPU build
+        assert proc.stdout.strip() == (
+            f"no GPU measured: this torch ({torch.__version__}) is a CPU-only build"
+        )
+    elif not torch.cuda.is_available():
+        assert "sees no CUDA device" in proc.stdout
+    else:  # a GPU runner: the same gate on both devices, the same data
+        assert "same holdout digest: True; same verdict: True" in proc.stdout
+
+
+@pytest.mark.slow
+def test_tune_workers_smoke_shares_one_postgres_study() -> None:
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/tune_workers.py", "--smoke"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert [r[0] for r in rows] == ["1", "2"]
+    assert all(r[-1] == "True" for r in rows)  # 4 trials, none twice, in both runs
+    assert "every run found the same best configuration: True" in proc.stdout
