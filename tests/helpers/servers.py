@@ -41,7 +41,11 @@ def start_mlflow_server(
 ) -> MlflowServer:
     root.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    exe = shutil.which("mlflow") or str(Path(sys.executable).parent / "mlflow")
+    # The server of the environment the tests run in (the dev extra brings Flask-WTF for
+    # the basic-auth app), not whichever `mlflow` is first on PATH: another Python's
+    # MLflow without it made the auth tests fail.
+    beside = Path(sys.executable).parent / "mlflow"
+    exe = str(beside) if beside.is_file() else (shutil.which("mlflow") or str(beside))
     log = (root / "server.log").open("ab")
     proc = subprocess.Popen(
         [
