@@ -293,8 +293,9 @@ def explain(config_path: Path, report_dir: Path | None, quiet: bool, as_json: bo
     """Per-layer sensitivity: which layer costs the accuracy, and what to exclude.
 
     Compresses one layer at a time with the configured passes, ranks layers by the
-    accuracy drop each causes, and searches (with real runs) the shortest exclude list
-    of the most sensitive layers that meets the accuracy thresholds. Exit 0 when the
+    accuracy drop each causes (another task: how much worse its primary metric gets,
+    e.g. mae, nll), and searches (with real runs) the shortest exclude list of the most
+    sensitive layers that meets the accuracy (or thresholds.metrics) limits. Exit 0 when the
     analysis ran, whatever it found. With MLflow enabled it is recorded as its own run
     (tag ci_compress.kind=explain).
     """

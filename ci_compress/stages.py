@@ -78,8 +78,8 @@ def check(loaded: LoadedConfig, *, gate: bool = True) -> Task:
     ``torch.export`` program is not given passes. ``ci-compress validate`` runs it, and
     so does every run, explain and tune (:func:`load_inputs`).
 
-    ``gate=True`` also refuses what a gate cannot do for the task: the per-layer
-    analysis (``explain.when``) ranks layers by top-1 accuracy, classification's.
+    ``gate`` is kept for the callers; every task can be gated and explained (the
+    per-layer analysis ranks layers by the task's primary metric).
     """
     cfg = loaded.config
     base = loaded.base_dir
@@ -102,16 +102,7 @@ def check(loaded: LoadedConfig, *, gate: bool = True) -> Task:
             hint="gate the program as it is with passes: [], or give the eager model (a state_dict with model.factory) to compress",
         )
     resolve_device(cfg.runtime.device)
-    task = make_task(cfg.task, base_dir=base)
-    if gate:
-        _gate_supports(loaded)
-    return task
-
-
-def _gate_supports(loaded: LoadedConfig) -> None:
-    cfg = loaded.config
-    if cfg.explain.when != "never":
-        require_classification(loaded, what="the per-layer analysis", path="explain.when")
+    return make_task(cfg.task, base_dir=base)
 
 
 def require_classification(loaded: LoadedConfig, *, what: str, path: str = "task.type") -> None:

@@ -165,7 +165,7 @@ def test_regression_gate_passes_is_inconclusive_or_fails_as_the_mae_limit_tighte
     assert run.data.metrics["gate.passed"] == 0.0
 
 
-def test_accuracy_thresholds_explain_and_tune_on_regression_are_config_errors(
+def test_accuracy_thresholds_and_tune_on_regression_are_config_errors(
     tmp_path: Path,
 ) -> None:
     diabetes_regressor(tmp_path)
@@ -177,22 +177,67 @@ def test_accuracy_thresholds_explain_and_tune_on_regression_are_config_errors(
     config = {
         **REGRESSION,
         "thresholds": {"metrics": {"mae": {"max_increase": 0.1}}},
-        "explain": {"when": "always"},
         "mlflow": {"enabled": False},
     }
     path = write_config(tmp_path, {"version": 1, **config})
-    result = run_cli("run", "--config", str(path), "--quiet", cwd=tmp_path)
+    result = run_cli("tune", "--config", str(path), cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.startswith(
-        "Error: explain.when: the per-layer analysis ranks by top-1 accuracy"
-    )
-    for command in ("explain", "tune"):
-        result = run_cli(command, "--config", str(path), cwd=tmp_path)
-        assert result.returncode == 2
-        assert result.stderr.startswith(
-            f"Error: task.type: is regression: ci-compress {command} ranks by top-1 accuracy"
-        ), result.stderr
+        "Error: task.type: is regression: ci-compress tune ranks by top-1 accuracy"
+    ), result.stderr
     assert not (tmp_path / "report" / "report.json").exists()
+
+
+def test_explain_on_regression_ranks_layers_by_the_mae_increase(tmp_path: Path) -> None:
+    diabetes_regressor(tmp_path)
+    config = {
+        **REGRESSION,
+        "thresholds": {"metrics": {"mae": {"max_increase": 0.02}}},
+        "mlflow": {"enabled": False},
+        "report": {"dir": "report"},
+    }
+    path = write_config(tmp_path, {"version": 1, **config})
+    result = run_cli("explain", "--config", str(path), "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    data = json.loads((tmp_path / "report" / "explain.json").read_text())
+    print(f"\nMEASURED diabetes-regression-explain: {json.dumps(data, sort_keys=True)}")
+    assert data["metric"] == {"task": "regression", "name": "mae", "higher_is_better": False}
+    layers = data["layers"]
+    assert [s["layer"] for s in layers] == sorted(
+        ["0", "2"], key=lambda name: -next(s["drop_points"] for s in layers if s["layer"] == name)
+    )
+    teacher_mae = data["teacher_accuracy"]
+    assert 0.1 < teacher_mae < 1.5  # mean absolute error, in hundreds of units
+    for s in layers:  # the mae increase, in the metric's own units, not points
+        assert s["drop_points"] == pytest.approx(s["accuracy"] - teacher_mae)
+        assert s["worst_class"] is None
+    assert layers[0]["drop_points"] >= layers[1]["drop_points"]
+    full = data["full"]
+    assert full["drop_points"] == pytest.approx(full["figures"]["delta.mae.increase"])
+    assert "delta.accuracy_drop_points" not in full["figures"]
+    # measured: the full compression raises the mae by 0.052, the last layer alone by
+    # 0.043, the first by 0.010: excluding the last meets the 0.02 limit
+    assert not full["accuracy_passed"] and full["failures"]
+    assert data["suggested_exclude"] == [layers[0]["layer"]] == ["2"]
+    last = data["steps"][-1]
+    assert last["accuracy_passed"] and last["drop_points"] <= 0.02
+    # the table, the Markdown and the notes speak of mae, not accuracy
+    table = result.stdout
+    assert "mae increase" in table and "drop (pts)" not in table and "%" not in table
+    assert f"configured compression: mae increase {full['drop_points']:.4g}" in table
+    assert "(mae thresholds FAILED)" in table
+    assert f"suggested exclude: ['2'] -> mae increase {last['drop_points']:.4g}" in table
+    md = (tmp_path / "report" / "explain.md").read_text()
+    assert "mae increase on the holdout, most sensitive first" in md
+    assert "| mae increase | mae |" in md
+    assert "accuracy" not in md
+    assert (tmp_path / "report" / "sensitivity.png").stat().st_size > 0
+
+    # a gate asks for the same analysis (explain.when) instead of refusing the task
+    code, report, _ = gate(tmp_path, {**config, "explain": {"when": "always"}})
+    assert code == 1  # the configured compression fails the 0.02 limit
+    assert report["explain"]["metric"]["name"] == "mae"
+    assert report["explain"]["suggested_exclude"] == ["2"]
 
 
 # ---------------------------------------------------------------- embedding
