@@ -428,7 +428,7 @@ def tune(
         click.echo(
             f"best passing config: trial {result.best.number}: {describe_passes(result.best.passes)}\n"
             f"  {int(m['student.file_bytes']):,} bytes ({m['delta.compression_ratio']:.2f}x smaller), "
-            f"accuracy {100 * m['student.accuracy']:.2f}% (drop {m['delta.accuracy_drop_points']:.2f} points)\n"
+            f"{result.quality.describe(m)}\n"
             f"  written to {result.tuned_path}"
         )
     click.echo(f"report: {result.report_md}  plot: {result.plot}")

@@ -105,26 +105,6 @@ def check(loaded: LoadedConfig, *, gate: bool = True) -> Task:
     return make_task(cfg.task, base_dir=base)
 
 
-def require_classification(loaded: LoadedConfig, *, what: str, path: str = "task.type") -> None:
-    """Refuse a task other than classification for ``what`` (``ci-compress explain``,
-    ``ci-compress tune``, ``explain.when``): they rank layers and trials by top-1
-    accuracy. ``ci-compress run`` gates every task."""
-    task = loaded.config.task
-    if task is None or task.type == "classification":
-        return
-    raise ConfigError(
-        f"{'is ' + task.type + ': ' if path == 'task.type' else ''}{what} ranks by top-1 "
-        f"accuracy, which the {task.type} task does not measure",
-        path=path,
-        hint="ci-compress run gates this task on thresholds.metrics"
-        + (
-            "; set explain.when: never (the default)"
-            if path == "explain.when"
-            else f"; {what} supports classification only"
-        ),
-    )
-
-
 @dataclass
 class Inputs:
     """What a gate reads: the teacher and the data sets, loaded and checked."""

@@ -18,6 +18,7 @@ records them.
 from __future__ import annotations
 
 import json
+import re
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -165,27 +166,70 @@ def test_regression_gate_passes_is_inconclusive_or_fails_as_the_mae_limit_tighte
     assert run.data.metrics["gate.passed"] == 0.0
 
 
-def test_accuracy_thresholds_and_tune_on_regression_are_config_errors(
-    tmp_path: Path,
-) -> None:
+def test_accuracy_thresholds_on_regression_are_config_errors(tmp_path: Path) -> None:
     diabetes_regressor(tmp_path)
     config = {**REGRESSION, "thresholds": {"max_accuracy_drop": 1.0}, "mlflow": {"enabled": False}}
     path = write_config(tmp_path, {"version": 1, **config})
-    result = run_cli("run", "--config", str(path), "--quiet", cwd=tmp_path)
-    assert result.returncode == 2
-    assert "thresholds.max_accuracy_drop: reads top-1 accuracy" in result.stderr
+    for command in ("run", "explain", "tune"):
+        result = run_cli(command, "--config", str(path), "--quiet", cwd=tmp_path)
+        assert result.returncode == 2
+        assert "thresholds.max_accuracy_drop: reads top-1 accuracy" in result.stderr
+    assert not (tmp_path / "report" / "report.json").exists()
+
+
+def test_tune_on_regression_constrains_trials_by_the_gate_and_reports_the_mae(
+    tmp_path: Path,
+) -> None:
+    import optuna
+
+    diabetes_regressor(tmp_path)
+    limit = 0.03
     config = {
         **REGRESSION,
-        "thresholds": {"metrics": {"mae": {"max_increase": 0.1}}},
+        "thresholds": {
+            "metrics": {"mae": {"max_increase": limit}},
+            "min_compression_ratio": 1.5,
+        },
         "mlflow": {"enabled": False},
+        "tune": {"space": {"passes[0].amount": {"low": 0.05, "high": 0.9}}, "max_trials": 4},
     }
     path = write_config(tmp_path, {"version": 1, **config})
     result = run_cli("tune", "--config", str(path), cwd=tmp_path)
-    assert result.returncode == 2
-    assert result.stderr.startswith(
-        "Error: task.type: is regression: ci-compress tune ranks by top-1 accuracy"
-    ), result.stderr
-    assert not (tmp_path / "report" / "report.json").exists()
+    assert result.returncode in (0, 1), result.stderr
+    storage = f"sqlite:///{tmp_path / 'ci-compress-tune.db'}"
+    trials = optuna.load_study(study_name=path.stem, storage=storage).get_trials()
+    assert len(trials) == 4
+    measured_trials = [t for t in trials if "metrics" in t.user_attrs]
+    assert measured_trials
+    for t in measured_trials:
+        m = t.user_attrs["metrics"]
+        print(f"\nMEASURED diabetes-regression-tune trial {t.number}: {json.dumps(m)}")
+        assert {"teacher.mae", "student.mae", "delta.mae.increase"} <= set(m)
+        assert "student.accuracy" not in m
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            # the trial's constraint is the gate's check on the mae increase
+            assert t.user_attrs["passed"] == (
+                m["delta.mae.increase"] <= limit and m["delta.compression_ratio"] >= 1.5
+            )
+            names = ["metrics.mae.max_increase", "min_compression_ratio"]  # sorted
+            constraints = dict(zip(names, t.user_attrs["constraints"], strict=True))
+            assert constraints["metrics.mae.max_increase"] == pytest.approx(
+                (m["delta.mae.increase"] - limit) / limit
+            )
+    # the progress lines, the summary and the report speak of the mae
+    # e.g. "[   2.9s] trial 1: pass, 864 bytes, mae 0.4722 (increase 0.0131)"
+    lines = [line for line in result.stderr.splitlines() if "] trial " in line]
+    measured_lines = [line for line in lines if " bytes, " in line]
+    assert len(measured_lines) == 4, result.stderr
+    assert all(re.search(r"bytes, mae \d\.\d+ \(increase -?\d", line) for line in measured_lines)
+    assert "accuracy" not in result.stderr + result.stdout
+    md = (tmp_path / "ci-compress-tune" / "tune-report.md").read_text()
+    assert "| trial | passes | bytes | mae | gate |" in md and "## mae versus size" in md
+    assert "accuracy" not in md
+    if result.returncode == 0:
+        assert "best passing config: trial" in result.stdout and "mae " in result.stdout
+        assert "| mae increase |" in md
+        assert (tmp_path / "tuned.yaml").exists()
 
 
 def test_explain_on_regression_ranks_layers_by_the_mae_increase(tmp_path: Path) -> None:
