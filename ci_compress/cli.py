@@ -293,8 +293,9 @@ def explain(config_path: Path, report_dir: Path | None, quiet: bool, as_json: bo
     """Per-layer sensitivity: which layer costs the accuracy, and what to exclude.
 
     Compresses one layer at a time with the configured passes, ranks layers by the
-    accuracy drop each causes, and searches (with real runs) the shortest exclude list
-    of the most sensitive layers that meets the accuracy thresholds. Exit 0 when the
+    accuracy drop each causes (another task: how much worse its primary metric gets,
+    e.g. mae, nll), and searches (with real runs) the shortest exclude list of the most
+    sensitive layers that meets the accuracy (or thresholds.metrics) limits. Exit 0 when the
     analysis ran, whatever it found. With MLflow enabled it is recorded as its own run
     (tag ci_compress.kind=explain).
     """
@@ -427,7 +428,7 @@ def tune(
         click.echo(
             f"best passing config: trial {result.best.number}: {describe_passes(result.best.passes)}\n"
             f"  {int(m['student.file_bytes']):,} bytes ({m['delta.compression_ratio']:.2f}x smaller), "
-            f"accuracy {100 * m['student.accuracy']:.2f}% (drop {m['delta.accuracy_drop_points']:.2f} points)\n"
+            f"{result.quality.describe(m)}\n"
             f"  written to {result.tuned_path}"
         )
     click.echo(f"report: {result.report_md}  plot: {result.plot}")

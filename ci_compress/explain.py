@@ -1,4 +1,5 @@
-"""Explain a verdict: which layer costs the accuracy, and what to exclude to pass.
+"""Explain a verdict: which layer costs the accuracy (or the task's primary metric), and
+what to exclude to pass.
 
 :func:`explain` compresses the teacher once per layer, with the configured passes
 restricted to that one layer (``include: [layer]``, every other layer untouched), packs
@@ -7,6 +8,15 @@ causes on the holdout. Layers are ranked by that drop. Then it searches an ``exc
 list greedily: exclude the most sensitive layer, run the full configured compression
 with it excluded, check the accuracy thresholds; add the next layer until they are met.
 Every step is a real run, so the suggestion is verified, not predicted.
+
+On a task other than classification, layers are ranked by the task's primary metric
+(``Task.primary``: ``mae`` for regression, ``nll`` for a language model, ...) in its
+direction: a layer's ``drop_points`` is then how much worse that metric gets, in the
+metric's own units (teacher - student when higher is better, student - teacher when
+lower is), its ``accuracy`` the metric's value; the exclude list is searched until the
+``thresholds.metrics`` limits are met. The result names the metric (``metric`` in
+explain.json, present only then), and the renderers label the table and chart with it.
+Classification's result is unchanged: top-1 accuracy, drops in percentage points.
 
 It works over whatever passes are configured: a pass only has to honour
 ``include``/``exclude`` and report the modules it touched (``PassRecord.modules``), as
@@ -30,15 +40,15 @@ from typing import TYPE_CHECKING, Any
 from ci_compress.ci.env import detect
 from ci_compress.evaluation.classes import class_drops, class_figures, worst_class
 from ci_compress.evaluation.metrics import score
+from ci_compress.evaluation.tasks import Classification
 from ci_compress.files import atomic_write
-from ci_compress.gate import ACCURACY_THRESHOLDS, decide, derive
+from ci_compress.gate import ACCURACY_THRESHOLDS, decide, derive, metric_figures, metric_rules
 from ci_compress.progress import warn_of
 from ci_compress.record import record_explain
 from ci_compress.reporting.explain import markdown_section, write_chart
 from ci_compress.stages import (
     apply_passes,
     load_inputs,
-    require_classification,
     set_determinism,
     ship,
 )
@@ -47,6 +57,7 @@ from ci_compress.tracking import make_tracker
 if TYPE_CHECKING:
     from ci_compress.config import LoadedConfig
     from ci_compress.evaluation.metrics import TaskMetrics
+    from ci_compress.evaluation.tasks import Task
     from ci_compress.passes.base import PassConfig
     from ci_compress.stages import Inputs
 
@@ -61,8 +72,11 @@ class LayerSensitivity:
     kind: str  # the teacher module's class, e.g. Conv2d
     passes: tuple[str, ...]  # pass types that touched it, in order
     parameters: int  # of the teacher layer
-    accuracy: float  # student with only this layer compressed
-    drop_points: float  # teacher - that student, percentage points
+    # student with only this layer compressed (another task: its primary metric)
+    accuracy: float
+    # teacher - that student, percentage points (another task: how much worse the
+    # primary metric gets, in its units)
+    drop_points: float
     file_bytes: int  # shipped size with only this layer compressed
     bytes_saved: int  # against the uncompressed teacher packed the same way
     worst_class: str | None = None
@@ -95,9 +109,14 @@ class ExplainResult:
     suggested_exclude: list[str] | None  # None: no exclude list met the thresholds
     suggested_passes: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # the ranking metric of a task other than classification: {"task", "name",
+    # "higher_is_better"}; None for classification (top-1 accuracy)
+    metric: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        extra = {} if self.metric is None else {"metric": dict(self.metric)}
         return {
+            **extra,
             "teacher_accuracy": self.teacher_accuracy,
             "teacher_file_bytes": self.teacher_file_bytes,
             "samples": self.samples,
@@ -126,7 +145,6 @@ def explain(
     ``fetch`` downloads a ``model.uri`` from MLflow (the gate passes its own).
     """
 
-    require_classification(loaded, what="ci-compress explain")
     cfg = loaded.config
     say = progress or (lambda _msg: None)
     out_dir = report_dir or loaded.resolve(cfg.report.dir)
@@ -141,19 +159,30 @@ def explain(
         output=cfg.model.output,
         device=cfg.runtime.device,
     )["teacher"]
+    task = inputs.task or Classification()
+    classification = task.type == "classification"
     thresholds = cfg.thresholds.active()
-    acc_thresholds = {k: v for k, v in thresholds.items() if k in ACCURACY_THRESHOLDS}
+    # The quality thresholds, the ones an exclude list can fix: accuracy's, or the
+    # limits on the task's metrics.
+    acc_thresholds = {
+        k: v
+        for k, v in thresholds.items()
+        if (k in ACCURACY_THRESHOLDS if classification else k.startswith("metrics."))
+    }
     # Latency is not measured here: every other threshold is checked.
     gate_thresholds = {k: v for k, v in thresholds.items() if k != "max_latency_ratio"}
     notes: list[str] = []
     if not acc_thresholds:
         notes.append(
             "no accuracy threshold is set: layers are ranked, but there is nothing for an exclude list to meet"
+            if classification
+            else f"no thresholds.metrics limit is set: layers are ranked by {task.primary}, "
+            "but there is nothing for an exclude list to meet"
         )
 
     with tempfile.TemporaryDirectory(prefix="ci-compress-explain-", dir=out_dir) as tmp:
         work = Path(tmp)
-        runner = _Runner(loaded, inputs, teacher_m, work)
+        runner = _Runner(loaded, inputs, teacher_m, work, task)
 
         say("explain: the configured compression")
         full_step, records = runner.step(cfg.passes, (), acc_thresholds, gate_thresholds)
@@ -176,8 +205,8 @@ def explain(
                     kind=_kind(inputs.teacher.module, layer),
                     passes=tuple(p.type for p in restricted),
                     parameters=_parameters(inputs.teacher.module, layer),
-                    accuracy=m.accuracy,
-                    drop_points=(teacher_m.accuracy - m.accuracy) * 100.0,
+                    accuracy=runner.value(m),
+                    drop_points=runner.worsening(m),
                     file_bytes=file_bytes,
                     bytes_saved=base_bytes - file_bytes,
                     worst_class=worst[0] if worst else None,
@@ -201,7 +230,7 @@ def explain(
                     break
         if suggested is None and acc_thresholds:
             notes.append(
-                "no exclude list of the most sensitive layers meets the accuracy thresholds: "
+                f"no exclude list of the most sensitive layers meets the {runner.quality} thresholds: "
                 "make the passes gentler (smaller amount, more bits) or loosen the thresholds"
             )
         suggested_passes: list[dict[str, Any]] = []
@@ -214,11 +243,11 @@ def explain(
             final = steps[-1]
             if not final.gate_passed:
                 notes.append(
-                    "with the suggested exclude list the accuracy thresholds are met but "
+                    f"with the suggested exclude list the {runner.quality} thresholds are met but "
                     + "; ".join(final.failures)
                 )
     return ExplainResult(
-        teacher_accuracy=teacher_m.accuracy,
+        teacher_accuracy=runner.value(teacher_m),
         teacher_file_bytes=inputs.teacher.file_bytes,
         samples=teacher_m.samples,
         thresholds=thresholds,
@@ -228,6 +257,9 @@ def explain(
         suggested_exclude=suggested,
         suggested_passes=suggested_passes,
         notes=notes,
+        metric=None
+        if classification
+        else {"task": task.type, "name": task.primary, "higher_is_better": task.higher_is_better},
     )
 
 
@@ -235,10 +267,24 @@ class _Runner:
     """Compress with given passes, ship, reload, evaluate: the pipeline's own functions."""
 
     def __init__(
-        self, loaded: LoadedConfig, inputs: Inputs, teacher_m: TaskMetrics, work: Path
+        self, loaded: LoadedConfig, inputs: Inputs, teacher_m: TaskMetrics, work: Path, task: Task
     ) -> None:
         self.loaded, self.inputs, self.teacher_m, self.work = loaded, inputs, teacher_m, work
+        self.task = task
+        self.classification = task.type == "classification"
+        self.quality = "accuracy" if self.classification else task.primary
         self.count = 0
+
+    def value(self, m: TaskMetrics) -> float:
+        """Top-1 accuracy, or the task's primary metric."""
+        return m.accuracy if self.classification else float(m.metrics[self.task.primary])
+
+    def worsening(self, m: TaskMetrics) -> float:
+        """Accuracy drop in points, or how much worse the primary metric is (its units)."""
+        t, s = self.value(self.teacher_m), self.value(m)
+        if self.classification:
+            return (t - s) * 100.0
+        return t - s if self.task.higher_is_better else s - t
 
     def measure(self, passes: Sequence[PassConfig]) -> tuple[TaskMetrics, int, list[Any]]:
 
@@ -278,23 +324,38 @@ class _Runner:
 
         m, file_bytes, records = self.measure(passes)
         flat = {
-            "teacher.accuracy": self.teacher_m.accuracy,
-            "student.accuracy": m.accuracy,
             "teacher.file_bytes": float(self.inputs.teacher.file_bytes),
             "student.file_bytes": float(file_bytes),
         }
+        if self.classification:
+            flat = {
+                "teacher.accuracy": self.teacher_m.accuracy,
+                "student.accuracy": m.accuracy,
+                **flat,
+            }
         figures = {**flat, **derive(flat)}
         class_delta, notes = class_figures(
             self.teacher_m, m, limit=acc_thresholds.get("max_class_drop")
         )
         figures.update(class_delta)
-        acc = decide(acc_thresholds, figures, notes=notes) if acc_thresholds else None
-        gate = decide(gate_thresholds, figures, notes=notes) if gate_thresholds else None
+        rules = None
+        if not self.classification:
+            # the task's figures, as the gate builds them (delta.<metric>.*)
+            for role, r in (("teacher", self.teacher_m), ("student", m)):
+                figures.update({f"{role}.{k}": v for k, v in r.metrics.items()})
+            figures.update(
+                metric_figures(self.teacher_m.metrics, m.metrics, self.task.metric_directions())
+            )
+            rules = metric_rules(gate_thresholds)
+        acc = decide(acc_thresholds, figures, notes=notes, rules=rules) if acc_thresholds else None
+        gate = (
+            decide(gate_thresholds, figures, notes=notes, rules=rules) if gate_thresholds else None
+        )
         return (
             ExcludeStep(
                 exclude=excluded,
-                accuracy=m.accuracy,
-                drop_points=figures["delta.accuracy_drop_points"],
+                accuracy=self.value(m),
+                drop_points=self.worsening(m),
                 file_bytes=file_bytes,
                 figures=figures,
                 accuracy_passed=acc.passed if acc else True,

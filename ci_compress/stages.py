@@ -78,8 +78,8 @@ def check(loaded: LoadedConfig, *, gate: bool = True) -> Task:
     ``torch.export`` program is not given passes. ``ci-compress validate`` runs it, and
     so does every run, explain and tune (:func:`load_inputs`).
 
-    ``gate=True`` also refuses what a gate cannot do for the task: the per-layer
-    analysis (``explain.when``) ranks layers by top-1 accuracy, classification's.
+    ``gate`` is kept for the callers; every task can be gated and explained (the
+    per-layer analysis ranks layers by the task's primary metric).
     """
     cfg = loaded.config
     base = loaded.base_dir
@@ -102,36 +102,7 @@ def check(loaded: LoadedConfig, *, gate: bool = True) -> Task:
             hint="gate the program as it is with passes: [], or give the eager model (a state_dict with model.factory) to compress",
         )
     resolve_device(cfg.runtime.device)
-    task = make_task(cfg.task, base_dir=base)
-    if gate:
-        _gate_supports(loaded)
-    return task
-
-
-def _gate_supports(loaded: LoadedConfig) -> None:
-    cfg = loaded.config
-    if cfg.explain.when != "never":
-        require_classification(loaded, what="the per-layer analysis", path="explain.when")
-
-
-def require_classification(loaded: LoadedConfig, *, what: str, path: str = "task.type") -> None:
-    """Refuse a task other than classification for ``what`` (``ci-compress explain``,
-    ``ci-compress tune``, ``explain.when``): they rank layers and trials by top-1
-    accuracy. ``ci-compress run`` gates every task."""
-    task = loaded.config.task
-    if task is None or task.type == "classification":
-        return
-    raise ConfigError(
-        f"{'is ' + task.type + ': ' if path == 'task.type' else ''}{what} ranks by top-1 "
-        f"accuracy, which the {task.type} task does not measure",
-        path=path,
-        hint="ci-compress run gates this task on thresholds.metrics"
-        + (
-            "; set explain.when: never (the default)"
-            if path == "explain.when"
-            else f"; {what} supports classification only"
-        ),
-    )
+    return make_task(cfg.task, base_dir=base)
 
 
 @dataclass

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ci_compress.errors import ExitCode, InputError
+from ci_compress.evaluation.statistics import PairedScoreStatistics
 from ci_compress.report import Report, read_report_json, report_from_dict
 
 Echo = Callable[[str], None]
@@ -151,20 +152,48 @@ def conclude(report: Report, fail_on: str, echo: Echo) -> int:
     return code
 
 
-def outputs(report: Report, report_path: Path) -> dict[str, str]:
-    """The few figures later steps/jobs want, as strings (GitHub outputs, GitLab dotenv)."""
-    d = report.deltas
+def primary_metric(report: Report) -> dict[str, str] | None:
+    """The task's primary metric of a gate on a task other than classification, as
+    strings: ``metric`` (its name), ``metric_teacher``, ``metric_student`` and
+    ``metric_change`` (signed so that positive is worse: teacher - student when higher is
+    better, student - teacher when lower is), plus ``metric_worse`` ("drop" or
+    "increase"). None for classification, whose outputs keep ``accuracy_drop``."""
+    st = report.statistics
+    if "delta.accuracy_drop_points" in report.deltas or not isinstance(st, PairedScoreStatistics):
+        return None
     return {
+        "metric": st.metric,
+        "metric_teacher": f"{st.teacher_mean:.6g}",
+        "metric_student": f"{st.student_mean:.6g}",
+        "metric_change": f"{st.change:.6g}",
+        "metric_worse": st.worse,
+    }
+
+
+def outputs(report: Report, report_path: Path) -> dict[str, str]:
+    """The few figures later steps/jobs want, as strings (GitHub outputs, GitLab dotenv).
+
+    A classification gate gives ``accuracy_drop`` (points); a gate on another task gives
+    ``accuracy_drop`` empty and its primary metric instead (:func:`primary_metric`).
+    """
+    d = report.deltas
+    metric = primary_metric(report)
+    out = {
         "verdict": report.verdict,
         "state": state(report),
         "passed": "true" if report.passed else "false",
-        "accuracy_drop": f"{d.get('delta.accuracy_drop_points', float('nan')):.4f}",
+        "accuracy_drop": f"{d.get('delta.accuracy_drop_points', float('nan')):.4f}"
+        if metric is None
+        else "",
         "compression_ratio": f"{d.get('delta.compression_ratio', float('nan')):.4f}",
         "student_bytes": str(report.student.file_bytes),
         "report_path": str(report_path),
         "mlflow_run_id": (report.mlflow.run_id if report.mlflow else None) or "",
         "model_version": report.registry.version if report.registry else "",
     }
+    if metric is not None:
+        out.update(metric)
+    return out
 
 
 def note_body(markdown: str, key: str, limit: int, *, footer: str = "") -> str:

@@ -1,7 +1,9 @@
 """Rendering an explain result: the ranking table, its Markdown, the bar chart.
 
 Renderers take the result as a dict (``ExplainResult.to_dict()``, or as read back from
-report.json) and decide nothing.
+report.json) and decide nothing. A result with a ``metric`` (a task other than
+classification) is labelled with that metric's name, its values and changes in its own
+units; without one, top-1 accuracy in percent and drops in points, as always.
 """
 
 from __future__ import annotations
@@ -12,7 +14,24 @@ from typing import Any
 from ci_compress.files import atomic_write_with
 
 
+def _metric(data: dict[str, Any]) -> tuple[str, str] | None:
+    """(metric name, "drop" or "increase") of a task other than classification."""
+    metric = data.get("metric")
+    if not metric:
+        return None
+    return str(metric["name"]), "drop" if metric["higher_is_better"] else "increase"
+
+
+def _change(data: dict[str, Any], step: dict[str, Any]) -> str:
+    """'accuracy drop 1.20 points', or 'mae increase 0.0123'."""
+    metric = _metric(data)
+    if metric is None:
+        return f"accuracy drop {step['drop_points']:.2f} points"
+    return f"{metric[0]} {metric[1]} {step['drop_points']:.4g}"
+
+
 def _rows(data: dict[str, Any]) -> list[tuple[str, ...]]:
+    metric = _metric(data)
     rows: list[tuple[str, ...]] = [
         (
             "rank",
@@ -20,8 +39,8 @@ def _rows(data: dict[str, Any]) -> list[tuple[str, ...]]:
             "type",
             "passes",
             "params",
-            "drop (pts)",
-            "accuracy",
+            "drop (pts)" if metric is None else f"{metric[0]} {metric[1]}",
+            "accuracy" if metric is None else metric[0],
             "worst class (drop)",
             "bytes saved",
         )
@@ -39,8 +58,8 @@ def _rows(data: dict[str, Any]) -> list[tuple[str, ...]]:
                 s.get("kind", "?"),
                 "+".join(s["passes"]),
                 f"{s['parameters']:,}",
-                f"{s['drop_points']:.2f}",
-                f"{100 * s['accuracy']:.2f}%",
+                f"{s['drop_points']:.2f}" if metric is None else f"{s['drop_points']:.4g}",
+                f"{100 * s['accuracy']:.2f}%" if metric is None else f"{s['accuracy']:.4g}",
                 worst,
                 f"{s['bytes_saved']:,}",
             )
@@ -51,22 +70,26 @@ def _rows(data: dict[str, Any]) -> list[tuple[str, ...]]:
 def _suggestion_lines(data: dict[str, Any]) -> list[str]:
     sug = data["suggested_exclude"]
     full = data["full"]
+    metric = _metric(data)
+    quality = "accuracy" if metric is None else metric[0]
     lines = [
-        f"configured compression: accuracy drop {full['drop_points']:.2f} points"
+        f"configured compression: {_change(data, full)}"
         + (
-            " (accuracy thresholds met)"
+            f" ({quality} thresholds met)"
             if full["accuracy_passed"]
-            else " (accuracy thresholds FAILED)"
+            else f" ({quality} thresholds FAILED)"
         )
     ]
     if sug == []:
-        lines.append("nothing to exclude: the configured compression meets the accuracy thresholds")
+        lines.append(
+            f"nothing to exclude: the configured compression meets the {quality} thresholds"
+        )
     elif sug:
         last = data["steps"][-1]
         lines.append(
-            f"suggested exclude: {sug} -> accuracy drop {last['drop_points']:.2f} points, "
+            f"suggested exclude: {sug} -> {_change(data, last)}, "
             f"{last['figures']['delta.compression_ratio']:.2f}x smaller "
-            f"(verified by a full run; {'all measured thresholds met' if last['gate_passed'] else 'accuracy thresholds met'})"
+            f"(verified by a full run; {'all measured thresholds met' if last['gate_passed'] else quality + ' thresholds met'})"
         )
         for p in data["suggested_passes"]:
             lines.append(f"  passes[{p['index']}] ({p['type']}): exclude: {p['exclude']}")
@@ -90,13 +113,22 @@ def terminal_table(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _change_label(data: dict[str, Any]) -> str:
+    metric = _metric(data)
+    return "accuracy drop" if metric is None else f"{metric[0]} {metric[1]}"
+
+
 def markdown_section(data: dict[str, Any]) -> str:
     rows = _rows(data)
     out = [
         "### Per-layer sensitivity",
         "",
         "Each layer compressed alone with the configured passes (others untouched); "
-        "accuracy drop on the holdout, most sensitive first.",
+        + (
+            "accuracy drop on the holdout, most sensitive first."
+            if _metric(data) is None
+            else f"{_change_label(data)} on the holdout, most sensitive first."
+        ),
         "",
         "| " + " | ".join(rows[0]) + " |",
         "|---:|---|---|---|---:|---:|---:|---|---:|",
@@ -117,6 +149,7 @@ def write_chart(data: dict[str, Any], path: Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    metric = _metric(data)
     layers = data["layers"]
     names = [s["layer"] for s in layers][::-1]
     drops = [s["drop_points"] for s in layers][::-1]
@@ -127,19 +160,29 @@ def write_chart(data: dict[str, Any], path: Path) -> Path:
     ax.barh(names, drops, color=colors)
     for y, d in enumerate(drops):
         ax.annotate(
-            f"{d:.2f}", (d, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8
+            f"{d:.2f}" if metric is None else f"{d:.4g}",
+            (d, y),
+            xytext=(3, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=8,
         )
-    limit = data["thresholds"].get("max_accuracy_drop")
+    limit_name = "max_accuracy_drop" if metric is None else f"metrics.{metric[0]}.max_{metric[1]}"
+    limit = data["thresholds"].get(limit_name)
     if limit is not None:
         ax.axvline(
             limit,
             color="#2c3e50",
             linestyle="--",
             linewidth=1,
-            label=f"max_accuracy_drop {limit:g}",
+            label=f"{limit_name} {limit:g}",
         )
         ax.legend(loc="lower right", fontsize=8)
-    ax.set_xlabel("accuracy drop when only this layer is compressed (points)")
+    ax.set_xlabel(
+        "accuracy drop when only this layer is compressed (points)"
+        if metric is None
+        else f"{metric[0]} {metric[1]} when only this layer is compressed"
+    )
     ax.set_title("ci-compress: per-layer sensitivity")
     fig.tight_layout()
     atomic_write_with(path, lambda f: fig.savefig(f, format="png", metadata={"Software": None}))

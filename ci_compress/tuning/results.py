@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ci_compress.config import dump_yaml
 from ci_compress.files import atomic_write, atomic_write_with
 from ci_compress.redaction import redact
+from ci_compress.tuning.quality import Quality, quality_of
 
 if TYPE_CHECKING:
     import optuna
@@ -45,6 +46,10 @@ class TrialSummary:
     def accuracy(self) -> float | None:
         return self.metrics.get("student.accuracy")
 
+    def quality(self, q: Quality) -> float | None:
+        """The student's accuracy, or the task's primary metric."""
+        return q.value(self.metrics)
+
 
 @dataclass
 class TuneResult:
@@ -66,6 +71,8 @@ class TuneResult:
     report_md: Path | None = None
     plot: Path | None = None
     mlflow: dict[str, str] = field(default_factory=dict)
+    # what trials are compared on: accuracy, or the task's primary metric
+    quality: Quality = field(default_factory=Quality)
 
     @property
     def passed(self) -> bool:
@@ -106,15 +113,18 @@ def pick_best(trials: Sequence[TrialSummary]) -> TrialSummary | None:
     return min(ok, key=lambda t: (t.value, t.number)) if ok else None
 
 
-def pareto_front(trials: Sequence[TrialSummary]) -> list[TrialSummary]:
-    """Trials no other trial beats on both shipped bytes (fewer) and accuracy (higher)."""
-    pts = [t for t in trials if t.file_bytes is not None and t.accuracy is not None]
+def pareto_front(trials: Sequence[TrialSummary], q: Quality | None = None) -> list[TrialSummary]:
+    """Trials no other trial beats on both shipped bytes (fewer) and accuracy (higher),
+    or the task's primary metric (in its direction)."""
+    q = q or Quality()
+    pts = [t for t in trials if t.file_bytes is not None and t.quality(q) is not None]
     front = []
     for t in pts:
+        v = t.quality(q)
         dominated = any(
             o.file_bytes <= t.file_bytes  # type: ignore[operator]
-            and o.accuracy >= t.accuracy  # type: ignore[operator]
-            and (o.file_bytes < t.file_bytes or o.accuracy > t.accuracy)  # type: ignore[operator]
+            and not q.better(v, o.quality(q))  # type: ignore[arg-type]
+            and (o.file_bytes < t.file_bytes or q.better(o.quality(q), v))  # type: ignore[operator, arg-type]
             for o in pts
         )
         if not dominated:
@@ -143,7 +153,15 @@ def _short(v: Any) -> str:
 # ---------------------------------------------------------------- files
 
 
-def write_tuned(space: Space, best: TrialSummary, path: Path, *, study: str, storage: str) -> Path:
+def write_tuned(
+    space: Space,
+    best: TrialSummary,
+    path: Path,
+    *,
+    study: str,
+    storage: str,
+    quality: Quality | None = None,
+) -> Path:
     """Write the best passing trial as a config ``ci-compress run`` and ``validate`` accept.
 
     Values the config took from the environment are written as their ``${NAME}``
@@ -155,8 +173,7 @@ def write_tuned(space: Space, best: TrialSummary, path: Path, *, study: str, sto
     header = (
         f"# Written by `ci-compress tune` (study {study!r}, trial {best.number}): the most compressed\n"
         f"# student that passed the gate. Shipped {int(m['student.file_bytes']):,} bytes "
-        f"({m.get('delta.compression_ratio', 0):.2f}x smaller), accuracy {100 * m['student.accuracy']:.2f}% "
-        f"(drop {m.get('delta.accuracy_drop_points', 0):.2f} points).\n"
+        f"({m.get('delta.compression_ratio', 0):.2f}x smaller), {(quality or Quality()).describe(m)}.\n"
         f"# Storage: {storage}\n"
     )
     atomic_write(path, header + dump_yaml(mapping))
@@ -170,6 +187,9 @@ def plot_pareto(result: TuneResult, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    q = result.quality
+    if not q.classification:
+        return _plot_metric(result, path, q)
     pts = [t for t in result.trials if t.file_bytes is not None and t.accuracy is not None]
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
     groups = [
@@ -256,7 +276,73 @@ def plot_pareto(result: TuneResult, path: Path) -> Path:
     return path
 
 
+def _plot_metric(result: TuneResult, path: Path, q: Quality) -> Path:
+    """The task's primary metric against shipped bytes (a task other than classification)."""
+    import matplotlib.pyplot as plt
+
+    pts = [t for t in result.trials if t.file_bytes is not None and t.quality(q) is not None]
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
+    for label, ts, color, marker in (
+        ("passed the gate", [t for t in pts if t.passed], "tab:green", "o"),
+        (
+            "failed the gate",
+            [t for t in pts if not t.passed and t.state == "complete"],
+            "tab:red",
+            "x",
+        ),
+        ("pruned (failed early)", [t for t in pts if t.state == "pruned"], "tab:gray", "v"),
+    ):
+        if ts:
+            ax.scatter(
+                [float(t.file_bytes or 0) for t in ts],
+                [t.quality(q) or 0.0 for t in ts],
+                c=color,
+                marker=marker,
+                s=36,
+                label=f"{label} ({len(ts)})",
+                zorder=3,
+            )
+    if result.front:
+        ax.step(
+            [float(t.file_bytes or 0) for t in result.front],
+            [t.quality(q) or 0.0 for t in result.front],
+            where="post",
+            color="tab:blue",
+            lw=1.2,
+            label=f"Pareto front (bytes vs {q.metric})",
+            zorder=2,
+        )
+    teacher = next((q.value(t.metrics, "teacher") for t in pts), None)
+    if teacher is not None:
+        ax.axhline(teacher, color="black", lw=0.8, ls=":", label=f"teacher {q.fmt(teacher)}")
+    if result.best is not None:
+        b = result.best
+        ax.scatter(
+            [float(b.file_bytes or 0)],
+            [b.quality(q) or 0.0],
+            s=260,
+            marker="*",
+            c="gold",
+            edgecolors="black",
+            zorder=4,
+            label=f"best: trial {b.number}, {int(b.file_bytes or 0):,} B",
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("shipped student file (bytes, log scale)")
+    ax.set_ylabel(
+        f"{q.metric} on holdout ({'higher' if q.higher_is_better else 'lower'} is better)"
+    )
+    ax.set_title(f"ci-compress tune: study {result.study_name!r}, {len(pts)} measured trials")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write_with(path, lambda f: fig.savefig(f, format="png"))
+    plt.close(fig)
+    return path
+
+
 def render_markdown(result: TuneResult) -> str:
+    q = result.quality
     c = result.counts()
     lines = [f"# ci-compress tune: study `{result.study_name}`", ""]
     if result.best is None:
@@ -274,9 +360,19 @@ def render_markdown(result: TuneResult) -> str:
             "| | teacher | best student |",
             "|---|---:|---:|",
             f"| shipped file (bytes) | {int(m['teacher.file_bytes']):,} | {int(m['student.file_bytes']):,} |",
-            f"| top-1 accuracy | {100 * m['teacher.accuracy']:.2f}% | {100 * m['student.accuracy']:.2f}% |",
-            f"| compression ratio | | {m.get('delta.compression_ratio', 0):.2f}x |",
-            f"| accuracy drop (points) | | {m.get('delta.accuracy_drop_points', 0):.2f} |",
+            *(
+                [
+                    f"| top-1 accuracy | {100 * m['teacher.accuracy']:.2f}% | {100 * m['student.accuracy']:.2f}% |",
+                    f"| compression ratio | | {m.get('delta.compression_ratio', 0):.2f}x |",
+                    f"| accuracy drop (points) | | {m.get('delta.accuracy_drop_points', 0):.2f} |",
+                ]
+                if q.classification
+                else [
+                    f"| {q.metric} | {q.fmt(m[f'teacher.{q.metric}'])} | {q.fmt(m[f'student.{q.metric}'])} |",
+                    f"| compression ratio | | {m.get('delta.compression_ratio', 0):.2f}x |",
+                    f"| {q.metric} {q.change} | | {m.get(f'delta.{q.metric}.{q.change}', 0):.4g} |",
+                ]
+            ),
         ]
         if "student.latency_ms" in m:
             lines.append(
@@ -308,24 +404,25 @@ def render_markdown(result: TuneResult) -> str:
             lines += [f"- {s}" for s in result.skipped]
         lines.append("")
     if result.plot is not None:
-        lines += ["## Accuracy versus size", "", f"![Pareto front]({result.plot.name})", ""]
+        title = "Accuracy" if q.classification else q.metric
+        lines += [f"## {title} versus size", "", f"![Pareto front]({result.plot.name})", ""]
     lines += [
         "## Pareto front",
         "",
-        "| trial | passes | bytes | accuracy | gate |",
+        f"| trial | passes | bytes | {q.metric} | gate |",
         "|---:|---|---:|---:|---|",
     ]
     for t in result.front:
         gate = "pass" if t.passed else ("pruned" if t.state == "pruned" else "fail")
         lines.append(
             f"| {t.number} | {describe_passes(t.passes)} | {int(t.file_bytes or 0):,} | "
-            f"{100 * (t.accuracy or 0):.2f}% | {gate} |"
+            f"{q.fmt(t.quality(q) or 0)} | {gate} |"
         )
     lines += [
         "",
         "## All trials",
         "",
-        "| trial | state | passes | bytes | accuracy | gate | worker |",
+        f"| trial | state | passes | bytes | {q.metric} | gate | worker |",
         "|---:|---|---|---:|---:|---|---|",
     ]
     for t in result.trials:
@@ -334,7 +431,7 @@ def render_markdown(result: TuneResult) -> str:
         lines.append(
             f"| {t.number} | {state} | {describe_passes(t.passes)} | "
             f"{'-' if t.file_bytes is None else f'{int(t.file_bytes):,}'} | "
-            f"{'-' if t.accuracy is None else f'{100 * t.accuracy:.2f}%'} | {gate}"
+            f"{'-' if t.quality(q) is None else q.fmt(t.quality(q) or 0)} | {gate}"
             f"{' (' + t.error + ')' if t.error else ''} | {t.worker} |"
         )
     if result.mlflow.get("parent_run_id"):
@@ -348,6 +445,7 @@ def finish(outcome: Outcome, *, write_output: bool = True) -> TuneResult:
 
     s = outcome.settings
     trials = summarize(outcome.study)
+    q = quality_of(s.loaded)
     result = TuneResult(
         study_name=s.study_name,
         storage=redact(s.storage_url),
@@ -355,12 +453,13 @@ def finish(outcome: Outcome, *, write_output: bool = True) -> TuneResult:
         budget=s.max_trials,
         trials=trials,
         best=pick_best(trials),
-        front=pareto_front(trials),
+        front=pareto_front(trials, q),
         ran_here=outcome.ran_here,
         seconds=outcome.seconds,
         profile=outcome.space.profile,
         skipped=list(outcome.space.skipped),
         thresholds=s.loaded.config.thresholds.active(),
+        quality=q,
     )
     s.out_dir.mkdir(parents=True, exist_ok=True)
     result.plot = plot_pareto(result, s.out_dir / "pareto.png")
@@ -371,6 +470,7 @@ def finish(outcome: Outcome, *, write_output: bool = True) -> TuneResult:
             s.loaded.resolve(s.tune.output),
             study=s.study_name,
             storage=result.storage,
+            quality=q,
         )
     result.report_md = s.out_dir / "tune-report.md"
     atomic_write(result.report_md, render_markdown(result))

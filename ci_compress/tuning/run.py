@@ -18,7 +18,6 @@ from ci_compress.config.tune import TuneConfig
 from ci_compress.files import atomic_write
 from ci_compress.progress import warn_of
 from ci_compress.record import RecordedRun
-from ci_compress.stages import require_classification
 from ci_compress.tracking import MlflowTracker, make_tracker
 from ci_compress.tuning import study as st
 from ci_compress.tuning.results import finish, render_markdown
@@ -48,7 +47,6 @@ def tune(
 
     environ = os.environ if environ is None else environ
     say = progress or (lambda _m: None)
-    require_classification(loaded, what="ci-compress tune")
     tcfg = loaded.config.tune or TuneConfig()
     if loaded.config.tune is not None:
         resolve(loaded, tcfg)  # fail on a bad space before touching storage or MLflow

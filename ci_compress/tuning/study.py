@@ -38,10 +38,11 @@ from ci_compress.ci.env import detect
 from ci_compress.config import LoadedConfig, to_mapping
 from ci_compress.config.tune import TuneConfig
 from ci_compress.errors import CICompressError, ConfigError, InfraError
-from ci_compress.gate import RULES, decide
+from ci_compress.gate import RULES, decide, metric_rules
 from ci_compress.redaction import redact
 from ci_compress.reporting.render import write_report_json
 from ci_compress.tracking import fetch_teacher
+from ci_compress.tuning.quality import quality_of
 from ci_compress.tuning.space import resolve
 
 if TYPE_CHECKING:
@@ -198,8 +199,9 @@ def constraints_of(thresholds: Mapping[str, float], figures: Mapping[str, float]
     the limit so that bytes and points weigh alike in the sampler)."""
 
     out = []
+    rules = {**RULES, **metric_rules(thresholds)}
     for name in sorted(thresholds):
-        metric, direction, _ = RULES[name]
+        metric, direction, _ = rules[name]
         limit = float(thresholds[name])
         if metric not in figures:
             out.append(0.0)  # not measured (pruned before latency): no evidence either way
@@ -309,6 +311,7 @@ class _Objective:
 
     def __init__(self, settings: Settings, space: Space, tag: str, say: Progress) -> None:
         self.settings, self.space, self.tag, self.say = settings, space, tag, say
+        self.quality = quality_of(settings.loaded)
         self.over_budget = False
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -387,7 +390,7 @@ class _Objective:
                 self._record(trial, early, thresholds, passed=False, pruned=True)
                 self.say(
                     f"trial {trial.number}: pruned, fails the gate before latency "
-                    f"({int(early['student.file_bytes']):,} bytes, accuracy {100 * early['student.accuracy']:.2f}%)"
+                    f"({int(early['student.file_bytes']):,} bytes, {self.quality.describe(early)})"
                 )
                 if run is not None:
                     record.record_pruned_trial(run, to_mapping(config), early)
@@ -407,8 +410,7 @@ class _Objective:
             verdict = "pass" if report.passed else "fail"
             self.say(
                 f"trial {trial.number}: {verdict}, {report.student.file_bytes:,} bytes, "
-                f"accuracy {100 * report.student.metrics['accuracy']:.2f}% "
-                f"(drop {report.deltas['delta.accuracy_drop_points']:.2f} points)"
+                f"{self.quality.describe(figures)}"
             )
             if run is not None:
                 record.record_trial(run, report, trial_dir / "report.json", value)
@@ -424,14 +426,12 @@ class _Objective:
         pruned: bool,
     ) -> None:
         keep = (
-            "teacher.accuracy",
-            "student.accuracy",
+            *self.quality.keys(),
             "teacher.file_bytes",
             "student.file_bytes",
             "teacher.latency_ms",
             "student.latency_ms",
             "student.sparsity",
-            "delta.accuracy_drop_points",
             "delta.compression_ratio",
             "delta.latency_ratio",
         )

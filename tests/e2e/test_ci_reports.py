@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import REPO
+from tests.helpers.action_harness import parse_output_file
 from tests.helpers.cli import run_cli
 from tests.helpers.configs import base_config, write_config
 from tests.helpers.fake_apis import fake_api
@@ -231,3 +232,68 @@ def test_help_lists_the_new_commands() -> None:
         and "report" in proc.stdout
         and "6   passed with warnings" in proc.stdout
     )
+
+
+def test_ci_outputs_of_a_regression_gate_name_its_metric(tmp_path: Path) -> None:
+    """A gate on a task other than classification: the outputs carry the task's primary
+    metric (name, teacher, student, change) instead of a NaN accuracy drop."""
+    from tests.helpers.real_models import diabetes_regressor
+
+    diabetes_regressor(tmp_path)
+    config = {
+        "version": 1,
+        "model": {"path": "reg.safetensors", "factory": "regressors:regressor"},
+        "data": {"holdout": {"path": "holdout.npz"}},
+        "task": {"type": "regression"},
+        "passes": [{"type": "prune", "amount": 0.5}, {"type": "quantize"}],
+        "thresholds": {"metrics": {"mae": {"max_increase": 0.5}}},
+        "runtime": {"latency_repeats": 5, "latency_warmup": 1},
+        "mlflow": {"enabled": False},
+        "report": {"dir": "report"},
+    }
+    cfg = write_config(tmp_path, config)
+    proc = run_cli("run", "--config", str(cfg), "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report_json = tmp_path / "report" / "report.json"
+    rep = json.loads(report_json.read_text())
+    t, s = rep["teacher"]["metrics"]["mae"], rep["student"]["metrics"]["mae"]
+
+    # GitLab: the dotenv
+    dotenv = tmp_path / "ci-compress.env"
+    proc = run_cli(
+        "report", "gitlab", "--report", str(report_json), "--dotenv", str(dotenv),
+        cwd=tmp_path, env={"GITLAB_CI": "true"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    values = dict(line.split("=", 1) for line in dotenv.read_text().splitlines())
+    assert "nan" not in dotenv.read_text().lower()
+    assert values["CI_COMPRESS_METRIC"] == "mae"
+    assert values["CI_COMPRESS_METRIC_WORSE"] == "increase"
+    assert float(values["CI_COMPRESS_METRIC_TEACHER"]) == pytest.approx(t, rel=1e-5)
+    assert float(values["CI_COMPRESS_METRIC_STUDENT"]) == pytest.approx(s, rel=1e-5)
+    assert float(values["CI_COMPRESS_METRIC_CHANGE"]) == pytest.approx(s - t, rel=1e-4)
+    assert values["CI_COMPRESS_ACCURACY_DROP"] == ""
+
+    # GitHub: the step outputs and the summary line
+    gh_out, gh_summary = tmp_path / "gh-output", tmp_path / "gh-summary.md"
+    proc = run_cli(
+        "report", "github", "--report", str(report_json), "--no-comment",
+        cwd=tmp_path,
+        env={"GITHUB_ACTIONS": "true", "GITHUB_OUTPUT": str(gh_out),
+             "GITHUB_STEP_SUMMARY": str(gh_summary)},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = parse_output_file(gh_out.read_text())
+    assert out["metric"] == "mae" and out["metric-worse"] == "increase"
+    assert float(out["metric-change"]) == pytest.approx(s - t, rel=1e-4)
+    assert out["accuracy-drop"] == "" and "nan" not in gh_out.read_text().lower()
+    assert out["summary"].startswith(f"ci-compress gate PASSED: mae increase {s - t:+.4g}")
+
+    # Jenkins: the build description
+    desc = tmp_path / "desc.txt"
+    proc = run_cli(
+        "report", "jenkins", "--report", str(report_json), "--description-file", str(desc),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0
+    assert desc.read_text().startswith("ci-compress gate PASSED: mae increase")

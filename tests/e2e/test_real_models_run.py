@@ -18,6 +18,7 @@ records them.
 from __future__ import annotations
 
 import json
+import re
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -165,34 +166,122 @@ def test_regression_gate_passes_is_inconclusive_or_fails_as_the_mae_limit_tighte
     assert run.data.metrics["gate.passed"] == 0.0
 
 
-def test_accuracy_thresholds_explain_and_tune_on_regression_are_config_errors(
-    tmp_path: Path,
-) -> None:
+def test_accuracy_thresholds_on_regression_are_config_errors(tmp_path: Path) -> None:
     diabetes_regressor(tmp_path)
     config = {**REGRESSION, "thresholds": {"max_accuracy_drop": 1.0}, "mlflow": {"enabled": False}}
     path = write_config(tmp_path, {"version": 1, **config})
-    result = run_cli("run", "--config", str(path), "--quiet", cwd=tmp_path)
-    assert result.returncode == 2
-    assert "thresholds.max_accuracy_drop: reads top-1 accuracy" in result.stderr
+    for command in ("run", "explain", "tune"):
+        result = run_cli(command, "--config", str(path), "--quiet", cwd=tmp_path)
+        assert result.returncode == 2
+        assert "thresholds.max_accuracy_drop: reads top-1 accuracy" in result.stderr
+    assert not (tmp_path / "report" / "report.json").exists()
+
+
+def test_tune_on_regression_constrains_trials_by_the_gate_and_reports_the_mae(
+    tmp_path: Path,
+) -> None:
+    import optuna
+
+    diabetes_regressor(tmp_path)
+    limit = 0.03
     config = {
         **REGRESSION,
-        "thresholds": {"metrics": {"mae": {"max_increase": 0.1}}},
-        "explain": {"when": "always"},
+        "thresholds": {
+            "metrics": {"mae": {"max_increase": limit}},
+            "min_compression_ratio": 1.5,
+        },
         "mlflow": {"enabled": False},
+        "tune": {"space": {"passes[0].amount": {"low": 0.05, "high": 0.9}}, "max_trials": 4},
     }
     path = write_config(tmp_path, {"version": 1, **config})
-    result = run_cli("run", "--config", str(path), "--quiet", cwd=tmp_path)
-    assert result.returncode == 2
-    assert result.stderr.startswith(
-        "Error: explain.when: the per-layer analysis ranks by top-1 accuracy"
+    result = run_cli("tune", "--config", str(path), cwd=tmp_path)
+    assert result.returncode in (0, 1), result.stderr
+    storage = f"sqlite:///{tmp_path / 'ci-compress-tune.db'}"
+    trials = optuna.load_study(study_name=path.stem, storage=storage).get_trials()
+    assert len(trials) == 4
+    measured_trials = [t for t in trials if "metrics" in t.user_attrs]
+    assert measured_trials
+    for t in measured_trials:
+        m = t.user_attrs["metrics"]
+        print(f"\nMEASURED diabetes-regression-tune trial {t.number}: {json.dumps(m)}")
+        assert {"teacher.mae", "student.mae", "delta.mae.increase"} <= set(m)
+        assert "student.accuracy" not in m
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            # the trial's constraint is the gate's check on the mae increase
+            assert t.user_attrs["passed"] == (
+                m["delta.mae.increase"] <= limit and m["delta.compression_ratio"] >= 1.5
+            )
+            names = ["metrics.mae.max_increase", "min_compression_ratio"]  # sorted
+            constraints = dict(zip(names, t.user_attrs["constraints"], strict=True))
+            assert constraints["metrics.mae.max_increase"] == pytest.approx(
+                (m["delta.mae.increase"] - limit) / limit
+            )
+    # the progress lines, the summary and the report speak of the mae
+    # e.g. "[   2.9s] trial 1: pass, 864 bytes, mae 0.4722 (increase 0.0131)"
+    lines = [line for line in result.stderr.splitlines() if "] trial " in line]
+    measured_lines = [line for line in lines if " bytes, " in line]
+    assert len(measured_lines) == 4, result.stderr
+    assert all(re.search(r"bytes, mae \d\.\d+ \(increase -?\d", line) for line in measured_lines)
+    assert "accuracy" not in result.stderr + result.stdout
+    md = (tmp_path / "ci-compress-tune" / "tune-report.md").read_text()
+    assert "| trial | passes | bytes | mae | gate |" in md and "## mae versus size" in md
+    assert "accuracy" not in md
+    if result.returncode == 0:
+        assert "best passing config: trial" in result.stdout and "mae " in result.stdout
+        assert "| mae increase |" in md
+        assert (tmp_path / "tuned.yaml").exists()
+
+
+def test_explain_on_regression_ranks_layers_by_the_mae_increase(tmp_path: Path) -> None:
+    diabetes_regressor(tmp_path)
+    config = {
+        **REGRESSION,
+        "thresholds": {"metrics": {"mae": {"max_increase": 0.02}}},
+        "mlflow": {"enabled": False},
+        "report": {"dir": "report"},
+    }
+    path = write_config(tmp_path, {"version": 1, **config})
+    result = run_cli("explain", "--config", str(path), "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    data = json.loads((tmp_path / "report" / "explain.json").read_text())
+    print(f"\nMEASURED diabetes-regression-explain: {json.dumps(data, sort_keys=True)}")
+    assert data["metric"] == {"task": "regression", "name": "mae", "higher_is_better": False}
+    layers = data["layers"]
+    assert [s["layer"] for s in layers] == sorted(
+        ["0", "2"], key=lambda name: -next(s["drop_points"] for s in layers if s["layer"] == name)
     )
-    for command in ("explain", "tune"):
-        result = run_cli(command, "--config", str(path), cwd=tmp_path)
-        assert result.returncode == 2
-        assert result.stderr.startswith(
-            f"Error: task.type: is regression: ci-compress {command} ranks by top-1 accuracy"
-        ), result.stderr
-    assert not (tmp_path / "report" / "report.json").exists()
+    teacher_mae = data["teacher_accuracy"]
+    assert 0.1 < teacher_mae < 1.5  # mean absolute error, in hundreds of units
+    for s in layers:  # the mae increase, in the metric's own units, not points
+        assert s["drop_points"] == pytest.approx(s["accuracy"] - teacher_mae)
+        assert s["worst_class"] is None
+    assert layers[0]["drop_points"] >= layers[1]["drop_points"]
+    full = data["full"]
+    assert full["drop_points"] == pytest.approx(full["figures"]["delta.mae.increase"])
+    assert "delta.accuracy_drop_points" not in full["figures"]
+    # measured: the full compression raises the mae by 0.052, the last layer alone by
+    # 0.043, the first by 0.010: excluding the last meets the 0.02 limit
+    assert not full["accuracy_passed"] and full["failures"]
+    assert data["suggested_exclude"] == [layers[0]["layer"]] == ["2"]
+    last = data["steps"][-1]
+    assert last["accuracy_passed"] and last["drop_points"] <= 0.02
+    # the table, the Markdown and the notes speak of mae, not accuracy
+    table = result.stdout
+    assert "mae increase" in table and "drop (pts)" not in table and "%" not in table
+    assert f"configured compression: mae increase {full['drop_points']:.4g}" in table
+    assert "(mae thresholds FAILED)" in table
+    assert f"suggested exclude: ['2'] -> mae increase {last['drop_points']:.4g}" in table
+    md = (tmp_path / "report" / "explain.md").read_text()
+    assert "mae increase on the holdout, most sensitive first" in md
+    assert "| mae increase | mae |" in md
+    assert "accuracy" not in md
+    assert (tmp_path / "report" / "sensitivity.png").stat().st_size > 0
+
+    # a gate asks for the same analysis (explain.when) instead of refusing the task
+    code, report, _ = gate(tmp_path, {**config, "explain": {"when": "always"}})
+    assert code == 1  # the configured compression fails the 0.02 limit
+    assert report["explain"]["metric"]["name"] == "mae"
+    assert report["explain"]["suggested_exclude"] == ["2"]
 
 
 # ---------------------------------------------------------------- embedding

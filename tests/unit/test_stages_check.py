@@ -61,15 +61,6 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
         "Error: passes[0].student_factory: cannot import 'nowhere_at_all'",
     ),
     (
-        "explain-on-a-regression-task",
-        {
-            "task": {"type": "regression"},
-            "thresholds": {"metrics": {"mae": {"max_increase": 0.1}}},
-            "explain": {"when": "fail"},
-        },
-        "Error: explain.when: the per-layer analysis ranks by top-1 accuracy, which the regression task does not measure",
-    ),
-    (
         "custom-metric-named-like-a-figure",
         {
             "task": {"type": "custom", "metric": "builtins:samples"},
