@@ -12,7 +12,7 @@ Each worker is one process (``runtime.threads: 1``), as a 1-core runner would be
 Printed beside each: the speed-up over one worker, the floor of a perfect split
 (``min(N, cores)``: workers beyond the machine's cores share them), the trials each
 process ran, and whether the budget held (exactly ``max_trials`` trials, none run twice)
-and every run found the same best configuration.
+and the best passing file each run found.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -76,7 +77,9 @@ def run_study(folder: Path, storage: str, study: str, workers: int) -> dict[str,
     trials = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
     counted = [t for t in trials if not t.user_attrs.get("over_budget")]
     per_worker = Counter(str(t.user_attrs.get("worker", "?")).split(":")[1] for t in counted)
-    tuned = yaml.safe_load((folder / "tuned.yaml").read_text())
+    text = (folder / "tuned.yaml").read_text()
+    tuned = yaml.safe_load(text)
+    best = re.search(r"Shipped ([\d,]+) bytes", text)
     return {
         "workers": workers,
         "wall_s": wall,
@@ -84,6 +87,7 @@ def run_study(folder: Path, storage: str, study: str, workers: int) -> dict[str,
         "distinct_numbers": len({t.number for t in trials}) == len(trials),
         "trials_per_worker": sorted(per_worker.values(), reverse=True),
         "best_passes": tuned["passes"],
+        "best_bytes": int(best.group(1).replace(",", "")) if best else None,
     }
 
 
@@ -94,17 +98,20 @@ def table(res: dict[str, Any]) -> str:
     lines = [
         f"tune on one PostgreSQL study: demo MLP, {res['trials']} trials, seed 0, "
         f"{cores} cores, one thread per worker",
-        "  workers   wall s   speed-up   perfect split (floor)   trials per worker   budget held",
-        "  -------  -------  ---------  ----------------------  ------------------  -----------",
+        "  workers   wall s   speed-up   perfect split (floor)   best bytes   trials per worker   budget held",
+        "  -------  -------  ---------  ----------------------  -----------  ------------------  -----------",
     ]
     for r in rows:
         held = r["trials"] == res["trials"] and r["distinct_numbers"]
         lines.append(
             f"  {r['workers']:>7}  {r['wall_s']:7.1f}  {base / r['wall_s']:8.2f}x  "
-            f"{min(r['workers'], cores):21d}x  {r['trials_per_worker']!s:>18}  {held!s:>11}"
+            f"{min(r['workers'], cores):21d}x  {r['best_bytes'] or 0:>11,}  "
+            f"{r['trials_per_worker']!s:>18}  {held!s:>11}"
         )
-    same = all(r["best_passes"] == rows[0]["best_passes"] for r in rows)
-    lines.append(f"  every run found the same best configuration: {same}")
+    lines.append(
+        "  (parallel workers sample from different trial histories, so each run searches "
+        "differently: the best file differs run to run, within the same budget)"
+    )
     return "\n".join(lines)
 
 

@@ -128,4 +128,4 @@ def test_tune_workers_smoke_shares_one_postgres_study() -> None:
     rows = [line.split() for line in proc.stdout.splitlines() if line.strip()[:1].isdigit()]
     assert [r[0] for r in rows] == ["1", "2"]
     assert all(r[-1] == "True" for r in rows)  # 4 trials, none twice, in both runs
-    assert "every run found the same best configuration: True" in proc.stdout
+    assert all(int(r[4].replace(",", "")) > 0 for r in rows)  # a best passing file each

@@ -285,7 +285,7 @@ def test_resnet18_through_ci_compress_run_with_its_factory_beside_the_config(
             "runtime": {"latency_repeats": 3, "latency_warmup": 1, "latency_batch_size": 16},
         },
     )
-    code, report, seconds = run_gate(config, "--no-mlflow")
+    code, report, seconds = run_gate(config)  # MLflow on: a sqlite store beside the config
     s, t = report["student"]["metrics"], report["teacher"]["metrics"]
     measured(
         "resnet18-int8-weight-only-run",
@@ -303,6 +303,7 @@ def test_resnet18_through_ci_compress_run_with_its_factory_beside_the_config(
     assert len(set(y.tolist())) >= 5
     assert t["accuracy"] == 1.0 and s["accuracy"] >= 0.8
     assert report["deltas"]["delta.compression_ratio"] > 3.5
+    assert report["mlflow"]["run_id"]
 
 
 # ---------------------------------------------------------------- regression
