@@ -12,6 +12,8 @@ that ``import ci_compress`` (and ``ci-compress --help``) costs nothing::
   returns a :class:`Report` and never prints or exits;
 * :func:`evaluate` (:func:`ci_compress.pipeline.evaluate`): compress, pack, reload,
   evaluate and gate one config, without MLflow or report files;
+* :func:`load_student` (:func:`ci_compress.packing.file.load_student`): the shipped
+  ``.ccz`` as a model, for the code that serves it;
 * :func:`load_config`, :class:`Report`, :class:`CICompressError` (the root of every
   error, each with its ``exit_code``), :class:`ExitCode`, ``__version__``.
 """
@@ -30,6 +32,7 @@ _PUBLIC = {
     "Report": "ci_compress.report",
     "CICompressError": "ci_compress.errors",
     "ExitCode": "ci_compress.errors",
+    "load_student": "ci_compress.packing.file",
 }
 __all__ = [
     "CICompressError",
@@ -38,12 +41,14 @@ __all__ = [
     "__version__",
     "evaluate",
     "load_config",
+    "load_student",
     "run",
 ]
 
 if TYPE_CHECKING:
     from ci_compress.config import load_config
     from ci_compress.errors import CICompressError, ExitCode
+    from ci_compress.packing.file import load_student
     from ci_compress.pipeline import evaluate, run
     from ci_compress.report import Report
 

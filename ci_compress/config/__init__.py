@@ -415,9 +415,9 @@ class ShipConfig(Frozen):
         return self
 
     zstd_level: int = Field(19, ge=1, le=22, description="zstandard level for the packed payload.")
-    export: tuple[Literal["torchscript", "onnx"], ...] = Field(
+    export: tuple[Literal["torchscript", "onnx", "pt2"], ...] = Field(
         (),
-        description="Deployable exports written next to the shipped file and checked on the holdout: torchscript, onnx (needs the 'export' extra).",
+        description="Deployable exports written next to the shipped file and checked on the holdout: torchscript, onnx (needs the 'export' extra), pt2 (a torch.export program, what model.path also reads).",
     )
 
 

@@ -1,4 +1,5 @@
-"""Deployable exports of the shipped student: TorchScript and ONNX, next to the .ccz.
+"""Deployable exports of the shipped student: TorchScript, ONNX and ``torch.export``
+programs (``.pt2``), next to the .ccz.
 
 The exports are made from the model rebuilt from the packed file (what ships), and
 checked: each is loaded back and run on the holdout, and its top-1 agreement with the
@@ -31,8 +32,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-FORMATS = ("torchscript", "onnx")
-SUFFIX = {"torchscript": ".ts.pt", "onnx": ".onnx"}
+FORMATS = ("torchscript", "onnx", "pt2")
+SUFFIX = {"torchscript": ".ts.pt", "onnx": ".onnx", "pt2": ".pt2"}
 ONNX_MODULES = ("onnx", "onnxruntime", "onnxscript")
 
 
@@ -73,17 +74,15 @@ def export_all(
         path = out_dir / f"{stem}{SUFFIX[fmt]}"
         path.unlink(missing_ok=True)
         try:
-            run = (
-                _torchscript(model, example, path)
-                if fmt == "torchscript"
-                else _onnx(model, example, path)
+            run = {"torchscript": _torchscript, "onnx": _onnx, "pt2": _pt2}[fmt](
+                model, example, path
             )
-        except Exception as e:  # the exporters raise many unrelated types
+            agree, total, max_diff = _agreement(model, run, batches, output)
+        except Exception as e:  # the exporters (and their programs) raise many unrelated types
             path.unlink(missing_ok=True)
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             out[fmt] = {"status": "skipped", "reason": f"{type(e).__name__}: {reason}"}
             continue
-        agree, total, max_diff = _agreement(model, run, batches, output)
         out[fmt] = {
             "status": "ok",
             "file": str(path),
@@ -115,6 +114,32 @@ def _torchscript(model: nn.Module, example: Inputs, path: Path) -> Callable[...,
         loaded = torch.jit.load(str(path))  # type: ignore[no-untyped-call]
     loaded.eval()
     return loaded  # type: ignore[no-any-return]
+
+
+def _pt2(model: nn.Module, example: Inputs, path: Path) -> Callable[..., Any]:
+    """A ``torch.export`` program (the successor of TorchScript), saved with
+    ``torch.export.save`` and read back with ``torch.export.load`` (no pickle): what a
+    server loads, and what ``model.path`` accepts as a source."""
+    import torch
+
+    if isinstance(example, Mapping):
+        args: tuple[Any, ...] = ()
+        kwargs: dict[str, Any] = dict(example)
+    elif isinstance(example, torch.Tensor):
+        args, kwargs = (example,), {}
+    else:
+        args, kwargs = tuple(example), {}
+    # the batch dimension stays free: the program serves any batch size
+    batch = torch.export.Dim.DYNAMIC
+    shapes: Any = (
+        {name: {0: batch} for name in kwargs} if kwargs else tuple({0: batch} for _ in args)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(model, args, kwargs, dynamic_shapes=shapes)
+        torch.export.save(program, str(path))
+        loaded = torch.export.load(str(path)).module()
+    return loaded
 
 
 def _onnx(model: nn.Module, example: Inputs, path: Path) -> Callable[..., Any]:

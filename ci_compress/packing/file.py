@@ -654,6 +654,19 @@ def load_packed(
     return model, manifest
 
 
+def load_student(path: str | Path, *, factory: Callable[[], nn.Module] | None = None) -> nn.Module:
+    """The shipped student, ready to serve (``ci_compress.load_student``).
+
+    Verifies the file (magic, sizes, checksum) and rebuilds the model in eval mode on the
+    CPU. ``factory`` (the config's ``model.factory``, a function returning the model
+    class) is needed only when the model holds modules of your own classes; standard
+    layers are rebuilt from the file alone. Needs ci-compress's core dependencies
+    (torch, numpy, zstandard, constriction), nothing of MLflow or the CI tools.
+    """
+    model, _ = load_packed(Path(path), factory=factory)
+    return model
+
+
 def _bound(payload_bytes: int) -> int:
     return max(MAX_RAW_FLOOR, MAX_EXPANSION * payload_bytes)
 

@@ -37,6 +37,8 @@ ROWS: list[tuple[str, str, str]] = [
     ("bits_per_weight", "bits per weight (file)", "f2"),
     ("onnx_agreement", "ONNX export agreement", "pct"),
     ("onnx_max_abs_diff", "ONNX export max |difference|", "f4"),
+    ("pt2_agreement", "torch.export (.pt2) agreement", "pct"),
+    ("pt2_max_abs_diff", "torch.export (.pt2) max |difference|", "f4"),
     ("parameters", "parameters", "int"),
     ("nonzero_parameters", "nonzero parameters", "int"),
     ("sparsity", "sparsity", "pct"),

@@ -13,6 +13,28 @@ from tests.helpers.configs import base_config, write_config
 from tests.helpers.servers import MlflowServer
 
 
+def test_a_pt2_export_matches_and_is_a_model_source(workdir: Path) -> None:
+    cfg = base_config(passes=[{"type": "prune", "amount": 0.6}], ship={"export": ["pt2"]})
+    write_config(workdir, cfg)
+    r = run_cli("run", "--config", "compress.yaml", "-q", cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    report = json.loads((workdir / "report" / "report.json").read_text())
+    ex = report["exports"]["pt2"]
+    assert ex["status"] == "ok", ex
+    pt2 = Path(ex["file"])
+    assert pt2 == workdir / "report" / "student.pt2" and pt2.stat().st_size == ex["file_bytes"]
+    assert ex["agreement"] == 1.0 and ex["max_abs_diff"] < 1e-4
+    assert report["metrics"]["student.pt2_agreement"] == 1.0
+    assert "torch.export (.pt2) agreement" in r.stdout
+    # what was exported is a model source as it is: gated against the teacher, unchanged
+    again = base_config(model={"path": str(pt2)}, passes=[], report={"dir": "report-pt2"})
+    write_config(workdir, again, name="pt2.yaml")
+    r2 = run_cli("run", "--config", "pt2.yaml", "-q", cwd=workdir)
+    assert r2.returncode == 0, r2.stderr
+    student = json.loads((workdir / "report-pt2" / "report.json").read_text())["teacher"]
+    assert student["metrics"]["accuracy"] == report["student"]["metrics"]["accuracy"]
+
+
 @pytest.mark.slow
 def test_fp32_pruned_student_exports_and_matches(workdir: Path) -> None:
     cfg = base_config(

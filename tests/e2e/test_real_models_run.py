@@ -312,12 +312,12 @@ def test_minilm_embeddings_gated_on_cosine_through_run(tmp_path: Path) -> None:
             "min_compression_ratio": 1.5,
         },
         "ship": {"zstd_level": 3},
-        "mlflow": {"enabled": False},
-        "runtime": FAST,
+        "runtime": FAST,  # MLflow on: a sqlite store beside the config
     }
     code, report, seconds = gate(tmp_path, config)
     measured("minilm-embedding-int8-dynamic-run", report, code, seconds)
     assert code == 0, report["gate"]
+    assert report["mlflow"]["run_id"]
     t, s = report["teacher"]["metrics"], report["student"]["metrics"]
     assert t["cosine"] == pytest.approx(1.0) and 0.95 <= s["cosine"] < 1.0
     assert s["neighbour_agreement"] >= 0.8
@@ -354,8 +354,7 @@ LANGUAGE_MODEL: dict[str, Any] = {
     "task": {"type": "language-model"},
     "passes": [{"type": "quantize", "scheme": "int8-dynamic"}],
     "ship": {"zstd_level": 3},
-    "mlflow": {"enabled": False},
-    "runtime": FAST,
+    "runtime": FAST,  # MLflow on: a sqlite store beside the config
 }
 
 
@@ -374,6 +373,7 @@ def test_tiny_gpt2_gated_on_perplexity_through_run(tmp_path: Path) -> None:
     code, report, seconds = gate(tmp_path, config)
     measured("tiny-gpt2-int8-dynamic-run", report, code, seconds)
     assert code == 0, report["gate"]
+    assert report["mlflow"]["run_id"]
     t, s = report["teacher"]["metrics"], report["student"]["metrics"]
     assert t["perplexity"] < 40 and s["perplexity"] <= t["perplexity"] * 1.05
     assert report["metrics"]["student.perplexity"] == s["perplexity"]

@@ -256,3 +256,30 @@ def test_cli_refuses_a_corrupted_packed_teacher_with_exit_3(workdir: Path) -> No
         "Error:" in r.stderr and "teacher.ccz" in r.stderr and "sha256 does not match" in r.stderr
     )
     assert "Traceback" not in r.stderr
+
+
+def test_the_public_api_serves_the_shipped_student(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    pack(model.eval(), tmp_path / "student.ccz")
+    x = torch.rand(4, 64)
+    torch.save(x, tmp_path / "x.pt")
+    with torch.inference_mode():
+        expected = model(x)
+    torch.save(expected, tmp_path / "expected.pt")
+    # what serving code runs: one import, one call, no factory for standard layers
+    code = (
+        "import sys, torch, ci_compress\n"
+        "m = ci_compress.load_student('student.ccz')\n"
+        "x = torch.load('x.pt')\n"
+        "with torch.inference_mode():\n"
+        "    assert torch.equal(m(x), torch.load('expected.pt'))\n"
+        "assert 'mlflow' not in sys.modules and not m.training\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
