@@ -186,23 +186,11 @@ def digits_28() -> dict[str, tuple[Any, Any]]:
 
 def train_teacher(name: str, x: Any, y: Any, epochs: int, seed: int = 0) -> Any:
     import torch
-    from torch import nn
+
+    from ci_compress.demo.train import fit_classifier
 
     torch.manual_seed(seed)
-    model = MODELS[name]()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = nn.CrossEntropyLoss()
-    g = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(y), generator=g)
-        for i in range(0, len(y), 64):
-            idx = order[i : i + 64]
-            opt.zero_grad()
-            loss_fn(model(x[idx]), y[idx]).backward()
-            opt.step()
-    model.eval()
-    return model
+    return fit_classifier(MODELS[name](), x, y, epochs=epochs, lr=1e-3, seed=seed)
 
 
 def correct(model: Any, x: Any, y: Any) -> Any:

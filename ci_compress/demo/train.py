@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ci_compress.config import dump_yaml
 from ci_compress.demo.models import FACTORIES
@@ -20,14 +21,22 @@ DEMO_THRESHOLDS = {"max_accuracy_drop": 1.5, "min_compression_ratio": 3.0}
 def train_teacher(kind: str = "mlp", *, seed: int = 0, epochs: int = 40) -> object:
     """A teacher trained on the digits train split; same seed, same weights."""
     import torch
-    from torch import nn
 
     torch.manual_seed(seed)
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True, warn_only=True)
     model = import_factory(FACTORIES[kind], path="demo")()
     x, y = (torch.from_numpy(a) for a in digits_split("train"))
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    return fit_classifier(model, x, y, epochs=epochs, lr=2e-3, seed=seed)
+
+
+def fit_classifier(model: Any, x: Any, y: Any, *, epochs: int, lr: float, seed: int) -> Any:
+    """Adam and cross-entropy, batches of 64 in an order seeded by ``seed``; the model
+    ends in eval mode (the demo teachers and benchmarks/deep_compression.py's LeNets)."""
+    import torch
+    from torch import nn
+
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = nn.CrossEntropyLoss()
     g = torch.Generator().manual_seed(seed)
     model.train()
