@@ -2,6 +2,7 @@
 
     python benchmarks/structured.py            # full (4 + 4 epochs; ~15 min on 2 busy cores)
     python benchmarks/structured.py --quick    # fewer epochs: every step once
+    python benchmarks/structured.py --smoke    # 128 samples, seconds (the test suite)
 
 * **Model**: ResNet-18 written out (BasicBlocks, skip connections, BatchNorm; the source
   in ``tests/helpers/real_models.py``, torchvision is not a dependency), 10 classes.
@@ -71,6 +72,7 @@ def latency_ratio(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer epochs and rounds")
+    parser.add_argument("--smoke", action="store_true", help="128 samples, one epoch each")
     parser.add_argument("--amount", type=float, default=0.5, help="fraction of channels removed")
     parser.add_argument("--teacher-epochs", type=int, default=None, help="teacher training epochs")
     parser.add_argument(
@@ -78,9 +80,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(2)
-    x_tr, y_tr = digits_rgb32("train")
-    x_te, y_te = digits_rgb32("test")
-    teacher_epochs, tune_epochs, rounds = (1, 1, 3) if args.quick else (2, 5, 21)
+    n = 128 if args.smoke else None
+    x_tr, y_tr = digits_rgb32("train", n)
+    x_te, y_te = digits_rgb32("test", n)
+    teacher_epochs, tune_epochs, rounds = (1, 1, 3) if args.quick or args.smoke else (2, 5, 21)
     teacher_epochs = args.teacher_epochs or teacher_epochs
     tune_epochs = args.fine_tune_epochs or tune_epochs
 
