@@ -1,10 +1,12 @@
 """Knowledge distillation (Hinton, Vinyals & Dean 2015) into a smaller student.
 
 The student comes from ``student_factory`` (``package.module:function`` returning an
-untrained ``nn.Module``) or is derived from the incoming model by ``width``: every hidden
-Linear/Conv layer keeps ``width`` of its outputs (the output layer keeps all), for
-``nn.Sequential`` models of Linear, Conv, BatchNorm, pooling, Flatten and activations.
-It is trained from a seeded initialisation on ``data.train`` with
+untrained ``nn.Module``) or is derived from the incoming model by ``width``: structured
+pruning of the teacher on its own dependency graph keeps ``width`` of every prunable
+group (conv channels tied across skip connections, attention heads, FFN neurons, hidden
+Linear neurons; widths that are the model's outputs keep all), on any architecture
+(:mod:`ci_compress.passes.structured`); that student starts from the teacher's kept
+weights. It is trained on ``data.train`` with
 
     loss = alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))
            + (1 - alpha) * cross_entropy(student, labels)
@@ -22,8 +24,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, model_validator
 
 from ci_compress.errors import ConfigError
-from ci_compress.layers.batches import batch_size, take
+from ci_compress.layers.batches import Inputs, batch_size, take
 from ci_compress.passes.base import PassConfig, PassContext, PassRecord
+from ci_compress.passes.structured import prune_structured
 from ci_compress.passes.training import fit, logits, materialize, require
 from ci_compress.refs import factory_pattern, import_factory
 
@@ -47,7 +50,7 @@ class DistillConfig(PassConfig):
         None,
         gt=0,
         lt=1,
-        description="Derive the student from the teacher, keeping this fraction of every hidden layer's width.",
+        description="Derive the student by structured pruning of the teacher, keeping this fraction of every prunable group (channels, heads, neurons).",
     )
     temperature: float = Field(4.0, gt=0, le=100, description="Softmax temperature T.")
     alpha: float = Field(
@@ -74,95 +77,14 @@ class DistillConfig(PassConfig):
 Config = DistillConfig
 
 
-def derive_student(teacher: nn.Module, width: float, where: str) -> nn.Module:
-    """A fresh, narrower copy of a Sequential teacher (weights re-initialised)."""
-    from torch import nn
-
-    if not isinstance(teacher, nn.Sequential):
-        raise ConfigError(
-            f"width derives a student only from an nn.Sequential, not {type(teacher).__name__}",
-            path=f"{where}.width",
-            hint="give student_factory: package.module:function instead",
-        )
-    kids = list(teacher.named_children())
-    compute = [
-        i for i, (_, m) in enumerate(kids) if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d)
-    ]
-    if not compute:
-        raise ConfigError("the model has no Linear/Conv layer to narrow", path=f"{where}.width")
-    last = compute[-1]
-    layers: list[tuple[str, nn.Module]] = []
-    channels: int | None = None  # current width in the student (None: the input's)
-    teacher_channels: int | None = None
-    for i, (name, m) in enumerate(kids):
-        if isinstance(m, nn.Linear):
-            in_f = m.in_features
-            if channels is not None and teacher_channels is not None:
-                if in_f % teacher_channels:
-                    raise ConfigError(
-                        f"cannot narrow {name!r}: {in_f} inputs are not a multiple of {teacher_channels} channels",
-                        path=f"{where}.width",
-                        hint="give student_factory instead",
-                    )
-                in_f = channels * (in_f // teacher_channels)
-            out_f = m.out_features if i == last else max(1, round(m.out_features * width))
-            layers.append((name, nn.Linear(in_f, out_f, bias=m.bias is not None)))
-            channels, teacher_channels = out_f, m.out_features
-        elif isinstance(m, nn.Conv1d | nn.Conv2d):
-            if m.groups != 1:
-                raise ConfigError(
-                    f"cannot narrow grouped convolution {name!r}", path=f"{where}.width"
-                )
-            in_c = m.in_channels if channels is None else channels
-            out_c = m.out_channels if i == last else max(1, round(m.out_channels * width))
-            layers.append(
-                (
-                    name,
-                    type(m)(
-                        in_c,
-                        out_c,
-                        m.kernel_size,  # type: ignore[arg-type]
-                        stride=m.stride,  # type: ignore[arg-type]
-                        padding=m.padding,  # type: ignore[arg-type]
-                        dilation=m.dilation,  # type: ignore[arg-type]
-                        bias=m.bias is not None,
-                        padding_mode=m.padding_mode,
-                    ),
-                )
-            )
-            channels, teacher_channels = out_c, m.out_channels
-        elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
-            n = m.num_features if channels is None else channels
-            layers.append((name, type(m)(n, eps=m.eps, momentum=m.momentum, affine=m.affine)))
-        elif isinstance(
-            m,
-            nn.ReLU
-            | nn.ReLU6
-            | nn.GELU
-            | nn.SiLU
-            | nn.Tanh
-            | nn.Sigmoid
-            | nn.LeakyReLU
-            | nn.Identity
-            | nn.Dropout
-            | nn.Flatten
-            | nn.Unflatten
-            | nn.MaxPool1d
-            | nn.MaxPool2d
-            | nn.AvgPool1d
-            | nn.AvgPool2d
-            | nn.AdaptiveAvgPool2d,
-        ):
-            layers.append((name, copy.deepcopy(m)))
-        else:
-            raise ConfigError(
-                f"width cannot narrow module {name!r} ({type(m).__name__})",
-                path=f"{where}.width",
-                hint="give student_factory: package.module:function instead",
-            )
-    from collections import OrderedDict
-
-    return nn.Sequential(OrderedDict(layers))
+def derive_student(teacher: nn.Module, width: float, where: str, example: Inputs) -> nn.Module:
+    """A narrower copy of the teacher on any architecture: structured pruning keeps
+    ``width`` of every prunable group (channels, heads, FFN neurons), chosen by the L1
+    norm of the teacher's weights, which the student starts from. Widths that are the
+    model's outputs are kept (:mod:`ci_compress.passes.structured`)."""
+    student = copy.deepcopy(teacher)
+    prune_structured(student, amount=1 - width, example=example, where=where, field="width")
+    return student
 
 
 def distillation_loss(
@@ -192,6 +114,7 @@ def make_student(
     seed: int,
     where: str,
     base_dir: Path | None = None,
+    example: Inputs | None = None,
 ) -> nn.Module:
     import torch
 
@@ -201,7 +124,8 @@ def make_student(
             config.student_factory, path=f"{where}.student_factory", base_dir=base_dir
         )()
         return student
-    return derive_student(model, config.width, where)  # type: ignore[arg-type]
+    assert config.width is not None and example is not None  # one of the two, validated
+    return derive_student(model, config.width, where, example)
 
 
 def apply(model: nn.Module, config: DistillConfig, ctx: PassContext) -> PassRecord:
@@ -217,7 +141,8 @@ def apply(model: nn.Module, config: DistillConfig, ctx: PassContext) -> PassReco
         teacher_logits = torch.cat(
             [logits(model, take(x, i, i + 1024), ctx.output) for i in range(0, n, 1024)]
         )
-    student = make_student(model, config, ctx.seed, where, ctx.base_dir)
+    example = take(x, 0, min(4, n))
+    student = make_student(model, config, ctx.seed, where, ctx.base_dir, example)
     with torch.no_grad():
         try:
             out = logits(student, take(x, 0, 2), ctx.output)
