@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
-import time
 from typing import Any
 
 import pytest
@@ -39,18 +37,17 @@ def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _median_ms(model: nn.Module, x: torch.Tensor, repeats: int = 5) -> float:
-    with torch.inference_mode():
+def _flops(model: nn.Module, x: torch.Tensor) -> int:
+    """Floating-point operations of one forward pass (counted, not timed: deterministic;
+    the latency itself is measured by benchmarks/structured.py)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x)
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1000
+    return int(counter.get_total_flops())
 
 
-def test_resnet18_channels_tied_across_skips_shrink_and_it_runs_faster() -> None:
+def test_resnet18_channels_tied_across_skips_shrink_and_its_compute_drops() -> None:
     model = resnet18().eval()
     x, y = digits_rgb32("train", 64)
     teacher = resnet18().eval()
@@ -73,10 +70,8 @@ def test_resnet18_channels_tied_across_skips_shrink_and_it_runs_faster() -> None
     assert record.details["layers"]["layer3.0.conv1"] == [256, 128]
     with torch.no_grad():
         assert model(x[:8]).shape == teacher(x[:8]).shape == (8, 10)
-    torch.set_num_threads(1)
-    pairs = [(_median_ms(teacher, x[:32], 3), _median_ms(model, x[:32], 3)) for _ in range(3)]
-    ratio = statistics.median(t / s for t, s in pairs)
-    assert ratio > 1.5, pairs  # measured about 3x at amount 0.5 (a quarter of the MACs)
+    # halving every width quarters the convolutions' work (3.17x lower latency measured)
+    assert _flops(model, x[:4]) < 0.3 * _flops(teacher, x[:4])
 
 
 @pytest.mark.slow
