@@ -11,6 +11,13 @@ weights. It is trained on ``data.train`` with
     loss = alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))
            + (1 - alpha) * cross_entropy(student, labels)
 
+(``loss: kl``, for classifiers). A model whose outputs are not class scores (an
+embedding model's hidden states, a regression) is distilled on the outputs themselves,
+with no labels: ``loss: mse`` (squared error divided by the teacher outputs' variance,
+so the loss does not depend on their scale) or ``loss: cosine`` (1 - cosine similarity
+along the last dimension, averaged over every other position: each token of a
+transformer's ``last_hidden_state``).
+
 The teacher is the model the pass receives (the original when distill is the first
 pass). The trained student replaces the model for the passes after it.
 """
@@ -52,9 +59,16 @@ class DistillConfig(PassConfig):
         lt=1,
         description="Derive the student by structured pruning of the teacher, keeping this fraction of every prunable group (channels, heads, neurons).",
     )
-    temperature: float = Field(4.0, gt=0, le=100, description="Softmax temperature T.")
+    loss: Literal["kl", "mse", "cosine"] = Field(
+        "kl",
+        description="kl: Hinton's softened KL mixed with the labels' cross-entropy (classifiers); mse or cosine: match the teacher's outputs themselves, no labels (embeddings, regression, hidden states).",
+    )
+    temperature: float = Field(4.0, gt=0, le=100, description="Softmax temperature T (loss: kl).")
     alpha: float = Field(
-        0.9, ge=0, le=1, description="Weight of the soft (teacher) loss; 1 - alpha on the labels."
+        0.9,
+        ge=0,
+        le=1,
+        description="Weight of the soft (teacher) loss; 1 - alpha on the labels (loss: kl).",
     )
     epochs: int = Field(30, ge=1, le=10000, description="Training epochs.")
     lr: float = Field(2e-3, gt=0, le=1, description="Learning rate (Adam).")
@@ -108,6 +122,18 @@ def distillation_loss(
     return alpha * soft + (1 - alpha) * hard
 
 
+def output_loss(
+    student_out: torch.Tensor, teacher_out: torch.Tensor, kind: str, scale: float
+) -> torch.Tensor:
+    """The label-free losses: ``mse`` (divided by ``scale``, the teacher outputs'
+    variance) or ``cosine`` (1 - cosine along the last dimension, averaged)."""
+    import torch.nn.functional as F
+
+    if kind == "mse":
+        return F.mse_loss(student_out, teacher_out) / scale
+    return (1 - F.cosine_similarity(student_out, teacher_out, dim=-1)).mean()
+
+
 def make_student(
     model: nn.Module,
     config: DistillConfig,
@@ -134,7 +160,7 @@ def apply(model: nn.Module, config: DistillConfig, ctx: PassContext) -> PassReco
 
     where = f"passes[{ctx.index}]"
     data = require(ctx.train_data, "data.train", where, config.needs_data()[0][1])
-    x, y = materialize(data)
+    x, y = materialize(data, labels=config.loss == "kl")
     model.eval()
     n = batch_size(x)
     with torch.no_grad():
@@ -160,14 +186,13 @@ def apply(model: nn.Module, config: DistillConfig, ctx: PassContext) -> PassReco
     device = torch.device(ctx.device)
     soft_targets = teacher_logits.to(device)
 
+    scale = max(float(teacher_logits.float().var()), 1e-12)
+
     def loss(m: nn.Module, xb: Any, yb: torch.Tensor, idx: torch.Tensor) -> Any:
-        return distillation_loss(
-            logits(m, xb, ctx.output),
-            soft_targets[idx.to(soft_targets.device)],
-            yb,
-            config.temperature,
-            config.alpha,
-        )
+        out, target = logits(m, xb, ctx.output), soft_targets[idx.to(soft_targets.device)]
+        if config.loss != "kl":
+            return output_loss(out, target, config.loss, scale)
+        return distillation_loss(out, target, yb, config.temperature, config.alpha)
 
     result = fit(
         student,
