@@ -31,11 +31,13 @@ import contextlib
 import hashlib
 import importlib
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -294,9 +296,29 @@ def _to_openvino(
         with warnings.catch_warnings(), _nncf_quiet():
             warnings.simplefilter("ignore")
             ov_model = nncf.quantize(ov_model, nncf.Dataset(feeds), subset_size=len(feeds))
+    _stable_names(ov_model)
     xml = work / f"{stem}.xml"
     ov.save_model(ov_model, str(xml), compress_to_fp16=False)
     return [xml, xml.with_suffix(".bin")]
+
+
+# an operation name OpenVINO made up from a process-wide counter: Constant_31694
+_COUNTED = re.compile(r"\b([A-Z][A-Za-z]*)_(\d+)\b")
+
+
+def _stable_names(ov_model: Any) -> None:
+    """Renumber the names OpenVINO generates from a process-wide counter (in the order
+    of the graph), so that the same student gives the same ``.xml`` in any process, also
+    the second time in one (``tune``, tests)."""
+    numbers: dict[str, int] = {}
+
+    def renumber(m: re.Match[str]) -> str:
+        n = numbers.setdefault(m.group(2), len(numbers))
+        return f"{m.group(1)}_{n}"
+
+    ov_model.set_friendly_name("student")
+    for op in ov_model.get_ordered_ops():
+        op.set_friendly_name(_COUNTED.sub(renumber, op.get_friendly_name()))
 
 
 @contextlib.contextmanager
