@@ -129,6 +129,13 @@ def _check_runtime(loaded: LoadedConfig) -> None:
                 hint=f"drop the quantize pass passes[{i}] and set ship.quantize: int8 "
                 f"({ship_cfg.runtime} quantizes with its own toolchain), or set ship.runtime: torch",
             )
+    if ship_cfg.runtime == "onnxruntime" and "onnx" in ship_cfg.export:
+        raise ConfigError(
+            "ship.runtime: onnxruntime writes the student's ONNX file itself, and "
+            "ship.export: onnx would overwrite it",
+            path="ship.export",
+            hint="remove onnx from ship.export (the served student.onnx is the ONNX export)",
+        )
     if ship_cfg.quantize == "int8" and cfg.data.calibration is None:
         raise missing("data.calibration", "ship.quantize", "int8 calibrates activation ranges")
     if resolve_device(cfg.runtime.device).type != "cpu":

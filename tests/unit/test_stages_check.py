@@ -74,6 +74,11 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
         "Error: ship.runtime: passes[1].scheme int8-dynamic makes torch.ao int8 modules, which ship.runtime: onnxruntime cannot run",
     ),
     (
+        "onnx-export-and-onnxruntime",
+        {"passes": [], "ship": {"runtime": "onnxruntime", "export": ["onnx"]}},
+        "Error: ship.export: ship.runtime: onnxruntime writes the student's ONNX file itself",
+    ),
+    (
         "runtime-int8-without-calibration",
         {"passes": [], "ship": {"runtime": "openvino", "quantize": "int8"}},
         "Error: data.calibration: ship.quantize int8 calibrates activation ranges, but the config has no data.calibration",
