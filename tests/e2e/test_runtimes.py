@@ -107,3 +107,69 @@ def test_the_same_inputs_give_the_same_artifact(runtime: str, cnn_workdir: Path)
     assert first["serving"]["sha256"] == second["serving"]["sha256"]
     assert first["metrics"]["student.accuracy"] == second["metrics"]["student.accuracy"]
     assert first["verdict"] == second["verdict"]
+
+
+def test_the_champion_is_re_measured_in_the_same_runtime(cnn_workdir: Path) -> None:
+    """The champion's .ccz (here: this very student's, as the registry would hand it
+    back) is converted and quantized as the candidate is, beside the download, and
+    measured in the runtime: the same figures as the candidate's."""
+    from ci_compress.ci.env import detect
+    from ci_compress.config import load_config
+    from ci_compress.pipeline import _compress_and_evaluate
+
+    _, first = _gate(cnn_workdir, "openvino")
+    champion = cnn_workdir / "champion" / "student.ccz"
+    champion.parent.mkdir()
+    champion.write_bytes((cnn_workdir / "report" / "student.ccz").read_bytes())
+    loaded = load_config(cnn_workdir / "compress.yaml")
+    report = _compress_and_evaluate(
+        loaded,
+        cnn_workdir / "again",
+        detect({}, cnn_workdir),
+        lambda _: None,
+        lambda w: pytest.fail(w),
+        champion_file=champion,
+    )
+    assert report.champion is not None
+    artifact = [champion.with_suffix(".xml"), champion.with_suffix(".bin")]
+    assert report.champion.metrics["file_bytes"] == sum(p.stat().st_size for p in artifact)
+    assert report.champion.metrics["accuracy"] == report.student.metrics["accuracy"]
+    assert report.champion.metrics["accuracy"] == first["metrics"]["student.accuracy"]
+
+
+@pytest.mark.slow
+def test_minilm_keyword_inputs_served_by_openvino_int8(tmp_path: Path) -> None:
+    """input_ids + attention_mask reach the runtime by name, batch free; NNCF's
+    transformer setting keeps the int8 embeddings close to the teacher's."""
+    from tests.helpers.real_models import KEYWORDS, minilm, tokenized
+
+    folder = minilm()
+    np.savez(tmp_path / "holdout.npz", **tokenized(folder, 64))
+    source = {"inputs": KEYWORDS, "target": None}
+    cfg = {
+        "version": 1,
+        "model": {
+            "path": str(folder),
+            "hf": {"auto_class": "AutoModel"},
+            "output": "last_hidden_state",
+        },
+        "data": {
+            "holdout": {"path": "holdout.npz", **source},
+            "calibration": {"path": "holdout.npz", **source},
+            "batch_size": 32,
+        },
+        "task": {"type": "embedding"},
+        "passes": [],
+        "thresholds": {"metrics": {"cosine": {"min_value": 0.95}}},
+        "mlflow": {"enabled": False},
+        "report": {"dir": "report"},
+        "ship": {"runtime": "openvino", "quantize": "int8", "calibration_batches": 2},
+        "runtime": {"latency_repeats": 3, "latency_warmup": 1, "latency_batch_size": 8},
+    }
+    write_config(tmp_path, cfg)
+    r = run_cli("run", "--config", "compress.yaml", cwd=tmp_path)
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert report["serving"]["runtime"] == "openvino"
+    assert 0.95 <= report["metrics"]["student.cosine"] < 1.0
+    assert report["metrics"]["student.file_bytes"] < report["serving"]["ccz_bytes"] / 2
