@@ -129,31 +129,3 @@ def test_tune_workers_smoke_shares_one_postgres_study() -> None:
     assert [r[0] for r in rows] == ["1", "2"]
     assert all(r[-1] == "True" for r in rows)  # 4 trials, none twice, in both runs
     assert all(int(r[4].replace(",", "")) > 0 for r in rows)  # a best passing file each
-
-
-@pytest.mark.slow
-def test_runtimes_benchmark_reports_every_row(tmp_path: Path) -> None:
-    out = tmp_path / "runtimes.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/runtimes.py",
-            "--models",
-            "mlp",
-            "--repeats",
-            "3",
-            "--json",
-            str(out),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = json.loads(out.read_text())
-    variants = [r["variant"] for r in rows]
-    assert variants[0] == "fp32 teacher (torch)" and variants[-1].startswith("peer: NNCF")
-    assert {"ci-compress onnxruntime int8", "ci-compress openvino int8"} <= set(variants)
-    assert all(r["cpu_ms"] > 0 and r["bytes"] > 0 and 0.9 < r["accuracy"] <= 1 for r in rows)
-    assert "| mlp | ci-compress openvino int8 |" in proc.stdout

@@ -173,3 +173,28 @@ def test_minilm_keyword_inputs_served_by_openvino_int8(tmp_path: Path) -> None:
     assert report["serving"]["runtime"] == "openvino"
     assert 0.95 <= report["metrics"]["student.cosine"] < 1.0
     assert report["metrics"]["student.file_bytes"] < report["serving"]["ccz_bytes"] / 2
+
+
+@pytest.mark.slow
+def test_runtimes_benchmark_reports_every_row(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    out = tmp_path / "runtimes.json"
+    args = ["--models", "mlp", "--repeats", "3", "--json", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/runtimes.py", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    variants = [r["variant"] for r in rows]
+    assert variants[0] == "fp32 teacher (torch)" and variants[-1].startswith("peer: NNCF")
+    assert {"ci-compress onnxruntime int8", "ci-compress openvino int8"} <= set(variants)
+    assert all(r["cpu_ms"] > 0 and r["bytes"] > 0 and 0.9 < r["accuracy"] <= 1 for r in rows)
+    assert "| mlp | ci-compress openvino int8 |" in proc.stdout
