@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from ci_compress import record
 from ci_compress.ci.env import CIContext, detect
 from ci_compress.config import LoadedConfig, to_mapping
+from ci_compress.errors import ConfigError
 from ci_compress.evaluation.measure import Candidate, Measurements, Paired, compare, measure
 from ci_compress.evaluation.performance import latency_ratio
 from ci_compress.evaluation.statistics import PairedStatistics
@@ -52,6 +53,7 @@ from ci_compress.loading.models import LoadedModel, load_model_file
 from ci_compress.packing.export import SUFFIX as EXPORT_SUFFIX
 from ci_compress.packing.export import check_available, export_all
 from ci_compress.packing.file import size_breakdown
+from ci_compress.packing.runtimes import RUNTIMES, artifact_paths
 from ci_compress.progress import Step, Warn, Warnings, step_of, warn_of
 from ci_compress.redaction import redact_data
 from ci_compress.report import (
@@ -61,12 +63,21 @@ from ci_compress.report import (
     ModelSummary,
     PassSummary,
     Report,
+    Serving,
     SizeBreakdown,
 )
 from ci_compress.reporting.explain import write_chart
 from ci_compress.reporting.render import report_files
 from ci_compress.reproducibility import build_manifest
-from ci_compress.stages import Inputs, Shipped, apply_passes, load_inputs, set_determinism, ship
+from ci_compress.stages import (
+    Inputs,
+    Shipped,
+    apply_passes,
+    load_inputs,
+    serve,
+    set_determinism,
+    ship,
+)
 from ci_compress.tracking import NullTracker, Tracker, make_tracker, model_fetcher
 from ci_compress.versions import versions
 
@@ -142,6 +153,7 @@ def outputs(out_dir: Path, ship_filename: str) -> list[Path]:
     return [
         out_dir / ship_filename,
         *(out_dir / f"{stem}{suffix}" for suffix in EXPORT_SUFFIX.values()),
+        *(p for runtime in RUNTIMES for p in artifact_paths(runtime, out_dir, stem)),
         *report_files(out_dir, manifest=True).values(),
         *(
             out_dir / name
@@ -297,19 +309,28 @@ def _compress_and_evaluate(
     if champion_file is not None:
         say("loading the champion")
         champion = _load_champion(loaded, champion_file)
+        champion = _serve_champion(loaded, champion, inputs, warn)
 
     student, records = apply_passes(loaded, inputs, cfg.passes, say, step=step)
     pass_history = [r.to_dict() for r in records]
 
     say("packing the student and reading it back")
     shipped_path = out_dir / cfg.ship.filename
+    runtime_files = artifact_paths(
+        cfg.ship.runtime, out_dir, cfg.ship.filename.removesuffix(".ccz")
+    )
     try:
         module, info = ship(loaded, student, pass_history, shipped_path)
+        served = None
+        if cfg.ship.runtime != "torch":
+            quantized = " int8" if cfg.ship.quantize == "int8" else ""
+            say(f"converting the student to {cfg.ship.runtime}{quantized}")
+            served = serve(loaded, module, inputs, shipped_path)
         return _evaluate(
             loaded,
             ci,
             inputs,
-            Shipped(shipped_path, module, info, pass_history),
+            Shipped(shipped_path, module, info, pass_history, served),
             champion=champion,
             say=say,
             warn=warn,
@@ -318,8 +339,29 @@ def _compress_and_evaluate(
             policy=policy,
         )
     except BaseException:
-        remove_files([shipped_path])
+        remove_files([shipped_path, *runtime_files])
         raise
+
+
+def _serve_champion(
+    loaded: LoadedConfig, champion: LoadedModel, inputs: Inputs, warn: Warn
+) -> LoadedModel:
+    """The champion served as the candidate is: its ``.ccz`` converted to ``ship.runtime``
+    the same way (and quantized the same way) beside the downloaded file, so both are
+    measured in one runtime. A champion the runtime cannot take is measured in torch,
+    with a warning."""
+    if loaded.config.ship.runtime == "torch":
+        return champion
+    try:
+        served = serve(loaded, champion.module, inputs, champion.path)
+    except ConfigError as e:
+        warn(
+            f"the champion cannot be served by {loaded.config.ship.runtime} ({e}); "
+            "it is measured in torch"
+        )
+        return champion
+    assert served is not None
+    return replace(champion, module=served.module, file_bytes=served.file_bytes)
 
 
 def _load_champion(loaded: LoadedConfig, path: Path) -> LoadedModel:
@@ -360,7 +402,7 @@ def _evaluate(
     say(f"evaluating on {holdout.name}")
     models = {
         "teacher": Candidate(teacher.module, teacher.file_bytes),
-        "student": Candidate(candidate.module, candidate.info.file_bytes),
+        "student": Candidate(candidate.serving, candidate.file_bytes),
     }
     if champion is not None:
         models["champion"] = Candidate(champion.module, champion.file_bytes)
@@ -661,6 +703,7 @@ def assemble_report(
             else None
         ),
         per_class=paired.per_class,
+        serving=_serving(student, cfg.runtime.threads),
         reproducibility=build_manifest(
             loaded,
             model_file=str(teacher.path),
@@ -674,6 +717,22 @@ def assemble_report(
             per_class=paired.per_class,
             verdict=result.verdict,
         ),
+    )
+
+
+def _serving(student: Shipped, threads: int) -> Serving | None:
+    served = student.served
+    if served is None:
+        return None
+    return Serving(
+        runtime=served.runtime,
+        quantize=served.quantize,
+        files=tuple(str(p) for p in served.files),
+        file_bytes=served.file_bytes,
+        sha256=served.sha256,
+        ccz_file=str(student.path),
+        ccz_bytes=student.info.file_bytes,
+        threads=threads,
     )
 
 

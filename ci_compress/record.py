@@ -408,6 +408,10 @@ def record_gate(
     for export in report.exports.values():
         if export.ok and export.file:
             tracker.log_artifact(Path(export.file), "student")
+    if report.serving is not None:
+        # what the runtime loads, beside the .ccz (the registry's model file stays the .ccz)
+        for file in report.serving.files:
+            tracker.log_artifact(Path(file), "student")
     if loaded.source is not None:
         tracker.log_artifact(redacted_copy(loaded.source, out_dir), "config")
     version: ModelVersionRef | None = None

@@ -332,6 +332,52 @@ class SizeBreakdown(_Section):
 
 
 @dataclass(frozen=True)
+class Serving(_Section):
+    """Where the student serves (``ship.runtime`` other than torch): the runtime artifact
+    that was evaluated and timed, and the ``.ccz`` it was made from.
+
+    ``file_bytes`` (every file the runtime loads) is the shipped size of the report
+    (``student.file_bytes``, the compression ratio); ``ccz_bytes`` is the canonical
+    student's (``ci_compress.load_student``, the registered file). The teacher is still
+    measured in torch fp32: the latency ratio includes the change of runtime.
+    """
+
+    runtime: str  # onnxruntime | openvino
+    quantize: str  # none | int8
+    files: tuple[str, ...]
+    file_bytes: int
+    sha256: str
+    ccz_file: str
+    ccz_bytes: int
+    threads: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "runtime": self.runtime,
+            "quantize": self.quantize,
+            "files": list(self.files),
+            "file_bytes": self.file_bytes,
+            "sha256": self.sha256,
+            "ccz_file": self.ccz_file,
+            "ccz_bytes": self.ccz_bytes,
+            "threads": self.threads,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Serving:
+        return cls(
+            runtime=str(data["runtime"]),
+            quantize=str(data["quantize"]),
+            files=tuple(str(f) for f in data["files"]),
+            file_bytes=int(data["file_bytes"]),
+            sha256=str(data["sha256"]),
+            ccz_file=str(data["ccz_file"]),
+            ccz_bytes=int(data["ccz_bytes"]),
+            threads=int(data["threads"]),
+        )
+
+
+@dataclass(frozen=True)
 class ExportResult(_Section):
     """One ``ship.export`` format: written and checked against the shipped student
     (``ok``), or ``skipped`` with the exporter's reason."""
@@ -631,6 +677,9 @@ class Report:
     explain: Mapping[str, Any] | None = None  # explain.ExplainResult.to_dict, when run
     # This candidate against the last promoted versions (reporting.trend.build_trend)
     trend: Mapping[str, Any] | None = None
+    # The runtime artifact that served the student (ship.runtime other than torch);
+    # absent from report.json when the student serves in torch
+    serving: Serving | None = None
 
     @property
     def passed(self) -> bool:
@@ -689,6 +738,7 @@ class Report:
             "reproducibility": self.reproducibility,
             "explain": self.explain,
             "trend": self.trend,
+            **({} if self.serving is None else {"serving": self.serving.to_dict()}),
         }
 
     @classmethod
@@ -731,6 +781,7 @@ class Report:
             reproducibility=dict(data.get("reproducibility") or {}),
             explain=data.get("explain"),
             trend=data.get("trend"),
+            serving=optional("serving", Serving.from_dict),
         )
 
 

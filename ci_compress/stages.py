@@ -29,6 +29,9 @@ from ci_compress.layers.batches import resolve_device
 from ci_compress.loading.data import Dataset, load_dataset
 from ci_compress.loading.models import EXPORT_SUFFIX, LoadedModel, model_factory, resolve_model
 from ci_compress.packing.file import PackInfo, load_packed, pack
+from ci_compress.packing.runtimes import Served
+from ci_compress.packing.runtimes import check_available as check_runtime_available
+from ci_compress.packing.runtimes import serve as serve_runtime
 from ci_compress.passes.base import PassConfig, PassContext, PassRecord
 from ci_compress.passes.registry import PASSES
 from ci_compress.passes.run import apply_pass
@@ -103,7 +106,47 @@ def check(loaded: LoadedConfig, *, gate: bool = True) -> Task:
             hint="gate the program as it is with passes: [], or give the eager model (a state_dict with model.factory) to compress",
         )
     resolve_device(cfg.runtime.device)
+    _check_runtime(loaded)
     return make_task(cfg.task, base_dir=base)
+
+
+# the quantize pass's schemes that make torch.ao int8 modules (no ONNX/OpenVINO operator)
+TORCH_INT8_SCHEMES = ("int8-dynamic", "int8-static")
+
+
+def _check_runtime(loaded: LoadedConfig) -> None:
+    """``ship.runtime``/``ship.quantize`` against the rest of the config and what is installed."""
+    cfg = loaded.config
+    ship_cfg = cfg.ship
+    if ship_cfg.runtime == "torch":
+        return
+    for i, p in enumerate(cfg.passes):
+        scheme = getattr(p, "scheme", None)
+        if p.type == "quantize" and scheme in TORCH_INT8_SCHEMES:
+            raise ConfigError(
+                f"passes[{i}].scheme {scheme} makes torch.ao int8 modules, which "
+                f"ship.runtime: {ship_cfg.runtime} cannot run",
+                path="ship.runtime",
+                hint=f"drop the quantize pass passes[{i}] and set ship.quantize: int8 "
+                f"({ship_cfg.runtime} quantizes with its own toolchain), or set ship.runtime: torch",
+            )
+    if ship_cfg.runtime == "onnxruntime" and "onnx" in ship_cfg.export:
+        raise ConfigError(
+            "ship.runtime: onnxruntime writes the student's ONNX file itself, and "
+            "ship.export: onnx would overwrite it",
+            path="ship.export",
+            hint="remove onnx from ship.export (the served student.onnx is the ONNX export)",
+        )
+    if ship_cfg.quantize == "int8" and cfg.data.calibration is None:
+        raise missing("data.calibration", "ship.quantize", "int8 calibrates activation ranges")
+    if resolve_device(cfg.runtime.device).type != "cpu":
+        raise ConfigError(
+            f"ship.runtime: {ship_cfg.runtime} serves on the CPU here, but runtime.device is "
+            f"{cfg.runtime.device}",
+            path="runtime.device",
+            hint="set runtime.device: cpu, or ship.runtime: torch",
+        )
+    check_runtime_available(ship_cfg.runtime, ship_cfg.quantize)
 
 
 @dataclass
@@ -210,7 +253,8 @@ def ship(
     """Write the packed file and rebuild the model from it: the student as it ships.
 
     Pass timings are left out of the packed file so that the same passes give the same
-    bytes (the report keeps them).
+    bytes (the report keeps them). :func:`serve` then makes the runtime artifact of a
+    ``ship.runtime`` other than torch from the model returned here.
     """
     cfg = loaded.config
     info = pack(
@@ -224,6 +268,35 @@ def ship(
     return shipped, info
 
 
+def serve(loaded: LoadedConfig, module: nn.Module, inputs: Inputs, path: Path) -> Served | None:
+    """The student read back from the ``.ccz`` at ``path``, converted to ``ship.runtime``
+    (and int8-quantized by it, ``ship.quantize``) beside it and loaded in that runtime:
+    what the gate evaluates and times. None for torch (the ``.ccz`` serves as it is).
+
+    The example batch is the holdout's first; calibration reads the first
+    ``ship.calibration_batches`` batches of ``data.calibration``.
+    """
+    cfg = loaded.config
+    if cfg.ship.runtime == "torch":
+        return None
+    calib = inputs.calibration
+    x, _ = next(inputs.holdout.batches(cfg.data.batch_size))
+    return serve_runtime(
+        module,
+        cfg.ship.runtime,
+        path.parent,
+        path.name.removesuffix(".ccz"),
+        x,
+        quantize=cfg.ship.quantize,
+        calibration=(
+            (lambda: (b for b, _ in calib.batches(cfg.data.batch_size))) if calib else None
+        ),
+        calibration_batches=cfg.ship.calibration_batches,
+        threads=cfg.runtime.threads,
+        output=cfg.model.output,
+    )
+
+
 @dataclass(frozen=True)
 class Shipped:
     """The student as it ships: the packed file, the model rebuilt from it, its pack
@@ -233,3 +306,15 @@ class Shipped:
     module: nn.Module
     info: PackInfo
     passes: list[dict[str, Any]]
+    # the runtime artifact that serves it (ship.runtime other than torch)
+    served: Served | None = None
+
+    @property
+    def serving(self) -> nn.Module:
+        """The model that is evaluated and timed: the runtime's, else the torch one."""
+        return self.served.module if self.served is not None else self.module
+
+    @property
+    def file_bytes(self) -> int:
+        """The shipped size: the runtime artifact's bytes, else the .ccz's."""
+        return self.served.file_bytes if self.served is not None else self.info.file_bytes

@@ -419,6 +419,33 @@ class ShipConfig(Frozen):
         (),
         description="Deployable exports written next to the shipped file and checked on the holdout: torchscript, onnx (needs the 'export' extra), pt2 (a torch.export program, what model.path also reads).",
     )
+    runtime: Literal["torch", "onnxruntime", "openvino"] = Field(
+        "torch",
+        exclude_if=_is("torch"),
+        description="Where the student serves, and so where the gate evaluates and times it: torch (the .ccz rebuilt in PyTorch), onnxruntime (student.onnx in an ONNX Runtime session; the 'onnxruntime' extra) or openvino (student.xml + student.bin compiled by OpenVINO; the 'openvino' extra). The .ccz is written either way; the shipped size is the runtime artifact's.",
+    )
+    quantize: Literal["none", "int8"] = Field(
+        "none",
+        exclude_if=_is("none"),
+        description="int8: post-training static int8 by the runtime's own toolchain (ONNX Runtime quantize_static, QDQ, per-channel weights; NNCF for openvino), calibrated on the first ship.calibration_batches batches of data.calibration. Needs ship.runtime onnxruntime or openvino.",
+    )
+    calibration_batches: int = Field(
+        8,
+        ge=1,
+        le=10000,
+        exclude_if=_is(8),
+        description="Batches of data.calibration (of data.batch_size samples) that calibrate ship.quantize: int8.",
+    )
+
+    @model_validator(mode="after")
+    def _quantize_needs_a_runtime(self) -> ShipConfig:
+        if self.quantize == "int8" and self.runtime == "torch":
+            raise ValueError(
+                "ship.quantize: int8 is done by the serving runtime's own toolchain; "
+                "set ship.runtime: onnxruntime or openvino (in torch, use a quantize pass: "
+                "scheme int8-static or int8-dynamic)"
+            )
+        return self
 
 
 class RuntimeConfig(Frozen):

@@ -8,5 +8,9 @@
 * :mod:`~ci_compress.packing.legacy`: reading files of formats 1 and 2;
 * :mod:`~ci_compress.packing.codecs`: how each layer type is described and rebuilt
   (derived from :mod:`ci_compress.layers`);
-* :mod:`~ci_compress.packing.export`: TorchScript and ONNX exports, checked on the holdout.
+* :mod:`~ci_compress.packing.export`: TorchScript, ONNX and ``.pt2`` exports, checked on
+  the holdout;
+* :mod:`~ci_compress.packing.runtimes`: the student converted to its serving runtime
+  (``ship.runtime``: ONNX Runtime or OpenVINO, optionally int8 by that runtime's own
+  post-training quantization) and loaded back as a module.
 """

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ci_compress.errors import ConfigError
-from ci_compress.layers.batches import Inputs, call_model
+from ci_compress.layers.batches import Inputs, call_model, named_tensors
 from ci_compress.layers.inference import inference
 from ci_compress.layers.outputs import OutputSpec, select_output
 
@@ -74,8 +74,10 @@ def export_all(
         path = out_dir / f"{stem}{SUFFIX[fmt]}"
         path.unlink(missing_ok=True)
         try:
-            run = {"torchscript": _torchscript, "onnx": _onnx, "pt2": _pt2}[fmt](
-                model, example, path
+            run = (
+                _onnx(model, example, path, output)
+                if fmt == "onnx"
+                else {"torchscript": _torchscript, "pt2": _pt2}[fmt](model, example, path)
             )
             agree, total, max_diff = _agreement(model, run, batches, output)
         except Exception as e:  # the exporters (and their programs) raise many unrelated types
@@ -142,17 +144,52 @@ def _pt2(model: nn.Module, example: Inputs, path: Path) -> Callable[..., Any]:
     return loaded
 
 
-def _onnx(model: nn.Module, example: Inputs, path: Path) -> Callable[..., Any]:
-    import onnx
-    import onnxruntime
-    import torch
+def input_names(example: Inputs) -> list[str]:
+    """The names of a model's input tensors in an exported graph, in a fixed order: one
+    tensor is ``input``, positional ones ``input_0``, ``input_1``, ..., keyword ones
+    their own names, sorted (:func:`~ci_compress.layers.batches.named_tensors`)."""
+    named = named_tensors(example)
+    if isinstance(example, Mapping):
+        return [name for name, _ in named]
+    if len(named) == 1 and named[0][0] == "":
+        return ["input"]
+    return [f"input_{name}" for name, _ in named]
 
-    if not isinstance(example, torch.Tensor):
-        raise NotImplementedError(
-            "the onnx export takes single-tensor inputs for now; this model takes "
-            "several (use torchscript)"
-        )
 
+def positional(model: nn.Module, example: Inputs, output: OutputSpec = None) -> nn.Module:
+    """``model`` as exporters want it: input tensors as positional arguments in
+    :func:`input_names` order (one tensor, a tuple or keyword tensors alike) and one
+    output tensor, the one ``model.output`` selects."""
+    from torch import nn
+
+    structure = (
+        "mapping"
+        if isinstance(example, Mapping)
+        else "single"
+        if len(named_tensors(example)) == 1 and not isinstance(example, tuple | list)
+        else "sequence"
+    )
+    names = [name for name, _ in named_tensors(example)]
+
+    class Positional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+            if structure == "mapping":
+                out = self.model(**dict(zip(names, tensors, strict=True)))
+            elif structure == "sequence":
+                out = self.model(*tensors)
+            else:
+                out = self.model(tensors[0])
+            return select_output(out, output, role="student")
+
+    return Positional().eval()
+
+
+def refuse_torch_ao(model: nn.Module, target: str) -> None:
+    """torch.ao's int8 modules have no ONNX (or OpenVINO) operator: say so, by name."""
     quantized = sorted(
         {
             type(m).__qualname__
@@ -162,28 +199,57 @@ def _onnx(model: nn.Module, example: Inputs, path: Path) -> Callable[..., Any]:
     )
     if quantized:
         raise NotImplementedError(
-            f"torch.ao int8 modules ({', '.join(quantized)}) have no ONNX operator "
+            f"torch.ao int8 modules ({', '.join(quantized)}) have no {target} operator "
             "(quantized::linear_dynamic); export a student without the quantize pass, or use torchscript"
         )
+
+
+def write_onnx(model: nn.Module, example: Inputs, path: Path, *, output: OutputSpec = None) -> None:
+    """The one ONNX export: the legacy TorchScript-based exporter (``dynamo=False``), one
+    input per tensor of ``example`` (:func:`input_names`) with a free batch dimension,
+    one output ``output``; checked with ``onnx.checker``. Raises what the exporter
+    raises (the callers turn it into a skipped export or a config error)."""
+    import onnx
+    import torch
+
+    refuse_torch_ao(model, "ONNX")
+    names = input_names(example)
+    tensors = tuple(t for _, t in named_tensors(example))
     # the legacy exporter prints the whole graph on failure; keep stdout for the report
     with warnings.catch_warnings(), _quiet_stdout():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model,
-            (example,),
+            positional(model, example, output),
+            tensors,
             str(path),
             dynamo=False,
-            input_names=["input"],
+            input_names=names,
             output_names=["output"],
-            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+            dynamic_axes={**{n: {0: "batch"} for n in names}, "output": {0: "batch"}},
         )
     onnx.checker.check_model(str(path))
+
+
+def _onnx(
+    model: nn.Module, example: Inputs, path: Path, output: OutputSpec = None
+) -> Callable[..., Any]:
+    import onnxruntime
+    import torch
+
+    write_onnx(model, example, path, output=output)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    wanted = {i.name for i in session.get_inputs()}
 
-    def run(x: torch.Tensor) -> torch.Tensor:
-        (y,) = session.run(["output"], {"input": x.numpy()})
+    def run(*args: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
+        inputs: Inputs = kwargs if kwargs else args[0] if len(args) == 1 else args
+        feed = {
+            n: t.numpy()
+            for n, (_, t) in zip(input_names(inputs), named_tensors(inputs), strict=True)
+            if n in wanted
+        }
+        (y,) = session.run(["output"], feed)
         return torch.from_numpy(y)
 
     return run

@@ -216,6 +216,18 @@ def policy_lines(report: Report) -> list[str]:
     return [policy_line(t, g.policy_source) for t in g.tightened]
 
 
+def serving_line(report: Report, code: str = "") -> str:
+    """Which runtime served the student, from which files (``ship.runtime``)."""
+    s = report.serving
+    assert s is not None
+    files = ", ".join(f"{code}{Path(f).name}{code}" for f in s.files)
+    int8 = " int8" if s.quantize == "int8" else ""
+    return (
+        f"served by {s.runtime}{int8}: {files} ({s.file_bytes:,} bytes; the .ccz "
+        f"{s.ccz_bytes:,} bytes; {s.threads} thread(s); teacher timed in torch fp32)"
+    )
+
+
 def verdict_line(report: Report) -> str:
     word = {"pass": "PASSED", "fail": "FAILED", "inconclusive": "INCONCLUSIVE"}.get(
         report.verdict, "PASSED" if report.passed else "FAILED"
@@ -269,6 +281,8 @@ def terminal(report: Report) -> str:
     if report.passes:
         lines.append("")
         lines.append("  passes: " + " -> ".join(p.name for p in report.passes))
+    if report.serving is not None:
+        lines.append(f"  {serving_line(report)}")
     worst = report.per_class.worst.get("student") if report.per_class is not None else None
     if worst:
         lines.append(
@@ -324,6 +338,8 @@ def markdown(report: Report) -> str:
         out += [f"| {a} | {b} | {c} |" for a, b, c in table_rows(report)]
     if report.passes:
         out += ["", "**Passes:** " + " → ".join(f"`{p.name}`" for p in report.passes)]
+    if report.serving is not None:
+        out += ["", serving_line(report, code="`") + "."]
     for w in report.warnings:
         out += ["", f"> **Warning:** {w}"]
     out += per_class_markdown(report.per_class)

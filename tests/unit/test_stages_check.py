@@ -69,6 +69,21 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
         "Error: task.metric: the function's name 'samples' is a figure every gate reports",
     ),
     (
+        "torch-int8-pass-in-another-runtime",
+        {"ship": {"runtime": "onnxruntime"}},
+        "Error: ship.runtime: passes[1].scheme int8-dynamic makes torch.ao int8 modules, which ship.runtime: onnxruntime cannot run",
+    ),
+    (
+        "onnx-export-and-onnxruntime",
+        {"passes": [], "ship": {"runtime": "onnxruntime", "export": ["onnx"]}},
+        "Error: ship.export: ship.runtime: onnxruntime writes the student's ONNX file itself",
+    ),
+    (
+        "runtime-int8-without-calibration",
+        {"passes": [], "ship": {"runtime": "openvino", "quantize": "int8"}},
+        "Error: data.calibration: ship.quantize int8 calibrates activation ranges, but the config has no data.calibration",
+    ),
+    (
         "export-program-with-passes",
         {"model": {"path": "model.pt2"}},
         "Error: passes: a torch.export program (.pt2) cannot be compressed",
@@ -144,3 +159,71 @@ def test_a_factory_module_that_raises_on_import_is_a_config_error(tmp_path: Path
         import_factory("broken_mod:f", path="model.factory", base_dir=tmp_path)
     assert str(e.value) == "model.factory: importing 'broken_mod' raised RuntimeError: no GPU here"
     assert str(tmp_path) not in sys.path
+
+
+def test_a_torch_int8_pass_with_a_runtime_names_the_fix(tmp_path: Path) -> None:
+    config = base_config(
+        model=MISSING_MODEL,
+        passes=[{"type": "quantize", "scheme": "int8-static"}],
+        data={
+            "holdout": {"builtin": "digits"},
+            "calibration": {"builtin": "digits", "split": "train"},
+        },
+        ship={"runtime": "openvino"},
+    )
+    code, _, err = cli("validate", "--config", str(write_config(tmp_path, config)), cwd=tmp_path)
+    assert code == 2, err
+    assert "passes[0].scheme int8-static" in err and "ship.runtime: openvino" in err
+    assert "set ship.quantize: int8" in err
+    # the fix the hint names validates
+    config["passes"], config["ship"] = [], {"runtime": "openvino", "quantize": "int8"}
+    code, out, err = cli("validate", "--config", str(write_config(tmp_path, config)), cwd=tmp_path)
+    assert code == 0 and "valid" in out, err
+
+
+def test_int8_without_a_runtime_is_refused(tmp_path: Path) -> None:
+    config = base_config(model=MISSING_MODEL, passes=[], ship={"quantize": "int8"})
+    code, _, err = cli("validate", "--config", str(write_config(tmp_path, config)), cwd=tmp_path)
+    assert code == 2, err
+    assert "ship.quantize: int8" in err and "ship.runtime: onnxruntime or openvino" in err
+
+
+@pytest.mark.parametrize(
+    ("runtime", "quantize", "absent", "extra"),
+    [
+        ("onnxruntime", "none", "onnxruntime", "onnxruntime"),
+        ("openvino", "none", "openvino", "openvino"),
+        ("openvino", "int8", "nncf", "openvino"),
+    ],
+)
+def test_a_runtime_that_is_not_installed_names_its_extra(
+    runtime: str,
+    quantize: str,
+    absent: str,
+    extra: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ci_compress.packing import runtimes
+
+    real = runtimes._importable
+    monkeypatch.setattr(runtimes, "_importable", lambda name: name != absent and real(name))
+    data = {
+        "holdout": {"builtin": "digits"},
+        "calibration": {"builtin": "digits", "split": "train"},
+    }
+    config = base_config(
+        model=MISSING_MODEL, passes=[], data=data, ship={"runtime": runtime, "quantize": quantize}
+    )
+    code, _, err = cli("validate", "--config", str(write_config(tmp_path, config)), cwd=tmp_path)
+    assert code == 2, err
+    assert err.startswith(f"Error: ship.runtime: {runtime} needs {absent}, which is not installed")
+    assert f"pip install 'ci-compress[{extra}]'" in err
+
+
+def test_the_default_runtime_leaves_the_config_dump_unchanged(tmp_path: Path) -> None:
+    from ci_compress.config import to_mapping
+
+    loaded = load_config(write_config(tmp_path, base_config()))
+    assert loaded.config.ship.runtime == "torch" and loaded.config.ship.quantize == "none"
+    assert set(to_mapping(loaded.config)["ship"]) == {"filename", "zstd_level", "export"}
