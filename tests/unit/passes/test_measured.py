@@ -191,10 +191,14 @@ def _distill_pair(kind: str) -> tuple[float, float, int, int]:
 
 
 @pytest.mark.slow
-def test_distilled_cnn_beats_the_same_student_without_soft_targets() -> None:
-    acc_kd, acc_plain, before, after = _distill_pair("cnn")
+def test_distilled_cnn_student_is_four_times_smaller_and_close_to_the_teacher() -> None:
+    # Measured honestly: since the width student starts from the teacher's kept weights
+    # (structured pruning, issue 20), the same student trained on labels alone is as good
+    # or better on digits (98.33 vs 97.78 distilled, teacher 98.9): soft targets do not
+    # help a warm-started student here. Before, from a random start, distillation won.
+    acc_kd, _acc_plain, before, after = _distill_pair("cnn")
     assert after < before / 4
-    assert acc_kd > acc_plain  # measured: 98.33 vs 97.78 (teacher 98.9)
+    assert acc_kd >= accuracy(teacher("cnn")) - 1.5
 
 
 @pytest.mark.slow
