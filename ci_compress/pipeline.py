@@ -299,6 +299,9 @@ def _compress_and_evaluate(
         champion = _load_champion(loaded, champion_file)
 
     student, records = apply_passes(loaded, inputs, cfg.passes, say, step=step)
+    for r in records:
+        for note in r.warnings:
+            warn(f"passes[{r.index}] ({r.name}): {note}")
     pass_history = [r.to_dict() for r in records]
 
     say("packing the student and reading it back")
