@@ -66,8 +66,10 @@ def test_a_layer_that_cannot_be_rewired_is_a_config_error() -> None:
         apply(model, {"type": "prune", "amount": 0.5, "structured": True})
     assert str(e.value).startswith("passes[0].include: cannot prune '0' structurally")
     assert "LayerNorm" in str(e.value)
-    pruned, _ = apply(model, {"type": "prune", "amount": 0.5, "structured": True, "exclude": ["0"]})
-    assert _widths(pruned) == [8, 2]
+    # without '0' only the output layer is left, which is never shrunk: a pass that
+    # changes nothing is an error too (issue 20)
+    with pytest.raises(ConfigError, match=r"passes\[0\]: prune changed nothing"):
+        apply(model, {"type": "prune", "amount": 0.5, "structured": True, "exclude": ["0"]})
 
 
 def test_structured_needs_amount() -> None:
