@@ -202,12 +202,22 @@ def _few(items: list[str], n: int = 5) -> str:
     return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
-def refuse_max_norm(module: nn.Module) -> str | None:
-    """Why an ``nn.Embedding`` cannot be compressed (``None`` when it can)."""
-    if getattr(module, "max_norm", None) is not None:
+def refuse_embedding(module: nn.Module) -> str | None:
+    """Why an ``nn.Embedding`` cannot be compressed (``None`` when it can, or when the
+    module is not an embedding)."""
+    from torch import nn
+
+    if not isinstance(module, nn.Embedding):
+        return None
+    if module.max_norm is not None:
         return (
             "has max_norm set: it renormalises table rows on every lookup, which a "
             "compressed table cannot do; exclude it, or build it with max_norm=None"
+        )
+    if type(module).forward is not nn.Embedding.forward:
+        return (
+            "subclasses nn.Embedding with its own forward, which a compressed table would "
+            "drop (e.g. a scaled lookup); exclude it"
         )
     return None
 

@@ -26,7 +26,7 @@ from ci_compress.passes.base import (
     PassConfig,
     PassContext,
     PassRecord,
-    refuse_max_norm,
+    refuse_embedding,
     select,
     set_submodule,
     tied_weights,
@@ -153,7 +153,7 @@ def apply(model: nn.Module, config: ClusterConfig, ctx: PassContext) -> PassReco
         config.exclude,
         (nn.Linear, nn.Conv2d, nn.Embedding),
         path=where,
-        refuse=refuse_max_norm,
+        refuse=refuse_embedding,
     )
     ties = tied_weights(model, chosen)
     zero_kept: dict[str, bool] = {}

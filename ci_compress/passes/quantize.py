@@ -43,7 +43,7 @@ from ci_compress.passes.base import (
     PassConfig,
     PassContext,
     PassRecord,
-    refuse_max_norm,
+    refuse_embedding,
     select,
     set_submodule,
     tied_weights,
@@ -104,7 +104,7 @@ def _refuse(module: nn.Module) -> str | None:
 
     if isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
         return f"has padding_mode={module.padding_mode!r}: only 'zeros' is quantized; exclude it"
-    return refuse_max_norm(module) if isinstance(module, nn.Embedding) else None
+    return refuse_embedding(module)
 
 
 def _embedding(model: nn.Module, name: str, module: nn.Module, scheme: str) -> None:

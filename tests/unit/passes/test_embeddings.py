@@ -165,6 +165,18 @@ def test_one_error_lists_every_module_the_pass_cannot_handle() -> None:
     assert "head" in e.value.hint  # what it can touch
 
 
+def test_an_embedding_subclass_with_its_own_forward_is_not_replaced() -> None:
+    class Scaled(nn.Embedding):
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return super().forward(ids) * 8.0
+
+    model = nn.Sequential(Scaled(10, 4), nn.Linear(4, 2))
+    with pytest.raises(ConfigError, match=r"0 \(Scaled\) subclasses nn.Embedding with its own"):
+        _apply(model, {"type": "quantize", "scheme": "int8-weight-only", "include": ["0", "1"]})
+    (record,) = _apply(model, {"type": "cluster", "bits": 4})
+    assert record.modules == ["1"] and type(model[0]) is Scaled
+
+
 def test_tied_weights_are_untied_with_a_warning() -> None:
     class TiedLM(nn.Module):
         def __init__(self) -> None:
