@@ -5,8 +5,8 @@ fp16, bf16; and of ``nn.Embedding`` tables (every scheme but int8-static).
 quantized on the fly, through ``torch.ao.nn.quantized.dynamic.Linear``. torch.ao is
 deprecated in torch 2.13, but on CPU it is the only int8 Linear with fast kernels
 without ``torch.compile`` (torchao's dynamic-activation int8 config ran 25x slower here,
-see README "Why these libraries"); when torchao gains a fast eager CPU path this pass
-switches to it without changing its config. Weights shrink 4x; biases stay fp32.
+its pt2e int8 graph 3.3x slower than fp32: docs/libraries.md, which is why torchao is not
+a dependency). Weights shrink 4x; biases stay fp32.
 
 ``int8-static``: post-training static quantization of Linear and Conv2d. The input and
 output range of each layer is measured on ``calibration_batches`` batches of
