@@ -15,7 +15,7 @@ passes: ``int8`` (quantize, int8-dynamic: torch.ao's int8 Linear, the default sc
 
 * pack + reload of the ``.ccz`` (CPU seconds, ``time.process_time``, and wall), after a
   warm-up pack of a small model (imports and first-call set-up are paid once per
-  process); and the peak RSS (``ru_maxrss``, reset after the warm-up through
+  process); and the peak RSS (``VmHWM``, reset after the warm-up through
   ``/proc/self/clear_refs``) minus the RSS then: the peak while packing and reloading
   (the peak is reset again once the model is built, so the build's own temporaries, e.g.
   k-means, are reported apart): the model, the packer and the reloaded copy;
@@ -64,8 +64,17 @@ SLOW_PEERS_MAX_M = 1000  # zstd-19 and xz -9 up to this size (millions of parame
 
 
 def _rss_kib() -> int:
-    """Peak RSS of this process (KiB): ``ru_maxrss``, since the last :func:`_reset_peak`."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """Peak RSS of this process (KiB), since the last :func:`_reset_peak`: ``VmHWM``.
+
+    Not ``ru_maxrss``: ``clear_refs`` does not reset it, and Linux carries a parent's
+    high-water mark into a child started by ``fork``/``exec`` (run from
+    ``benchmarks/run.py``, every worker reported the parent's peak).
+    """
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(next(ln for ln in status.splitlines() if ln.startswith("VmHWM:")).split()[1])
+    except (OSError, StopIteration, ValueError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # not Linux
 
 
 def _trim() -> None:

@@ -93,7 +93,8 @@ def check(loaded: LoadedConfig, *, gate: bool = True) -> Task:
         for field_name, ref in p.factories().items():
             import_factory(ref, path=f"passes[{i}].{field_name}", base_dir=base)
         for field, why in p.needs_data():
-            if getattr(cfg.data, field.removeprefix("data.")) is None:
+            # "data.calibration or data.train": any one of them will do
+            if all(getattr(cfg.data, f.removeprefix("data.")) is None for f in field.split(" or ")):
                 raise missing(field, f"passes[{i}]", why)
     if cfg.passes and cfg.model.path and Path(cfg.model.path).suffix == EXPORT_SUFFIX:
         raise ConfigError(

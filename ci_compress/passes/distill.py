@@ -1,13 +1,22 @@
 """Knowledge distillation (Hinton, Vinyals & Dean 2015) into a smaller student.
 
 The student comes from ``student_factory`` (``package.module:function`` returning an
-untrained ``nn.Module``) or is derived from the incoming model by ``width``: every hidden
-Linear/Conv layer keeps ``width`` of its outputs (the output layer keeps all), for
-``nn.Sequential`` models of Linear, Conv, BatchNorm, pooling, Flatten and activations.
-It is trained from a seeded initialisation on ``data.train`` with
+untrained ``nn.Module``) or is derived from the incoming model by ``width``: structured
+pruning of the teacher on its own dependency graph keeps ``width`` of every prunable
+group (conv channels tied across skip connections, attention heads, FFN neurons, hidden
+Linear neurons; widths that are the model's outputs keep all), on any architecture
+(:mod:`ci_compress.passes.structured`); that student starts from the teacher's kept
+weights. It is trained on ``data.train`` with
 
     loss = alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))
            + (1 - alpha) * cross_entropy(student, labels)
+
+(``loss: kl``, for classifiers). A model whose outputs are not class scores (an
+embedding model's hidden states, a regression) is distilled on the outputs themselves,
+with no labels: ``loss: mse`` (squared error divided by the teacher outputs' variance,
+so the loss does not depend on their scale) or ``loss: cosine`` (1 - cosine similarity
+along the last dimension, averaged over every other position: each token of a
+transformer's ``last_hidden_state``).
 
 The teacher is the model the pass receives (the original when distill is the first
 pass). The trained student replaces the model for the passes after it.
@@ -22,8 +31,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, model_validator
 
 from ci_compress.errors import ConfigError
-from ci_compress.layers.batches import batch_size, take
+from ci_compress.layers.batches import Inputs, batch_size, take
 from ci_compress.passes.base import PassConfig, PassContext, PassRecord
+from ci_compress.passes.structured import prune_structured
 from ci_compress.passes.training import fit, logits, materialize, require
 from ci_compress.refs import factory_pattern, import_factory
 
@@ -47,11 +57,18 @@ class DistillConfig(PassConfig):
         None,
         gt=0,
         lt=1,
-        description="Derive the student from the teacher, keeping this fraction of every hidden layer's width.",
+        description="Derive the student by structured pruning of the teacher, keeping this fraction of every prunable group (channels, heads, neurons).",
     )
-    temperature: float = Field(4.0, gt=0, le=100, description="Softmax temperature T.")
+    loss: Literal["kl", "mse", "cosine"] = Field(
+        "kl",
+        description="kl: Hinton's softened KL mixed with the labels' cross-entropy (classifiers); mse or cosine: match the teacher's outputs themselves, no labels (embeddings, regression, hidden states).",
+    )
+    temperature: float = Field(4.0, gt=0, le=100, description="Softmax temperature T (loss: kl).")
     alpha: float = Field(
-        0.9, ge=0, le=1, description="Weight of the soft (teacher) loss; 1 - alpha on the labels."
+        0.9,
+        ge=0,
+        le=1,
+        description="Weight of the soft (teacher) loss; 1 - alpha on the labels (loss: kl).",
     )
     epochs: int = Field(30, ge=1, le=10000, description="Training epochs.")
     lr: float = Field(2e-3, gt=0, le=1, description="Learning rate (Adam).")
@@ -74,95 +91,14 @@ class DistillConfig(PassConfig):
 Config = DistillConfig
 
 
-def derive_student(teacher: nn.Module, width: float, where: str) -> nn.Module:
-    """A fresh, narrower copy of a Sequential teacher (weights re-initialised)."""
-    from torch import nn
-
-    if not isinstance(teacher, nn.Sequential):
-        raise ConfigError(
-            f"width derives a student only from an nn.Sequential, not {type(teacher).__name__}",
-            path=f"{where}.width",
-            hint="give student_factory: package.module:function instead",
-        )
-    kids = list(teacher.named_children())
-    compute = [
-        i for i, (_, m) in enumerate(kids) if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d)
-    ]
-    if not compute:
-        raise ConfigError("the model has no Linear/Conv layer to narrow", path=f"{where}.width")
-    last = compute[-1]
-    layers: list[tuple[str, nn.Module]] = []
-    channels: int | None = None  # current width in the student (None: the input's)
-    teacher_channels: int | None = None
-    for i, (name, m) in enumerate(kids):
-        if isinstance(m, nn.Linear):
-            in_f = m.in_features
-            if channels is not None and teacher_channels is not None:
-                if in_f % teacher_channels:
-                    raise ConfigError(
-                        f"cannot narrow {name!r}: {in_f} inputs are not a multiple of {teacher_channels} channels",
-                        path=f"{where}.width",
-                        hint="give student_factory instead",
-                    )
-                in_f = channels * (in_f // teacher_channels)
-            out_f = m.out_features if i == last else max(1, round(m.out_features * width))
-            layers.append((name, nn.Linear(in_f, out_f, bias=m.bias is not None)))
-            channels, teacher_channels = out_f, m.out_features
-        elif isinstance(m, nn.Conv1d | nn.Conv2d):
-            if m.groups != 1:
-                raise ConfigError(
-                    f"cannot narrow grouped convolution {name!r}", path=f"{where}.width"
-                )
-            in_c = m.in_channels if channels is None else channels
-            out_c = m.out_channels if i == last else max(1, round(m.out_channels * width))
-            layers.append(
-                (
-                    name,
-                    type(m)(
-                        in_c,
-                        out_c,
-                        m.kernel_size,  # type: ignore[arg-type]
-                        stride=m.stride,  # type: ignore[arg-type]
-                        padding=m.padding,  # type: ignore[arg-type]
-                        dilation=m.dilation,  # type: ignore[arg-type]
-                        bias=m.bias is not None,
-                        padding_mode=m.padding_mode,
-                    ),
-                )
-            )
-            channels, teacher_channels = out_c, m.out_channels
-        elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
-            n = m.num_features if channels is None else channels
-            layers.append((name, type(m)(n, eps=m.eps, momentum=m.momentum, affine=m.affine)))
-        elif isinstance(
-            m,
-            nn.ReLU
-            | nn.ReLU6
-            | nn.GELU
-            | nn.SiLU
-            | nn.Tanh
-            | nn.Sigmoid
-            | nn.LeakyReLU
-            | nn.Identity
-            | nn.Dropout
-            | nn.Flatten
-            | nn.Unflatten
-            | nn.MaxPool1d
-            | nn.MaxPool2d
-            | nn.AvgPool1d
-            | nn.AvgPool2d
-            | nn.AdaptiveAvgPool2d,
-        ):
-            layers.append((name, copy.deepcopy(m)))
-        else:
-            raise ConfigError(
-                f"width cannot narrow module {name!r} ({type(m).__name__})",
-                path=f"{where}.width",
-                hint="give student_factory: package.module:function instead",
-            )
-    from collections import OrderedDict
-
-    return nn.Sequential(OrderedDict(layers))
+def derive_student(teacher: nn.Module, width: float, where: str, example: Inputs) -> nn.Module:
+    """A narrower copy of the teacher on any architecture: structured pruning keeps
+    ``width`` of every prunable group (channels, heads, FFN neurons), chosen by the L1
+    norm of the teacher's weights, which the student starts from. Widths that are the
+    model's outputs are kept (:mod:`ci_compress.passes.structured`)."""
+    student = copy.deepcopy(teacher)
+    prune_structured(student, amount=1 - width, example=example, where=where, field="width")
+    return student
 
 
 def distillation_loss(
@@ -186,12 +122,25 @@ def distillation_loss(
     return alpha * soft + (1 - alpha) * hard
 
 
+def output_loss(
+    student_out: torch.Tensor, teacher_out: torch.Tensor, kind: str, scale: float
+) -> torch.Tensor:
+    """The label-free losses: ``mse`` (divided by ``scale``, the teacher outputs'
+    variance) or ``cosine`` (1 - cosine along the last dimension, averaged)."""
+    import torch.nn.functional as F
+
+    if kind == "mse":
+        return F.mse_loss(student_out, teacher_out) / scale
+    return (1 - F.cosine_similarity(student_out, teacher_out, dim=-1)).mean()
+
+
 def make_student(
     model: nn.Module,
     config: DistillConfig,
     seed: int,
     where: str,
     base_dir: Path | None = None,
+    example: Inputs | None = None,
 ) -> nn.Module:
     import torch
 
@@ -201,7 +150,8 @@ def make_student(
             config.student_factory, path=f"{where}.student_factory", base_dir=base_dir
         )()
         return student
-    return derive_student(model, config.width, where)  # type: ignore[arg-type]
+    assert config.width is not None and example is not None  # one of the two, validated
+    return derive_student(model, config.width, where, example)
 
 
 def apply(model: nn.Module, config: DistillConfig, ctx: PassContext) -> PassRecord:
@@ -210,14 +160,15 @@ def apply(model: nn.Module, config: DistillConfig, ctx: PassContext) -> PassReco
 
     where = f"passes[{ctx.index}]"
     data = require(ctx.train_data, "data.train", where, config.needs_data()[0][1])
-    x, y = materialize(data)
+    x, y = materialize(data, labels=config.loss == "kl")
     model.eval()
     n = batch_size(x)
     with torch.no_grad():
         teacher_logits = torch.cat(
             [logits(model, take(x, i, i + 1024), ctx.output) for i in range(0, n, 1024)]
         )
-    student = make_student(model, config, ctx.seed, where, ctx.base_dir)
+    example = take(x, 0, min(4, n))
+    student = make_student(model, config, ctx.seed, where, ctx.base_dir, example)
     with torch.no_grad():
         try:
             out = logits(student, take(x, 0, 2), ctx.output)
@@ -235,14 +186,13 @@ def apply(model: nn.Module, config: DistillConfig, ctx: PassContext) -> PassReco
     device = torch.device(ctx.device)
     soft_targets = teacher_logits.to(device)
 
+    scale = max(float(teacher_logits.float().var()), 1e-12)
+
     def loss(m: nn.Module, xb: Any, yb: torch.Tensor, idx: torch.Tensor) -> Any:
-        return distillation_loss(
-            logits(m, xb, ctx.output),
-            soft_targets[idx.to(soft_targets.device)],
-            yb,
-            config.temperature,
-            config.alpha,
-        )
+        out, target = logits(m, xb, ctx.output), soft_targets[idx.to(soft_targets.device)]
+        if config.loss != "kl":
+            return output_loss(out, target, config.loss, scale)
+        return distillation_loss(out, target, yb, config.temperature, config.alpha)
 
     result = fit(
         student,

@@ -59,12 +59,22 @@ def missing(field: str, where: str, why: str) -> ConfigError:
     )
 
 
-def materialize(data: Batches, field: str = "data.train") -> tuple[Inputs, torch.Tensor]:
-    """Every training batch in memory: inputs (floating ones as float32) and labels."""
+def materialize(
+    data: Batches, field: str = "data.train", *, labels: bool = True
+) -> tuple[Inputs, torch.Tensor]:
+    """Every training batch in memory: inputs (floating ones as float32) and labels.
+
+    ``labels=False`` (a loss that reads no labels): targets are not required, and the
+    labels returned are zeros, one per sample.
+    """
     import torch
 
     xs, ys = [], []
     for x, y in data():
+        if not labels:
+            xs.append(map_tensors(x, lambda t: t.float() if torch.is_floating_point(t) else t))
+            ys.append(torch.zeros(batch_size(x), dtype=torch.long))
+            continue
         if y is None:
             raise ConfigError(
                 "training needs a target (labels), and the training data has none",

@@ -129,3 +129,18 @@ def test_tune_workers_smoke_shares_one_postgres_study() -> None:
     assert [r[0] for r in rows] == ["1", "2"]
     assert all(r[-1] == "True" for r in rows)  # 4 trials, none twice, in both runs
     assert all(int(r[4].replace(",", "")) > 0 for r in rows)  # a best passing file each
+
+
+@pytest.mark.slow
+def test_structured_benchmark_smoke_prints_the_table() -> None:
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/structured.py", "--smoke"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "| latency ratio (median of 3 alternating rounds) | 1.00 |" in proc.stdout
+    assert ">= 2.0x" in proc.stdout and "| parameters | 11,181,642 | 2,801,450 |" in proc.stdout

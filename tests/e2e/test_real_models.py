@@ -36,7 +36,15 @@ from ci_compress.evaluation.statistics import paired_score_statistics
 from ci_compress.stages import apply_passes, load_inputs, set_determinism, ship
 from tests.helpers.cli import run_cli
 from tests.helpers.configs import write_config
-from tests.helpers.real_models import KEYWORDS, diabetes_regressor, minilm, tiny_gpt2, tokenized
+from tests.helpers.real_models import (
+    KEYWORDS,
+    diabetes_regressor,
+    digits_rgb32,
+    minilm,
+    tiny_gpt2,
+    tokenized,
+    write_resnet18,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -210,78 +218,16 @@ def test_minilm_with_a_classification_head_through_ci_compress_run(tmp_path: Pat
 
 # ---------------------------------------------------------------- ResNet-18
 
-RESNET = '''
-"""ResNet-18 (He et al. 2016) written out: BasicBlocks, skip connections, BatchNorm."""
-import torch
-from torch import nn
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, inp, out, stride=1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(inp, out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out)
-        self.conv2 = nn.Conv2d(out, out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = None
-        if stride != 1 or inp != out:
-            self.downsample = nn.Sequential(nn.Conv2d(inp, out, 1, stride, bias=False), nn.BatchNorm2d(out))
-
-    def forward(self, x):
-        skip = x if self.downsample is None else self.downsample(x)
-        y = self.relu(self.bn1(self.conv1(x)))
-        return self.relu(self.bn2(self.conv2(y)) + skip)
-
-
-class ResNet18(nn.Module):
-    def __init__(self, num_classes=10):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
-        widths = [64, 128, 256, 512]
-        layers, inp = [], 64
-        for i, w in enumerate(widths):
-            stride = 1 if i == 0 else 2
-            layers.append(nn.Sequential(BasicBlock(inp, w, stride), BasicBlock(w, w)))
-            inp = w
-        self.layer1, self.layer2, self.layer3, self.layer4 = layers
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(512, num_classes)
-
-    def forward(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
-def resnet18(num_classes=10):
-    return ResNet18(num_classes)
-'''
-
 
 def test_resnet18_through_ci_compress_run_with_its_factory_beside_the_config(
     tmp_path: Path,
 ) -> None:
-    import importlib.util
-
-    import torch.nn.functional as F
     from safetensors.torch import save_file
 
-    from ci_compress.loading.data import digits_split
-
-    (tmp_path / "resnet_beside.py").write_text(RESNET)
-    spec = importlib.util.spec_from_file_location("resnet_here", tmp_path / "resnet_beside.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = write_resnet18(tmp_path)  # the factory resnet_beside:resnet18 beside the config
 
     def digits(split: str, n: int) -> torch.Tensor:
-        x = torch.from_numpy(digits_split(split)[0][:n]).reshape(-1, 1, 8, 8)
-        x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
-        return (x.repeat(1, 3, 1, 1) - 0.5) / 0.5
+        return digits_rgb32(split, n)[0]
 
     torch.manual_seed(0)
     model = module.resnet18()

