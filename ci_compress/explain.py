@@ -222,7 +222,11 @@ def explain(
             for k in range(1, min(limit, len(layers)) + 1):
                 excluded = tuple(s.layer for s in layers[:k])
                 say(f"explain: full compression excluding {', '.join(excluded)}")
-                passes = _with_exclude(cfg.passes, touched, excluded)
+                passes = [
+                    p
+                    for i, p in enumerate(_with_exclude(cfg.passes, touched, excluded))
+                    if not _emptied(touched, i, excluded)  # the gate refuses a no-op pass
+                ]
                 step, _ = runner.step(passes, excluded, acc_thresholds, gate_thresholds)
                 steps.append(step)
                 if step.accuracy_passed:
@@ -237,9 +241,16 @@ def explain(
         if suggested:
             for i, p in enumerate(_with_exclude(cfg.passes, touched, tuple(suggested))):
                 if p.exclude != cfg.passes[i].exclude:
-                    suggested_passes.append(
-                        {"index": i, "type": p.type, "exclude": list(p.exclude)}
-                    )
+                    change: dict[str, Any] = {
+                        "index": i,
+                        "type": p.type,
+                        "exclude": list(p.exclude),
+                    }
+                    # every layer the pass touched is excluded: the pass would change
+                    # nothing, which the gate refuses; remove it instead
+                    if _emptied(touched, i, tuple(suggested)):
+                        change["remove"] = True
+                    suggested_passes.append(change)
             final = steps[-1]
             if not final.gate_passed:
                 notes.append(
@@ -289,7 +300,7 @@ class _Runner:
     def measure(self, passes: Sequence[PassConfig]) -> tuple[TaskMetrics, int, list[Any]]:
 
         cfg = self.loaded.config
-        student, records = apply_passes(self.loaded, self.inputs, passes)
+        student, records = apply_passes(self.loaded, self.inputs, passes, allow_noop=True)
         self.count += 1
         path = self.work / f"student-{self.count}.ccz"
         shipped, info = ship(self.loaded, student, [r.to_dict() for r in records], path)
@@ -397,6 +408,13 @@ def _parameters(teacher: Any, layer: str) -> int:
         return sum(p.numel() for p in teacher.get_submodule(layer).parameters())
     except AttributeError:
         return 0
+
+
+def _emptied(touched: dict[str, list[list[str]]], index: int, excluded: tuple[str, ...]) -> bool:
+    """Whether pass ``index`` touched layers, all of them in ``excluded``: with them
+    excluded it would change nothing, so the suggestion removes it."""
+    mine = [layer for layer, per in touched.items() if per[index]]
+    return bool(mine) and all(layer in excluded for layer in mine)
 
 
 def _with_exclude(

@@ -312,6 +312,9 @@ def _compress_and_evaluate(
         champion = _serve_champion(loaded, champion, inputs, warn)
 
     student, records = apply_passes(loaded, inputs, cfg.passes, say, step=step)
+    for r in records:
+        for note in r.warnings:
+            warn(f"passes[{r.index}] ({r.name}): {note}")
     pass_history = [r.to_dict() for r in records]
 
     say("packing the student and reading it back")

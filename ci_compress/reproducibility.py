@@ -36,7 +36,6 @@ MANIFEST_VERSION = 1
 PACKAGES = (
     "ci-compress",
     "torch",
-    "torchao",
     "numpy",
     "mlflow",
     "safetensors",

@@ -214,11 +214,13 @@ def apply_passes(
     say: Progress | None = None,
     *,
     step: Step | None = None,
+    allow_noop: bool = False,
 ) -> tuple[nn.Module, list[PassRecord]]:
     """A copy of the teacher with ``passes`` applied in order (the teacher is untouched).
 
     Each pass is seeded with ``runtime.seed + index``, so the same passes give the same
-    student; ``explain`` calls this with passes restricted to one layer.
+    student; ``explain`` calls this with passes restricted to one layer (``allow_noop``:
+    a pass left nothing to do there is not an error, as it is in a gate).
     """
     cfg = loaded.config
     rt = cfg.runtime
@@ -242,7 +244,9 @@ def apply_passes(
             base_dir=loaded.base_dir,
         )
         torch.manual_seed(rt.seed + i)
-        student, record = apply_pass(PASSES[pass_cfg.type], student, pass_cfg, ctx)
+        student, record = apply_pass(
+            PASSES[pass_cfg.type], student, pass_cfg, ctx, allow_noop=allow_noop
+        )
         records.append(record)
     return student, records
 

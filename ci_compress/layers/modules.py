@@ -6,7 +6,8 @@ it and the packed format rebuilds it from constructor arguments plus tensors (co
 :mod:`ci_compress.packing.codecs`, derived from :data:`CLASSES`). Tensor subclasses (torchao's quantized tensors)
 are avoided on purpose: safetensors cannot store them and they need torchao to load.
 
-Every class exists for Linear and Conv2d geometry. The forward pass decodes the weight
+Every class exists for Linear and Conv2d geometry, and int8, k-means and fp16/bf16 for
+``nn.Embedding`` tables (which gather rows, then decode only those). The forward pass decodes the weight
 and runs the ordinary float op, except :class:`StaticInt8Linear`/:class:`StaticInt8Conv2d`,
 which run torch's int8 kernels. Decoding costs time on every call: these layers make the
 file smaller, not the model faster (the README gives the measured latencies).
@@ -353,7 +354,147 @@ class StaticInt8Conv2d(_StaticInt8):
     KIND = "conv2d"
 
 
-CLASSES: dict[str, type[_Geometry]] = {
+# ---------------------------------------------------------------- embeddings
+
+
+class _Embedding(nn.Module):
+    """An ``nn.Embedding`` lookup table stored compressed; the forward pass gathers the
+    rows it is asked for and decodes only those (a table of 30k rows is never decoded
+    whole to look up a batch).
+
+    ``padding_idx`` is kept (a padding row stays what it was: zeros stay exactly zero in
+    every encoding). ``max_norm`` is refused by the passes: it rewrites the table on every
+    lookup, which a compressed table cannot do. ``sparse`` and ``scale_grad_by_freq``
+    only shape gradients of the table, which these layers do not train (the clustered
+    table trains its codebook, through autograd).
+    """
+
+    def __init__(
+        self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None
+    ) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = int(num_embeddings), int(embedding_dim)
+        self.padding_idx = None if padding_idx is None else int(padding_idx)
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        return (self.num_embeddings, self.embedding_dim)
+
+    @staticmethod
+    def geometry_of(layer: nn.Module) -> dict[str, Any]:
+        """Constructor arguments copying the shape of an ``nn.Embedding``."""
+        assert isinstance(layer, nn.Embedding)
+        return {
+            "num_embeddings": layer.num_embeddings,
+            "embedding_dim": layer.embedding_dim,
+            "padding_idx": layer.padding_idx,
+        }
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decoded_weight(self) -> torch.Tensor:
+        return self.rows(torch.arange(self.num_embeddings, device=self._device()))
+
+    def _device(self) -> torch.device:
+        return next(iter(self.buffers())).device
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self.rows(input)
+
+    def learned(self) -> list[tuple[str, torch.Tensor]]:
+        return [("weight", self.decoded_weight().detach().float())]
+
+    def extra_args(self) -> dict[str, Any]:
+        return {}
+
+    def args(self) -> dict[str, Any]:
+        return {
+            "num_embeddings": self.num_embeddings,
+            "embedding_dim": self.embedding_dim,
+            "padding_idx": self.padding_idx,
+        } | self.extra_args()
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, padding_idx={self.padding_idx}"
+
+
+class Int8WeightOnlyEmbedding(_Embedding):
+    """int8 rows (symmetric, one float32 scale per row): 4x smaller than float32. The
+    forward pass gathers int8 rows and their scales, then dequantizes only those."""
+
+    weight_int8: torch.Tensor
+    weight_scale: torch.Tensor
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register_buffer("weight_int8", torch.zeros(self.weight_shape, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(self.num_embeddings))
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        q = F.embedding(idx, self.weight_int8)
+        return q.float() * F.embedding(idx, self.weight_scale.unsqueeze(1))
+
+    @classmethod
+    def from_float(cls, layer: nn.Module) -> Int8WeightOnlyEmbedding:
+        m = cls(**cls.geometry_of(layer))
+        q, scale = quantize_weight_int8(layer.weight)  # type: ignore[arg-type]
+        m.weight_int8.copy_(q)
+        m.weight_scale.copy_(scale)
+        return m
+
+
+class ClusteredEmbedding(_Embedding):
+    """k-means weight sharing: each entry is ``codebook[indices]`` (uint8 indices); the
+    forward pass gathers index rows, then looks them up in the codebook."""
+
+    indices: torch.Tensor
+
+    def __init__(self, *args: Any, bits: int = 4, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.bits = int(bits)
+        self.register_buffer("indices", torch.zeros(self.weight_shape, dtype=torch.uint8))
+        self.codebook = nn.Parameter(torch.zeros(2**self.bits))
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.codebook[F.embedding(idx, self.indices).long()]
+
+    def extra_args(self) -> dict[str, Any]:
+        return {"bits": self.bits}
+
+
+class LowPrecisionEmbedding(_Embedding):
+    """A float16 or bfloat16 table; the gathered rows come out as float32."""
+
+    def __init__(self, *args: Any, dtype: str = "float16", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.dtype_name = str(dtype)
+        self.weight = nn.Parameter(torch.zeros(self.weight_shape, dtype=getattr(torch, dtype)))
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        return F.embedding(idx, self.weight).float()
+
+    def _device(self) -> torch.device:
+        return self.weight.device
+
+    def extra_args(self) -> dict[str, Any]:
+        return {"dtype": self.dtype_name}
+
+    @classmethod
+    def from_float(cls, layer: nn.Module, dtype: str) -> LowPrecisionEmbedding:
+        m = cls(**cls.geometry_of(layer), dtype=dtype)
+        with torch.no_grad():
+            m.weight.copy_(layer.weight)  # type: ignore[arg-type]
+        return m
+
+
+EMBEDDINGS: tuple[type[_Embedding], ...] = (
+    Int8WeightOnlyEmbedding,
+    ClusteredEmbedding,
+    LowPrecisionEmbedding,
+)
+
+CLASSES: dict[str, type[nn.Module]] = {
     c.__name__: c
     for c in (
         Int8WeightOnlyLinear,
@@ -364,5 +505,6 @@ CLASSES: dict[str, type[_Geometry]] = {
         LowPrecisionConv2d,
         StaticInt8Linear,
         StaticInt8Conv2d,
+        *EMBEDDINGS,
     )
 }

@@ -351,6 +351,9 @@ HF_WEIGHTS = (".safetensors", ".bin")
 EXPORT_SUFFIX = ".pt2"
 # Noise on import (C-extension load failures of optional kernels, deprecation notes of
 # torch's pytree registry): printed by loggers nobody configured, never an error here.
+# transformers imports torchao when it is installed (ci-compress does not depend on it):
+# torchao then logs "Failed to load ... .so" for each C extension this torch cannot load,
+# and registers Enums torch's pytree logger warns about. Quiet for users who have it.
 _QUIET_LOGGERS = ("torchao", "torch.utils._pytree", "transformers.modeling_utils")
 
 

@@ -167,8 +167,10 @@ def quantize_frequencies(hist: np.ndarray, precision: int) -> np.ndarray:
     if diff > 0:
         f[order[0]] += diff
     elif diff < 0:
-        spare = np.cumsum(f[order] - 1)  # what each symbol (largest first) can give up
-        take = np.minimum(f[order] - 1, np.maximum(0, -diff - (spare - (f[order] - 1))))
+        # what each symbol (largest first) can give up; an absent symbol (0) gives nothing
+        give = np.maximum(f[order] - 1, 0)
+        spare = np.cumsum(give)
+        take = np.minimum(give, np.maximum(0, -diff - (spare - give)))
         f[order] -= take
     if int(f.sum()) != m or (f[hist > 0] < 1).any():
         raise ValueError("cannot normalise the frequency table")

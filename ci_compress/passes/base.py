@@ -93,6 +93,9 @@ class PassRecord:
     # A pass that builds a new model (distill) puts it here; the caller must use it in
     # place of the model it passed in. Not part of the record's dict.
     replacement: nn.Module | None = None
+    # Things the user should know (e.g. tied weights untied): the gate shows each as a
+    # warning; the details hold them for the report too.
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -136,12 +139,17 @@ def select(
     kinds: tuple[type[nn.Module], ...],
     *,
     path: str,
+    refuse: Callable[[nn.Module], str | None] | None = None,
 ) -> list[tuple[str, nn.Module]]:
     """Modules of the given kinds whose qualified name matches include and not exclude.
 
     Patterns are exact names, shell globs (``features.*``) or ``re:`` regexes. A pattern
     in ``include`` that names no module of a suitable kind is a config error: a typo
-    must not silently leave a layer uncompressed.
+    must not silently leave a layer uncompressed. ``refuse(module)`` says why the pass
+    cannot handle a module of a suitable kind (``None``: it can): such a module named by
+    an include pattern other than the default ``*`` is an error too; under ``*`` alone it
+    is left as it is. Every problem is found before one :class:`ConfigError` lists them
+    all (module, type, what to do), so a config is fixed in one try, not one per run.
     """
     include, exclude = list(include), list(exclude)
     for pattern in include:
@@ -152,21 +160,107 @@ def select(
                 raise ConfigError(
                     f"bad regular expression {pattern!r}: {e}", path=f"{path}.include"
                 ) from None
-    candidates = [(n, m) for n, m in model.named_modules() if n and isinstance(m, kinds)]
+    kind_names = "/".join(k.__name__ for k in kinds)
+    named = [(n, m) for n, m in model.named_modules() if n]
+    candidates = [(n, m) for n, m in named if isinstance(m, kinds)]
     chosen = [
         (n, m)
         for n, m in candidates
         if any(_matches(n, p) for p in include) and not any(_matches(n, p) for p in exclude)
     ]
+    problems: list[str] = []
     for pattern in include:
         if pattern != "*" and not any(_matches(n, pattern) for n, _ in candidates):
-            names = ", ".join(n for n, _ in candidates) or "none"
-            raise ConfigError(
-                f"pattern {pattern!r} matches no {'/'.join(k.__name__ for k in kinds)} module",
-                path=f"{path}.include",
-                hint=f"modules this pass can touch: {names}",
+            others = [f"{n} ({type(m).__name__})" for n, m in named if _matches(n, pattern)]
+            problems.append(
+                f"pattern {pattern!r} matches no {kind_names} module"
+                + (
+                    f" (it matches {_few(others)}, which this pass does not handle)"
+                    if others
+                    else ""
+                )
             )
-    return chosen
+    kept = []
+    for n, m in chosen:
+        why = refuse(m) if refuse is not None else None
+        if why is None:
+            kept.append((n, m))
+        elif any(p != "*" and _matches(n, p) for p in include):
+            problems.append(f"{n} ({type(m).__name__}) {why}")
+    if problems:
+        names = ", ".join(n for n, m in candidates if refuse is None or refuse(m) is None)
+        raise ConfigError(
+            "; ".join(problems),
+            path=f"{path}.include",
+            hint="change include/exclude so it names only modules this pass can touch: "
+            + (names or "none"),
+        )
+    return kept
+
+
+def _few(items: list[str], n: int = 5) -> str:
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def refuse_embedding(module: nn.Module) -> str | None:
+    """Why an ``nn.Embedding`` cannot be compressed (``None`` when it can, or when the
+    module is not an embedding)."""
+    from torch import nn
+
+    if not isinstance(module, nn.Embedding):
+        return None
+    if module.max_norm is not None:
+        return (
+            "has max_norm set: it renormalises table rows on every lookup, which a "
+            "compressed table cannot do; exclude it, or build it with max_norm=None"
+        )
+    if type(module).forward is not nn.Embedding.forward:
+        return (
+            "subclasses nn.Embedding with its own forward, which a compressed table would "
+            "drop (e.g. a scaled lookup); exclude it"
+        )
+    return None
+
+
+def tied_weights(model: nn.Module, chosen: list[tuple[str, nn.Module]]) -> dict[str, list[str]]:
+    """For each chosen module whose ``weight`` is the same tensor as another module's
+    (tied weights, e.g. a language model's input embedding and output layer): the
+    names of the modules sharing it. Replacing one side unties them."""
+    owners: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        w = module._parameters.get("weight")
+        if w is not None:
+            owners.setdefault(id(w), []).append(name)
+    out: dict[str, list[str]] = {}
+    for name, module in chosen:
+        w = module._parameters.get("weight")
+        others = [o for o in owners.get(id(w), []) if o != name] if w is not None else []
+        if others:
+            out[name] = sorted(set(others))
+    return out
+
+
+def untie_notes(ties: dict[str, list[str]], chosen: Iterable[str], what: str) -> list[str]:
+    """The warnings saying which tied weights a pass untied (one per group of modules)."""
+    picked = set(chosen)
+    notes, seen = [], set()
+    for name, others in sorted(ties.items()):
+        group = tuple(sorted({name, *others}))
+        if group in seen:
+            continue
+        seen.add(group)
+        done = [g for g in group if g in picked]
+        left = [g for g in group if g not in picked]
+        notes.append(
+            f"{' and '.join(group)} shared one weight tensor (tied weights); this pass "
+            + (
+                f"{what} {', '.join(done)} only, {', '.join(left)} keeps the float copy"
+                if left
+                else f"{what} each separately"
+            )
+            + ": they are no longer tied and the shipped file stores each"
+        )
+    return notes
 
 
 def set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:

@@ -1,12 +1,12 @@
 """Quantization of Linear (and Conv2d) layers: int8 dynamic, int8 static, int8 weight-only,
-fp16, bf16.
+fp16, bf16; and of ``nn.Embedding`` tables (every scheme but int8-static).
 
 ``int8-dynamic``: int8 weights (symmetric, per output channel) with activations
 quantized on the fly, through ``torch.ao.nn.quantized.dynamic.Linear``. torch.ao is
 deprecated in torch 2.13, but on CPU it is the only int8 Linear with fast kernels
 without ``torch.compile`` (torchao's dynamic-activation int8 config ran 25x slower here,
-see README "Why these libraries"); when torchao gains a fast eager CPU path this pass
-switches to it without changing its config. Weights shrink 4x; biases stay fp32.
+its pt2e int8 graph 3.3x slower than fp32: docs/libraries.md, which is why torchao is not
+a dependency). Weights shrink 4x; biases stay fp32.
 
 ``int8-static``: post-training static quantization of Linear and Conv2d. The input and
 output range of each layer is measured on ``calibration_batches`` batches of
@@ -22,6 +22,13 @@ this CPU), so the pass uses its own plain module (:mod:`ci_compress.layers.modul
 
 ``fp16`` / ``bf16``: weights stored and computed in half precision (2x smaller); inputs
 and outputs stay float32.
+
+``nn.Embedding``: ``int8-dynamic`` and ``int8-weight-only`` store the table as int8 rows
+with one float32 scale per row (a lookup has no activations to quantize, so both are
+weight-only for tables); ``fp16``/``bf16`` store it in half precision. The lookup gathers
+the rows asked for and decodes only those. ``max_norm`` tables are refused. A table whose
+weight is tied to another module (a language model's output layer) is untied, and the
+pass says so (a warning, and ``details.untied``).
 """
 
 from __future__ import annotations
@@ -32,7 +39,16 @@ from pydantic import Field
 
 from ci_compress.layers.batches import call_model, map_tensors, to_device
 from ci_compress.layers.int8 import int8_dynamic_linear, quantize_weight_int8
-from ci_compress.passes.base import PassConfig, PassContext, PassRecord, select, set_submodule
+from ci_compress.passes.base import (
+    PassConfig,
+    PassContext,
+    PassRecord,
+    refuse_embedding,
+    select,
+    set_submodule,
+    tied_weights,
+    untie_notes,
+)
 from ci_compress.passes.training import require
 
 if TYPE_CHECKING:
@@ -44,15 +60,17 @@ Scheme = Literal["int8-dynamic", "int8-static", "int8-weight-only", "fp16", "bf1
 
 
 class QuantizeConfig(PassConfig):
-    """Quantize Linear (and, except int8-dynamic, Conv2d) layers."""
+    """Quantize Linear (and, except int8-dynamic, Conv2d) layers and Embedding tables."""
 
     type: Literal["quantize"] = "quantize"
     scheme: Scheme = Field(
         "int8-dynamic",
         description=(
-            "int8-dynamic: int8 weights, activations quantized per batch (fast CPU kernels, Linear only); "
+            "int8-dynamic: int8 weights, activations quantized per batch (fast CPU kernels, Linear; "
+            "Embedding tables weight-only); "
             "int8-static: int8 weights and activations calibrated on data.calibration (Linear, Conv2d); "
-            "int8-weight-only: int8 weights, float compute; fp16 / bf16: half-precision weights."
+            "int8-weight-only: int8 weights, float compute (Linear, Conv2d, Embedding); "
+            "fp16 / bf16: half-precision weights (Linear, Conv2d, Embedding)."
         ),
     )
     calibration_batches: int = Field(
@@ -74,7 +92,31 @@ Config = QuantizeConfig
 def _kinds(scheme: str) -> tuple[type[nn.Module], ...]:
     from torch import nn
 
-    return (nn.Linear,) if scheme == "int8-dynamic" else (nn.Linear, nn.Conv2d)
+    if scheme == "int8-dynamic":
+        return (nn.Linear, nn.Embedding)
+    if scheme == "int8-static":
+        return (nn.Linear, nn.Conv2d)
+    return (nn.Linear, nn.Conv2d, nn.Embedding)
+
+
+def _refuse(module: nn.Module) -> str | None:
+    from torch import nn
+
+    if isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
+        return f"has padding_mode={module.padding_mode!r}: only 'zeros' is quantized; exclude it"
+    return refuse_embedding(module)
+
+
+def _embedding(model: nn.Module, name: str, module: nn.Module, scheme: str) -> None:
+    """An ``nn.Embedding`` is quantized weight-only whatever the scheme: a lookup has no
+    activations to quantize (``int8-dynamic`` stores its table like ``int8-weight-only``)."""
+    from ci_compress.layers import modules
+
+    if scheme in ("fp16", "bf16"):
+        dtype = "float16" if scheme == "fp16" else "bfloat16"
+        set_submodule(model, name, modules.LowPrecisionEmbedding.from_float(module, dtype))
+    else:
+        set_submodule(model, name, modules.Int8WeightOnlyEmbedding.from_float(module))
 
 
 def apply(model: nn.Module, config: QuantizeConfig, ctx: PassContext) -> PassRecord:
@@ -87,14 +129,20 @@ def apply(model: nn.Module, config: QuantizeConfig, ctx: PassContext) -> PassRec
     calib = None
     if config.scheme == "int8-static":
         calib = require(ctx.calibration_data, "data.calibration", where, config.needs_data()[0][1])
-    chosen = select(model, config.include, config.exclude, _kinds(config.scheme), path=where)
-    chosen = [
-        (n, m) for n, m in chosen if not (isinstance(m, nn.Conv2d) and m.padding_mode != "zeros")
-    ]
+    selected = select(
+        model, config.include, config.exclude, _kinds(config.scheme), path=where, refuse=_refuse
+    )
+    ties = tied_weights(model, selected)
     details: dict[str, Any] = {
         "scheme": config.scheme,
         "weight_bits": 16 if config.scheme in ("fp16", "bf16") else 8,
     }
+    tables = [(n, m) for n, m in selected if isinstance(m, nn.Embedding)]
+    for name, table in tables:
+        _embedding(model, name, table, config.scheme)
+    if tables:
+        details["embeddings"] = [n for n, _ in tables]
+    chosen = [(n, m) for n, m in selected if not isinstance(m, nn.Embedding)]
     if config.scheme == "int8-dynamic":
         _dynamic(model, chosen)
     elif config.scheme == "int8-static":
@@ -133,12 +181,16 @@ def apply(model: nn.Module, config: QuantizeConfig, ctx: PassContext) -> PassRec
                 else modules.LowPrecisionConv2d
             )
             set_submodule(model, name, half.from_float(module, dtype))
+    warnings = untie_notes(ties, [n for n, _ in selected], f"quantized ({config.scheme})")
+    if warnings:
+        details["untied"] = ties
     return PassRecord(
         name=TYPE,
         index=ctx.index,
         options=config.model_dump(mode="json"),
-        modules=[n for n, _ in chosen],
+        modules=[n for n, _ in selected],
         details=details,
+        warnings=warnings,
     )
 
 

@@ -92,7 +92,12 @@ def _suggestion_lines(data: dict[str, Any]) -> list[str]:
             f"(verified by a full run; {'all measured thresholds met' if last['gate_passed'] else quality + ' thresholds met'})"
         )
         for p in data["suggested_passes"]:
-            lines.append(f"  passes[{p['index']}] ({p['type']}): exclude: {p['exclude']}")
+            if p.get("remove"):
+                lines.append(
+                    f"  passes[{p['index']}] ({p['type']}): remove it (it would touch no layer)"
+                )
+            else:
+                lines.append(f"  passes[{p['index']}] ({p['type']}): exclude: {p['exclude']}")
     for note in data["notes"]:
         lines.append(f"note: {note}")
     return lines

@@ -391,3 +391,69 @@ def test_tiny_gpt2_gated_on_perplexity_through_run(tmp_path: Path) -> None:
     code, report, _ = gate(tmp_path, strict)
     assert code == 1, report["gate"]
     assert junit_cases(tmp_path) == {"metrics.perplexity.max_increase": False}
+
+
+# Runs the CLI as if torchao were not installed (CI's fresh venv has no torchao; this
+# machine's may): PathFinder no longer finds it, so importlib.util.find_spec("torchao")
+# is None, which is how transformers decides whether to import it.
+WITHOUT_TORCHAO = """
+import sys
+from importlib.machinery import PathFinder
+
+class WithoutTorchao(PathFinder):
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name.split(".")[0] == "torchao":
+            return None
+        return super().find_spec(name, path, target)
+
+sys.meta_path[:] = [WithoutTorchao if f is PathFinder else f for f in sys.meta_path]
+from ci_compress.cli import main
+sys.exit(main())
+"""
+
+
+def test_hf_gate_without_torchao_has_a_clean_stderr_and_warns_of_untied_weights(
+    tmp_path: Path,
+) -> None:
+    """torchao is not a dependency: a gate on a Hugging Face model runs without it, and
+    its stderr holds our lines only (no "Failed to load ... .so" from torchao's C
+    extensions, no pytree Enum warnings). Quantizing GPT-2's tied input table says it
+    unties the output layer."""
+    import subprocess
+    import sys
+
+    from tests.helpers.cli import console_env
+
+    tiny_gpt2(tmp_path)
+    config = {
+        **LANGUAGE_MODEL,
+        "passes": [
+            {"type": "quantize", "scheme": "int8-weight-only", "include": ["transformer.wte"]}
+        ],
+        "thresholds": {"metrics": {"perplexity": {"max_relative_increase": 0.05}}},
+        "mlflow": {"enabled": False},
+    }
+    path = write_config(tmp_path, {"version": 1, "report": {"dir": "report"}, **config})
+    proc = subprocess.run(
+        [sys.executable, "-c", WITHOUT_TORCHAO, "run", "--config", str(path)],
+        cwd=tmp_path,
+        env=console_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Failed to load" not in proc.stderr and "Enum subclass" not in proc.stderr
+    noise = [
+        line
+        for line in proc.stderr.splitlines()
+        if line.strip() and not re.match(r"\[\s*[0-9.]+s\] ", line)
+    ]
+    assert noise == [], noise  # every stderr line is one of our progress lines
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert "torchao" not in report["reproducibility"]["versions"]
+    (untied,) = [w for w in report["warnings"] if "tied weights" in w]
+    assert "lm_head and transformer.wte shared one weight tensor" in untied
+    assert "transformer.wte only, lm_head keeps the float copy" in untied
+    assert f"warning: {untied}" in proc.stderr

@@ -90,6 +90,17 @@ def test_bad_space_fails_validate_with_one_line_and_exit_2(tmp_path: Path) -> No
     assert "tune: 2 searched option(s), 2 optional pass(es)" in proc.stdout
 
 
+def test_space_searches_which_modules_a_pass_touches(tmp_path: Path) -> None:
+    """Compressing embedding tables or not is an include/exclude choice: lists are
+    searched by their index, each validated as the pass would read it."""
+    keep = ["re:.*embeddings.*"]
+    space = _resolve(
+        tmp_path, base_config(tune={"space": {"passes[1].exclude": {"choices": [[], keep]}}})
+    )
+    (d,) = space.dimensions
+    assert d.encoded and list(d.candidates()) == [[], keep]
+
+
 @pytest.mark.parametrize("profile", sorted(PROFILES))
 def test_profiles_keep_registered_passes_and_record_the_rest(tmp_path: Path, profile: str) -> None:
     space = _resolve(tmp_path, base_config(tune={"profile": profile}))
