@@ -304,7 +304,7 @@ def _compress_and_evaluate(
     say("packing the student and reading it back")
     shipped_path = out_dir / cfg.ship.filename
     try:
-        module, info = ship(loaded, student, pass_history, shipped_path)
+        module, info = ship(loaded, student, pass_history, shipped_path, holdout=inputs.holdout)
         return _evaluate(
             loaded,
             ci,

@@ -116,10 +116,10 @@ def _torchscript(model: nn.Module, example: Inputs, path: Path) -> Callable[...,
     return loaded  # type: ignore[no-any-return]
 
 
-def _pt2(model: nn.Module, example: Inputs, path: Path) -> Callable[..., Any]:
-    """A ``torch.export`` program (the successor of TorchScript), saved with
-    ``torch.export.save`` and read back with ``torch.export.load`` (no pickle): what a
-    server loads, and what ``model.path`` accepts as a source."""
+def export_program(model: nn.Module, example: Inputs) -> torch.export.ExportedProgram:
+    """``torch.export.export`` of ``model`` on ``example`` with the batch dimension free
+    (the program serves any batch size): the ``.pt2`` export, and the graph the packed
+    file ships for models of custom classes (:mod:`ci_compress.packing.program`)."""
     import torch
 
     if isinstance(example, Mapping):
@@ -129,14 +129,24 @@ def _pt2(model: nn.Module, example: Inputs, path: Path) -> Callable[..., Any]:
         args, kwargs = (example,), {}
     else:
         args, kwargs = tuple(example), {}
-    # the batch dimension stays free: the program serves any batch size
     batch = torch.export.Dim.DYNAMIC
     shapes: Any = (
         {name: {0: batch} for name in kwargs} if kwargs else tuple({0: batch} for _ in args)
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.export.export(model, args, kwargs, dynamic_shapes=shapes)
+        return torch.export.export(model, args, kwargs, dynamic_shapes=shapes)
+
+
+def _pt2(model: nn.Module, example: Inputs, path: Path) -> Callable[..., Any]:
+    """A ``torch.export`` program (the successor of TorchScript), saved with
+    ``torch.export.save`` and read back with ``torch.export.load`` (no pickle): what a
+    server loads, and what ``model.path`` accepts as a source."""
+    import torch
+
+    program = export_program(model, example)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         torch.export.save(program, str(path))
         loaded = torch.export.load(str(path)).module()
     return loaded
