@@ -153,10 +153,14 @@ class PackInfo:
     entropy_bound_bytes: int = 0  # order-0 entropy of the stored streams (raw ones at size)
     zstd_level: int = 0
     # the model's graph (a torch.export program without weights) for models of custom
-    # classes: its JSON bytes before zstd, and why a model of custom classes ships without
-    # one (rebuilt by model.factory instead)
+    # classes: its zstd'd bytes in the payload and its JSON before zstd, and why a model of
+    # custom classes ships without one (rebuilt by model.factory instead)
     program_bytes: int = 0
+    program_raw_bytes: int = 0
     program_skipped: str | None = None
+    # module path -> class name of the packed model (a reloaded program's modules are
+    # plain containers of its tensors; the size breakdown names the packed ones)
+    module_types: dict[str, str] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- describe / rebuild
@@ -429,9 +433,11 @@ def pack(
                 "compressed_bytes": enc.est_bytes,
                 "entropy_bits": round(enc.entropy_bits, 1),
             }
+        program_start = None
         if graph is not None:  # the graph last: the loader reads it after the tensors
             raw_bytes += len(graph.graph)
             emit(z.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK))
+            program_start = payload_bytes
             emit(z.compress(graph.graph))
         emit(z.flush())
         manifest = {
@@ -460,6 +466,7 @@ def pack(
             raw=raw_bytes,
             manifest=len(head),
             bound=bound,
+            program=0 if program_start is None else payload_bytes - program_start,
         )
 
     atomic_write_with(path, write)
@@ -475,8 +482,10 @@ def pack(
         payload_candidates={entropy: sizes["payload"]},
         entropy_bound_bytes=int(sizes["bound"] / 8),
         zstd_level=zlevel,
-        program_bytes=len(graph.graph) if graph is not None else 0,
+        program_bytes=sizes["program"],
+        program_raw_bytes=len(graph.graph) if graph is not None else 0,
         program_skipped=skipped,
+        module_types={n: type(m).__name__ for n, m in model.named_modules()},
     )
 
 
@@ -923,8 +932,15 @@ def size_breakdown(model: nn.Module, info: PackInfo) -> dict[str, Any]:
     chose their encodings (the payload is compressed as a whole, so rows need not add up
     to the payload). ``entropy_bound_bytes``: the order-0 entropy of the stored symbol
     streams (raw streams at their size), what a coder of independent symbols can reach.
+    ``program_bytes``: what the model's graph takes in the payload (models of custom
+    classes, see :mod:`ci_compress.packing.program`); rows are then empty when ``model``
+    is the reloaded program, whose modules are graph operations.
     """
     rows: list[dict[str, Any]] = []
+    from ci_compress.packing.program import ExportedProgram
+
+    if isinstance(model, ExportedProgram):
+        model = model.program  # its modules hold the packed model's tensors by the same paths
     for mod_name, module in model.named_modules():
         prefix = f"{mod_name}." if mod_name else ""
         own = {
@@ -941,7 +957,7 @@ def size_breakdown(model: nn.Module, info: PackInfo) -> dict[str, Any]:
         rows.append(
             {
                 "module": mod_name or "<root>",
-                "type": type(module).__name__,
+                "type": info.module_types.get(mod_name, type(module).__name__),
                 "parameters": params,
                 "nonzero": nonzero,
                 "encodings": {n: _describe_entry(e) for n, e in sorted(own.items())},
@@ -957,6 +973,8 @@ def size_breakdown(model: nn.Module, info: PackInfo) -> dict[str, Any]:
         "entropy": info.entropy,
         "payload_candidates": info.payload_candidates,
         "entropy_bound_bytes": info.entropy_bound_bytes,
+        "program_bytes": info.program_bytes,
+        "program_raw_bytes": info.program_raw_bytes,
         "layers": rows,
         "note": "layers[].compressed_bytes: the packer's estimate for each module's streams; "
         "file_bytes is the real shipped file",
