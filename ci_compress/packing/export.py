@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import io
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -133,6 +134,9 @@ def export_program(model: nn.Module, example: Inputs) -> torch.export.ExportedPr
     shapes: Any = (
         {name: {0: batch} for name in kwargs} if kwargs else tuple({0: batch} for _ in args)
     )
+    params = list(inspect.signature(model.forward).parameters.values())
+    if args and params and params[0].kind is inspect.Parameter.VAR_POSITIONAL:
+        shapes = (shapes,)  # forward(*args): the positional inputs are one argument
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return torch.export.export(model, args, kwargs, dynamic_shapes=shapes)
