@@ -283,3 +283,21 @@ def test_the_size_breakdown_of_a_reloaded_program_names_the_packed_modules(
     assert rows["block.up"]["type"] == "Linear" and rows["block"]["type"] == "Block"
     assert rows["block.up"]["parameters"] == 24 * 32 + 32
     assert sizes["program_bytes"] == info.program_bytes > 0
+
+
+@pytest.mark.slow  # 26 s on 2 shared cores
+def test_minilm_ships_its_graph_and_reloads_equal_without_its_config(tmp_path: Path) -> None:
+    from ci_compress.loading.models import _transformers
+    from tests.helpers.real_models import minilm, tokenized
+
+    folder = minilm()
+    model = _transformers().AutoModel.from_pretrained(str(folder)).eval()
+    tokens = {k: torch.from_numpy(v) for k, v in tokenized(folder, 6).items()}
+    info = pack(model, tmp_path / "m.ccz", example={k: v[:4] for k, v in tokens.items()})
+    # measured: 7.8 kB of zstd'd graph in a 76.7 MB fp32 file
+    assert 0 < info.program_bytes < info.file_bytes / 1000
+    loaded = load_student(tmp_path / "m.ccz")  # no HF folder, no factory
+    with torch.inference_mode():
+        want = model(**tokens).last_hidden_state
+        got = loaded(**tokens).last_hidden_state  # the same ModelOutput class, 6 samples
+    assert torch.equal(want, got)
