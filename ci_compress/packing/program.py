@@ -65,6 +65,33 @@ _EXPR_FLAGS = frozenset(
     {"positive", "integer", "nonnegative", "negative", "real", "finite", "evaluate"}
 )
 _SYMBOL = re.compile(r"[a-z]{1,4}\d+")
+# Names torch writes into the Python source of the graph module it generates (variables,
+# attributes, forward's arguments): plain identifiers and dotted module paths only.
+_NAME_KEYS = (
+    "name",
+    "as_name",
+    "fqn",
+    "parameter_name",
+    "buffer_name",
+    "tensor_constant_name",
+    "forward_arg_names",
+    "custom_obj_name",
+)
+_NAME = re.compile(r"[A-Za-z0-9_.]{0,500}")
+# Containers the program's inputs and outputs may be made of (torch's pytree rebuilds
+# them by name; collections.defaultdict would import a module the file names).
+_TREE_TYPES = frozenset(
+    {
+        "builtins.tuple",
+        "builtins.list",
+        "builtins.dict",
+        "collections.OrderedDict",
+        "collections.namedtuple",
+        "torch.Size",
+        "torch.fx.immutable_collections.immutable_list",
+        "torch.fx.immutable_collections.immutable_dict",
+    }
+)
 _PYTHON_TARGETS = {f"_operator.{n}" for n in ("getitem",)}
 
 
@@ -192,6 +219,17 @@ def check_graph(graph: bytes, stored: set[str]) -> dict[str, Any]:
     for node in _nodes(doc):
         _check_target(node.get("target"))
         node["metadata"] = {}
+    doc["graph_module"]["metadata"] = {}
+    for target in _values(doc, "as_operator"):
+        _check_target(target)
+    for key in _NAME_KEYS:
+        for value in _values(doc, key):
+            for name in value if isinstance(value, list) else [value]:
+                if not isinstance(name, str) or not _NAME.fullmatch(name):
+                    raise ArtifactError(
+                        f"the program has a {key} ci-compress refuses: {str(name)[:80]!r}"
+                    )
+    _check_tree_types(doc)
     for expr in _exprs(doc):
         _check_expr(expr)
     for name in doc.get("range_constraints") or {}:
@@ -357,6 +395,32 @@ def _roles(doc: dict[str, Any]) -> _Roles:
 _OUTPUT_PACKAGES = re.compile(r"transformers(\.[A-Za-z_][A-Za-z0-9_]*)+")
 
 
+def _tree_types(doc: dict[str, Any]) -> set[str]:
+    """The container types the program's input and output structures name."""
+    names: set[str] = set()
+    for entry in doc["graph_module"].get("module_call_graph") or []:
+        signature = entry.get("signature") if isinstance(entry, dict) else None
+        for key in ("in_spec", "out_spec"):
+            text = signature.get(key) if isinstance(signature, dict) else None
+            if text is None:
+                continue
+            try:
+                names.update(str(t) for t in _values(json.loads(text), "type"))
+            except (TypeError, json.JSONDecodeError):
+                raise ArtifactError(
+                    "the program's input or output structure is malformed"
+                ) from None
+    return names
+
+
+def _check_tree_types(doc: dict[str, Any]) -> None:
+    for name in sorted(_tree_types(doc)):
+        if name not in _TREE_TYPES and not _OUTPUT_PACKAGES.fullmatch(name.rpartition(".")[0]):
+            raise ArtifactError(
+                f"the program's inputs or outputs are built of a {name[:120]}, which ci-compress refuses"
+            )
+
+
 def _register_output_types(doc: dict[str, Any]) -> None:
     """Make sure every container type the program's inputs and outputs name is known to
     torch's pytree, importing it from ``transformers`` if that defines it."""
@@ -365,18 +429,7 @@ def _register_output_types(doc: dict[str, Any]) -> None:
 
     from torch.utils import _pytree
 
-    names: set[str] = set()
-    for entry in doc["graph_module"].get("module_call_graph") or []:
-        signature = entry.get("signature") if isinstance(entry, dict) else None
-        for key in ("in_spec", "out_spec"):
-            text = signature.get(key) if isinstance(signature, dict) else None
-            if isinstance(text, str):
-                try:
-                    names.update(str(t) for t in _values(json.loads(text), "type"))
-                except json.JSONDecodeError:
-                    raise ArtifactError(
-                        "the program's input or output structure is malformed"
-                    ) from None
+    names = _tree_types(doc)
     for name in sorted(names - set(_pytree.SERIALIZED_TYPE_TO_PYTHON_TYPE)):
         module = name.rpartition(".")[0]
         if _OUTPUT_PACKAGES.fullmatch(module) and importlib.util.find_spec("transformers"):

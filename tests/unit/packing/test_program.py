@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import pickle
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-import zstandard
 from torch import nn
 
 from ci_compress.demo.models import digits_mlp
 from ci_compress.errors import ArtifactError
 from ci_compress.packing.file import (
-    _dumps,
     assemble,
     load_packed,
     load_student,
@@ -24,6 +19,7 @@ from ci_compress.packing.file import (
     read_manifest,
 )
 from ci_compress.packing.program import ExportedProgram, check_graph
+from tests.helpers.programs import HOSTILE, graph_of, rewrite_graph
 
 
 class Block(nn.Module):
@@ -161,65 +157,6 @@ def test_an_unexportable_model_with_a_factory_ships_as_before(tmp_path: Path) ->
 # ---------------------------------------------------------------- hostile graphs
 
 
-def _rewrite(src: Path, dst: Path, edit: Callable[[bytes], bytes]) -> None:
-    """A copy of ``src`` whose graph stream is ``edit(graph)``, sizes and sha256 made to fit."""
-    manifest, payload = read_manifest(src)
-    raw = zstandard.ZstdDecompressor().decompress(
-        payload, max_output_size=manifest["payload"]["raw_bytes"]
-    )
-    n = manifest["program"]["bytes"]
-    graph = edit(raw[len(raw) - n :])
-    raw = raw[: len(raw) - n] + graph
-    new = zstandard.ZstdCompressor().compress(raw)
-    manifest["program"]["bytes"] = len(graph)
-    manifest["payload"].update(
-        bytes=len(new), raw_bytes=len(raw), sha256=hashlib.sha256(new).hexdigest()
-    )
-    dst.write_bytes(assemble(manifest, new))
-
-
-def _json_edit(fn: Callable[[dict], None]) -> Callable[[bytes], bytes]:
-    def edit(graph: bytes) -> bytes:
-        doc = json.loads(graph)
-        fn(doc)
-        return _dumps(doc)
-
-    return edit
-
-
-def _first_node(doc: dict) -> dict:
-    return doc["graph_module"]["graph"]["nodes"][0]
-
-
-def _rename_parameter(doc: dict) -> None:
-    spec = doc["graph_module"]["signature"]["input_specs"][0]
-    spec["parameter"]["parameter_name"] = "no.such.weight"
-
-
-def _expr(doc: dict) -> None:
-    doc["range_constraints"] = {"__import__('os').system('touch pwned')": {"min_val": 2}}
-
-
-HOSTILE: dict[str, tuple[Callable[[bytes], bytes], str]] = {
-    "truncated": (lambda g: g[: len(g) // 2], "the program is not valid JSON"),
-    "tensor-not-stored": (_json_edit(_rename_parameter), "takes tensor no.such.weight"),
-    "unknown-op": (
-        _json_edit(lambda d: _first_node(d).update(target="torch.ops.aten.no_such_op.default")),
-        "the program calls 'torch.ops.aten.no_such_op.default'",
-    ),
-    "python-function": (
-        _json_edit(lambda d: _first_node(d).update(target="torch.os.system")),
-        "the program calls 'torch.os.system'",
-    ),
-    "guards-code": (
-        _json_edit(lambda d: d.update(guards_code=["__import__('os').system('touch pwned')"])),
-        "guards code",
-    ),
-    "shape-expression": (_json_edit(_expr), "shape expression ci-compress refuses"),
-    "not-json-object": (lambda g: b"[1, 2]", "no graph_module"),
-}
-
-
 @pytest.mark.parametrize("case", sorted(HOSTILE))
 def test_a_hostile_graph_is_a_one_line_artifact_error(
     tmp_path: Path, case: str, monkeypatch: pytest.MonkeyPatch
@@ -227,7 +164,7 @@ def test_a_hostile_graph_is_a_one_line_artifact_error(
     monkeypatch.chdir(tmp_path)
     pack(_net(), tmp_path / "m.ccz", example=torch.rand(4, 64))
     edit, message = HOSTILE[case]
-    _rewrite(tmp_path / "m.ccz", tmp_path / "bad.ccz", edit)
+    rewrite_graph(tmp_path / "m.ccz", tmp_path / "bad.ccz", edit)
     with pytest.raises(ArtifactError) as e:
         load_student(tmp_path / "bad.ccz")
     assert message in e.value.message and "\n" not in e.value.message
@@ -261,11 +198,8 @@ def test_the_loader_never_unpickles(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 def test_check_graph_wants_exactly_the_stored_tensors(tmp_path: Path) -> None:
     pack(_net(), tmp_path / "m.ccz", example=torch.rand(4, 64))
-    manifest, payload = read_manifest(tmp_path / "m.ccz")
-    raw = zstandard.ZstdDecompressor().decompress(
-        payload, max_output_size=manifest["payload"]["raw_bytes"]
-    )
-    graph = raw[len(raw) - manifest["program"]["bytes"] :]
+    manifest, _ = read_manifest(tmp_path / "m.ccz")
+    graph = graph_of(tmp_path / "m.ccz")
     stored = set(manifest["tensors"])
     check_graph(graph, stored)
     with pytest.raises(ArtifactError, match="does not use: extra"):
