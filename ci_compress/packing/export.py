@@ -134,11 +134,20 @@ def export_program(model: nn.Module, example: Inputs) -> torch.export.ExportedPr
     shapes: Any = (
         {name: {0: batch} for name in kwargs} if kwargs else tuple({0: batch} for _ in args)
     )
-    params = list(inspect.signature(model.forward).parameters.values())
-    if args and params and params[0].kind is inspect.Parameter.VAR_POSITIONAL:
-        shapes = (shapes,)  # forward(*args): the positional inputs are one argument
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        if isinstance(model, torch.jit.ScriptModule):
+            # TorchScript: torch's converter to a program, whose module is then exported
+            # like any other (the converter fixes every shape)
+            from torch._export.converter import TS2EPConverter
+
+            model = TS2EPConverter(model, args, kwargs).convert().module()
+        try:
+            params = list(inspect.signature(model.forward).parameters.values())
+        except (TypeError, ValueError):
+            params = []
+        if args and params and params[0].kind is inspect.Parameter.VAR_POSITIONAL:
+            shapes = (shapes,)  # forward(*args): the positional inputs are one argument
         return torch.export.export(model, args, kwargs, dynamic_shapes=shapes)
 
 

@@ -124,6 +124,20 @@ def test_a_model_unpickled_with_allow_pickle_packs_and_reloads(tmp_path: Path) -
     _same(model, load_student(tmp_path / "m.ccz"), 6)
 
 
+@pytest.mark.parametrize("compile", ["script", "trace"])
+def test_a_torchscript_model_packs_and_reloads_without_a_factory(
+    tmp_path: Path, compile: str
+) -> None:
+    model = _net()
+    x = torch.rand(4, 64)
+    ts = torch.jit.script(model) if compile == "script" else torch.jit.trace(model, x)
+    torch.jit.save(ts, str(tmp_path / "ts.pt"))
+    # torch's converter turns the TorchScript graph into a program; batch size stays free
+    info = pack(torch.jit.load(str(tmp_path / "ts.pt")), tmp_path / "m.ccz", example=x)
+    assert info.program_bytes > 0
+    _same(model, load_student(tmp_path / "m.ccz"), 9)
+
+
 class Branchy(nn.Module):
     """Data-dependent control flow: torch.export cannot capture it."""
 
