@@ -305,11 +305,6 @@ def _compress_and_evaluate(
     shipped_path = out_dir / cfg.ship.filename
     try:
         module, info = ship(loaded, student, pass_history, shipped_path, holdout=inputs.holdout)
-        if info.program_skipped:
-            warn(
-                f"the student ships without its graph ({info.program_skipped}): "
-                "loading it needs model.factory, as before"
-            )
         return _evaluate(
             loaded,
             ci,

@@ -306,6 +306,8 @@ class SizeBreakdown(_Section):
     # its JSON before zstd; 0 when the file holds none
     program_bytes: int = 0
     program_raw_bytes: int = 0
+    # why a model of custom classes ships without its graph (rebuilt by its factory)
+    program_skipped: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -320,6 +322,7 @@ class SizeBreakdown(_Section):
             "teacher_file_bytes": self.teacher_file_bytes,
             "program_bytes": self.program_bytes,
             "program_raw_bytes": self.program_raw_bytes,
+            "program_skipped": self.program_skipped,
         }
 
     @classmethod
@@ -336,6 +339,9 @@ class SizeBreakdown(_Section):
             teacher_file_bytes=int(data["teacher_file_bytes"]),
             program_bytes=int(data.get("program_bytes", 0)),
             program_raw_bytes=int(data.get("program_raw_bytes", 0)),
+            program_skipped=(
+                None if data.get("program_skipped") is None else str(data["program_skipped"])
+            ),
         )
 
 

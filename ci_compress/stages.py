@@ -223,6 +223,7 @@ def ship(
     """
     cfg = loaded.config
     first = holdout.first_batch(EXAMPLE_SAMPLES) if holdout is not None else None
+    factory = model_factory(cfg.model, loaded.base_dir)
     info = pack(
         student,
         path,
@@ -230,8 +231,9 @@ def ship(
         factory=cfg.model.factory,
         level=cfg.ship.zstd_level,
         example=first[0] if first is not None else None,
+        rebuildable=factory is not None,
     )
-    shipped, _ = load_packed(path, factory=model_factory(cfg.model, loaded.base_dir))
+    shipped, _ = load_packed(path, factory=factory)
     return shipped, info
 
 

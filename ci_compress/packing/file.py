@@ -369,15 +369,17 @@ def pack(
     level: int = 19,
     entropy: Entropy = "auto",
     example: Inputs | None = None,
+    rebuildable: bool = False,
 ) -> PackInfo:
     """Write ``model`` to ``path`` in the packed format (atomically, streamed) and describe it.
 
     A model with modules of custom classes also ships its graph (a ``torch.export``
     program of ``model`` on ``example``, one batch of inputs, without weights: see
     :mod:`ci_compress.packing.program`) so that it reloads without a factory; its tensors
-    are then stored under the program's names. If it cannot be exported, ``factory``
-    (``model.factory``) must be able to rebuild it, or the packing fails naming the
-    export's reason.
+    are then stored under the program's names. If it cannot be exported, a factory must
+    be able to rebuild it (``factory``, the ``model.factory`` recorded in the file, or
+    ``rebuildable``: the loader has one, e.g. a Hugging Face folder's config), or the
+    packing fails naming the export's reason.
 
     ``entropy`` is ``auto`` (each symbol stream rANS- or zstd-coded, whichever its
     histogram says is smaller, zstd on a tie), ``none`` (never rANS) or ``ans`` (rANS
@@ -388,7 +390,7 @@ def pack(
 
     tensors: dict[str, torch.Tensor] = {}
     arch = describe(model, tensors, tensor_lists=False)
-    graph, skipped = _program(model, arch, example, factory)
+    graph, skipped = _program(model, arch, example, bool(factory) or rebuildable)
     if graph is not None:
         tensors = graph.tensors
     total = sum(t.numel() * t.element_size() for t in tensors.values())
@@ -499,8 +501,19 @@ def _custom_classes(spec: dict[str, Any], path: str = "") -> list[tuple[str, str
     return found
 
 
+def _int8_dynamic(spec: dict[str, Any], path: str = "") -> str | None:
+    """The path of the first torch.ao dynamic int8 Linear in a spec, if any."""
+    if spec.get("type") == "DynamicQuantizedLinear":
+        return path or "<root>"
+    for name, child in spec.get("children", []):
+        found = _int8_dynamic(child, f"{path}.{name}" if path else name)
+        if found:
+            return found
+    return None
+
+
 def _program(
-    model: nn.Module, arch: dict[str, Any], example: Inputs | None, factory: str | None
+    model: nn.Module, arch: dict[str, Any], example: Inputs | None, rebuildable: bool
 ) -> tuple[Any, str | None]:
     """The graph to ship (``program.Program``) or None, and why a custom model has none."""
     custom = _custom_classes(arch)
@@ -509,13 +522,23 @@ def _program(
     where, cls = custom[0]
     if example is None:
         return None, "no example inputs were given to export the model with"
+    int8 = _int8_dynamic(arch)
+    if int8:  # torch.export cannot capture fbgemm's packed weights
+        reason = f"torch.export cannot capture torch.ao int8-dynamic layers (at {int8})"
+        if rebuildable:
+            return None, reason
+        raise ArtifactError(
+            f"cannot ship the model: module {where} is of the custom class {cls}, and {reason}",
+            hint="give model.factory (package.module:function) to rebuild it, or quantize "
+            "with scheme int8-weight-only, int8-static, fp16 or bf16",
+        )
     from ci_compress.packing import program
 
     try:
         return program.make_program(model, example), None
     except program.ProgramError as e:
         reason = f"torch.export failed: {e}"
-    if factory:
+    if rebuildable:
         return None, reason
     raise ArtifactError(
         f"cannot ship the model: module {where} is of the custom class {cls}, and {reason}",
@@ -975,6 +998,7 @@ def size_breakdown(model: nn.Module, info: PackInfo) -> dict[str, Any]:
         "entropy_bound_bytes": info.entropy_bound_bytes,
         "program_bytes": info.program_bytes,
         "program_raw_bytes": info.program_raw_bytes,
+        "program_skipped": info.program_skipped,
         "layers": rows,
         "note": "layers[].compressed_bytes: the packer's estimate for each module's streams; "
         "file_bytes is the real shipped file",

@@ -249,3 +249,22 @@ def test_minilm_ships_its_graph_and_reloads_equal_without_its_config(tmp_path: P
         want = model(**tokens).last_hidden_state
         got = loaded(**tokens).last_hidden_state  # the same ModelOutput class, 6 samples
     assert torch.equal(want, got)
+
+
+def test_int8_dynamic_layers_fall_back_to_the_factory_or_say_which_scheme_exports(
+    tmp_path: Path,
+) -> None:
+    from ci_compress.layers.int8 import int8_dynamic_linear
+
+    model = _net()
+    layer = model.block.up
+    weight = layer.weight.detach()
+    scale = weight.abs().amax(1) / 127
+    q = torch.round(weight / scale[:, None]).to(torch.int8)
+    model.block.up = int8_dynamic_linear(q, scale, layer.bias.detach())
+    with pytest.raises(ArtifactError) as e:
+        pack(model, tmp_path / "m.ccz", example=torch.rand(4, 64))
+    assert "int8-dynamic layers (at block.up)" in e.value.message
+    assert "int8-weight-only" in (e.value.hint or "")
+    info = pack(model, tmp_path / "m.ccz", example=torch.rand(4, 64), rebuildable=True)
+    assert info.program_bytes == 0 and "int8-dynamic" in (info.program_skipped or "")
