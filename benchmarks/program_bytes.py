@@ -54,15 +54,19 @@ def mlp() -> tuple[nn.Module, Callable[[int], Any]]:
 
 
 def resnet18() -> tuple[nn.Module, Callable[[int], Any]]:
-    from tests.e2e.test_real_models import RESNET
+    try:
+        from tests.helpers.real_models import resnet18 as build  # type: ignore[attr-defined]
+    except ImportError:  # before the ResNet-18 source moved to the helpers
+        from tests.e2e.test_real_models import RESNET
 
-    with tempfile.TemporaryDirectory() as d:
-        (Path(d) / "resnet.py").write_text(RESNET)
-        spec = importlib.util.spec_from_file_location("resnet_bench", Path(d) / "resnet.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return module.resnet18(), lambda n: torch.rand(n, 3, 32, 32)
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "resnet.py").write_text(RESNET)
+            spec = importlib.util.spec_from_file_location("resnet_bench", Path(d) / "resnet.py")
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        build = module.resnet18
+    return build(), lambda n: torch.rand(n, 3, 32, 32)
 
 
 def minilm() -> tuple[nn.Module, Callable[[int], Any]]:
