@@ -15,6 +15,9 @@ The manifest (zstd with a fixed dictionary of the manifest's own vocabulary, so 
 file pays little for it) holds the format version, the architecture spec (module types
 and constructor arguments, see :mod:`ci_compress.packing.codecs`), each tensor's
 encoding, the payload's sizes and sha256, the pass history and the library versions.
+A model with modules of custom classes also ships its graph, a ``torch.export`` program
+without weights, as the payload's last stream (``program`` in the manifest; checked and
+deserialized without unpickling by :mod:`ci_compress.packing.program`).
 
 The loader reads the manifest first and checks, before it allocates or decompresses
 anything, that the payload has the announced size and sha256, that the streams the
@@ -761,8 +764,8 @@ def load_student(path: str | Path, *, factory: Callable[[], nn.Module] | None = 
 
     Verifies the file (magic, sizes, checksum) and rebuilds the model in eval mode on the
     CPU. Standard layers are rebuilt from the file alone, and so is a model of your own
-    classes when the file holds its graph (a ``torch.export`` program: files written by
-    a gate since 0.x do, see docs/shipped-file.md). ``factory`` (the config's
+    classes when the file holds its graph (a ``torch.export`` program, written for
+    every model of custom classes that torch.export can capture: docs/shipped-file.md). ``factory`` (the config's
     ``model.factory``, a function returning the model) is needed only for older files of
     such models, or models that could not be exported. Needs ci-compress's core dependencies
     (torch, numpy, zstandard, constriction), nothing of MLflow or the CI tools.
