@@ -72,8 +72,9 @@ def variants(epochs: int) -> list[tuple[str, list[dict[str, Any]], dict[str, Any
 
 def write_data(folder: Path, model_dir: Path, train: int) -> None:
     """holdout.npz (the first paragraphs), train.npz and calibration.npz (the next)."""
-    from tests.helpers.real_models import sentences
     from transformers import AutoTokenizer
+
+    from tests.helpers.real_models import sentences
 
     tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
 
@@ -94,7 +95,11 @@ def gate(folder: Path, model_dir: Path, name: str, passes: list[Any], ship: dict
     data = {"inputs": KEYWORDS, "target": None}
     config = {
         "version": 1,
-        "model": {"path": str(model_dir), "hf": {"auto_class": "AutoModel"}, "output": "last_hidden_state"},
+        "model": {
+            "path": str(model_dir),
+            "hf": {"auto_class": "AutoModel"},
+            "output": "last_hidden_state",
+        },
         "data": {
             "holdout": {"path": "holdout.npz", **data},
             "train": {"path": "train.npz", **data},

@@ -303,7 +303,13 @@ class _Runner:
         student, records = apply_passes(self.loaded, self.inputs, passes, allow_noop=True)
         self.count += 1
         path = self.work / f"student-{self.count}.ccz"
-        shipped, info = ship(self.loaded, student, [r.to_dict() for r in records], path)
+        shipped, info = ship(
+            self.loaded,
+            student,
+            [r.to_dict() for r in records],
+            path,
+            holdout=self.inputs.holdout,
+        )
         m = score(
             {"student": shipped},
             self.inputs.holdout,

@@ -323,7 +323,7 @@ def _compress_and_evaluate(
         cfg.ship.runtime, out_dir, cfg.ship.filename.removesuffix(".ccz")
     )
     try:
-        module, info = ship(loaded, student, pass_history, shipped_path)
+        module, info = ship(loaded, student, pass_history, shipped_path, holdout=inputs.holdout)
         served = None
         if cfg.ship.runtime != "torch":
             quantized = " int8" if cfg.ship.quantize == "int8" else ""

@@ -302,6 +302,12 @@ class SizeBreakdown(_Section):
     layers: tuple[LayerSize, ...]
     note: str
     teacher_file_bytes: int
+    # the model's graph (models of custom classes): its zstd'd bytes in the payload, and
+    # its JSON before zstd; 0 when the file holds none
+    program_bytes: int = 0
+    program_raw_bytes: int = 0
+    # why a model of custom classes ships without its graph (rebuilt by its factory)
+    program_skipped: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -314,6 +320,9 @@ class SizeBreakdown(_Section):
             "layers": [layer.to_dict() for layer in self.layers],
             "note": self.note,
             "teacher_file_bytes": self.teacher_file_bytes,
+            "program_bytes": self.program_bytes,
+            "program_raw_bytes": self.program_raw_bytes,
+            "program_skipped": self.program_skipped,
         }
 
     @classmethod
@@ -328,6 +337,11 @@ class SizeBreakdown(_Section):
             layers=tuple(LayerSize.from_dict(row) for row in data.get("layers", ())),
             note=str(data.get("note", "")),
             teacher_file_bytes=int(data["teacher_file_bytes"]),
+            program_bytes=int(data.get("program_bytes", 0)),
+            program_raw_bytes=int(data.get("program_raw_bytes", 0)),
+            program_skipped=(
+                None if data.get("program_skipped") is None else str(data["program_skipped"])
+            ),
         )
 
 

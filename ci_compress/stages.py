@@ -251,24 +251,39 @@ def apply_passes(
     return student, records
 
 
+# samples of the first holdout batch the packer exports a custom model's graph with
+EXAMPLE_SAMPLES = 4
+
+
 def ship(
-    loaded: LoadedConfig, student: nn.Module, pass_history: list[dict[str, Any]], path: Path
+    loaded: LoadedConfig,
+    student: nn.Module,
+    pass_history: list[dict[str, Any]],
+    path: Path,
+    *,
+    holdout: Dataset | None = None,
 ) -> tuple[nn.Module, PackInfo]:
     """Write the packed file and rebuild the model from it: the student as it ships.
 
     Pass timings are left out of the packed file so that the same passes give the same
-    bytes (the report keeps them). :func:`serve` then makes the runtime artifact of a
-    ``ship.runtime`` other than torch from the model returned here.
+    bytes (the report keeps them). A student with modules of custom classes ships its
+    graph, exported on the first samples of ``holdout``, and reloads without a factory.
+    :func:`serve` then makes the runtime artifact of a ``ship.runtime`` other than torch
+    from the model returned here.
     """
     cfg = loaded.config
+    first = holdout.first_batch(EXAMPLE_SAMPLES) if holdout is not None else None
+    factory = model_factory(cfg.model, loaded.base_dir)
     info = pack(
         student,
         path,
         passes=[{k: v for k, v in p.items() if k != "seconds"} for p in pass_history],
         factory=cfg.model.factory,
         level=cfg.ship.zstd_level,
+        example=first[0] if first is not None else None,
+        rebuildable=factory is not None,
     )
-    shipped, _ = load_packed(path, factory=model_factory(cfg.model, loaded.base_dir))
+    shipped, _ = load_packed(path, factory=factory)
     return shipped, info
 
 

@@ -8,6 +8,8 @@
 * :mod:`~ci_compress.packing.legacy`: reading files of formats 1 and 2;
 * :mod:`~ci_compress.packing.codecs`: how each layer type is described and rebuilt
   (derived from :mod:`ci_compress.layers`);
+* :mod:`~ci_compress.packing.program`: the graph a model of custom classes ships with (a
+  ``torch.export`` program without weights), checked before torch reads it;
 * :mod:`~ci_compress.packing.export`: TorchScript, ONNX and ``.pt2`` exports, checked on
   the holdout;
 * :mod:`~ci_compress.packing.runtimes`: the student converted to its serving runtime

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import io
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -118,10 +119,10 @@ def _torchscript(model: nn.Module, example: Inputs, path: Path) -> Callable[...,
     return loaded  # type: ignore[no-any-return]
 
 
-def _pt2(model: nn.Module, example: Inputs, path: Path) -> Callable[..., Any]:
-    """A ``torch.export`` program (the successor of TorchScript), saved with
-    ``torch.export.save`` and read back with ``torch.export.load`` (no pickle): what a
-    server loads, and what ``model.path`` accepts as a source."""
+def export_program(model: nn.Module, example: Inputs) -> torch.export.ExportedProgram:
+    """``torch.export.export`` of ``model`` on ``example`` with the batch dimension free
+    (the program serves any batch size): the ``.pt2`` export, and the graph the packed
+    file ships for models of custom classes (:mod:`ci_compress.packing.program`)."""
     import torch
 
     if isinstance(example, Mapping):
@@ -131,14 +132,36 @@ def _pt2(model: nn.Module, example: Inputs, path: Path) -> Callable[..., Any]:
         args, kwargs = (example,), {}
     else:
         args, kwargs = tuple(example), {}
-    # the batch dimension stays free: the program serves any batch size
     batch = torch.export.Dim.DYNAMIC
     shapes: Any = (
         {name: {0: batch} for name in kwargs} if kwargs else tuple({0: batch} for _ in args)
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.export.export(model, args, kwargs, dynamic_shapes=shapes)
+        if isinstance(model, torch.jit.ScriptModule):
+            # TorchScript: torch's converter to a program, whose module is then exported
+            # like any other (the converter fixes every shape)
+            from torch._export.converter import TS2EPConverter
+
+            model = TS2EPConverter(model, args, kwargs).convert().module()
+        try:
+            params = list(inspect.signature(model.forward).parameters.values())
+        except (TypeError, ValueError):
+            params = []
+        if args and params and params[0].kind is inspect.Parameter.VAR_POSITIONAL:
+            shapes = (shapes,)  # forward(*args): the positional inputs are one argument
+        return torch.export.export(model, args, kwargs, dynamic_shapes=shapes)
+
+
+def _pt2(model: nn.Module, example: Inputs, path: Path) -> Callable[..., Any]:
+    """A ``torch.export`` program (the successor of TorchScript), saved with
+    ``torch.export.save`` and read back with ``torch.export.load`` (no pickle): what a
+    server loads, and what ``model.path`` accepts as a source."""
+    import torch
+
+    program = export_program(model, example)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         torch.export.save(program, str(path))
         loaded = torch.export.load(str(path)).module()
     return loaded

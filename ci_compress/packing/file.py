@@ -15,6 +15,9 @@ The manifest (zstd with a fixed dictionary of the manifest's own vocabulary, so 
 file pays little for it) holds the format version, the architecture spec (module types
 and constructor arguments, see :mod:`ci_compress.packing.codecs`), each tensor's
 encoding, the payload's sizes and sha256, the pass history and the library versions.
+A model with modules of custom classes also ships its graph, a ``torch.export`` program
+without weights, as the payload's last stream (``program`` in the manifest; checked and
+deserialized without unpickling by :mod:`ci_compress.packing.program`).
 
 The loader reads the manifest first and checks, before it allocates or decompresses
 anything, that the payload has the announced size and sha256, that the streams the
@@ -42,6 +45,7 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 from ci_compress.errors import ArtifactError
 from ci_compress.files import atomic_write_with
+from ci_compress.layers.batches import Inputs
 from ci_compress.layers.inspect import learned_tensors
 from ci_compress.packing import codecs, encoding, legacy
 from ci_compress.packing.encoding import Entropy
@@ -70,6 +74,9 @@ MAX_RAW_FLOOR = 256 * 1024 * 1024
 # streams are entropy-coded already, and zstd 19 costs ~100x the CPU of zstd 3 for the
 # same bytes there (docs/performance.md).
 SMALL_MODEL_BYTES = 256 * 1024
+# the manifest's "program": {"bytes": n, "format": PROGRAM_FORMAT}: a model's graph as
+# torch.export's JSON serialization, the payload's last stream
+PROGRAM_FORMAT = "torch.export-json"
 FAST_LEVEL = 3
 _CHUNK = 1 << 20
 # A stream at least this large is compressed in zstd blocks of its own, so byte streams
@@ -148,6 +155,15 @@ class PackInfo:
     payload_candidates: dict[str, int] = field(default_factory=dict)  # mode -> payload bytes
     entropy_bound_bytes: int = 0  # order-0 entropy of the stored streams (raw ones at size)
     zstd_level: int = 0
+    # the model's graph (a torch.export program without weights) for models of custom
+    # classes: its zstd'd bytes in the payload and its JSON before zstd, and why a model of
+    # custom classes ships without one (rebuilt by model.factory instead)
+    program_bytes: int = 0
+    program_raw_bytes: int = 0
+    program_skipped: str | None = None
+    # module path -> class name of the packed model (a reloaded program's modules are
+    # plain containers of its tensors; the size breakdown names the packed ones)
+    module_types: dict[str, str] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- describe / rebuild
@@ -355,8 +371,18 @@ def pack(
     factory: str | None = None,
     level: int = 19,
     entropy: Entropy = "auto",
+    example: Inputs | None = None,
+    rebuildable: bool = False,
 ) -> PackInfo:
     """Write ``model`` to ``path`` in the packed format (atomically, streamed) and describe it.
+
+    A model with modules of custom classes also ships its graph (a ``torch.export``
+    program of ``model`` on ``example``, one batch of inputs, without weights: see
+    :mod:`ci_compress.packing.program`) so that it reloads without a factory; its tensors
+    are then stored under the program's names. If it cannot be exported, a factory must
+    be able to rebuild it (``factory``, the ``model.factory`` recorded in the file, or
+    ``rebuildable``: the loader has one, e.g. a Hugging Face folder's config), or the
+    packing fails naming the export's reason.
 
     ``entropy`` is ``auto`` (each symbol stream rANS- or zstd-coded, whichever its
     histogram says is smaller, zstd on a tie), ``none`` (never rANS) or ``ans`` (rANS
@@ -367,6 +393,9 @@ def pack(
 
     tensors: dict[str, torch.Tensor] = {}
     arch = describe(model, tensors, tensor_lists=False)
+    graph, skipped = _program(model, arch, example, bool(factory) or rebuildable)
+    if graph is not None:
+        tensors = graph.tensors
     total = sum(t.numel() * t.element_size() for t in tensors.values())
     zlevel = level if total <= SMALL_MODEL_BYTES else min(level, FAST_LEVEL)
     entries: dict[str, dict[str, Any]] = {}
@@ -409,6 +438,12 @@ def pack(
                 "compressed_bytes": enc.est_bytes,
                 "entropy_bits": round(enc.entropy_bits, 1),
             }
+        program_start = None
+        if graph is not None:  # the graph last: the loader reads it after the tensors
+            raw_bytes += len(graph.graph)
+            emit(z.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK))
+            program_start = payload_bytes
+            emit(z.compress(graph.graph))
         emit(z.flush())
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -424,6 +459,8 @@ def pack(
             "passes": passes or [],
             "versions": library_versions(),
         }
+        if graph is not None:
+            manifest["program"] = {"bytes": len(graph.graph), "format": PROGRAM_FORMAT}
         head = _manifest_codec(level)[0].compress(_dumps(manifest))
         sink.write(head)
         sink.write(struct.pack("<I", len(head)))
@@ -434,6 +471,7 @@ def pack(
             raw=raw_bytes,
             manifest=len(head),
             bound=bound,
+            program=0 if program_start is None else payload_bytes - program_start,
         )
 
     atomic_write_with(path, write)
@@ -449,6 +487,66 @@ def pack(
         payload_candidates={entropy: sizes["payload"]},
         entropy_bound_bytes=int(sizes["bound"] / 8),
         zstd_level=zlevel,
+        program_bytes=sizes["program"],
+        program_raw_bytes=len(graph.graph) if graph is not None else 0,
+        program_skipped=skipped,
+        module_types={n: type(m).__name__ for n, m in model.named_modules()},
+    )
+
+
+def _custom_classes(spec: dict[str, Any], path: str = "") -> list[tuple[str, str]]:
+    """(module path, class) of every custom module in an architecture spec."""
+    found = []
+    if spec.get("type") == "custom":
+        found.append((path or "<root>", str(spec.get("class"))))
+    for name, child in spec.get("children", []):
+        found += _custom_classes(child, f"{path}.{name}" if path else name)
+    return found
+
+
+def _int8_dynamic(spec: dict[str, Any], path: str = "") -> str | None:
+    """The path of the first torch.ao dynamic int8 Linear in a spec, if any."""
+    if spec.get("type") == "DynamicQuantizedLinear":
+        return path or "<root>"
+    for name, child in spec.get("children", []):
+        found = _int8_dynamic(child, f"{path}.{name}" if path else name)
+        if found:
+            return found
+    return None
+
+
+def _program(
+    model: nn.Module, arch: dict[str, Any], example: Inputs | None, rebuildable: bool
+) -> tuple[Any, str | None]:
+    """The graph to ship (``program.Program``) or None, and why a custom model has none."""
+    custom = _custom_classes(arch)
+    if not custom:
+        return None, None  # standard layers: rebuilt from the spec, as before
+    where, cls = custom[0]
+    if example is None:
+        return None, "no example inputs were given to export the model with"
+    int8 = _int8_dynamic(arch)
+    if int8:  # torch.export cannot capture fbgemm's packed weights
+        reason = f"torch.export cannot capture torch.ao int8-dynamic layers (at {int8})"
+        if rebuildable:
+            return None, reason
+        raise ArtifactError(
+            f"cannot ship the model: module {where} is of the custom class {cls}, and {reason}",
+            hint="give model.factory (package.module:function) to rebuild it, or quantize "
+            "with scheme int8-weight-only, int8-static, fp16 or bf16",
+        )
+    from ci_compress.packing import program
+
+    try:
+        return program.make_program(model, example), None
+    except program.ProgramError as e:
+        reason = f"torch.export failed: {e}"
+    if rebuildable:
+        return None, reason
+    raise ArtifactError(
+        f"cannot ship the model: module {where} is of the custom class {cls}, and {reason}",
+        hint="make the model exportable with torch.export (no data-dependent Python control flow), "
+        "or give model.factory (package.module:function) to rebuild it",
     )
 
 
@@ -635,18 +733,25 @@ def load_packed(
                 manifest, payload = _legacy_manifest(path, blob)
                 del blob
                 tensors = _legacy_tensors(path, manifest, payload)
+                graph = None
             else:
                 size = f.seek(0, 2)
                 lay = _layout(path, f, size)
                 manifest = lay.manifest
-                tensors = _tensors(path, f, lay)
+                tensors, graph = _tensors(path, f, lay)
     except OSError as e:
         raise _open_error(path, e) from None
-    factory_model = factory() if factory is not None else None
     arch = manifest.get("architecture")
     if not isinstance(arch, dict):
         raise ArtifactError(f"{path}: the manifest has no architecture; the file is corrupt")
     try:
+        if graph is not None:  # the model's own graph: no factory needed (nor used)
+            from ci_compress.packing.program import load_program
+
+            program = load_program(graph, tensors)
+            program.eval()
+            return program, manifest
+        factory_model = factory() if factory is not None else None
         model = rebuild(arch, tensors, factory_model)
     except ArtifactError as e:
         raise ArtifactError(f"{path}: {e.message}", hint=e.hint) from None
@@ -658,9 +763,11 @@ def load_student(path: str | Path, *, factory: Callable[[], nn.Module] | None = 
     """The shipped student, ready to serve (``ci_compress.load_student``).
 
     Verifies the file (magic, sizes, checksum) and rebuilds the model in eval mode on the
-    CPU. ``factory`` (the config's ``model.factory``, a function returning the model
-    class) is needed only when the model holds modules of your own classes; standard
-    layers are rebuilt from the file alone. Needs ci-compress's core dependencies
+    CPU. Standard layers are rebuilt from the file alone, and so is a model of your own
+    classes when the file holds its graph (a ``torch.export`` program, written for
+    every model of custom classes that torch.export can capture: docs/shipped-file.md). ``factory`` (the config's
+    ``model.factory``, a function returning the model) is needed only for older files of
+    such models, or models that could not be exported. Needs ci-compress's core dependencies
     (torch, numpy, zstandard, constriction), nothing of MLflow or the CI tools.
     """
     model, _ = load_packed(Path(path), factory=factory)
@@ -671,8 +778,31 @@ def _bound(payload_bytes: int) -> int:
     return max(MAX_RAW_FLOOR, MAX_EXPANSION * payload_bytes)
 
 
-def _tensors(path: Path, f: IO[bytes], lay: _Layout) -> dict[str, torch.Tensor]:
-    """Decode a version 3 payload, every size checked before it is allocated."""
+def _program_bytes(path: Path, manifest: dict[str, Any]) -> int | None:
+    """The size of the payload's graph stream, None without one (checked, bounded)."""
+    from ci_compress.packing.program import MAX_PROGRAM_BYTES
+
+    entry = manifest.get("program")
+    if entry is None:
+        return None
+    n = entry.get("bytes") if isinstance(entry, dict) else None
+    if not isinstance(n, int) or isinstance(n, bool) or not 0 < n <= MAX_PROGRAM_BYTES:
+        raise ArtifactError(
+            f"{path}: the manifest's program.bytes is not a byte count up to {MAX_PROGRAM_BYTES}"
+        )
+    if entry.get("format") != PROGRAM_FORMAT:
+        raise ArtifactError(
+            f"{path}: the program is in format {entry.get('format')!r}, this ci-compress reads {PROGRAM_FORMAT!r}",
+            hint="use the ci-compress version that wrote the file",
+        )
+    return n
+
+
+def _tensors(
+    path: Path, f: IO[bytes], lay: _Layout
+) -> tuple[dict[str, torch.Tensor], bytes | None]:
+    """Decode a version 3 payload (tensors, then the graph if there is one), every size
+    checked before it is allocated."""
     import zstandard
 
     entries = lay.manifest["tensors"]
@@ -680,7 +810,9 @@ def _tensors(path: Path, f: IO[bytes], lay: _Layout) -> dict[str, torch.Tensor]:
     if not isinstance(raw_bytes, int) or isinstance(raw_bytes, bool) or raw_bytes < 0:
         raise ArtifactError(f"{path}: the manifest's payload.raw_bytes is not a byte count")
     limit = _bound(lay.payload_bytes)
-    claimed = declared = 0
+    program_bytes = _program_bytes(path, lay.manifest)
+    claimed = program_bytes or 0
+    declared = 0
     try:
         for name in sorted(entries):
             if not isinstance(entries[name], dict):
@@ -728,6 +860,7 @@ def _tensors(path: Path, f: IO[bytes], lay: _Layout) -> dict[str, torch.Tensor]:
 
             for name in sorted(entries):
                 out[name] = encoding.decode(name, entries[name], read)
+            graph = read(program_bytes) if program_bytes else None
             if got != raw_bytes or reader.read(1):
                 raise ArtifactError(
                     f"{path}: payload decompressed to more than the {got} bytes its streams use; "
@@ -741,7 +874,7 @@ def _tensors(path: Path, f: IO[bytes], lay: _Layout) -> dict[str, torch.Tensor]:
         if e.message.startswith(str(path)):
             raise
         raise ArtifactError(f"{path}: {e.message}", hint=e.hint) from None
-    return out
+    return out, graph
 
 
 class _Bounded:
@@ -825,8 +958,15 @@ def size_breakdown(model: nn.Module, info: PackInfo) -> dict[str, Any]:
     chose their encodings (the payload is compressed as a whole, so rows need not add up
     to the payload). ``entropy_bound_bytes``: the order-0 entropy of the stored symbol
     streams (raw streams at their size), what a coder of independent symbols can reach.
+    ``program_bytes``: what the model's graph takes in the payload (models of custom
+    classes, see :mod:`ci_compress.packing.program`); rows are then empty when ``model``
+    is the reloaded program, whose modules are graph operations.
     """
     rows: list[dict[str, Any]] = []
+    from ci_compress.packing.program import ExportedProgram
+
+    if isinstance(model, ExportedProgram):
+        model = model.program  # its modules hold the packed model's tensors by the same paths
     for mod_name, module in model.named_modules():
         prefix = f"{mod_name}." if mod_name else ""
         own = {
@@ -843,7 +983,7 @@ def size_breakdown(model: nn.Module, info: PackInfo) -> dict[str, Any]:
         rows.append(
             {
                 "module": mod_name or "<root>",
-                "type": type(module).__name__,
+                "type": info.module_types.get(mod_name, type(module).__name__),
                 "parameters": params,
                 "nonzero": nonzero,
                 "encodings": {n: _describe_entry(e) for n, e in sorted(own.items())},
@@ -859,6 +999,9 @@ def size_breakdown(model: nn.Module, info: PackInfo) -> dict[str, Any]:
         "entropy": info.entropy,
         "payload_candidates": info.payload_candidates,
         "entropy_bound_bytes": info.entropy_bound_bytes,
+        "program_bytes": info.program_bytes,
+        "program_raw_bytes": info.program_raw_bytes,
+        "program_skipped": info.program_skipped,
         "layers": rows,
         "note": "layers[].compressed_bytes: the packer's estimate for each module's streams; "
         "file_bytes is the real shipped file",

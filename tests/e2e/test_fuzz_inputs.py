@@ -3,8 +3,9 @@
 From one fixed seed, :data:`FUZZ` builds malformed configs (a value replaced by a
 hostile one, a key dropped or added, anywhere in the tree), holdouts (shapes, dtypes,
 non-finite values, labels, lengths, broken or foreign files) and packed ``.ccz`` teachers
-(bytes flipped, cut, appended, or random). Each runs ``ci-compress run`` in process and
-must end in a documented exit code other than 70 (0, 1 and 5 are decisions; 2, 3, 4
+(bytes flipped, cut, appended, or random; a custom model whose shipped graph is cut,
+takes a tensor the file lacks or calls an operator torch does not have). Each runs
+``ci-compress run`` in process and must end in a documented exit code other than 70 (0, 1 and 5 are decisions; 2, 3, 4
 errors), with no traceback, one ``Error:`` line for an error, and nothing left behind
 after an error. Issue 16 item 7: 19 hostile inputs ended in "this is a bug; please
 report it" before; exit 70 is for real bugs only.
@@ -231,12 +232,31 @@ def _fuzz_zip(rng: random.Random, n: int) -> Fuzz:
     return Fuzz(f"pt-zip-{n:02d}", build)
 
 
+def _fuzz_program(kind: str) -> Fuzz:
+    """A teacher of a custom class whose shipped graph was tampered with (sizes and
+    sha256 made to fit, so the graph's own checks are what answers): no factory given."""
+
+    def build(wd: Path) -> dict[str, Any]:
+        import torch
+
+        from ci_compress.packing.file import pack
+        from tests.helpers.programs import HOSTILE, DigitsNet, rewrite_graph
+
+        torch.manual_seed(0)
+        pack(DigitsNet().eval(), wd / "clean.ccz", example=torch.rand(4, 64))
+        rewrite_graph(wd / "clean.ccz", wd / "m.ccz", HOSTILE[kind][0])
+        return base_config(model={"path": "m.ccz"}, passes=[])
+
+    return Fuzz(f"program-{kind}", build)
+
+
 def _cases() -> list[Fuzz]:
     rng = random.Random(SEED)
     cases = [_fuzz_config(rng, i) for i in range(60)]
     cases += [_fuzz_holdout(rng, i) for i in range(40)]
     cases += [_fuzz_ccz(rng, i) for i in range(30)]
     cases += [_fuzz_zip(rng, i) for i in range(10)]
+    cases += [_fuzz_program(k) for k in ("truncated", "tensor-not-stored", "unknown-op")]
     return cases
 
 
