@@ -19,6 +19,7 @@ import contextlib
 import importlib
 import inspect
 import io
+import logging
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -241,16 +242,40 @@ def write_onnx(model: nn.Module, example: Inputs, path: Path, *, output: OutputS
     # the legacy exporter prints the whole graph on failure; keep stdout for the report
     with warnings.catch_warnings(), _quiet_stdout():
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            positional(model, example, output),
-            tensors,
-            str(path),
-            dynamo=False,
-            input_names=names,
-            output_names=["output"],
-            dynamic_axes={**{n: {0: "batch"} for n in names}, "output": {0: "batch"}},
-        )
+        if holds_graph(model):
+            # a student rebuilt from its shipped graph: tracing cannot run its symbolic
+            # batch size, the torch.export-based exporter takes the program itself (its
+            # logger names every optional library it does not find: not the gate's news)
+            logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+            torch.onnx.export(
+                export_program(positional(model, example, output), tensors),
+                tensors,
+                str(path),
+                dynamo=True,
+                input_names=names,
+                output_names=["output"],
+                verbose=False,
+            )
+        else:
+            torch.onnx.export(
+                positional(model, example, output),
+                tensors,
+                str(path),
+                dynamo=False,
+                input_names=names,
+                output_names=["output"],
+                dynamic_axes={**{n: {0: "batch"} for n in names}, "output": {0: "batch"}},
+            )
     onnx.checker.check_model(str(path))
+
+
+def holds_graph(model: nn.Module) -> bool:
+    """Whether ``model`` runs a ``torch.fx`` graph (a student rebuilt from the graph its
+    ``.ccz`` ships, or a ``.pt2`` teacher): TorchScript tracing cannot run one whose batch
+    size is symbolic, so converters are given a ``torch.export`` program instead."""
+    import torch
+
+    return any(isinstance(m, torch.fx.GraphModule) for m in model.modules())
 
 
 def _onnx(

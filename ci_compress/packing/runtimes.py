@@ -49,6 +49,8 @@ from ci_compress.layers.batches import Inputs, named_tensors
 from ci_compress.layers.outputs import OutputSpec
 from ci_compress.packing.export import (
     _quiet_stdout,
+    export_program,
+    holds_graph,
     input_names,
     positional,
     refuse_torch_ao,
@@ -288,9 +290,13 @@ def _to_openvino(
     tensors = tuple(t for _, t in named_tensors(example))
     with warnings.catch_warnings(), _quiet_stdout():
         warnings.simplefilter("ignore")
-        ov_model = ov.convert_model(
-            positional(model, example, output),
-            example_input=tensors[0] if len(tensors) == 1 else tensors,
+        ov_model = (
+            ov.convert_model(export_program(positional(model, example, output), tensors))
+            if holds_graph(model)  # tracing cannot run a symbolic batch size
+            else ov.convert_model(
+                positional(model, example, output),
+                example_input=tensors[0] if len(tensors) == 1 else tensors,
+            )
         )
     for port, name in zip(ov_model.inputs, names, strict=True):
         port.get_tensor().set_names({name})
@@ -334,11 +340,18 @@ def _stable_names(ov_model: Any) -> None:
 
 def is_transformer(model: nn.Module) -> bool:
     """Whether ``model`` has attention layers (torch's MultiheadAttention, or a module
-    whose class name says Attention, as Hugging Face's do)."""
-    return any(
-        isinstance(m, nn.MultiheadAttention) or "Attention" in type(m).__name__
-        for m in model.modules()
-    )
+    whose class name says Attention, as Hugging Face's do), or, for a model rebuilt from
+    its shipped graph, a graph that calls scaled dot-product attention or softmax."""
+    attention = ("scaled_dot_product", "_softmax", "softmax")
+    for m in model.modules():
+        if isinstance(m, nn.MultiheadAttention) or "Attention" in type(m).__name__:
+            return True
+        if isinstance(m, torch.fx.GraphModule) and any(
+            node.op == "call_function" and any(a in str(node.target) for a in attention)
+            for node in m.graph.nodes
+        ):
+            return True
+    return False
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from ci_compress.loading.data import digits_split
 from tests.helpers.cli import run_cli
@@ -168,8 +169,8 @@ def test_minilm_keyword_inputs_served_by_openvino_int8(tmp_path: Path) -> None:
     }
     write_config(tmp_path, cfg)
     r = run_cli("run", "--config", "compress.yaml", cwd=tmp_path)
-    report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["serving"]["runtime"] == "openvino"
     assert 0.95 <= report["metrics"]["student.cosine"] < 1.0
     assert report["metrics"]["student.file_bytes"] < report["serving"]["ccz_bytes"] / 2
@@ -198,3 +199,38 @@ def test_runtimes_benchmark_reports_every_row(tmp_path: Path) -> None:
     assert {"ci-compress onnxruntime int8", "ci-compress openvino int8"} <= set(variants)
     assert all(r["cpu_ms"] > 0 and r["bytes"] > 0 and 0.9 < r["accuracy"] <= 1 for r in rows)
     assert "| mlp | ci-compress openvino int8 |" in proc.stdout
+
+
+class _Keywords(torch.nn.Module):
+    """A custom class with keyword inputs: its .ccz ships a graph (no factory needed)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(8, 16), torch.nn.Linear(16, 3)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(input_ids * attention_mask)))
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_a_student_rebuilt_from_its_shipped_graph_converts_to_the_runtime(
+    tmp_path: Path, runtime: str
+) -> None:
+    """Tracing cannot run a graph with a symbolic batch size; the converters get the
+    torch.export program instead, and serve any batch size."""
+    from ci_compress.packing.export import holds_graph
+    from ci_compress.packing.file import load_packed, pack
+    from ci_compress.packing.runtimes import _to_onnxruntime, _to_openvino, load
+
+    torch.manual_seed(0)
+    model = _Keywords().eval()
+    example = {"input_ids": torch.randn(4, 8), "attention_mask": torch.ones(4, 8)}
+    pack(model, tmp_path / "s.ccz", example=example)
+    rebuilt, _ = load_packed(tmp_path / "s.ccz")
+    assert holds_graph(rebuilt) and not holds_graph(model)
+    convert = _to_onnxruntime if runtime == "onnxruntime" else _to_openvino
+    files = convert(rebuilt, example, tmp_path, "student", "none", [], None)
+    served = load(runtime, files, threads=1)
+    batch = {"input_ids": torch.randn(7, 8), "attention_mask": torch.ones(7, 8)}
+    with torch.no_grad():
+        assert torch.allclose(served(**batch), model(**batch), atol=1e-5)
