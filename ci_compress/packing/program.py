@@ -30,6 +30,7 @@ import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -471,3 +472,84 @@ def load_program(graph: bytes, tensors: dict[str, torch.Tensor]) -> ExportedProg
             f"cannot rebuild the program ({_first_line(e)}); the file is corrupt"
         ) from None
     return ExportedProgram(module)
+
+
+# ---------------------------------------------------------------- .pt2 archives
+
+_ARCHIVE_MODEL = "models/model.json"
+_ARCHIVE_CONFIGS = (
+    "data/weights/model_weights_config.json",
+    "data/constants/model_constants_config.json",
+)
+_ARCHIVE_DIRS = {_ARCHIVE_CONFIGS[0]: "data/weights/", _ARCHIVE_CONFIGS[1]: "data/constants/"}
+
+
+def read_archive(path: Path) -> ExportedProgram:
+    """A ``.pt2`` file written by ``torch.export.save``, read without ``torch.export.load``.
+
+    ``torch.export.load`` unpickles: a member it cannot read with ``weights_only=True``
+    (the example inputs, a pickled weight) is read again with ``weights_only=False``,
+    which runs whatever code the file holds. Here the program's JSON goes through
+    :func:`check_graph` like a packed file's, each tensor is rebuilt from its raw bytes
+    and the metadata beside it (sizes checked against the bytes), and a member stored as
+    a pickle is refused; the example inputs are not read at all.
+    """
+    import zipfile
+
+    from torch._export.serde import serialize as serde
+
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as z:
+            members = {i.filename.split("/", 1)[-1]: i for i in z.infolist() if "/" in i.filename}
+            if sum(i.file_size for i in members.values()) > max(64 * size, 1 << 20):
+                raise ArtifactError(f"{path}: its members expand to more than 64 times the file")
+
+            def read(name: str) -> bytes:
+                info = members.get(name)
+                if info is None:
+                    raise ArtifactError(
+                        f"{path} has no {name}: not a torch.export archive ci-compress reads",
+                        hint="save it with torch.export.save from torch >= 2.6",
+                    )
+                return z.read(info)
+
+            graph = read(_ARCHIVE_MODEL)
+            tensors: dict[str, torch.Tensor] = {}
+            for config_name in _ARCHIVE_CONFIGS:
+                config = json.loads(read(config_name)).get("config", {})
+                for name, entry in config.items():
+                    tensors[name] = _archive_tensor(
+                        path, name, entry, read, _ARCHIVE_DIRS[config_name], serde
+                    )
+    except (zipfile.BadZipFile, OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{path} is not a readable torch.export archive ({e})") from None
+    return load_program(graph, tensors)
+
+
+def _archive_tensor(
+    path: Path, name: str, entry: Any, read: Any, folder: str, serde: Any
+) -> torch.Tensor:
+    import torch
+
+    if not isinstance(entry, dict) or entry.get("use_pickle") is not False:
+        raise ArtifactError(
+            f"{path}: tensor {name} is stored as a pickle, which ci-compress does not load",
+            hint="export the model again with plain tensors (torch.export.save)",
+        )
+    meta = entry.get("tensor_meta") or {}
+    dtype = serde._SERIALIZE_TO_TORCH_DTYPE.get(meta.get("dtype"))
+    fields = [*meta.get("sizes", []), *meta.get("strides", []), meta.get("storage_offset")]
+    values = [f.get("as_int") if isinstance(f, dict) else None for f in fields]
+    if dtype is None or not all(isinstance(v, int) and v >= 0 for v in values):
+        raise ArtifactError(f"{path}: tensor {name} has metadata ci-compress cannot read")
+    ints: list[int] = [int(v) for v in values if v is not None]
+    rank = len(meta.get("sizes", []))
+    sizes, strides, offset = ints[:rank], ints[rank:-1], ints[-1]
+    raw = read(folder + str(entry.get("path_name")))
+    item = torch.empty((), dtype=dtype).element_size()
+    span = 1 + sum((n - 1) * s for n, s in zip(sizes, strides, strict=False)) if all(sizes) else 0
+    if len(sizes) != len(strides) or (offset + span) * item > len(raw):
+        raise ArtifactError(f"{path}: tensor {name} needs more bytes than the file stores")
+    flat = torch.frombuffer(bytearray(raw), dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+    return flat.as_strided(sizes, strides, offset).clone()
