@@ -255,6 +255,7 @@ def write_onnx(model: nn.Module, example: Inputs, path: Path, *, output: OutputS
                 input_names=names,
                 output_names=["output"],
                 verbose=False,
+                external_data=False,  # one file: it is renamed and sized as shipped
             )
         else:
             torch.onnx.export(
