@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import inspect
 import io
 import logging
 import warnings
@@ -29,6 +28,7 @@ from ci_compress.errors import ConfigError
 from ci_compress.layers.batches import Inputs, call_model, named_tensors
 from ci_compress.layers.inference import inference
 from ci_compress.layers.outputs import OutputSpec, select_output
+from ci_compress.packing.program import export_program, read_archive
 
 if TYPE_CHECKING:
     import torch
@@ -120,52 +120,18 @@ def _torchscript(model: nn.Module, example: Inputs, path: Path) -> Callable[...,
     return loaded  # type: ignore[no-any-return]
 
 
-def export_program(model: nn.Module, example: Inputs) -> torch.export.ExportedProgram:
-    """``torch.export.export`` of ``model`` on ``example`` with the batch dimension free
-    (the program serves any batch size): the ``.pt2`` export, and the graph the packed
-    file ships for models of custom classes (:mod:`ci_compress.packing.program`)."""
-    import torch
-
-    if isinstance(example, Mapping):
-        args: tuple[Any, ...] = ()
-        kwargs: dict[str, Any] = dict(example)
-    elif isinstance(example, torch.Tensor):
-        args, kwargs = (example,), {}
-    else:
-        args, kwargs = tuple(example), {}
-    batch = torch.export.Dim.DYNAMIC
-    shapes: Any = (
-        {name: {0: batch} for name in kwargs} if kwargs else tuple({0: batch} for _ in args)
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if isinstance(model, torch.jit.ScriptModule):
-            # TorchScript: torch's converter to a program, whose module is then exported
-            # like any other (the converter fixes every shape)
-            from torch._export.converter import TS2EPConverter
-
-            model = TS2EPConverter(model, args, kwargs).convert().module()
-        try:
-            params = list(inspect.signature(model.forward).parameters.values())
-        except (TypeError, ValueError):
-            params = []
-        if args and params and params[0].kind is inspect.Parameter.VAR_POSITIONAL:
-            shapes = (shapes,)  # forward(*args): the positional inputs are one argument
-        return torch.export.export(model, args, kwargs, dynamic_shapes=shapes)
-
-
 def _pt2(model: nn.Module, example: Inputs, path: Path) -> Callable[..., Any]:
     """A ``torch.export`` program (the successor of TorchScript), saved with
-    ``torch.export.save`` and read back with ``torch.export.load`` (no pickle): what a
-    server loads, and what ``model.path`` accepts as a source."""
+    ``torch.export.save`` and read back the way ``model.path`` reads one
+    (:func:`~ci_compress.packing.program.read_archive`: checked, nothing unpickled): what
+    a server loads, and what the next gate accepts as a source."""
     import torch
 
     program = export_program(model, example)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.export.save(program, str(path))
-        loaded = torch.export.load(str(path)).module()
-    return loaded
+    return read_archive(path)
 
 
 def input_names(example: Inputs) -> list[str]:

@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import json
 import operator
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,6 @@ from torch import nn
 
 from ci_compress.errors import ArtifactError
 from ci_compress.layers.batches import Inputs
-from ci_compress.packing.export import export_program
 
 # A graph's JSON may be at most this large (MiniLM-L6, 6 transformer layers: ~0.5 MB);
 # checked before the stream is read.
@@ -141,6 +141,40 @@ class ExportedProgram(nn.Module):
 
 
 # ---------------------------------------------------------------- packing
+
+
+def export_program(model: nn.Module, example: Inputs) -> torch.export.ExportedProgram:
+    """``torch.export.export`` of ``model`` on ``example`` with the batch dimension free
+    (the program serves any batch size): the ``.pt2`` export, and the graph the packed
+    file ships for models of custom classes (:mod:`ci_compress.packing.program`)."""
+    import torch
+
+    if isinstance(example, Mapping):
+        args: tuple[Any, ...] = ()
+        kwargs: dict[str, Any] = dict(example)
+    elif isinstance(example, torch.Tensor):
+        args, kwargs = (example,), {}
+    else:
+        args, kwargs = tuple(example), {}
+    batch = torch.export.Dim.DYNAMIC
+    shapes: Any = (
+        {name: {0: batch} for name in kwargs} if kwargs else tuple({0: batch} for _ in args)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if isinstance(model, torch.jit.ScriptModule):
+            # TorchScript: torch's converter to a program, whose module is then exported
+            # like any other (the converter fixes every shape)
+            from torch._export.converter import TS2EPConverter
+
+            model = TS2EPConverter(model, args, kwargs).convert().module()
+        try:
+            params = list(inspect.signature(model.forward).parameters.values())
+        except (TypeError, ValueError):
+            params = []
+        if args and params and params[0].kind is inspect.Parameter.VAR_POSITIONAL:
+            shapes = (shapes,)  # forward(*args): the positional inputs are one argument
+        return torch.export.export(model, args, kwargs, dynamic_shapes=shapes)
 
 
 def make_program(model: nn.Module, example: Inputs) -> Program:

@@ -49,13 +49,13 @@ from ci_compress.layers.batches import Inputs, named_tensors
 from ci_compress.layers.outputs import OutputSpec
 from ci_compress.packing.export import (
     _quiet_stdout,
-    export_program,
     holds_graph,
     input_names,
     positional,
     refuse_torch_ao,
     write_onnx,
 )
+from ci_compress.packing.program import export_program
 
 RUNTIMES = ("torch", "onnxruntime", "openvino")
 # runtime -> the modules it needs, without and with ship.quantize: int8
