@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import REPO
-from tests.helpers.cli import console_command, console_env, run_cli, run_console
+from tests.helpers.cli import console_command, console_env, default_sigint, run_cli, run_console
 from tests.helpers.configs import base_config, write_config
 
 
@@ -133,6 +133,7 @@ def test_ctrl_c_stops_a_gate_with_exit_130_and_no_traceback(workdir: Path) -> No
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,
     )
     try:
         _started(proc, "evaluating")

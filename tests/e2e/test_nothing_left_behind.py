@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from ci_compress.pipeline import outputs
-from tests.helpers.cli import console_command, console_env, run_cli
+from tests.helpers.cli import console_command, console_env, default_sigint, run_cli
 from tests.helpers.configs import base_config, write_config
 
 
@@ -104,6 +104,7 @@ def _start_sleeping_gate(workdir: Path, call: int) -> tuple[subprocess.Popen[str
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,
     )
     sleeping = Path(str(counter) + ".sleeping")
     deadline = time.monotonic() + 240

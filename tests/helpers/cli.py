@@ -122,6 +122,15 @@ def console_command() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "ci_compress"]
 
 
+def default_sigint() -> None:
+    """``preexec_fn`` for a CLI subprocess a test interrupts: SIGINT as a terminal or a CI
+    runner delivers it. A shell that starts a job in the background (``cmd &``) sets
+    SIGINT to ignored, children inherit that, and Ctrl-C would then do nothing."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_console(
     *args: str, cwd: Path, env: Mapping[str, str] | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
