@@ -82,15 +82,19 @@ def _write_yaml(path: Path, data: dict[str, Any]) -> Path:
     return path
 
 
-def machine() -> dict[str, Any]:
-    cpu = "unknown"
+def cpu_model(default: str = "unknown") -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or ``default`` where there is none."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return default
+
+
+def machine() -> dict[str, Any]:
+    cpu = cpu_model()
     from importlib.metadata import version
 
     torch_version = version("torch")  # without importing it

@@ -231,15 +231,9 @@ def machine() -> str:
     import onnxruntime
     import openvino
     import torch
+    from run import cpu_model  # benchmarks/run.py, beside this file
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model(platform.processor() or platform.machine())
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     return (
         f"machine: {os.cpu_count()} cores, {cpu}, torch {torch.__version__}, onnxruntime "
