@@ -19,7 +19,9 @@ is never pruned (the record says so); the output shapes are checked on the examp
 
 ``steps: N`` with ``fine_tune_epochs: E`` prunes gradually (Zhu & Gupta 2017: sparsity
 ``s_t = amount * (1 - (1 - t/N)^3)``), fine-tuning ``E`` epochs on ``data.train`` after
-each step with the pruned weights held at zero, to recover accuracy. Fine-tuning holds
+each step with the pruned weights held at zero, to recover accuracy. Structured pruning
+is gradual the same way: the fraction of each group's channels removed follows the same
+schedule on one traced graph, re-ranked on the fine-tuned weights at each step. Fine-tuning holds
 every zero already in the model, in any layer (:func:`ci_compress.passes.training.fit`),
 so a per-layer sequence of prune passes keeps each earlier pass's sparsity.
 """
@@ -88,8 +90,6 @@ class PruneConfig(PassConfig):
             raise ValueError("structured pruning needs amount (the fraction of channels to remove)")
         if self.steps > 1 and self.amount is None:
             raise ValueError("gradual pruning (steps > 1) needs amount")
-        if self.steps > 1 and self.structured:
-            raise ValueError("structured pruning runs in one step; use steps: 1")
         if self.importance == "taylor" and not self.structured:
             raise ValueError(
                 "importance: taylor ranks channels for structured pruning; set structured: true"
@@ -128,6 +128,13 @@ def apply(model: nn.Module, config: PruneConfig, ctx: PassContext) -> PassRecord
         assert config.amount is not None  # the validator requires it for structured
         if config.importance == "taylor":
             require(ctx.train_data, "data.train", where, "ranks channels by importance: taylor")
+        fine_tune = None
+        if x is not None and y is not None and config.steps > 1:
+
+            def fine_tune(t: int) -> dict[str, Any]:
+                assert x is not None and y is not None
+                return fit(model, x, y, **_fit_args(config, ctx, ctx.seed + t))
+
         record.details = prune_structured(
             model,
             amount=config.amount,
@@ -139,9 +146,11 @@ def apply(model: nn.Module, config: PruneConfig, ctx: PassContext) -> PassRecord
             where=where,
             train=ctx.train_data,
             output=ctx.output,
+            steps=config.steps,
+            between=fine_tune,
         )
         record.modules = list(record.details["layers"])
-        if x is not None and y is not None:
+        if x is not None and y is not None and config.steps == 1:
             record.details["fine_tune"] = fit(model, x, y, **_fit_args(config, ctx, ctx.seed))
         return record
     chosen = select(model, config.include, config.exclude, _kinds(), path=where)

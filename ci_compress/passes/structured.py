@@ -29,6 +29,7 @@ the group's L1/L2 weight magnitude, or first-order Taylor (|w * dL/dw|, Molchano
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -245,8 +246,16 @@ def prune_structured(
     train: Batches | None = None,
     output: OutputSpec = None,
     field: str = "include",
+    steps: int = 1,
+    between: Callable[[int], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Remove ``amount`` of every prunable group's channels (heads) from ``model`` in place.
+
+    With ``steps > 1`` the removal is gradual on one traced graph: after step ``t`` of
+    ``steps`` each group has lost ``amount * (1 - (1 - t/steps)**3)`` of its original
+    channels (Zhu & Gupta's cubic schedule, as unstructured pruning), importance is
+    re-scored on the current weights at each step, and ``between(t)`` (fine-tuning) runs
+    after each step; its results are the ``schedule`` of the details.
 
     Returns the record's details: ``layers`` (module -> [before, after] width),
     ``heads`` (attention module -> [before, after] heads), ``skipped`` (module -> why)
@@ -282,7 +291,6 @@ def prune_structured(
         scorer: Any = tp.importance.GroupTaylorImportance()
     else:
         scorer = tp.importance.GroupMagnitudeImportance(p=1 if norm == "l1" else 2)
-    backup = copy.deepcopy(model)
     # floor(n * (1 - amount)) kept; the epsilon keeps 1 - 0.7 from flooring 7 to 6
     ratio = max(0.0, amount - 1e-9)
     try:
@@ -296,6 +304,8 @@ def prune_structured(
             prune_num_heads=bool(num_heads),
             prune_head_dims=not num_heads,
             head_pruning_ratio=ratio if num_heads else 0.0,
+            iterative_steps=steps,
+            iterative_pruning_ratio_scheduler=_cubic,
         )
     except ConfigError:
         raise
@@ -305,6 +315,8 @@ def prune_structured(
             path=f"{where}.structured",
             hint="use unstructured pruning (structured: false) for this model",
         ) from None
+    if steps > 1 and num_heads:
+        _gradual_heads(pruner, set(num_heads.values()), ratio, steps, where)
     skipped: dict[str, str] = {}
     for members in _output_groups(pruner, sinks, names).values():
         pruner.ignored_layers.extend(members)
@@ -318,45 +330,94 @@ def prune_structured(
     for n in sorted(before):
         if n and n not in chosen and n not in skipped:
             skipped[n] = "not selected (include/exclude)"
-    planned: list[tuple[str, bool, list[int]]] = []
-    for group in pruner.step(interactive=True):
-        dep, idxs = group[0]
-        planned.append(
-            (names[dep.target.module], pruner.DG.is_out_channel_pruning_fn(dep.handler), list(idxs))
-        )
-        group.prune()
-    model.zero_grad(set_to_none=True)
-    heads_changed = _update_heads(heads)
-    after = _widths(model)
-    layers = {n: [before[n], after[n]] for n in before if n in after and after[n] != before[n]}
-    problem = _check(model, example, before_shapes)
-    if problem is not None:
-        broken = _diagnose(backup, example, before_shapes, planned, heads)
-        listed = dict(sorted(broken.items())) or {"(the model)": problem}
-        raise ConfigError(
-            f"structured pruning cannot handle {len(listed)} module(s): "
-            + "; ".join(f"{n!r} ({why})" for n, why in listed.items()),
-            path=f"{where}.{field}",
-            hint="exclude them: exclude: [" + ", ".join(repr(n) for n in listed) + "]",
-        )
-    if not layers and not heads_changed:
-        reasons = "; ".join(f"{n!r}: {why}" for n, why in sorted(skipped.items())[:10])
-        raise ConfigError(
-            "structured pruning would change nothing: no selected group can shrink"
-            + (f" ({reasons})" if reasons else ""),
-            path=f"{where}.{field}",
-            hint="include hidden layers (the output layer is always kept), or raise amount",
-        )
-    del backup
-    return {
+    history: list[dict[str, Any]] = []
+    planned_total = 0
+    for t in range(steps):
+        if t and importance == "taylor":
+            assert train is not None
+            _taylor_gradients(model, train, output, where)  # on the fine-tuned weights
+        backup = copy.deepcopy(model)
+        planned: list[tuple[str, bool, list[int]]] = []
+        for group in pruner.step(interactive=True):
+            dep, idxs = group[0]
+            planned.append(
+                (
+                    names[dep.target.module],
+                    pruner.DG.is_out_channel_pruning_fn(dep.handler),
+                    list(idxs),
+                )
+            )
+            group.prune()
+        planned_total += len(planned)
+        model.zero_grad(set_to_none=True)
+        heads_changed = _update_heads(heads)
+        problem = _check(model, example, before_shapes)
+        if problem is not None:
+            broken = _diagnose(backup, example, before_shapes, planned, heads)
+            listed = dict(sorted(broken.items())) or {"(the model)": problem}
+            raise ConfigError(
+                f"structured pruning cannot handle {len(listed)} module(s): "
+                + "; ".join(f"{n!r} ({why})" for n, why in listed.items()),
+                path=f"{where}.{field}",
+                hint="exclude them: exclude: [" + ", ".join(repr(n) for n in listed) + "]",
+            )
+        del backup
+        after = _widths(model)
+        layers = {n: [before[n], after[n]] for n in before if n in after and after[n] != before[n]}
+        if not layers and not heads_changed and t == steps - 1:
+            reasons = "; ".join(f"{n!r}: {why}" for n, why in sorted(skipped.items())[:10])
+            raise ConfigError(
+                "structured pruning would change nothing: no selected group can shrink"
+                + (f" ({reasons})" if reasons else ""),
+                path=f"{where}.{field}",
+                hint="include hidden layers (the output layer is always kept), or raise amount",
+            )
+        if steps > 1:
+            step = {
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "groups_pruned": len(planned),
+                "heads": sum(int(vars(m)["num_attention_heads"]) for m, _, _ in heads.values()),
+            }
+            history.append(step | (between(t) if between is not None else {}))
+    details = {
         "structured": True,
         "importance": importance if importance == "taylor" else norm,
         "layers": layers,
         "heads": heads_changed,
         "skipped": {n: why for n, why in skipped.items() if n not in layers},
         "unknown_ops": unknown,
-        "groups_pruned": len(planned),
+        "groups_pruned": planned_total,
     }
+    if history:
+        details["schedule"] = history
+    return details
+
+
+def _gradual_heads(pruner: Any, heads: set[int], ratio: float, steps: int, where: str) -> None:
+    """Make torch-pruning remove ``ceil(s_t * heads)`` heads in all after step ``t``.
+
+    Its local head pruning removes ``ceil(r_t * current heads)`` at step ``t`` (relative
+    to what is left, unlike widths, which it schedules against the original width), so
+    the cumulative schedule is turned into each step's fraction of the heads left.
+    """
+    if len(heads) != 1:
+        raise ConfigError(
+            f"gradual structured pruning needs the same head count in every attention module (found {sorted(heads)})",
+            path=f"{where}.steps",
+            hint="use steps: 1 for this model",
+        )
+    (h,) = heads
+    removed = [math.ceil(h * s - 1e-9) for s in _cubic(ratio, steps)]
+    fractions = [0.0]
+    for t in range(1, steps + 1):
+        k, left = removed[t] - removed[t - 1], h - removed[t - 1]
+        fractions.append((k - 0.5) / left if k > 0 else 0.0)  # ceil(fraction * left) == k
+    pruner.per_step_head_pruning_ratio = fractions
+
+
+def _cubic(ratio: float, steps: int) -> list[float]:
+    """Zhu & Gupta's schedule: the fraction removed after step t of ``steps`` (t = 0..steps)."""
+    return [ratio * (1 - (1 - t / steps) ** 3) for t in range(steps + 1)]
 
 
 def _check(model: nn.Module, example: Inputs, before: list[tuple[int, ...]]) -> str | None:

@@ -233,3 +233,27 @@ def test_distill_width_on_a_minilm_sized_bert_classifier() -> None:
     assert student.classifier.out_features == 3
     assert student(**x).logits.shape == (32, 3)
     assert teacher.bert.encoder.layer[1].attention.self.num_attention_heads == 12  # untouched
+
+
+def test_gradual_structured_pruning_of_minilm_removes_heads_on_the_schedule() -> None:
+    # torch-pruning schedules head removal against the heads left, not the original
+    # count: unadjusted, three steps of a 0.5 schedule left 1 head of 12 per layer
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(str(minilm()), local_files_only=True).eval()
+    ids = torch.randint(1000, 5000, (6, 16), generator=torch.Generator().manual_seed(0))
+    x = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    ctx = PassContext(
+        seed=0, index=0, calibration_data=_batches(x, torch.zeros(6, dtype=torch.long))
+    )
+    raw = {"type": "prune", "amount": 0.5, "structured": True, "steps": 3}
+    record = prune.apply(model, _pass(raw), ctx)
+    # removed after step t: ceil(12 * 0.5 * (1 - (1 - t/3)^3)) = 5, 6, 6 per layer
+    assert [step["heads"] for step in record.details["schedule"]] == [42, 36, 36]
+    params = [step["parameters"] for step in record.details["schedule"]]
+    assert params[0] > params[1] > params[2]  # FFN neurons leave at every step
+    attn = model.encoder.layer[0].attention.self
+    assert (attn.num_attention_heads, attn.all_head_size) == (6, 192)
+    assert model.encoder.layer[0].intermediate.dense.out_features == 768  # as one step
+    with torch.no_grad():
+        assert model(**x).last_hidden_state.shape == (6, 16, 384)
