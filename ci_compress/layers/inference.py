@@ -81,3 +81,23 @@ def placed(
     finally:
         for m, _ in moved:
             m.to("cpu")
+
+
+@contextlib.contextmanager
+def no_cache(model: nn.Module) -> Iterator[None]:
+    """Run a Hugging Face model without its key/value cache (``config.use_cache``).
+
+    A whole-sequence forward needs no cache; with one, the model returns a cache object
+    (not tensors) and concatenates into it, which graph tracing and ``torch.export``
+    cannot take. Models without the setting are run as they are.
+    """
+    config = getattr(model, "config", None)
+    cached = getattr(config, "use_cache", None)
+    if not isinstance(cached, bool) or not cached:
+        yield
+        return
+    config.use_cache = False  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        config.use_cache = cached  # type: ignore[union-attr]

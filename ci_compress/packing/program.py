@@ -39,6 +39,7 @@ from torch import nn
 
 from ci_compress.errors import ArtifactError
 from ci_compress.layers.batches import Inputs
+from ci_compress.layers.inference import no_cache
 
 # A graph's JSON may be at most this large (MiniLM-L6, 6 transformer layers: ~0.5 MB);
 # checked before the stream is read.
@@ -174,7 +175,8 @@ def export_program(model: nn.Module, example: Inputs) -> torch.export.ExportedPr
             params = []
         if args and params and params[0].kind is inspect.Parameter.VAR_POSITIONAL:
             shapes = (shapes,)  # forward(*args): the positional inputs are one argument
-        return torch.export.export(model, args, kwargs, dynamic_shapes=shapes)
+        with no_cache(model):  # a whole-sequence forward; a cache object is not a tensor
+            return torch.export.export(model, args, kwargs, dynamic_shapes=shapes)
 
 
 def make_program(model: nn.Module, example: Inputs) -> Program:

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from ci_compress.errors import ConfigError
 from ci_compress.layers.batches import Inputs, batch_size, call_model, map_tensors, take
+from ci_compress.layers.inference import no_cache
 from ci_compress.layers.outputs import OutputSpec, select_output
 from ci_compress.passes.base import select
 from ci_compress.passes.training import missing
@@ -51,6 +52,74 @@ EXAMPLE_SAMPLES = 4
 
 TAYLOR_SAMPLES = 256
 """Training samples whose loss gradient scores channels for ``importance: taylor``."""
+
+
+def _conv1d_to_linear(model: nn.Module) -> list[str]:
+    """Replace Hugging Face ``Conv1D`` (GPT-2's Linear with a transposed weight) by the
+    equal ``nn.Linear``, so the graph's widths are known and the layer can be pruned."""
+    import torch
+    from torch import nn
+
+    converted = []
+    for name, m in list(model.named_modules()):
+        if type(m).__name__ != "Conv1D" or not type(m).__module__.startswith("transformers"):
+            continue
+        weight, bias = getattr(m, "weight", None), getattr(m, "bias", None)
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+            continue
+        fan_in, fan_out = weight.shape
+        linear = nn.Linear(fan_in, fan_out, bias=bias is not None)
+        with torch.no_grad():
+            linear.weight.copy_(weight.T)
+            if bias is not None:
+                linear.bias.copy_(bias)
+        linear.train(m.training)
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent), attr, linear)
+        converted.append(name)
+    return converted
+
+
+def _fused_qkv(model: nn.Module) -> set[str]:
+    """Fused q/k/v projections split by ``split_size`` (GPT-2's ``c_attn``): names.
+
+    torch-pruning cannot map their split outputs to heads, so their widths are kept;
+    the FFN neurons and the residual width around them can still be pruned.
+    """
+    from torch import nn
+
+    found = set()
+    for name, m in model.named_modules():
+        proj = getattr(m, "c_attn", None)
+        if isinstance(proj, nn.Linear) and isinstance(getattr(m, "split_size", None), int):
+            found.add(f"{name}.c_attn" if name else "c_attn")
+    return found
+
+
+def _shared_parameters(model: nn.Module) -> list[list[tuple[str, str]]]:
+    """Parameters held by several modules (tied embeddings): [(module, attribute), ...]."""
+    holders: dict[int, list[tuple[str, str]]] = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        for attr, p in m.named_parameters(recurse=False):
+            where = (name, attr)
+            if where not in holders.setdefault(id(p), []):
+                holders[id(p)].append(where)
+    return [h for h in holders.values() if len(h) > 1]
+
+
+def _retie(model: nn.Module, shared: list[list[tuple[str, str]]]) -> None:
+    """Tie again what was tied before pruning (torch-pruning replaces each holder's
+    parameter by a pruned copy), when the copies still hold the same values."""
+    import torch
+
+    for holders in shared:
+        (first, attr), *rest = holders
+        kept = getattr(model.get_submodule(first), attr)
+        for name, other in rest:
+            module = model.get_submodule(name)
+            p = getattr(module, other)
+            if p is not kept and p.shape == kept.shape and torch.equal(p, kept):
+                setattr(module, other, kept)
 
 
 def _kinds() -> tuple[type[nn.Module], ...]:
@@ -188,7 +257,7 @@ def _trace(model: nn.Module, example: Inputs, **kwargs: Any) -> Any:
         outputs.extend(t.grad_fn for t in tensors)
         return tensors
 
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, no_cache(model):
         warnings.simplefilter("always")
         pruner = tp.pruner.BasePruner(
             model,
@@ -264,10 +333,15 @@ def prune_structured(
     """
     import torch_pruning as tp
 
+    converted = _conv1d_to_linear(model)
+    shared = _shared_parameters(model)
     chosen = {n for n, _ in select(model, include, exclude, _kinds(), path=where)}
+    fused = _fused_qkv(model)
     names = {m: n for n, m in model.named_modules()}
     ignored = [
-        m for n, m in model.named_modules() if isinstance(m, _kinds()) and n and n not in chosen
+        m
+        for n, m in model.named_modules()
+        if isinstance(m, _kinds()) and n and (n not in chosen or n in fused)
     ]
     try:
         before_shapes = _shapes(model, example)
@@ -327,6 +401,8 @@ def prune_structured(
                     if any(n.module is m for n in sinks)
                     else "its width is tied to the model's output (kept: the output shape must not change)"
                 )
+    for n in sorted(fused):
+        skipped.setdefault(n, "fused q/k/v projection (GPT-2 style): its heads are kept")
     for n in sorted(before):
         if n and n not in chosen and n not in skipped:
             skipped[n] = "not selected (include/exclude)"
@@ -379,6 +455,7 @@ def prune_structured(
                 "heads": sum(int(vars(m)["num_attention_heads"]) for m, _, _ in heads.values()),
             }
             history.append(step | (between(t) if between is not None else {}))
+    _retie(model, shared)
     details = {
         "structured": True,
         "importance": importance if importance == "taylor" else norm,
@@ -388,6 +465,8 @@ def prune_structured(
         "unknown_ops": unknown,
         "groups_pruned": planned_total,
     }
+    if converted:
+        details["conv1d_to_linear"] = converted
     if history:
         details["schedule"] = history
     return details
@@ -444,7 +523,7 @@ def _diagnose(
     broken = {}
     for root, is_out, idxs in planned:
         trial = copy.deepcopy(original)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), no_cache(trial):
             warnings.simplefilter("ignore")
             graph = tp.DependencyGraph().build_dependency(
                 trial,

@@ -257,3 +257,42 @@ def test_gradual_structured_pruning_of_minilm_removes_heads_on_the_schedule() ->
     assert model.encoder.layer[0].intermediate.dense.out_features == 768  # as one step
     with torch.no_grad():
         assert model(**x).last_hidden_state.shape == (6, 16, 384)
+
+
+def test_gpt2_ffn_and_residual_width_shrink_and_the_pruned_model_ships(tmp_path: Any) -> None:
+    # GPT-2's layers are Hugging Face Conv1D (a Linear with its weight transposed) and its
+    # forward concatenates into a key/value cache: the tracer refused it ("unsupported
+    # operand type(s) for +: 'int' and 'NoneType'") before Conv1D became nn.Linear and
+    # the graph was traced without the cache
+    import transformers
+
+    from ci_compress.packing.file import load_packed, pack
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=256, n_positions=64, n_embd=64, n_layer=2, n_head=4)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    ids = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(0))
+    x = {"input_ids": ids}
+    before = _params(model)
+    ctx = PassContext(
+        seed=0, index=0, calibration_data=_batches(x, torch.zeros(4, dtype=torch.long))
+    )
+    record = prune.apply(model, _pass({"type": "prune", "amount": 0.5, "structured": True}), ctx)
+    block = model.transformer.h[0]
+    assert isinstance(block.mlp.c_fc, nn.Linear) and block.mlp.c_fc.out_features == 128
+    assert block.attn.c_attn.out_features == 192  # fused q/k/v: heads kept
+    assert block.attn.c_attn.in_features == 32 and model.transformer.wte.weight.shape == (256, 32)
+    assert record.details["skipped"]["transformer.h.0.attn.c_attn"].startswith("fused q/k/v")
+    assert len(record.details["conv1d_to_linear"]) == 8
+    assert model.lm_head.weight is model.transformer.wte.weight  # tied again
+    assert _params(model) < 0.4 * before
+    assert model.config.use_cache is True  # restored after tracing
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    assert logits.shape == (4, 16, 256)
+    pack(model, tmp_path / "s.ccz", example=x)  # ships its graph: no factory
+    reloaded, _ = load_packed(tmp_path / "s.ccz")
+    with torch.no_grad():
+        out = reloaded(input_ids=ids)
+    out = out["logits"] if isinstance(out, dict) else getattr(out, "logits", out)
+    assert torch.allclose(out, logits, atol=1e-5)
