@@ -15,7 +15,6 @@ was exported with. Writes ``benchmarks/results/program_bytes.json``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import tempfile
@@ -54,18 +53,8 @@ def mlp() -> tuple[nn.Module, Callable[[int], Any]]:
 
 
 def resnet18() -> tuple[nn.Module, Callable[[int], Any]]:
-    try:
-        from tests.helpers.real_models import resnet18 as build  # type: ignore[attr-defined]
-    except ImportError:  # before the ResNet-18 source moved to the helpers
-        from tests.e2e.test_real_models import RESNET
+    from tests.helpers.real_models import resnet18 as build
 
-        with tempfile.TemporaryDirectory() as d:
-            (Path(d) / "resnet.py").write_text(RESNET)
-            spec = importlib.util.spec_from_file_location("resnet_bench", Path(d) / "resnet.py")
-            assert spec is not None and spec.loader is not None
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-        build = module.resnet18
     return build(), lambda n: torch.rand(n, 3, 32, 32)
 
 

@@ -62,6 +62,15 @@ def _is(default: Any) -> Any:
     return lambda value: value == default
 
 
+def _exactly_one(model: Frozen, *names: str) -> None:
+    """A source given one way: exactly one of the fields ``names`` is set (non-empty)."""
+    given = [k for k in names if getattr(model, k)]
+    if len(given) != 1:
+        raise ValueError(
+            f"give exactly one of {', '.join(names)} (got {', '.join(given) or 'none'})"
+        )
+
+
 class HuggingFaceConfig(Frozen):
     """How a Hugging Face ``save_pretrained`` folder is loaded (needs ``ci-compress[hf]``)."""
 
@@ -121,11 +130,7 @@ class ModelSource(Frozen):
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSource:
-        given = [k for k in ("path", "url", "uri") if getattr(self, k)]
-        if len(given) != 1:
-            raise ValueError(
-                f"give exactly one of path, url, uri (got {', '.join(given) or 'none'})"
-            )
+        _exactly_one(self, "path", "url", "uri")
         if self.url and not self.sha256:
             raise ValueError("url needs sha256: pin the download to the file you tested")
         if self.hf is not None and not self.path:
@@ -174,11 +179,7 @@ class DataSource(Frozen):
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSource:
-        given = [k for k in ("builtin", "path", "factory") if getattr(self, k)]
-        if len(given) != 1:
-            raise ValueError(
-                f"give exactly one of builtin, path, factory (got {', '.join(given) or 'none'})"
-            )
+        _exactly_one(self, "builtin", "path", "factory")
         if not self.path and (self.inputs != "x" or self.target != "y"):
             which = "inputs" if self.inputs != "x" else "target"
             raise ValueError(

@@ -31,7 +31,79 @@ def _pair(v: Any) -> tuple[int, int]:
     return (int(a), int(b))
 
 
-class _Geometry(nn.Module):
+class _Compressed(nn.Module):
+    """A layer whose weight is stored compressed: its geometry (Linear, Conv2d or an
+    embedding table) gives :attr:`weight_shape`, its storage (the mixins below) the
+    tensors and the arguments beyond the geometry."""
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def decoded_weight(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def extra_args(self) -> dict[str, Any]:
+        return {}
+
+
+class _Int8Weight(_Compressed):
+    """int8 weights (symmetric, one float32 scale per output channel or table row)."""
+
+    weight_int8: torch.Tensor
+    weight_scale: torch.Tensor
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register_buffer("weight_int8", torch.zeros(self.weight_shape, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(self.weight_shape[0]))
+
+    def decoded_weight(self) -> torch.Tensor:
+        shape = (-1,) + (1,) * (len(self.weight_shape) - 1)
+        return self.weight_int8.float() * self.weight_scale.view(shape)
+
+    def quantize_from(self, weight: torch.Tensor) -> None:
+        q, scale = quantize_weight_int8(weight)
+        self.weight_int8.copy_(q)
+        self.weight_scale.copy_(scale)
+
+
+class _ClusteredWeight(_Compressed):
+    """Weight sharing: each weight is ``codebook[indices]`` (uint8 indices, <= 256 centroids).
+
+    The codebook is a Parameter so centroid fine-tuning gets its gradient (the sum of the
+    gradients of the weights sharing it, as in Deep Compression) from autograd.
+    """
+
+    indices: torch.Tensor
+
+    def __init__(self, *args: Any, bits: int = 4, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.bits = int(bits)
+        self.register_buffer("indices", torch.zeros(self.weight_shape, dtype=torch.uint8))
+        self.codebook = nn.Parameter(torch.zeros(2**self.bits))
+
+    def decoded_weight(self) -> torch.Tensor:
+        return self.codebook[self.indices.long()]
+
+    def extra_args(self) -> dict[str, Any]:
+        return {"bits": self.bits}
+
+
+class _LowPrecisionWeight(_Compressed):
+    """The weight as a float16 or bfloat16 Parameter."""
+
+    def __init__(self, *args: Any, dtype: str = "float16", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.dtype_name = str(dtype)
+        dt = getattr(torch, self.dtype_name)
+        self.weight = nn.Parameter(torch.zeros(self.weight_shape, dtype=dt))
+
+    def extra_args(self) -> dict[str, Any]:
+        return {"dtype": self.dtype_name}
+
+
+class _Geometry(_Compressed):
     """Linear or Conv2d shape and the float op, shared by the compressed layer classes."""
 
     KIND = "linear"
@@ -102,9 +174,6 @@ class _Geometry(nn.Module):
             return F.linear(x, w, b)
         return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
 
-    def decoded_weight(self) -> torch.Tensor:
-        raise NotImplementedError
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.run(x, self.decoded_weight(), self.bias)
 
@@ -115,9 +184,6 @@ class _Geometry(nn.Module):
             out.append(("bias", self.bias.detach().float()))
         return out
 
-    def extra_args(self) -> dict[str, Any]:
-        return {}
-
     def args(self) -> dict[str, Any]:
         return self.geometry() | self.extra_args()
 
@@ -125,27 +191,13 @@ class _Geometry(nn.Module):
 # ---------------------------------------------------------------- int8 weight-only
 
 
-class _Int8WeightOnly(_Geometry):
+class _Int8WeightOnly(_Int8Weight, _Geometry):
     """int8 weights (symmetric, per output channel) + float scales; float activations."""
-
-    weight_int8: torch.Tensor
-    weight_scale: torch.Tensor
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.register_buffer("weight_int8", torch.zeros(self.weight_shape, dtype=torch.int8))
-        self.register_buffer("weight_scale", torch.ones(self.out_dim))
-
-    def decoded_weight(self) -> torch.Tensor:
-        shape = (-1,) + (1,) * (len(self.weight_shape) - 1)
-        return self.weight_int8.float() * self.weight_scale.view(shape)
 
     @classmethod
     def from_float(cls, layer: nn.Module) -> _Int8WeightOnly:
         m = cls(**cls.geometry_of(layer))
-        q, scale = quantize_weight_int8(layer.weight)  # type: ignore[arg-type]
-        m.weight_int8.copy_(q)
-        m.weight_scale.copy_(scale)
+        m.quantize_from(layer.weight)  # type: ignore[arg-type]
         if layer.bias is not None:
             m.bias.data.copy_(layer.bias.detach())  # type: ignore[union-attr,operator]
         return m
@@ -162,26 +214,8 @@ class Int8WeightOnlyConv2d(_Int8WeightOnly):
 # ---------------------------------------------------------------- k-means clustered
 
 
-class _Clustered(_Geometry):
-    """Weight sharing: each weight is ``codebook[indices]`` (uint8 indices, <= 256 centroids).
-
-    The codebook is a Parameter so centroid fine-tuning gets its gradient (the sum of the
-    gradients of the weights sharing it, as in Deep Compression) from autograd.
-    """
-
-    indices: torch.Tensor
-
-    def __init__(self, *args: Any, bits: int = 4, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.bits = int(bits)
-        self.register_buffer("indices", torch.zeros(self.weight_shape, dtype=torch.uint8))
-        self.codebook = nn.Parameter(torch.zeros(2**self.bits))
-
-    def decoded_weight(self) -> torch.Tensor:
-        return self.codebook[self.indices.long()]
-
-    def extra_args(self) -> dict[str, Any]:
-        return {"bits": self.bits}
+class _Clustered(_ClusteredWeight, _Geometry):
+    """k-means weight sharing for a Linear or Conv2d."""
 
 
 class ClusteredLinear(_Clustered):
@@ -195,25 +229,19 @@ class ClusteredConv2d(_Clustered):
 # ---------------------------------------------------------------- fp16 / bf16
 
 
-class _LowPrecision(_Geometry):
+class _LowPrecision(_LowPrecisionWeight, _Geometry):
     """Weights (and bias) stored and computed in float16 or bfloat16; float32 in and out."""
 
-    def __init__(self, *args: Any, dtype: str = "float16", **kwargs: Any) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.dtype_name = str(dtype)
-        dt = getattr(torch, self.dtype_name)
-        self.weight = nn.Parameter(torch.zeros(self.weight_shape, dtype=dt))
         if self.bias is not None:
-            self.bias = nn.Parameter(self.bias.detach().to(dt))
+            self.bias = nn.Parameter(self.bias.detach().to(self.weight.dtype))
 
     def decoded_weight(self) -> torch.Tensor:
         return self.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.run(x.to(self.weight.dtype), self.weight, self.bias).to(x.dtype)
-
-    def extra_args(self) -> dict[str, Any]:
-        return {"dtype": self.dtype_name}
 
     @classmethod
     def from_float(cls, layer: nn.Module, dtype: str) -> _LowPrecision:
@@ -236,7 +264,7 @@ class LowPrecisionConv2d(_LowPrecision):
 # ---------------------------------------------------------------- int8 static
 
 
-class _StaticInt8(_Geometry):
+class _StaticInt8(_Int8Weight, _Geometry):
     """Post-training static int8: activations quantized with calibrated scales.
 
     Runs torch's int8 kernels (``torch.ao.nn.quantized.Linear``/``Conv2d``, fbgemm/x86):
@@ -249,15 +277,11 @@ class _StaticInt8(_Geometry):
 
     # Runs torch.ao's int8 kernels (see ci_compress.layers.inference).
     uses_torch_ao_kernels = True
-    weight_int8: torch.Tensor
-    weight_scale: torch.Tensor
     input_qparams: torch.Tensor
     output_qparams: torch.Tensor
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.register_buffer("weight_int8", torch.zeros(self.weight_shape, dtype=torch.int8))
-        self.register_buffer("weight_scale", torch.ones(self.out_dim))
         self.register_buffer("input_qparams", torch.tensor([1.0, 0.0]))
         self.register_buffer("output_qparams", torch.tensor([1.0, 0.0]))
         self._clear()
@@ -268,10 +292,6 @@ class _StaticInt8(_Geometry):
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         self._clear()
         super()._load_from_state_dict(*args, **kwargs)
-
-    def decoded_weight(self) -> torch.Tensor:
-        shape = (-1,) + (1,) * (len(self.weight_shape) - 1)
-        return self.weight_int8.float() * self.weight_scale.view(shape)
 
     def _packed(self) -> nn.Module:
         q = self.__dict__.get("_q")
@@ -326,10 +346,8 @@ class _StaticInt8(_Geometry):
         cls, layer: nn.Module, input_range: tuple[float, float], output_range: tuple[float, float]
     ) -> _StaticInt8:
         m = cls(**cls.geometry_of(layer))
-        q, scale = quantize_weight_int8(layer.weight)  # type: ignore[arg-type]
         with torch.no_grad():
-            m.weight_int8.copy_(q)
-            m.weight_scale.copy_(scale)
+            m.quantize_from(layer.weight)  # type: ignore[arg-type]
             if layer.bias is not None:
                 m.bias.copy_(layer.bias)  # type: ignore[union-attr,arg-type]
             m.input_qparams.copy_(torch.tensor(affine_qparams(*input_range)))
@@ -357,7 +375,7 @@ class StaticInt8Conv2d(_StaticInt8):
 # ---------------------------------------------------------------- embeddings
 
 
-class _Embedding(nn.Module):
+class _Embedding(_Compressed):
     """An ``nn.Embedding`` lookup table stored compressed; the forward pass gathers the
     rows it is asked for and decodes only those (a table of 30k rows is never decoded
     whole to look up a batch).
@@ -394,6 +412,8 @@ class _Embedding(nn.Module):
         raise NotImplementedError
 
     def decoded_weight(self) -> torch.Tensor:
+        # the whole table through rows(); the int8 and clustered storages decode it
+        # directly (the same values)
         return self.rows(torch.arange(self.num_embeddings, device=self._device()))
 
     def _device(self) -> torch.device:
@@ -404,9 +424,6 @@ class _Embedding(nn.Module):
 
     def learned(self) -> list[tuple[str, torch.Tensor]]:
         return [("weight", self.decoded_weight().detach().float())]
-
-    def extra_args(self) -> dict[str, Any]:
-        return {}
 
     def args(self) -> dict[str, Any]:
         return {
@@ -419,17 +436,9 @@ class _Embedding(nn.Module):
         return f"{self.num_embeddings}, {self.embedding_dim}, padding_idx={self.padding_idx}"
 
 
-class Int8WeightOnlyEmbedding(_Embedding):
+class Int8WeightOnlyEmbedding(_Int8Weight, _Embedding):
     """int8 rows (symmetric, one float32 scale per row): 4x smaller than float32. The
     forward pass gathers int8 rows and their scales, then dequantizes only those."""
-
-    weight_int8: torch.Tensor
-    weight_scale: torch.Tensor
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.register_buffer("weight_int8", torch.zeros(self.weight_shape, dtype=torch.int8))
-        self.register_buffer("weight_scale", torch.ones(self.num_embeddings))
 
     def rows(self, idx: torch.Tensor) -> torch.Tensor:
         q = F.embedding(idx, self.weight_int8)
@@ -438,47 +447,26 @@ class Int8WeightOnlyEmbedding(_Embedding):
     @classmethod
     def from_float(cls, layer: nn.Module) -> Int8WeightOnlyEmbedding:
         m = cls(**cls.geometry_of(layer))
-        q, scale = quantize_weight_int8(layer.weight)  # type: ignore[arg-type]
-        m.weight_int8.copy_(q)
-        m.weight_scale.copy_(scale)
+        m.quantize_from(layer.weight)  # type: ignore[arg-type]
         return m
 
 
-class ClusteredEmbedding(_Embedding):
+class ClusteredEmbedding(_ClusteredWeight, _Embedding):
     """k-means weight sharing: each entry is ``codebook[indices]`` (uint8 indices); the
     forward pass gathers index rows, then looks them up in the codebook."""
-
-    indices: torch.Tensor
-
-    def __init__(self, *args: Any, bits: int = 4, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.bits = int(bits)
-        self.register_buffer("indices", torch.zeros(self.weight_shape, dtype=torch.uint8))
-        self.codebook = nn.Parameter(torch.zeros(2**self.bits))
 
     def rows(self, idx: torch.Tensor) -> torch.Tensor:
         return self.codebook[F.embedding(idx, self.indices).long()]
 
-    def extra_args(self) -> dict[str, Any]:
-        return {"bits": self.bits}
 
-
-class LowPrecisionEmbedding(_Embedding):
+class LowPrecisionEmbedding(_LowPrecisionWeight, _Embedding):
     """A float16 or bfloat16 table; the gathered rows come out as float32."""
-
-    def __init__(self, *args: Any, dtype: str = "float16", **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.dtype_name = str(dtype)
-        self.weight = nn.Parameter(torch.zeros(self.weight_shape, dtype=getattr(torch, dtype)))
 
     def rows(self, idx: torch.Tensor) -> torch.Tensor:
         return F.embedding(idx, self.weight).float()
 
     def _device(self) -> torch.device:
         return self.weight.device
-
-    def extra_args(self) -> dict[str, Any]:
-        return {"dtype": self.dtype_name}
 
     @classmethod
     def from_float(cls, layer: nn.Module, dtype: str) -> LowPrecisionEmbedding:

@@ -698,19 +698,27 @@ def _file_chunks(f: IO[bytes], start: int, length: int) -> Iterator[bytes]:
         yield chunk
 
 
+def _open_packed(path: Path, f: IO[bytes]) -> _Layout | tuple[dict[str, Any], bytes]:
+    """The layout of a version 3 file open as ``f``, or a version 1 or 2 file's manifest
+    and (checked) payload, read whole."""
+    magic = _check_magic(path, f.read(len(MAGIC)))
+    if magic != MAGIC:
+        f.seek(0)
+        blob = f.read()
+        if len(blob) < len(MAGIC) + 4:
+            raise ArtifactError(f"{path} is truncated (no manifest length)")
+        return _legacy_manifest(path, blob)
+    size = f.seek(0, 2)
+    return _layout(path, f, size)
+
+
 def read_manifest(path: Path) -> tuple[dict[str, Any], bytes]:
     """The manifest and the (checked) payload of a packed file of any readable version."""
     try:
         with path.open("rb") as f:
-            magic = _check_magic(path, f.read(len(MAGIC)))
-            if magic != MAGIC:
-                f.seek(0)
-                blob = f.read()
-                if len(blob) < len(MAGIC) + 4:
-                    raise ArtifactError(f"{path} is truncated (no manifest length)")
-                return _legacy_manifest(path, blob)
-            size = f.seek(0, 2)
-            lay = _layout(path, f, size)
+            lay = _open_packed(path, f)
+            if not isinstance(lay, _Layout):
+                return lay
             payload = b"".join(_file_chunks(f, lay.payload_start, lay.payload_bytes))
     except OSError as e:
         raise _open_error(path, e) from None
@@ -724,21 +732,13 @@ def load_packed(
     """Rebuild a runnable model from a packed file, verifying it first."""
     try:
         with path.open("rb") as f:
-            magic = _check_magic(path, f.read(len(MAGIC)))
-            if magic != MAGIC:
-                f.seek(0)
-                blob = f.read()
-                if len(blob) < len(MAGIC) + 4:
-                    raise ArtifactError(f"{path} is truncated (no manifest length)")
-                manifest, payload = _legacy_manifest(path, blob)
-                del blob
-                tensors = _legacy_tensors(path, manifest, payload)
-                graph = None
-            else:
-                size = f.seek(0, 2)
-                lay = _layout(path, f, size)
+            lay = _open_packed(path, f)
+            if isinstance(lay, _Layout):
                 manifest = lay.manifest
                 tensors, graph = _tensors(path, f, lay)
+            else:
+                manifest, payload = lay
+                tensors, graph = _legacy_tensors(path, manifest, payload), None
     except OSError as e:
         raise _open_error(path, e) from None
     arch = manifest.get("architecture")

@@ -17,16 +17,21 @@ import pytest
 from tests.helpers import REPO
 
 
-@pytest.mark.slow
-def test_benchmark_smoke_run_reports_every_row(tmp_path: Path) -> None:
-    out = tmp_path / "results.json"
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/run.py", "--smoke", "--json", str(out)],
+def benchmark(script: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:
+    """``python benchmarks/SCRIPT ARGS`` from the repository root, its output captured."""
+    return subprocess.run(
+        [sys.executable, f"benchmarks/{script}", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=timeout,
     )
+
+
+@pytest.mark.slow
+def test_benchmark_smoke_run_reports_every_row(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    proc = benchmark("run.py", "--smoke", "--json", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
     p = res["pipeline"]
@@ -56,13 +61,7 @@ def test_benchmark_smoke_run_reports_every_row(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_deep_compression_smoke_reports_the_table(tmp_path: Path) -> None:
     out = tmp_path / "deep_compression.json"
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/deep_compression.py", "--smoke", "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    proc = benchmark("deep_compression.py", "--smoke", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
     # the smoke teacher trains one epoch: every configuration qualifies (structure only)
@@ -101,9 +100,7 @@ def test_deep_compression_smoke_reports_the_table(tmp_path: Path) -> None:
 def test_gpu_benchmark_says_plainly_when_there_is_no_gpu() -> None:
     import torch
 
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/gpu.py"], cwd=REPO, capture_output=True, text=True, timeout=300
-    )
+    proc = benchmark("gpu.py", timeout=300)
     assert proc.returncode == 0, proc.stderr
     if torch.version.cuda is None:  # this project's CI: the CPU build
         assert proc.stdout.strip() == (
@@ -117,13 +114,7 @@ def test_gpu_benchmark_says_plainly_when_there_is_no_gpu() -> None:
 
 @pytest.mark.slow
 def test_tune_workers_smoke_shares_one_postgres_study() -> None:
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/tune_workers.py", "--smoke"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    proc = benchmark("tune_workers.py", "--smoke")
     assert proc.returncode == 0, proc.stderr
     rows = [line.split() for line in proc.stdout.splitlines() if line.strip()[:1].isdigit()]
     assert [r[0] for r in rows] == ["1", "2"]
@@ -133,14 +124,7 @@ def test_tune_workers_smoke_shares_one_postgres_study() -> None:
 
 @pytest.mark.slow
 def test_structured_benchmark_smoke_prints_the_table() -> None:
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/structured.py", "--smoke"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    proc = benchmark("structured.py", "--smoke", timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "| latency ratio (median of 3 alternating rounds) | 1.00 |" in proc.stdout
     assert ">= 2.0x" in proc.stdout and "| parameters | 11,181,642 | 2,801,450 |" in proc.stdout

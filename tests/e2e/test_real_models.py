@@ -41,6 +41,7 @@ from tests.helpers.real_models import (
     diabetes_regressor,
     digits_rgb32,
     minilm,
+    minilm_embedding,
     tiny_gpt2,
     tokenized,
     write_resnet18,
@@ -103,19 +104,8 @@ def run_gate(config: Path, *extra: str) -> tuple[int, dict[str, Any], float]:
 
 
 def test_minilm_embeddings_survive_int8(tmp_path: Path) -> None:
-    folder = minilm()
-    np.savez(tmp_path / "holdout.npz", **tokenized(folder, 64))
     raw = {
-        "model": {
-            "path": str(folder),
-            "hf": {"auto_class": "AutoModel"},
-            "output": "last_hidden_state",
-        },
-        "data": {
-            "holdout": {"path": "holdout.npz", "inputs": KEYWORDS, "target": None},
-            "batch_size": 32,
-        },
-        "task": {"type": "embedding"},
+        **minilm_embedding(tmp_path),
         "passes": [{"type": "quantize", "scheme": "int8-dynamic"}],
         "thresholds": {"metrics": {"cosine": {"min_value": 0.95}}},
         "ship": {"zstd_level": 3},
@@ -134,19 +124,8 @@ def test_minilm_int8_weight_only_tables_and_linears_four_times_smaller(tmp_path:
     """The issue's target for a real transformer: >= 4x smaller than fp32, cosine >= 0.98.
     The 30522 x 384 word table is half the parameters: quantized, it reloads into the
     Hugging Face model (its parent, BertEmbeddings, comes from the config's factory)."""
-    folder = minilm()
-    np.savez(tmp_path / "holdout.npz", **tokenized(folder, 64))
     raw = {
-        "model": {
-            "path": str(folder),
-            "hf": {"auto_class": "AutoModel"},
-            "output": "last_hidden_state",
-        },
-        "data": {
-            "holdout": {"path": "holdout.npz", "inputs": KEYWORDS, "target": None},
-            "batch_size": 32,
-        },
-        "task": {"type": "embedding"},
+        **minilm_embedding(tmp_path),
         "thresholds": {"metrics": {"cosine": {"min_value": 0.98}}},
         "ship": {"zstd_level": 3},
         "mlflow": {"enabled": False},

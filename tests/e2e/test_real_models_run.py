@@ -28,7 +28,7 @@ import pytest
 
 from tests.helpers.cli import run_cli
 from tests.helpers.configs import write_config
-from tests.helpers.real_models import KEYWORDS, diabetes_regressor, minilm, tiny_gpt2, tokenized
+from tests.helpers.real_models import diabetes_regressor, minilm_embedding, tiny_gpt2
 from tests.helpers.servers import MlflowServer
 
 pytestmark = pytest.mark.slow
@@ -288,21 +288,8 @@ def test_explain_on_regression_ranks_layers_by_the_mae_increase(tmp_path: Path) 
 
 
 def test_minilm_embeddings_gated_on_cosine_through_run(tmp_path: Path) -> None:
-    import numpy as np
-
-    folder = minilm()
-    np.savez(tmp_path / "holdout.npz", **tokenized(folder, 64))
     config: dict[str, Any] = {
-        "model": {
-            "path": str(folder),
-            "hf": {"auto_class": "AutoModel"},
-            "output": "last_hidden_state",
-        },
-        "data": {
-            "holdout": {"path": "holdout.npz", "inputs": KEYWORDS, "target": None},
-            "batch_size": 32,
-        },
-        "task": {"type": "embedding"},
+        **minilm_embedding(tmp_path),
         "passes": [{"type": "quantize", "scheme": "int8-dynamic"}],
         "thresholds": {
             "metrics": {

