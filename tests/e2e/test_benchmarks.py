@@ -128,3 +128,15 @@ def test_structured_benchmark_smoke_prints_the_table() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "| latency ratio (median of 3 alternating rounds) | 1.00 |" in proc.stdout
     assert ">= 2.0x" in proc.stdout and "| parameters | 11,181,642 | 2,801,450 |" in proc.stdout
+
+
+def test_passes_table_smoke_measures_a_structured_student_against_its_teacher() -> None:
+    # the script had imported tests.passes_support, gone since the reorganisation, and
+    # nothing ran it: the smoke run keeps the command that docs/passes.md names working
+    proc = benchmark("passes_table.py", "--smoke", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| mlp |")]
+    assert len(rows) == 2 and "| teacher (fp32) | 50826 |" in rows[0]
+    cells = [c.strip() for c in rows[1].split("|")]
+    assert cells[2:4] == ["prune 50% structured", "17226"]
+    assert float(cells[6].split("x")[0]) > 0  # a paired ratio (its value: the benchmark's)
