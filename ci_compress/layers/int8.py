@@ -2,8 +2,9 @@
 
 int8 dynamic quantization uses ``torch.ao.nn.quantized.dynamic.Linear``: deprecated in
 torch 2.13, but on CPU it is the only int8 Linear with fast kernels without
-``torch.compile`` (measured: 0.64 ms vs 0.99 ms fp32; torchao's dynamic int8 config
-25 ms). The deprecation warning is silenced only around our own calls.
+``torch.compile`` (measured on an Intel Xeon: 0.64 ms vs 0.99 ms fp32; torchao's dynamic
+int8 config 25 ms; on AVX2 without VNNI it is slower than fp32, see docs/libraries.md).
+The deprecation warning is silenced only around our own calls.
 """
 
 from __future__ import annotations
