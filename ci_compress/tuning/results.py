@@ -37,6 +37,13 @@ class TrialSummary:
     worker: str = ""
     error: str | None = None
     duplicate_of: int | None = None
+    # the searched ship options of the trial (ship.runtime, ship.quantize, ...); empty
+    # when none is searched, and for a trial stored before they could be
+    ship: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """Its passes, and its ship options when any were searched."""
+        return describe_passes(self.passes, self.ship)
 
     @property
     def file_bytes(self) -> float | None:
@@ -103,6 +110,7 @@ def summarize(study: optuna.Study) -> list[TrialSummary]:
                 worker=str(t.user_attrs.get("worker", "")),
                 error=t.user_attrs.get("error"),
                 duplicate_of=t.user_attrs.get("duplicate_of"),
+                ship=dict(t.user_attrs.get("ship", {})),
             )
         )
     return out
@@ -132,9 +140,14 @@ def pareto_front(trials: Sequence[TrialSummary], q: Quality | None = None) -> li
     return sorted(front, key=lambda t: (t.file_bytes, t.number))
 
 
-def describe_passes(passes: Sequence[Mapping[str, Any]]) -> str:
+def describe_passes(
+    passes: Sequence[Mapping[str, Any]], ship: Mapping[str, Any] | None = None
+) -> str:
+    tail = ""
+    if ship:
+        tail = "; ship(" + ", ".join(f"{k}={_short(v)}" for k, v in ship.items()) + ")"
     if not passes:
-        return "no passes"
+        return "no passes" + tail
     parts = []
     for p in passes:
         opts = ", ".join(
@@ -143,7 +156,7 @@ def describe_passes(passes: Sequence[Mapping[str, Any]]) -> str:
             if k != "type" and k not in ("include", "exclude")
         )
         parts.append(f"{p['type']}({opts})")
-    return " → ".join(parts)
+    return " → ".join(parts) + tail
 
 
 def _short(v: Any) -> str:
@@ -167,8 +180,8 @@ def write_tuned(
     Values the config took from the environment are written as their ``${NAME}``
     references, as in the config the study started from.
     """
-    mapping = space.config_mapping(best.passes)
-    space.build(best.passes)  # validated exactly as it will be read
+    mapping = space.config_mapping(best.passes, best.ship)
+    space.build(best.passes, best.ship)  # validated exactly as it will be read
     m = best.metrics
     header = (
         f"# Written by `ci-compress tune` (study {study!r}, trial {best.number}): the most compressed\n"
@@ -355,7 +368,7 @@ def render_markdown(result: TuneResult) -> str:
         b = result.best
         m = b.metrics
         lines += [
-            f"**Best passing config: trial {b.number}**: {describe_passes(b.passes)}",
+            f"**Best passing config: trial {b.number}**: {b.describe()}",
             "",
             "| | teacher | best student |",
             "|---|---:|---:|",
@@ -415,7 +428,7 @@ def render_markdown(result: TuneResult) -> str:
     for t in result.front:
         gate = "pass" if t.passed else ("pruned" if t.state == "pruned" else "fail")
         lines.append(
-            f"| {t.number} | {describe_passes(t.passes)} | {int(t.file_bytes or 0):,} | "
+            f"| {t.number} | {t.describe()} | {int(t.file_bytes or 0):,} | "
             f"{q.fmt(t.quality(q) or 0)} | {gate} |"
         )
     lines += [
@@ -429,7 +442,7 @@ def render_markdown(result: TuneResult) -> str:
         gate = "pass" if t.passed else ("-" if t.file_bytes is None else "fail")
         state = t.state + (f" (as trial {t.duplicate_of})" if t.duplicate_of is not None else "")
         lines.append(
-            f"| {t.number} | {state} | {describe_passes(t.passes)} | "
+            f"| {t.number} | {state} | {t.describe()} | "
             f"{'-' if t.file_bytes is None else f'{int(t.file_bytes):,}'} | "
             f"{'-' if t.quality(q) is None else q.fmt(t.quality(q) or 0)} | {gate}"
             f"{' (' + t.error + ')' if t.error else ''} | {t.worker} |"

@@ -323,11 +323,12 @@ class _Objective:
             trial.set_user_attr("over_budget", True)
             raise _OverBudget(f"trial {trial.number} is beyond max_trials {s.max_trials}")
         trial.set_user_attr("worker", self.tag)
-        passes = self.space.sample(trial)
+        passes, ship = self.space.sample(trial)
         trial.set_user_attr("passes", passes)
-        summary = ", ".join(_describe(p) for p in passes) or "no passes"
+        trial.set_user_attr("ship", ship)
+        summary = describe_config(passes, ship)
         self.say(f"trial {trial.number}: {summary}")
-        seen = _already_measured(trial, passes)
+        seen = _already_measured(trial, passes, ship)
         if seen is not None:
             # Same config as an earlier trial: reuse its measurements, do not re-run.
             trial.set_user_attr("duplicate_of", seen.number)
@@ -344,11 +345,21 @@ class _Objective:
                 raise optuna.TrialPruned()
             return float(seen.user_attrs["value"])
         try:
-            config = self.space.build(passes)
+            config = self.space.validate(passes, ship)
         except ConfigError as e:
-            trial.set_user_attr("error", redact(e.message))
-            self.say(f"trial {trial.number}: invalid config ({e.message})")
-            raise
+            # Options valid one by one but not together (ship.quantize int8 with
+            # ship.runtime torch, a torch int8 pass served by onnxruntime): the run
+            # would refuse this config before loading anything, so it is not run.
+            # Pruned, and infeasible for the sampler, so TPE learns to avoid it.
+            trial.set_user_attr("error", redact(f"invalid combination: {e}"))
+            trial.set_user_attr("passed", False)
+            trial.set_user_attr("pruned", True)
+            names = sorted(self.settings.loaded.config.thresholds.active())
+            trial.set_user_attr("constraints", [1.0] * len(names))
+            for name in names:
+                trial.set_constraint(name, 1.0)
+            self.say(f"trial {trial.number}: skipped, invalid combination ({e})")
+            raise optuna.TrialPruned() from None
 
         loaded = LoadedConfig(
             config=config,
@@ -377,7 +388,7 @@ class _Objective:
             study=s.study_name,
             number=trial.number,
             worker=self.tag,
-            passes=", ".join(_describe(p) for p in passes),
+            passes=summary,
         ) as run:
             try:
                 report = pipeline.evaluate(
@@ -444,13 +455,22 @@ class _Objective:
             trial.set_constraint(name, value)
 
 
-def _already_measured(trial: optuna.Trial, passes: list[dict[str, Any]]) -> Any | None:
-    """An earlier finished trial with exactly these passes, if any."""
+def _already_measured(
+    trial: optuna.Trial, passes: list[dict[str, Any]], ship: Mapping[str, Any]
+) -> Any | None:
+    """An earlier finished trial with exactly these passes and ship options, if any.
+
+    A trial stored before ship options could be searched has no ``ship`` attribute: it
+    matches a trial whose ship mapping is empty (no ``ship.*`` dimension)."""
     import optuna
 
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     for t in trial.study.get_trials(deepcopy=False, states=done):
-        if t.user_attrs.get("passes") == passes and "metrics" in t.user_attrs:
+        if (
+            t.user_attrs.get("passes") == passes
+            and t.user_attrs.get("ship", {}) == ship
+            and "metrics" in t.user_attrs
+        ):
             if t.state == optuna.trial.TrialState.COMPLETE and "value" not in t.user_attrs:
                 continue
             return t
@@ -460,6 +480,14 @@ def _already_measured(trial: optuna.Trial, passes: list[dict[str, Any]]) -> Any 
 def _describe(p: Mapping[str, Any]) -> str:
     opts = ", ".join(f"{k}={v}" for k, v in p.items() if k != "type")
     return f"{p['type']}({opts})"
+
+
+def describe_config(passes: Sequence[Mapping[str, Any]], ship: Mapping[str, Any]) -> str:
+    """A trial's passes and searched ship options, for progress lines and MLflow."""
+    text = ", ".join(_describe(p) for p in passes) or "no passes"
+    if ship:
+        text += "; ship(" + ", ".join(f"{k}={v}" for k, v in ship.items()) + ")"
+    return text
 
 
 @dataclass
