@@ -33,7 +33,13 @@ from typing import TYPE_CHECKING, Any
 from pydantic_core import to_jsonable_python
 
 from ci_compress import stages
-from ci_compress.config import CompressConfig, LoadedConfig, parse_config, to_mapping
+from ci_compress.config import (
+    CompressConfig,
+    LoadedConfig,
+    ShipConfig,
+    parse_config,
+    to_mapping,
+)
 from ci_compress.config.tune import SpaceEntry, parse_key
 from ci_compress.errors import ConfigError
 from ci_compress.passes.registry import PASSES
@@ -283,50 +289,64 @@ class Space:
         return config
 
 
-def _check(
-    space: Space,
-    index: int | None,
-    option: str | None,
-    value: Any,
-    ship: Mapping[str, Any] | None = None,
-) -> ConfigError | None:
+def _check(space: Space, index: int | None, option: str | None, value: Any) -> ConfigError | None:
+    err, _ = _try(space, [] if option is None else [(index, option, value)])
+    return err
+
+
+def _try(
+    space: Space, changes: list[tuple[int | None, str, Any]]
+) -> tuple[ConfigError | None, bool]:
+    """The error of the config with ``changes`` (pass index or None for ship, option,
+    value) made, None if it is valid; and whether it got past reading (so the error is
+    about the combination, not about one field)."""
     passes = copy.deepcopy(space.passes)
-    ship = dict(ship or {})
-    if option is not None:
+    ship: dict[str, Any] = {}
+    for index, option, value in changes:
         if index is None:
             ship[option] = value
         else:
             passes[index][option] = value
     try:
-        space.validate(passes, ship)
+        config = space.build(passes, ship)
     except ConfigError as e:
-        return e
-    return None
+        return e, False
+    try:
+        stages.check(LoadedConfig(config=config, source=None, base_dir=space.base_dir, sha256=""))
+    except ConfigError as e:
+        return e, True
+    return None, True
 
 
-def _others(dims: list[Dimension], d: Dimension) -> Iterator[dict[str, Any]]:
-    """Settings of the other searched ship options to try beside a value of ``d``:
-    the config's own first (an empty setting), then their combinations."""
-    yield {}
-    others = [o for o in dims if o.in_ship and o.name != d.name]
+def _others(dims: list[Dimension], d: Dimension) -> Iterator[list[tuple[int | None, str, Any]]]:
+    """Values of the other searched options to try beside a value of ``d``: the
+    config's own first (no change), then their combinations (at most _MAX_COMBINATIONS)."""
+    yield []
+    others = [o for o in dims if o.name != d.name]
     if not others:
         return
     combos = itertools.product(*(o.candidates() for o in others))
     for values in itertools.islice(combos, _MAX_COMBINATIONS):
-        yield {o.option: v for o, v in zip(others, values, strict=True)}
+        yield [(o.index, o.option, v) for o, v in zip(others, values, strict=True)]
 
 
 def _fits(space: Space, dims: list[Dimension], d: Dimension, value: Any) -> ConfigError | None:
     """None when ``value`` of ``d`` is valid with the config's own other values or with
-    some combination of the other searched ship options; else the first error (the one
-    against the config as written)."""
+    some combination of the other searched options (``ship.quantize: int8`` beside a
+    searched ``ship.runtime``, ``importance: taylor`` beside a searched ``structured``).
+    Else the error that says most: the first one from a combination that was read but
+    refused by the run's checks (data a value needs, a runtime that cannot serve a
+    pass), or else the first one (the config as written, with this value)."""
     first: ConfigError | None = None
-    for ship in _others(dims, d):
-        err = _check(space, d.index, d.option, value, ship)
+    checked: ConfigError | None = None
+    for others in _others(dims, d):
+        err, read = _try(space, [*others, (d.index, d.option, value)])
         if err is None:
             return None
         first = first or err
-    return first
+        if read:
+            checked = checked or err
+    return checked or first
 
 
 def resolve(loaded: LoadedConfig, tune: TuneConfig) -> Space:
@@ -421,6 +441,7 @@ def resolve(loaded: LoadedConfig, tune: TuneConfig) -> Space:
                 + (f" ({', '.join(p['type'] for p in passes)})" if passes else ""),
                 path=f"tune.space.{d.name}",
             )
+    for d in user.values():
         for value in d.candidates():
             err = _fits(space, dims, d, value)
             if err is not None:
@@ -429,15 +450,21 @@ def resolve(loaded: LoadedConfig, tune: TuneConfig) -> Space:
                     path=f"tune.space.{d.name}",
                     hint=err.hint,
                 ) from None
-    space.dimensions = sorted(
-        dims, key=lambda d: (d.index is None, d.index or 0, d.option)
-    )  # passes in order, then ship
+    space.dimensions = sorted(dims, key=_order)
     if not space.dimensions and not space.optional:
         raise ConfigError(
             "nothing to search: add tune.space entries (passes[<i>].<option> or ship.<option>: {low, high} or {choices}), tune.optional_passes or a tune.profile",
             path="tune",
         )
     return space
+
+
+def _order(d: Dimension) -> tuple[int, int, str]:
+    """Passes in order, then ship options in the config's field order."""
+    if d.index is not None:
+        return (0, d.index, d.option)
+    fields = list(ShipConfig.model_fields)
+    return (1, fields.index(d.option) if d.option in fields else len(fields), d.option)
 
 
 def _dimension(

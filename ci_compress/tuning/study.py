@@ -420,7 +420,7 @@ class _Objective:
             write_report_json(report, trial_dir / "report.json")
             verdict = "pass" if report.passed else "fail"
             self.say(
-                f"trial {trial.number}: {verdict}, {report.student.file_bytes:,} bytes, "
+                f"trial {trial.number}: {verdict}, {int(figures['student.file_bytes']):,} bytes, "
                 f"{self.quality.describe(figures)}"
             )
             if run is not None:
