@@ -319,24 +319,22 @@ def _try(
 
 
 def _others(dims: list[Dimension], d: Dimension) -> Iterator[list[tuple[int | None, str, Any]]]:
-    """Values of the other searched options to try beside a value of ``d``: the
-    config's own first (no change), then their combinations (at most _MAX_COMBINATIONS)."""
-    yield []
+    """Values of the other searched options to try beside a value of ``d``: their
+    combinations (both ends of a range, every choice; at most _MAX_COMBINATIONS).
+    A searched option never keeps the config's own value unless it is a candidate."""
     others = [o for o in dims if o.name != d.name]
-    if not others:
-        return
     combos = itertools.product(*(o.candidates() for o in others))
     for values in itertools.islice(combos, _MAX_COMBINATIONS):
         yield [(o.index, o.option, v) for o, v in zip(others, values, strict=True)]
 
 
 def _fits(space: Space, dims: list[Dimension], d: Dimension, value: Any) -> ConfigError | None:
-    """None when ``value`` of ``d`` is valid with the config's own other values or with
-    some combination of the other searched options (``ship.quantize: int8`` beside a
+    """None when ``value`` of ``d`` is valid with some combination of the other
+    searched options (``ship.quantize: int8`` beside a
     searched ``ship.runtime``, ``importance: taylor`` beside a searched ``structured``).
     Else the error that says most: the first one from a combination that was read but
     refused by the run's checks (data a value needs, a runtime that cannot serve a
-    pass), or else the first one (the config as written, with this value)."""
+    pass), or else the first one."""
     first: ConfigError | None = None
     checked: ConfigError | None = None
     for others in _others(dims, d):

@@ -121,6 +121,11 @@ def test_ship_options_are_dimensions_with_the_values_of_the_config_model(tmp_pat
             {"passes": [{"type": "quantize", "scheme": "int8-dynamic"}]},
             "tune.space.ship.runtime: 'onnxruntime' does not fit the config: ship.runtime: passes[0].scheme int8-dynamic makes torch.ao int8 modules",
         ),
+        (  # torch cannot serve the only searched quantize value: no trial could use it
+            {"ship.runtime": RUNTIMES, "ship.quantize": {"choices": ["int8"]}},
+            {},
+            "tune.space.ship.runtime: 'torch' does not fit the config: ship.quantize: int8 is done by the serving runtime's own toolchain",
+        ),
         (
             {"shipping.runtime": RUNTIMES},
             {},
