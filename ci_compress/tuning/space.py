@@ -285,8 +285,12 @@ class Space:
         the passes, installed extras). Raises the run's own ConfigError."""
 
         config = self.build(passes, ship)
-        stages.check(LoadedConfig(config=config, source=None, base_dir=self.base_dir, sha256=""))
+        self.check(config)
         return config
+
+    def check(self, config: CompressConfig) -> None:
+        """What a run rejects in a read config before it loads a model."""
+        stages.check(LoadedConfig(config=config, source=None, base_dir=self.base_dir, sha256=""))
 
 
 def _check(space: Space, index: int | None, option: str | None, value: Any) -> ConfigError | None:
@@ -312,7 +316,7 @@ def _try(
     except ConfigError as e:
         return e, False
     try:
-        stages.check(LoadedConfig(config=config, source=None, base_dir=space.base_dir, sha256=""))
+        space.check(config)
     except ConfigError as e:
         return e, True
     return None, True
