@@ -302,15 +302,21 @@ def _try(
     space: Space, changes: list[tuple[int | None, str, Any]]
 ) -> tuple[ConfigError | None, bool]:
     """The error of the config with ``changes`` (pass index or None for ship, option,
-    value) made, None if it is valid; and whether it got past reading (so the error is
-    about the combination, not about one field)."""
+    value; option ``enabled`` False switches an optional pass off) made, None if it is
+    valid; and whether it got past reading (so the error is about the combination, not
+    about one field)."""
     passes = copy.deepcopy(space.passes)
     ship: dict[str, Any] = {}
+    off = set()
     for index, option, value in changes:
         if index is None:
             ship[option] = value
+        elif option == "enabled":
+            if value is False:
+                off.add(index)
         else:
             passes[index][option] = value
+    passes = [p for i, p in enumerate(passes) if i not in off]
     try:
         config = space.build(passes, ship)
     except ConfigError as e:
@@ -322,11 +328,19 @@ def _try(
     return None, True
 
 
-def _others(dims: list[Dimension], d: Dimension) -> Iterator[list[tuple[int | None, str, Any]]]:
+def _others(
+    space: Space, dims: list[Dimension], d: Dimension
+) -> Iterator[list[tuple[int | None, str, Any]]]:
     """Values of the other searched options to try beside a value of ``d``: their
-    combinations (both ends of a range, every choice; at most _MAX_COMBINATIONS).
-    A searched option never keeps the config's own value unless it is a candidate."""
-    others = [o for o in dims if o.name != d.name]
+    combinations (both ends of a range, every choice; optional passes on, then off; at
+    most _MAX_COMBINATIONS). A searched option never keeps the config's own value
+    unless it is a candidate."""
+    toggles = [
+        Dimension(f"passes[{i}].enabled", i, "enabled", choices=(True, False))
+        for i in space.optional
+        if i != d.index
+    ]
+    others = [o for o in dims if o.name != d.name] + toggles
     combos = itertools.product(*(o.candidates() for o in others))
     for values in itertools.islice(combos, _MAX_COMBINATIONS):
         yield [(o.index, o.option, v) for o, v in zip(others, values, strict=True)]
@@ -334,14 +348,15 @@ def _others(dims: list[Dimension], d: Dimension) -> Iterator[list[tuple[int | No
 
 def _fits(space: Space, dims: list[Dimension], d: Dimension, value: Any) -> ConfigError | None:
     """None when ``value`` of ``d`` is valid with some combination of the other
-    searched options (``ship.quantize: int8`` beside a
-    searched ``ship.runtime``, ``importance: taylor`` beside a searched ``structured``).
+    searched options and optional passes (``ship.quantize: int8`` beside a searched
+    ``ship.runtime``, ``importance: taylor`` beside a searched ``structured``,
+    ``ship.runtime: onnxruntime`` with an optional torch int8 ``quantize`` pass off).
     Else the error that says most: the first one from a combination that was read but
     refused by the run's checks (data a value needs, a runtime that cannot serve a
     pass), or else the first one."""
     first: ConfigError | None = None
     checked: ConfigError | None = None
-    for others in _others(dims, d):
+    for others in _others(space, dims, d):
         err, read = _try(space, [*others, (d.index, d.option, value)])
         if err is None:
             return None

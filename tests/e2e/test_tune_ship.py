@@ -158,6 +158,19 @@ def test_values_valid_only_together_are_accepted(tmp_path: Path) -> None:
     assert len(space.dimensions) == 2
 
 
+def test_a_runtime_is_accepted_beside_an_optional_pass_it_cannot_serve(tmp_path: Path) -> None:
+    """cpu-x86's quantize pass makes torch int8 modules; onnxruntime is valid when that
+    optional pass is off, so the profile and a searched runtime go together."""
+    space = _resolve(tmp_path, _config({"ship.runtime": RUNTIMES}, tune={"profile": "cpu-x86"}))
+    quantize = next(i for i, p in enumerate(space.passes) if p["type"] == "quantize")
+    assert quantize in space.optional
+    assert [d.name for d in space.dimensions][-1] == "ship.runtime"
+    with pytest.raises(ConfigError):  # the combination itself is what a run refuses
+        space.validate(space.passes, {"runtime": "onnxruntime"})
+    off = [p for i, p in enumerate(space.passes) if i != quantize]
+    assert space.validate(off, {"runtime": "onnxruntime"}).ship.runtime == "onnxruntime"
+
+
 def test_new_pass_options_are_searched_through_the_generic_path(tmp_path: Path) -> None:
     """Structured pruning and its importance, distill width and loss, clustering or
     int8 of embedding tables: pass options like any other, checked as a run checks."""
