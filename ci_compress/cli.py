@@ -418,7 +418,9 @@ def tune(
     c = result.counts()
     click.echo(
         f"study {result.study_name!r}: {len(result.trials)} trials "
-        f"({c.get('passed', 0)} passed, {c.get('pruned', 0)} pruned, {c.get('failed', 0)} failed)"
+        f"({c.get('passed', 0)} passed, {c.get('pruned', 0)} pruned, {c.get('failed', 0)} failed"
+        + (f", {c['skipped']} skipped as invalid combinations" if c.get("skipped") else "")
+        + ")"
     )
     if result.best is None:
         click.echo("NO PASSING CONFIG: no trial passed the gate; tuned.yaml was not written.")

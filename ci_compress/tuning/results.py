@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class TrialSummary:
     number: int
-    state: str  # complete | pruned | failed | running | waiting
+    state: str  # complete | pruned | skipped (an invalid combination, not run) | failed | running | waiting
     passed: bool
     value: float | None
     passes: list[dict[str, Any]]
@@ -99,6 +99,8 @@ def summarize(study: optuna.Study) -> list[TrialSummary]:
         if t.user_attrs.get("over_budget"):
             continue
         state = t.state.name.lower().replace("fail", "failed")
+        if t.user_attrs.get("invalid"):
+            state = "skipped"
         out.append(
             TrialSummary(
                 number=t.number,
@@ -400,7 +402,13 @@ def render_markdown(result: TuneResult) -> str:
     lines += [
         f"Trials: {len(result.trials)} in the study (budget {result.budget}; {result.ran_here} run by this process), "
         f"{c.get('passed', 0)} passed, {c.get('complete', 0)} completed, {c.get('pruned', 0)} pruned early, "
-        f"{c.get('failed', 0)} failed. Objective: {result.objective}. "
+        f"{c.get('failed', 0)} failed"
+        + (
+            f", {c['skipped']} skipped as invalid combinations (not run, not counted in the budget)"
+            if c.get("skipped")
+            else ""
+        )
+        + f". Objective: {result.objective}. "
         f"Storage: `{result.storage}`.",
         "",
     ]

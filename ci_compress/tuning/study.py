@@ -255,15 +255,17 @@ def run_worker(settings: Settings, space: Space, progress: Progress | None = Non
     ran = 0
     while settings.deadline is None or time.time() < settings.deadline:
         try:
-            n = _spent(
-                storage.get_all_trials(_study_id(storage, settings.study_name), deepcopy=False)
-            )
+            trials = storage.get_all_trials(_study_id(storage, settings.study_name), deepcopy=False)
         except Exception as e:
             raise StorageError(f"cannot read the study: {e}") from None
-        if n >= settings.max_trials:
+        if _spent(trials, free=settings.max_trials) >= settings.max_trials:
             break
+        # seeded by every trial started, skipped ones too: a skipped combination does
+        # not count against the budget, but the next trial must not sample it again
         study = optuna.load_study(
-            study_name=settings.study_name, storage=storage, sampler=_sampler(settings, n)
+            study_name=settings.study_name,
+            storage=storage,
+            sampler=_sampler(settings, _spent(trials)),
         )
         objective = _Objective(settings, space, tag, say)
         study.optimize(objective, n_trials=1, catch=(_OverBudget, ConfigError))
@@ -273,7 +275,9 @@ def run_worker(settings: Settings, space: Space, progress: Progress | None = Non
     return ran
 
 
-def _spent(trials: Sequence[optuna.trial.FrozenTrial], before: int | None = None) -> int:
+def _spent(
+    trials: Sequence[optuna.trial.FrozenTrial], before: int | None = None, free: int = 0
+) -> int:
     """Trials that count against max_trials.
 
     Without ``before``: the trials started so far. A waiting trial (the base config,
@@ -285,16 +289,22 @@ def _spent(trials: Sequence[optuna.trial.FrozenTrial], before: int | None = None
 
     A trial a worker created after the budget was spent is marked ``over_budget`` and
     does not count: otherwise a race between workers would eat a later run's budget.
+
+    With ``free``: trials skipped as an invalid combination (never run, marked
+    ``invalid``) do not count either, up to ``free`` of them (so a sampler that keeps
+    proposing invalid combinations still ends the study).
     """
     import optuna
 
     waiting = optuna.trial.TrialState.WAITING
-    return sum(
-        1
+    counted = [
+        t
         for t in trials
         if not t.user_attrs.get("over_budget")
         and (t.number < before if before is not None else t.state != waiting)
-    )
+    ]
+    invalid = sum(1 for t in counted if t.user_attrs.get("invalid")) if free else 0
+    return len(counted) - invalid + max(0, invalid - free)
 
 
 def _pinned(path: Path) -> Callable[[str, Path], Path]:
@@ -318,7 +328,8 @@ class _Objective:
         import optuna
 
         s = self.settings
-        if _spent(trial.study.get_trials(deepcopy=False), before=trial.number) >= s.max_trials:
+        done = trial.study.get_trials(deepcopy=False)
+        if _spent(done, before=trial.number, free=s.max_trials) >= s.max_trials:
             self.over_budget = True
             trial.set_user_attr("over_budget", True)
             raise _OverBudget(f"trial {trial.number} is beyond max_trials {s.max_trials}")
@@ -352,6 +363,7 @@ class _Objective:
             # would refuse this config before loading anything, so it is not run.
             # Pruned, and infeasible for the sampler, so TPE learns to avoid it.
             trial.set_user_attr("error", redact(f"invalid combination: {e}"))
+            trial.set_user_attr("invalid", True)  # not run: does not count against max_trials
             trial.set_user_attr("passed", False)
             trial.set_user_attr("pruned", True)
             names = sorted(self.settings.loaded.config.thresholds.active())

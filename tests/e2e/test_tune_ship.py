@@ -252,14 +252,20 @@ def test_tune_searches_the_runtime_and_the_best_yaml_gates_alike(workdir: Path) 
     proc = run_cli("tune", "--config", str(cfg), cwd=workdir)
     assert proc.returncode == 0, proc.stderr
     trials = _trials(workdir, "compress")
-    assert len(trials) == 5
+    # skipped combinations were not run and are not counted: 5 trials ran
+    skipped = [t for t in trials if t.user_attrs.get("invalid")]
+    assert len(trials) - len(skipped) == 5 and trials[1] in skipped
+    for t in skipped:  # each one is torch with int8, and nothing else
+        assert t.user_attrs["ship"] == {"runtime": "torch", "quantize": "int8"}
     assert {t.user_attrs["ship"]["runtime"] for t in trials} == {"torch", "onnxruntime"}
+    assert f", {len(skipped)} skipped as invalid combinations)" in proc.stdout
 
     # the invalid combination was not run: pruned, no measurement, said why
     bad = trials[1]
     assert bad.user_attrs["ship"] == {"runtime": "torch", "quantize": "int8"}
     assert bad.state == optuna.trial.TrialState.PRUNED and "metrics" not in bad.user_attrs
     assert bad.user_attrs["error"].startswith("invalid combination: ship.quantize: int8")
+    assert bad.user_attrs["invalid"] is True
     assert "trial 1: skipped, invalid combination" in proc.stderr
 
     # the runtime decides what is measured: onnxruntime int8 ships the QDQ .onnx
@@ -274,6 +280,8 @@ def test_tune_searches_the_runtime_and_the_best_yaml_gates_alike(workdir: Path) 
     assert f"; ship({shown})" in proc.stdout
     md = (workdir / "ci-compress-tune" / "tune-report.md").read_text()
     assert f"**Best passing config: trial {best.number}**" in md and f"; ship({shown})" in md
+    assert "| 1 | skipped | prune(amount=0.5); ship(runtime=torch, quantize=int8) |" in md
+    assert f"{len(skipped)} skipped as invalid combinations (not run, not counted" in md
 
     tuned = workdir / "tuned.yaml"
     written = yaml.safe_load(tuned.read_text())
