@@ -403,7 +403,6 @@ def tune(
     tuned.yaml), 1 when no trial passed (nothing is written).
     """
     from ci_compress.config import load_config
-    from ci_compress.tuning.results import describe_passes
     from ci_compress.tuning.run import tune as run_tune
 
     loaded = load_config(config_path)
@@ -419,14 +418,16 @@ def tune(
     c = result.counts()
     click.echo(
         f"study {result.study_name!r}: {len(result.trials)} trials "
-        f"({c.get('passed', 0)} passed, {c.get('pruned', 0)} pruned, {c.get('failed', 0)} failed)"
+        f"({c.get('passed', 0)} passed, {c.get('pruned', 0)} pruned, {c.get('failed', 0)} failed"
+        + (f", {c['skipped']} skipped as invalid combinations" if c.get("skipped") else "")
+        + ")"
     )
     if result.best is None:
         click.echo("NO PASSING CONFIG: no trial passed the gate; tuned.yaml was not written.")
     else:
         m = result.best.metrics
         click.echo(
-            f"best passing config: trial {result.best.number}: {describe_passes(result.best.passes)}\n"
+            f"best passing config: trial {result.best.number}: {result.best.describe()}\n"
             f"  {int(m['student.file_bytes']):,} bytes ({m['delta.compression_ratio']:.2f}x smaller), "
             f"{result.quality.describe(m)}\n"
             f"  written to {result.tuned_path}"

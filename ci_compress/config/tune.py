@@ -20,17 +20,20 @@ from ci_compress.errors import ConfigError
 from ci_compress.frozen import Frozen
 
 Scalar = bool | int | float | str | None
-_KEY_RE = re.compile(r"^passes\[(\d+)\]\.([A-Za-z_]\w*)$")
+_KEY_RE = re.compile(r"^(?:passes\[(\d+)\]|ship)\.([A-Za-z_]\w*)$")
 
 
-def parse_key(key: str) -> tuple[int, str]:
-    """``passes[1].amount`` -> ``(1, "amount")``; anything else is a ConfigError."""
+def parse_key(key: str) -> tuple[int | None, str]:
+    """``passes[1].amount`` -> ``(1, "amount")``, ``ship.runtime`` -> ``(None, "runtime")``;
+    anything else is a ConfigError."""
     m = _KEY_RE.match(key)
     if not m:
         raise ConfigError(
-            f"bad key {key!r}: write passes[<index>].<option>, e.g. passes[0].amount",
+            f"bad key {key!r}: write passes[<index>].<option> or ship.<option>, e.g. passes[0].amount or ship.runtime",
             path="tune.space",
         )
+    if m.group(1) is None:
+        return None, m.group(2)
     if m.group(2) in {"type", "enabled"}:
         raise ConfigError(
             f"{key!r} cannot be searched: list the pass index in tune.optional_passes to switch it on and off",
@@ -92,7 +95,7 @@ class TuneConfig(Frozen):
     )
     space: dict[str, SpaceEntry] = Field(
         default_factory=dict,
-        description="Searched pass options, keyed passes[<i>].<option>: {low, high[, step, log]} or {choices: [...]}.",
+        description="Searched options, keyed passes[<i>].<option> or ship.<option> (runtime, quantize, ...): {low, high[, step, log]} or {choices: [...]}.",
     )
     optional_passes: tuple[int, ...] = Field(
         (), description="Indices of passes the tuner may switch off."

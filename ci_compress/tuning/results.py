@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class TrialSummary:
     number: int
-    state: str  # complete | pruned | failed | running | waiting
+    state: str  # complete | pruned | skipped (an invalid combination, not run) | failed | running | waiting
     passed: bool
     value: float | None
     passes: list[dict[str, Any]]
@@ -37,6 +37,13 @@ class TrialSummary:
     worker: str = ""
     error: str | None = None
     duplicate_of: int | None = None
+    # the searched ship options of the trial (ship.runtime, ship.quantize, ...); empty
+    # when none is searched, and for a trial stored before they could be
+    ship: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """Its passes, and its ship options when any were searched."""
+        return describe_passes(self.passes, self.ship)
 
     @property
     def file_bytes(self) -> float | None:
@@ -92,6 +99,8 @@ def summarize(study: optuna.Study) -> list[TrialSummary]:
         if t.user_attrs.get("over_budget"):
             continue
         state = t.state.name.lower().replace("fail", "failed")
+        if t.user_attrs.get("invalid"):
+            state = "skipped"
         out.append(
             TrialSummary(
                 number=t.number,
@@ -103,6 +112,7 @@ def summarize(study: optuna.Study) -> list[TrialSummary]:
                 worker=str(t.user_attrs.get("worker", "")),
                 error=t.user_attrs.get("error"),
                 duplicate_of=t.user_attrs.get("duplicate_of"),
+                ship=dict(t.user_attrs.get("ship", {})),
             )
         )
     return out
@@ -132,9 +142,14 @@ def pareto_front(trials: Sequence[TrialSummary], q: Quality | None = None) -> li
     return sorted(front, key=lambda t: (t.file_bytes, t.number))
 
 
-def describe_passes(passes: Sequence[Mapping[str, Any]]) -> str:
+def describe_passes(
+    passes: Sequence[Mapping[str, Any]], ship: Mapping[str, Any] | None = None
+) -> str:
+    tail = ""
+    if ship:
+        tail = "; ship(" + ", ".join(f"{k}={_short(v)}" for k, v in ship.items()) + ")"
     if not passes:
-        return "no passes"
+        return "no passes" + tail
     parts = []
     for p in passes:
         opts = ", ".join(
@@ -143,7 +158,7 @@ def describe_passes(passes: Sequence[Mapping[str, Any]]) -> str:
             if k != "type" and k not in ("include", "exclude")
         )
         parts.append(f"{p['type']}({opts})")
-    return " → ".join(parts)
+    return " → ".join(parts) + tail
 
 
 def _short(v: Any) -> str:
@@ -167,8 +182,8 @@ def write_tuned(
     Values the config took from the environment are written as their ``${NAME}``
     references, as in the config the study started from.
     """
-    mapping = space.config_mapping(best.passes)
-    space.build(best.passes)  # validated exactly as it will be read
+    mapping = space.config_mapping(best.passes, best.ship)
+    space.build(best.passes, best.ship)  # validated exactly as it will be read
     m = best.metrics
     header = (
         f"# Written by `ci-compress tune` (study {study!r}, trial {best.number}): the most compressed\n"
@@ -355,7 +370,7 @@ def render_markdown(result: TuneResult) -> str:
         b = result.best
         m = b.metrics
         lines += [
-            f"**Best passing config: trial {b.number}**: {describe_passes(b.passes)}",
+            f"**Best passing config: trial {b.number}**: {b.describe()}",
             "",
             "| | teacher | best student |",
             "|---|---:|---:|",
@@ -387,7 +402,13 @@ def render_markdown(result: TuneResult) -> str:
     lines += [
         f"Trials: {len(result.trials)} in the study (budget {result.budget}; {result.ran_here} run by this process), "
         f"{c.get('passed', 0)} passed, {c.get('complete', 0)} completed, {c.get('pruned', 0)} pruned early, "
-        f"{c.get('failed', 0)} failed. Objective: {result.objective}. "
+        f"{c.get('failed', 0)} failed"
+        + (
+            f", {c['skipped']} skipped as invalid combinations (not run, not counted in the budget)"
+            if c.get("skipped")
+            else ""
+        )
+        + f". Objective: {result.objective}. "
         f"Storage: `{result.storage}`.",
         "",
     ]
@@ -415,7 +436,7 @@ def render_markdown(result: TuneResult) -> str:
     for t in result.front:
         gate = "pass" if t.passed else ("pruned" if t.state == "pruned" else "fail")
         lines.append(
-            f"| {t.number} | {describe_passes(t.passes)} | {int(t.file_bytes or 0):,} | "
+            f"| {t.number} | {t.describe()} | {int(t.file_bytes or 0):,} | "
             f"{q.fmt(t.quality(q) or 0)} | {gate} |"
         )
     lines += [
@@ -429,7 +450,7 @@ def render_markdown(result: TuneResult) -> str:
         gate = "pass" if t.passed else ("-" if t.file_bytes is None else "fail")
         state = t.state + (f" (as trial {t.duplicate_of})" if t.duplicate_of is not None else "")
         lines.append(
-            f"| {t.number} | {state} | {describe_passes(t.passes)} | "
+            f"| {t.number} | {state} | {t.describe()} | "
             f"{'-' if t.file_bytes is None else f'{int(t.file_bytes):,}'} | "
             f"{'-' if t.quality(q) is None else q.fmt(t.quality(q) or 0)} | {gate}"
             f"{' (' + t.error + ')' if t.error else ''} | {t.worker} |"

@@ -1,11 +1,20 @@
-"""The search space: which pass options vary, checked against the registered passes.
+"""The search space: which pass and ship options vary, checked as a run would check them.
 
 A space key names one option of one pass, ``passes[<i>].<option>``, in the config's
-own ``passes:`` list (or in the profile's list when ``tune.profile`` is set). Each
-candidate value a key can take (both ends of a range, every choice) is put into a copy
-of the config and validated with :func:`ci_compress.config.parse_config`, so a bad
-entry fails at load with the pass's own field-path message, and any option of any
-registered pass (today's or one added later) can be searched without code here.
+own ``passes:`` list (or in the profile's list when ``tune.profile`` is set), or one
+option of the ``ship:`` section, ``ship.<option>`` (``runtime``, ``quantize``,
+``calibration_batches``, ...). Each candidate value a key can take (both ends of a
+range, every choice) is put into a copy of the config and validated with
+:func:`ci_compress.config.parse_config` and :func:`ci_compress.stages.check` (what
+``ci-compress run`` rejects before loading a model), so a bad entry fails at load with
+the field's own message, and any option of any registered pass or of ``ship`` (today's
+or one added later, e.g. a new ``ship.quantize`` value) can be searched without code here.
+
+Options that are valid only together (``ship.quantize: int8`` needs ``ship.runtime``
+onnxruntime or openvino) are checked jointly: a value is accepted when some combination
+with the other searched values is valid (and refused, naming its key, when none is);
+a trial that samples an invalid combination is pruned without being run
+(:mod:`ci_compress.tuning.study`).
 
 Profiles are starting spaces for a target (README, "Tuning"). They may name passes or
 options this version does not have: those are left out and listed in
@@ -15,11 +24,22 @@ options this version does not have: those are left out and listed in
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+import itertools
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ci_compress.config import CompressConfig, parse_config, to_mapping
+from pydantic_core import to_jsonable_python
+
+from ci_compress import stages
+from ci_compress.config import (
+    CompressConfig,
+    LoadedConfig,
+    ShipConfig,
+    parse_config,
+    to_mapping,
+)
 from ci_compress.config.tune import SpaceEntry, parse_key
 from ci_compress.errors import ConfigError
 from ci_compress.passes.registry import PASSES
@@ -31,6 +51,8 @@ if TYPE_CHECKING:
     from ci_compress.config.tune import SpaceEntry, TuneConfig
 
 _PRIMITIVE = (bool, int, float, str, type(None))
+# joint check of dependent options: at most this many combinations are tried per value
+_MAX_COMBINATIONS = 256
 
 
 # ---------------------------------------------------------------- profiles
@@ -128,7 +150,7 @@ class Dimension:
     """One searched option: the Optuna parameter and how to turn it into a value."""
 
     name: str  # the space key, also the Optuna parameter name
-    index: int
+    index: int | None  # the pass index; None for a ship.<option>
     option: str
     low: float | int | None = None
     high: float | int | None = None
@@ -136,6 +158,10 @@ class Dimension:
     log: bool = False
     is_int: bool = False
     choices: tuple[Any, ...] | None = None
+
+    @property
+    def in_ship(self) -> bool:
+        return self.index is None
 
     @property
     def encoded(self) -> bool:
@@ -188,7 +214,8 @@ class Dimension:
 
 @dataclass
 class Space:
-    """The passes a trial starts from, what varies, and what a profile had to leave out."""
+    """The passes (and ship section) a trial starts from, what varies, and what a
+    profile had to leave out."""
 
     base: dict[str, Any]  # the config (tune section removed) as a plain mapping
     passes: list[dict[str, Any]]  # base pass mappings, in order
@@ -198,9 +225,12 @@ class Space:
     weights: dict[str, float]
     profile: str | None = None
     skipped: list[str] = field(default_factory=list)
+    base_dir: Path = Path(".")  # the config's folder: factories and files resolve from it
 
-    def sample(self, trial: optuna.Trial) -> list[dict[str, Any]]:
-        """The pass list of one trial (Optuna suggests every value)."""
+    def sample(self, trial: optuna.Trial) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The pass list and the searched ship options of one trial (Optuna suggests
+        every value). The ship mapping holds only the searched options (empty without
+        ``ship.*`` dimensions); the rest of ``ship:`` is the config's."""
         out = []
         for i, base in enumerate(self.passes):
             if i in self.optional and not trial.suggest_categorical(
@@ -212,39 +242,128 @@ class Space:
                 if d.index == i:
                     opts[d.option] = d.suggest(trial)
             out.append(opts)
-        return out
+        ship = {d.option: d.suggest(trial) for d in self.dimensions if d.in_ship}
+        return out, ship
 
     def base_params(self) -> dict[str, Any]:
-        """Optuna parameters reproducing the base passes (the first trial tries them)."""
+        """Optuna parameters reproducing the base config (the first trial tries it)."""
         params: dict[str, Any] = {f"passes[{i}].enabled": True for i in self.optional}
-        full = [p.model_dump(mode="json") for p in self.build(self.passes).passes]
+        built = self.build(self.passes)
+        full = [p.model_dump(mode="json") for p in built.passes]
         for d in self.dimensions:
-            p = d.param_for(full[d.index].get(d.option))
+            if d.index is None:  # every ship value, defaults too (dumps leave those out)
+                value = to_jsonable_python(getattr(built.ship, d.option, None))
+            else:
+                value = full[d.index].get(d.option)
+            p = d.param_for(value)
             if p is not None:
                 params[d.name] = p
         return params
 
-    def config_mapping(self, passes: list[dict[str, Any]]) -> dict[str, Any]:
+    def config_mapping(
+        self, passes: list[dict[str, Any]], ship: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
         """The config file a trial stands for, sections in the usual order."""
 
         full = {**copy.deepcopy(self.base), "passes": copy.deepcopy(passes)}
+        if ship:
+            full["ship"] = {**full.get("ship", {}), **copy.deepcopy(dict(ship))}
         return {k: full[k] for k in CompressConfig.model_fields if k in full}
 
-    def build(self, passes: list[dict[str, Any]]) -> CompressConfig:
+    def build(
+        self, passes: list[dict[str, Any]], ship: Mapping[str, Any] | None = None
+    ) -> CompressConfig:
         """Validate a trial's config exactly as ``ci-compress run`` would read it."""
 
-        return parse_config(self.config_mapping(passes), origin="<trial config>")
+        return parse_config(self.config_mapping(passes, ship), origin="<trial config>")
+
+    def validate(
+        self, passes: list[dict[str, Any]], ship: Mapping[str, Any] | None = None
+    ) -> CompressConfig:
+        """:meth:`build`, then what a run rejects before loading a model
+        (:func:`ci_compress.stages.check`: data a pass needs, the serving runtime against
+        the passes, installed extras). Raises the run's own ConfigError."""
+
+        config = self.build(passes, ship)
+        self.check(config)
+        return config
+
+    def check(self, config: CompressConfig) -> None:
+        """What a run rejects in a read config before it loads a model."""
+        stages.check(LoadedConfig(config=config, source=None, base_dir=self.base_dir, sha256=""))
 
 
-def _check(space: Space, index: int, option: str | None, value: Any) -> ConfigError | None:
+def _check(space: Space, index: int | None, option: str | None, value: Any) -> ConfigError | None:
+    err, _ = _try(space, [] if option is None else [(index, option, value)])
+    return err
+
+
+def _try(
+    space: Space, changes: list[tuple[int | None, str, Any]]
+) -> tuple[ConfigError | None, bool]:
+    """The error of the config with ``changes`` (pass index or None for ship, option,
+    value; option ``enabled`` False switches an optional pass off) made, None if it is
+    valid; and whether it got past reading (so the error is about the combination, not
+    about one field)."""
     passes = copy.deepcopy(space.passes)
-    if option is not None:
-        passes[index][option] = value
+    ship: dict[str, Any] = {}
+    off = set()
+    for index, option, value in changes:
+        if index is None:
+            ship[option] = value
+        elif option == "enabled":
+            if value is False:
+                off.add(index)
+        else:
+            passes[index][option] = value
+    passes = [p for i, p in enumerate(passes) if i not in off]
     try:
-        space.build(passes)
+        config = space.build(passes, ship)
     except ConfigError as e:
-        return e
-    return None
+        return e, False
+    try:
+        space.check(config)
+    except ConfigError as e:
+        return e, True
+    return None, True
+
+
+def _others(
+    space: Space, dims: list[Dimension], d: Dimension
+) -> Iterator[list[tuple[int | None, str, Any]]]:
+    """Values of the other searched options to try beside a value of ``d``: their
+    combinations (both ends of a range, every choice; optional passes on, then off; at
+    most _MAX_COMBINATIONS). A searched option never keeps the config's own value
+    unless it is a candidate."""
+    toggles = [
+        Dimension(f"passes[{i}].enabled", i, "enabled", choices=(True, False))
+        for i in space.optional
+        if i != d.index
+    ]
+    others = [o for o in dims if o.name != d.name] + toggles
+    combos = itertools.product(*(o.candidates() for o in others))
+    for values in itertools.islice(combos, _MAX_COMBINATIONS):
+        yield [(o.index, o.option, v) for o, v in zip(others, values, strict=True)]
+
+
+def _fits(space: Space, dims: list[Dimension], d: Dimension, value: Any) -> ConfigError | None:
+    """None when ``value`` of ``d`` is valid with some combination of the other
+    searched options and optional passes (``ship.quantize: int8`` beside a searched
+    ``ship.runtime``, ``importance: taylor`` beside a searched ``structured``,
+    ``ship.runtime: onnxruntime`` with an optional torch int8 ``quantize`` pass off).
+    Else the error that says most: the first one from a combination that was read but
+    refused by the run's checks (data a value needs, a runtime that cannot serve a
+    pass), or else the first one."""
+    first: ConfigError | None = None
+    checked: ConfigError | None = None
+    for others in _others(space, dims, d):
+        err, read = _try(space, [*others, (d.index, d.option, value)])
+        if err is None:
+            return None
+        first = first or err
+        if read:
+            checked = checked or err
+    return checked or first
 
 
 def resolve(loaded: LoadedConfig, tune: TuneConfig) -> Space:
@@ -269,7 +388,7 @@ def resolve(loaded: LoadedConfig, tune: TuneConfig) -> Space:
         if prof.ship:
             base["ship"] = {**base.get("ship", {}), **prof.ship}
         passes = []
-        probe = Space(base, [], [], (), objective, weights)
+        probe = Space(base, [], [], (), objective, weights, base_dir=loaded.base_dir)
         for pp in prof.passes:
             label = f"{pp.type}" + (f" ({pp.label})" if pp.label else "")
             if pp.type not in PASSES:
@@ -321,6 +440,7 @@ def resolve(loaded: LoadedConfig, tune: TuneConfig) -> Space:
         weights=weights,
         profile=tune.profile,
         skipped=skipped,
+        base_dir=loaded.base_dir,
     )
     for i in tune.optional_passes:
         if not 0 <= i < len(passes):
@@ -332,31 +452,40 @@ def resolve(loaded: LoadedConfig, tune: TuneConfig) -> Space:
     user = {name: _dimension(name, *parse_key(name), entry) for name, entry in tune.space.items()}
     dims = [d for d in dims if d.name not in user] + list(user.values())
     for d in user.values():
-        if d.index >= len(passes):
+        if d.index is not None and d.index >= len(passes):
             raise ConfigError(
                 f"there is no pass {d.index}: the {'profile' if tune.profile else 'config'} has {len(passes)} passes"
                 + (f" ({', '.join(p['type'] for p in passes)})" if passes else ""),
                 path=f"tune.space.{d.name}",
             )
+    for d in user.values():
         for value in d.candidates():
-            err = _check(space, d.index, d.option, value)
+            err = _fits(space, dims, d, value)
             if err is not None:
                 raise ConfigError(
-                    f"{value!r} does not fit the pass: {err.message}",
+                    f"{value!r} does not fit the {'pass' if d.index is not None else 'config'}: {err.message}",
                     path=f"tune.space.{d.name}",
                     hint=err.hint,
                 ) from None
-    space.dimensions = sorted(dims, key=lambda d: (d.index, d.option))
+    space.dimensions = sorted(dims, key=_order)
     if not space.dimensions and not space.optional:
         raise ConfigError(
-            "nothing to search: add tune.space entries (passes[<i>].<option>: {low, high} or {choices}), tune.optional_passes or a tune.profile",
+            "nothing to search: add tune.space entries (passes[<i>].<option> or ship.<option>: {low, high} or {choices}), tune.optional_passes or a tune.profile",
             path="tune",
         )
     return space
 
 
+def _order(d: Dimension) -> tuple[int, int, str]:
+    """Passes in order, then ship options in the config's field order."""
+    if d.index is not None:
+        return (0, d.index, d.option)
+    fields = list(ShipConfig.model_fields)
+    return (1, fields.index(d.option) if d.option in fields else len(fields), d.option)
+
+
 def _dimension(
-    name: str, index: int, option: str, spec: SpaceEntry | Mapping[str, Any]
+    name: str, index: int | None, option: str, spec: SpaceEntry | Mapping[str, Any]
 ) -> Dimension:
 
     entry = spec if isinstance(spec, SpaceEntry) else SpaceEntry.model_validate(dict(spec))

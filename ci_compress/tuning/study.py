@@ -255,15 +255,17 @@ def run_worker(settings: Settings, space: Space, progress: Progress | None = Non
     ran = 0
     while settings.deadline is None or time.time() < settings.deadline:
         try:
-            n = _spent(
-                storage.get_all_trials(_study_id(storage, settings.study_name), deepcopy=False)
-            )
+            trials = storage.get_all_trials(_study_id(storage, settings.study_name), deepcopy=False)
         except Exception as e:
             raise StorageError(f"cannot read the study: {e}") from None
-        if n >= settings.max_trials:
+        if _spent(trials, free=settings.max_trials) >= settings.max_trials:
             break
+        # seeded by every trial started, skipped ones too: a skipped combination does
+        # not count against the budget, but the next trial must not sample it again
         study = optuna.load_study(
-            study_name=settings.study_name, storage=storage, sampler=_sampler(settings, n)
+            study_name=settings.study_name,
+            storage=storage,
+            sampler=_sampler(settings, _spent(trials)),
         )
         objective = _Objective(settings, space, tag, say)
         study.optimize(objective, n_trials=1, catch=(_OverBudget, ConfigError))
@@ -273,7 +275,9 @@ def run_worker(settings: Settings, space: Space, progress: Progress | None = Non
     return ran
 
 
-def _spent(trials: Sequence[optuna.trial.FrozenTrial], before: int | None = None) -> int:
+def _spent(
+    trials: Sequence[optuna.trial.FrozenTrial], before: int | None = None, free: int = 0
+) -> int:
     """Trials that count against max_trials.
 
     Without ``before``: the trials started so far. A waiting trial (the base config,
@@ -285,16 +289,22 @@ def _spent(trials: Sequence[optuna.trial.FrozenTrial], before: int | None = None
 
     A trial a worker created after the budget was spent is marked ``over_budget`` and
     does not count: otherwise a race between workers would eat a later run's budget.
+
+    With ``free``: trials skipped as an invalid combination (never run, marked
+    ``invalid``) do not count either, up to ``free`` of them (so a sampler that keeps
+    proposing invalid combinations still ends the study).
     """
     import optuna
 
     waiting = optuna.trial.TrialState.WAITING
-    return sum(
-        1
+    counted = [
+        t
         for t in trials
         if not t.user_attrs.get("over_budget")
         and (t.number < before if before is not None else t.state != waiting)
-    )
+    ]
+    invalid = sum(1 for t in counted if t.user_attrs.get("invalid")) if free else 0
+    return len(counted) - invalid + max(0, invalid - free)
 
 
 def _pinned(path: Path) -> Callable[[str, Path], Path]:
@@ -318,16 +328,18 @@ class _Objective:
         import optuna
 
         s = self.settings
-        if _spent(trial.study.get_trials(deepcopy=False), before=trial.number) >= s.max_trials:
+        done = trial.study.get_trials(deepcopy=False)
+        if _spent(done, before=trial.number, free=s.max_trials) >= s.max_trials:
             self.over_budget = True
             trial.set_user_attr("over_budget", True)
             raise _OverBudget(f"trial {trial.number} is beyond max_trials {s.max_trials}")
         trial.set_user_attr("worker", self.tag)
-        passes = self.space.sample(trial)
+        passes, ship = self.space.sample(trial)
         trial.set_user_attr("passes", passes)
-        summary = ", ".join(_describe(p) for p in passes) or "no passes"
+        trial.set_user_attr("ship", ship)
+        summary = describe_config(passes, ship)
         self.say(f"trial {trial.number}: {summary}")
-        seen = _already_measured(trial, passes)
+        seen = _already_measured(trial, passes, ship)
         if seen is not None:
             # Same config as an earlier trial: reuse its measurements, do not re-run.
             trial.set_user_attr("duplicate_of", seen.number)
@@ -344,11 +356,22 @@ class _Objective:
                 raise optuna.TrialPruned()
             return float(seen.user_attrs["value"])
         try:
-            config = self.space.build(passes)
+            config = self.space.validate(passes, ship)
         except ConfigError as e:
-            trial.set_user_attr("error", redact(e.message))
-            self.say(f"trial {trial.number}: invalid config ({e.message})")
-            raise
+            # Options valid one by one but not together (ship.quantize int8 with
+            # ship.runtime torch, a torch int8 pass served by onnxruntime): the run
+            # would refuse this config before loading anything, so it is not run.
+            # Pruned, and infeasible for the sampler, so TPE learns to avoid it.
+            trial.set_user_attr("error", redact(f"invalid combination: {e}"))
+            trial.set_user_attr("invalid", True)  # not run: does not count against max_trials
+            trial.set_user_attr("passed", False)
+            trial.set_user_attr("pruned", True)
+            names = sorted(self.settings.loaded.config.thresholds.active())
+            trial.set_user_attr("constraints", [1.0] * len(names))
+            for name in names:
+                trial.set_constraint(name, 1.0)
+            self.say(f"trial {trial.number}: skipped, invalid combination ({e})")
+            raise optuna.TrialPruned() from None
 
         loaded = LoadedConfig(
             config=config,
@@ -377,7 +400,7 @@ class _Objective:
             study=s.study_name,
             number=trial.number,
             worker=self.tag,
-            passes=", ".join(_describe(p) for p in passes),
+            passes=summary,
         ) as run:
             try:
                 report = pipeline.evaluate(
@@ -409,7 +432,7 @@ class _Objective:
             write_report_json(report, trial_dir / "report.json")
             verdict = "pass" if report.passed else "fail"
             self.say(
-                f"trial {trial.number}: {verdict}, {report.student.file_bytes:,} bytes, "
+                f"trial {trial.number}: {verdict}, {int(figures['student.file_bytes']):,} bytes, "
                 f"{self.quality.describe(figures)}"
             )
             if run is not None:
@@ -444,13 +467,22 @@ class _Objective:
             trial.set_constraint(name, value)
 
 
-def _already_measured(trial: optuna.Trial, passes: list[dict[str, Any]]) -> Any | None:
-    """An earlier finished trial with exactly these passes, if any."""
+def _already_measured(
+    trial: optuna.Trial, passes: list[dict[str, Any]], ship: Mapping[str, Any]
+) -> Any | None:
+    """An earlier finished trial with exactly these passes and ship options, if any.
+
+    A trial stored before ship options could be searched has no ``ship`` attribute: it
+    matches a trial whose ship mapping is empty (no ``ship.*`` dimension)."""
     import optuna
 
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     for t in trial.study.get_trials(deepcopy=False, states=done):
-        if t.user_attrs.get("passes") == passes and "metrics" in t.user_attrs:
+        if (
+            t.user_attrs.get("passes") == passes
+            and t.user_attrs.get("ship", {}) == ship
+            and "metrics" in t.user_attrs
+        ):
             if t.state == optuna.trial.TrialState.COMPLETE and "value" not in t.user_attrs:
                 continue
             return t
@@ -460,6 +492,14 @@ def _already_measured(trial: optuna.Trial, passes: list[dict[str, Any]]) -> Any 
 def _describe(p: Mapping[str, Any]) -> str:
     opts = ", ".join(f"{k}={v}" for k, v in p.items() if k != "type")
     return f"{p['type']}({opts})"
+
+
+def describe_config(passes: Sequence[Mapping[str, Any]], ship: Mapping[str, Any]) -> str:
+    """A trial's passes and searched ship options, for progress lines and MLflow."""
+    text = ", ".join(_describe(p) for p in passes) or "no passes"
+    if ship:
+        text += "; ship(" + ", ".join(f"{k}={v}" for k, v in ship.items()) + ")"
+    return text
 
 
 @dataclass
