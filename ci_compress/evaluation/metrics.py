@@ -111,13 +111,15 @@ def score(
     run = task.start(list(models), reference, data.field)
     n = 0
     with placed(models, dev) as where, inference(models.values()):
+        on_cpu = dev.type == "cpu"
+        runs = [(role, model, where[role]) for role, model in models.items()]
         for x, y in data.batches(batch_size):
             task.check_target(y, data.field)
             outputs = {
-                role: _forward(model, _on(x, where[role]), role, data.field, output)
-                for role, model in models.items()
+                role: _forward(model, _on(x, d), role, data.field, output)
+                for role, model, d in runs
             }
-            run.add(outputs, y if dev.type == "cpu" or y is None else y.to(dev), _on(x, dev))
+            run.add(outputs, y if on_cpu or y is None else y.to(dev), x if on_cpu else _on(x, dev))
             n += samples_in(x)
             if on_batch is not None:
                 on_batch(x, y)

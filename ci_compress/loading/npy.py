@@ -19,6 +19,8 @@ digest, are the same as those of an ``.npz`` holding the same arrays.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -44,15 +46,24 @@ class NpyArray:
     def samples(self) -> int:
         return self.shape[0]
 
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Samples ``start:stop`` (one read into a buffer of exactly their size)."""
+    def read(self, start: int, stop: int, f: io.RawIOBase | None = None) -> np.ndarray:
+        """Samples ``start:stop`` (one read into a buffer of exactly their size), from
+        ``f`` (this file, opened unbuffered by the caller) or a file opened for it."""
         import numpy as np
 
+        if f is None:
+            with self.path.open("rb", 0) as fh:
+                return self.read(start, stop, fh)
         row = math.prod(self.shape[1:]) * self.dtype.itemsize
         out = np.empty((stop - start, *self.shape[1:]), dtype=self.dtype)
-        with self.path.open("rb") as f:
-            f.seek(self.offset + start * row)
-            got = f.readinto(out.data.cast("B"))
+        view = out.data.cast("B")
+        f.seek(self.offset + start * row)
+        got = 0
+        while got < len(view):  # an unbuffered read may return less than asked
+            part = f.readinto(view[got:])
+            if not part:
+                break
+            got += part
         if got != (stop - start) * row:  # the file shrank after it was opened
             raise DataError(f"{self.path}: truncated while reading samples {start}:{stop}")
         return out
@@ -111,12 +122,20 @@ class NpyShards:
         return sum(next(iter(s.values())).samples for s in self.shards)
 
     def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-        """``{name: samples}`` batches of at most ``batch_size``, shard after shard."""
+        """``{name: samples}`` batches of at most ``batch_size``, shard after shard.
+
+        A shard's files are opened once (unbuffered: each batch is one ``readinto``
+        straight into its array) and closed when the shard is done, or when the caller
+        stops early (the generator's ``close``)."""
         for shard in self.shards:
             n = next(iter(shard.values())).samples
-            for i in range(0, n, batch_size):
-                j = min(i + batch_size, n)
-                yield {name: a.read(i, j) for name, a in shard.items()}
+            with contextlib.ExitStack() as stack:
+                files = {
+                    name: stack.enter_context(a.path.open("rb", 0)) for name, a in shard.items()
+                }
+                for i in range(0, n, batch_size):
+                    j = min(i + batch_size, n)
+                    yield {name: a.read(i, j, files[name]) for name, a in shard.items()}
 
 
 def open_folder(folder: Path, names: Sequence[str], field: str) -> NpyShards:
