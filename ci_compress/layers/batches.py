@@ -20,6 +20,7 @@ the config loader stay torch-free.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
@@ -144,15 +145,11 @@ def all_finite(t: torch.Tensor) -> bool:
     overflow, so only then is every element checked. Evaluation runs this on every
     batch's inputs and on every model's outputs: ``isfinite().all()`` cost 6-16x the sum.
     """
-    import math
-
-    import torch
-
-    if not torch.is_floating_point(t):
+    if not t.is_floating_point():
         return True
     if math.isfinite(t.sum().item()):
         return True
-    return bool(torch.isfinite(t).all())
+    return bool(t.isfinite().all())
 
 
 def check_inputs(inputs: Any, where: str) -> None:

@@ -440,8 +440,9 @@ def _from_folder(
     shards = open_folder(p, _names(inputs, target), field)
 
     def read(size: int) -> Iterator[tuple[Inputs, torch.Tensor | None]]:
-        for arrays in shards.batches(size):
-            x, y = _pick(arrays, p, field, inputs, target)
+        where = f"{field}.path"
+        for arrays in shards.batches(size):  # open_folder found every name in every shard
+            x, y = _select(arrays, where, inputs, target)
             if (
                 y is not None
                 and y.dtype != torch.int64
@@ -495,7 +496,13 @@ def _pick(
             f"{field}.path: {p.name} has no array {missing[0]!r} (named by {field}.{which}); it holds {present}",
             hint=f"set {field}.inputs and {field}.target to names the file holds",
         )
-    where = f"{field}.path"
+    return _select(arrays, f"{field}.path", inputs, target)
+
+
+def _select(
+    arrays: Mapping[str, Any], where: str, inputs: InputSpec, target: str | None
+) -> tuple[Inputs, torch.Tensor | None]:
+    """The named arrays as tensors (every name present: :func:`_pick` checks)."""
     picked: Inputs
     if isinstance(inputs, str):
         picked = _tensor(arrays[inputs], where, "x and y")
