@@ -195,8 +195,12 @@ def _forward(
     field: str = "the holdout",
     output: OutputSpec = None,
 ) -> torch.Tensor:
-    with model_errors(role, field, x):
+    try:  # model_errors, without a context manager's cost on every batch
         out = call_model(model, x)
+    except CICompressError:
+        raise
+    except Exception as e:
+        raise _model_error(e, role, field, x) from None
     return select_output(out, output, role=role)
 
 
@@ -215,12 +219,16 @@ def model_errors(role: str, field: str, x: Inputs) -> Iterator[None]:
     except CICompressError:
         raise
     except Exception as e:
-        text = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-        first = text if isinstance(e, _USUAL) and text else type(e).__name__
-        if text and not isinstance(e, _USUAL):
-            first += f": {text}"
-        what = "x shape and dtype" if not isinstance(x, tuple | list | Mapping) else "inputs"
-        raise ModelOutputError(
-            f"the {role} model failed on {field}: {first}",
-            hint=f"check the holdout's {what} match what the model expects (got {describe(x)}), and the model's forward",
-        ) from None
+        raise _model_error(e, role, field, x) from None
+
+
+def _model_error(e: Exception, role: str, field: str, x: Inputs) -> ModelOutputError:
+    text = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+    first = text if isinstance(e, _USUAL) and text else type(e).__name__
+    if text and not isinstance(e, _USUAL):
+        first += f": {text}"
+    what = "x shape and dtype" if not isinstance(x, tuple | list | Mapping) else "inputs"
+    return ModelOutputError(
+        f"the {role} model failed on {field}: {first}",
+        hint=f"check the holdout's {what} match what the model expects (got {describe(x)}), and the model's forward",
+    )
