@@ -9,7 +9,7 @@ them is checked by running the teacher on the first batch at load. An empty set 
 error, not an accuracy of 0/0.
 
 Files (``.npz``, ``.pt``, ``.safetensors``) and folders of ``.npy`` arrays or shards
-(:mod:`ci_compress.loading.npy`, read a batch at a time for holdouts larger than
+(:mod:`ci_compress.loading.npy`, read a few batches at a time for holdouts larger than
 memory) may hold several named arrays; the config
 names the inputs (``data.holdout.inputs``: one name, a list for positional arguments, a
 mapping ``argument: array`` for keyword arguments) and the target
@@ -433,7 +433,7 @@ def _from_folder(
     p: Path, source: DataSource, field: str, check_target: TargetCheck | None
 ) -> Dataset:
     """A folder of ``.npy`` arrays or shard folders (:mod:`ci_compress.loading.npy`),
-    read a batch at a time; the samples equal those of an ``.npz`` of the same arrays."""
+    read a few batches at a time; the samples equal those of an ``.npz`` of the same arrays."""
     import torch
 
     inputs, target = source.inputs, source.target

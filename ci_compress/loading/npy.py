@@ -1,5 +1,5 @@
 """Holdouts larger than memory: a folder of ``.npy`` arrays, or of shard folders, read a
-batch at a time.
+few batches at a time.
 
 ``data.holdout.path`` may name a folder instead of a file. The folder holds one ``.npy``
 file per named array (``x.npy`` and ``y.npy`` by default; ``inputs`` and ``target`` name
