@@ -12,16 +12,18 @@ against a bare inference loop.
   (50x, 107 MB: large against the ~270 MB process), stored as a folder of ``.npy``
   shards (read a batch at a time, :mod:`ci_compress.loading.npy`), and the 50x holdout
   as one ``.npz`` (read whole) as the contrast, which must show the data in the peak.
-* **throughput**: in one process, interleaved, median of 3: the gate's scoring pass
-  (:func:`ci_compress.evaluation.metrics.score` over the folder holdout: reading,
-  checks, both models, the task's per-sample scores) against a bare loop over the same
-  shards (``np.load`` of each shard, both models' forward and argmax). 1k, 10k and 100k
-  samples, batch 256, one thread.
+* **throughput**: in one process, interleaved, median of 3: the gate's evaluation pass
+  (:func:`ci_compress.evaluation.measure.evaluate`, what ``measure`` runs before its
+  latency timing: opening the folder, reading, the checks of every batch, both models,
+  the task's per-sample scores and the holdout digest) against a bare loop over the same
+  shards (``np.load`` of each shard, both models' forward, argmax and hits). 1k, 10k and
+  100k samples in shards of 5,400, batch 256, one thread.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import statistics
@@ -45,14 +47,17 @@ def write_folder(folder: Path, repeat: int, shard_repeats: int = 25) -> tuple[in
     from benchmarks.holdout import digits_stream
 
     folder.mkdir(parents=True, exist_ok=True)
-    batch = DIGITS_TEST * shard_repeats
     samples = 0
-    for k, (x, y) in enumerate(digits_stream(repeat, batch_size=batch)):
-        shard = folder / f"part-{k:05d}"
+    # digits_stream yields one copy (540 samples) at a time; a shard gathers shard_repeats
+    # of them (before, each copy was its own shard: 185 shards of 540 samples at 100k)
+    copies = digits_stream(repeat, batch_size=DIGITS_TEST)
+    for k in range(0, repeat, shard_repeats):
+        xs, ys = zip(*itertools.islice(copies, min(shard_repeats, repeat - k)), strict=True)
+        shard = folder / f"part-{k // shard_repeats:05d}"
         shard.mkdir(exist_ok=True)
-        np.save(shard / "x.npy", x)
-        np.save(shard / "y.npy", y)
-        samples += len(y)
+        np.save(shard / "x.npy", np.concatenate(xs))
+        np.save(shard / "y.npy", np.concatenate(ys))
+        samples += sum(len(y) for y in ys)
     return samples, sum(p.stat().st_size for p in folder.rglob("*.npy"))
 
 
@@ -141,7 +146,7 @@ def throughput(work: Path, demo: Path, sizes: list[int], rounds: int = 3) -> lis
 
     sys.path.insert(0, str(REPO))
     from ci_compress.config import DataSource, load_config
-    from ci_compress.evaluation.metrics import score
+    from ci_compress.evaluation.measure import evaluate
     from ci_compress.loading.data import load_dataset
     from ci_compress.stages import apply_passes, load_inputs, ship
 
@@ -156,25 +161,31 @@ def throughput(work: Path, demo: Path, sizes: list[int], rounds: int = 3) -> lis
         folder = work / f"throughput-{n}"
         samples, _ = write_folder(folder, max(1, n // DIGITS_TEST), shard_repeats=10)
 
-        def gate(folder: Path = folder) -> int:
+        def gate(folder: Path = folder) -> tuple[int, int]:
+            # what the gate runs (stages.evaluate -> measure.measure), without the
+            # latency timing: open the folder, then one pass that checks every batch,
+            # runs both models, scores them and hashes the holdout
             ds = load_dataset(DataSource(path=str(folder)), work, field="data.holdout")
-            return score(models, ds, batch_size=256)["teacher"].samples
+            result, _ = evaluate(models, ds, batch_size=256)
+            return result["teacher"].samples, result["student"].correct
 
-        def bare(folder: Path = folder) -> int:
-            seen = 0
+        def bare(folder: Path = folder) -> tuple[int, int]:
+            # the floor: the same files (each read whole), the same models, top-1 hits
+            seen, correct = 0, dict.fromkeys(models, 0)
             with torch.inference_mode():
                 for shard in sorted(p for p in folder.iterdir() if p.is_dir()):
                     x = torch.from_numpy(np.load(shard / "x.npy"))
                     y = torch.from_numpy(np.load(shard / "y.npy"))
                     for i in range(0, len(y), 256):
-                        xb = x[i : i + 256]
-                        for m in models.values():
-                            (m(xb).argmax(1) == y[i : i + 256]).sum()
+                        xb, yb = x[i : i + 256], y[i : i + 256]
+                        for role, m in models.items():
+                            correct[role] += int((m(xb).argmax(1) == yb).sum())
                         seen += len(xb)
-            return seen
+            return seen, correct["student"]
 
         times: dict[str, list[float]] = {"gate": [], "bare": []}
-        assert gate() == bare() == samples  # warm-up, and both read every sample
+        # warm-up, and both read every sample and score the student alike
+        assert gate() == bare() and bare()[0] == samples
         for _ in range(rounds):
             for name, fn in (("gate", gate), ("bare", bare)):
                 t0 = time.process_time()

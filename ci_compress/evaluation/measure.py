@@ -90,25 +90,15 @@ def measure(
     may be of any structure.
     """
     modules = {role: c.module for role, c in models.items()}
-    digest, total, seen = HoldoutDigest(), holdout.size_hint(), [0]
-
-    def on_batch(x: Inputs, y: torch.Tensor | None) -> None:
-        digest.update(x, y)
-        seen[0] += samples_in(x)
-        if step is not None:
-            step("evaluating", seen[0], total)
-
-    results = score(
+    results, holdout_sha256 = evaluate(
         modules,
         holdout,
         batch_size=batch_size,
-        on_batch=on_batch,
+        step=step,
         task=task,
         output=output,
         device=device,
     )
-    if step is not None and total is None:
-        step("evaluating", seen[0], seen[0])
     x, y = next(holdout.batches(latency_batch))
     x, y = take(x, 0, latency_batch), (None if y is None else y[:latency_batch])
     if before_latency is not None:
@@ -121,12 +111,47 @@ def measure(
             role: _figures(results[role], c.module, c.file_bytes, lat[role])
             for role, c in models.items()
         },
-        holdout_sha256=digest.hexdigest(),
+        holdout_sha256=holdout_sha256,
         samples=results[next(iter(results))].samples,
         example=x,
         example_targets=y,
         latency_samples={role: tuple(ts) for role, ts in times.items()},
     )
+
+
+def evaluate(
+    models: Mapping[str, nn.Module],
+    holdout: Dataset,
+    *,
+    batch_size: int,
+    step: Step | None = None,
+    task: Task | None = None,
+    output: OutputSpec = None,
+    device: str = "cpu",
+) -> tuple[dict[str, TaskMetrics], str]:
+    """The gate's evaluation pass: every model's task metrics and the holdout's digest,
+    in one streaming read (``benchmarks/holdout_scale.py`` times this against a bare
+    inference loop)."""
+    digest, total, seen = HoldoutDigest(), holdout.size_hint(), [0]
+
+    def on_batch(x: Inputs, y: torch.Tensor | None) -> None:
+        digest.update(x, y)
+        seen[0] += samples_in(x)
+        if step is not None:
+            step("evaluating", seen[0], total)
+
+    results = score(
+        dict(models),
+        holdout,
+        batch_size=batch_size,
+        on_batch=on_batch,
+        task=task,
+        output=output,
+        device=device,
+    )
+    if step is not None and total is None:
+        step("evaluating", seen[0], seen[0])
+    return results, digest.hexdigest()
 
 
 def _figures(m: TaskMetrics, model: nn.Module, file_bytes: int, latency: float) -> dict[str, float]:

@@ -111,13 +111,15 @@ def score(
     run = task.start(list(models), reference, data.field)
     n = 0
     with placed(models, dev) as where, inference(models.values()):
+        on_cpu = dev.type == "cpu"
+        runs = [(role, model, where[role]) for role, model in models.items()]
         for x, y in data.batches(batch_size):
             task.check_target(y, data.field)
             outputs = {
-                role: _forward(model, _on(x, where[role]), role, data.field, output)
-                for role, model in models.items()
+                role: _forward(model, _on(x, d), role, data.field, output)
+                for role, model, d in runs
             }
-            run.add(outputs, y if dev.type == "cpu" or y is None else y.to(dev), _on(x, dev))
+            run.add(outputs, y if on_cpu or y is None else y.to(dev), x if on_cpu else _on(x, dev))
             n += samples_in(x)
             if on_batch is not None:
                 on_batch(x, y)
@@ -193,8 +195,12 @@ def _forward(
     field: str = "the holdout",
     output: OutputSpec = None,
 ) -> torch.Tensor:
-    with model_errors(role, field, x):
+    try:  # model_errors, without a context manager's cost on every batch
         out = call_model(model, x)
+    except CICompressError:
+        raise
+    except Exception as e:
+        raise _model_error(e, role, field, x) from None
     return select_output(out, output, role=role)
 
 
@@ -213,12 +219,16 @@ def model_errors(role: str, field: str, x: Inputs) -> Iterator[None]:
     except CICompressError:
         raise
     except Exception as e:
-        text = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-        first = text if isinstance(e, _USUAL) and text else type(e).__name__
-        if text and not isinstance(e, _USUAL):
-            first += f": {text}"
-        what = "x shape and dtype" if not isinstance(x, tuple | list | Mapping) else "inputs"
-        raise ModelOutputError(
-            f"the {role} model failed on {field}: {first}",
-            hint=f"check the holdout's {what} match what the model expects (got {describe(x)}), and the model's forward",
-        ) from None
+        raise _model_error(e, role, field, x) from None
+
+
+def _model_error(e: Exception, role: str, field: str, x: Inputs) -> ModelOutputError:
+    text = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+    first = text if isinstance(e, _USUAL) and text else type(e).__name__
+    if text and not isinstance(e, _USUAL):
+        first += f": {text}"
+    what = "x shape and dtype" if not isinstance(x, tuple | list | Mapping) else "inputs"
+    return ModelOutputError(
+        f"the {role} model failed on {field}: {first}",
+        hint=f"check the holdout's {what} match what the model expects (got {describe(x)}), and the model's forward",
+    )

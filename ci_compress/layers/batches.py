@@ -20,6 +20,7 @@ the config loader stay torch-free.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
@@ -135,6 +136,22 @@ def describe(inputs: Any) -> str:
     return type(inputs).__name__
 
 
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether every element of ``t`` is finite (True for a tensor that is not floating).
+
+    One reduction instead of an element-wise mask: a sum is finite only when every term
+    is (a NaN anywhere makes it NaN; an infinity makes it infinite, or NaN beside the
+    opposite infinity). A sum that is not finite may still come from finite terms that
+    overflow, so only then is every element checked. Evaluation runs this on every
+    batch's inputs and on every model's outputs: ``isfinite().all()`` cost 6-16x the sum.
+    """
+    if not t.is_floating_point():
+        return True
+    if math.isfinite(t.sum().item()):
+        return True
+    return bool(t.isfinite().all())
+
+
 def check_inputs(inputs: Any, where: str) -> None:
     """Inputs are tensors in one of the three structures, with equal sample counts.
 
@@ -145,6 +162,19 @@ def check_inputs(inputs: Any, where: str) -> None:
     """
     import torch
 
+    if type(inputs) is torch.Tensor:  # the usual case, once per batch: the checks below, in short
+        if inputs.dim() == 0:
+            raise DataError(
+                f"{where}: x is a scalar, expected (samples, ...)",
+                hint="the first dimension of every input counts the samples",
+            )
+        if not all_finite(inputs):
+            n_bad = int((~torch.isfinite(inputs)).sum())
+            raise DataError(
+                f"{where}: x contains {n_bad} NaN or infinite values",
+                hint="clean or impute the data before gating",
+            )
+        return
     if isinstance(inputs, Mapping):
         if not inputs:
             raise DataError(f"{where}: the inputs are an empty mapping")
@@ -173,7 +203,7 @@ def check_inputs(inputs: Any, where: str) -> None:
                 f"{where}: {label} is a scalar, expected (samples, ...)",
                 hint="the first dimension of every input counts the samples",
             )
-        if torch.is_floating_point(t) and not bool(torch.isfinite(t).all()):
+        if not all_finite(t):
             n_bad = int((~torch.isfinite(t)).sum())
             raise DataError(
                 f"{where}: {label} contains {n_bad} NaN or infinite values",

@@ -41,7 +41,7 @@ def inference(models: Iterable[nn.Module]) -> Iterator[None]:
     non-determinism alerts (see the module docstring)."""
     import torch
 
-    quiet = has_torch_ao_quantized(models) and torch.are_deterministic_algorithms_enabled()
+    quiet = torch.are_deterministic_algorithms_enabled() and has_torch_ao_quantized(models)
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     # torch._C's setter: the public torch.use_deterministic_algorithms also imports
     # torch._inductor (seconds of start-up) only to set the compiler's flag.

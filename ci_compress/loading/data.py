@@ -9,7 +9,7 @@ them is checked by running the teacher on the first batch at load. An empty set 
 error, not an accuracy of 0/0.
 
 Files (``.npz``, ``.pt``, ``.safetensors``) and folders of ``.npy`` arrays or shards
-(:mod:`ci_compress.loading.npy`, read a batch at a time for holdouts larger than
+(:mod:`ci_compress.loading.npy`, read a few batches at a time for holdouts larger than
 memory) may hold several named arrays; the config
 names the inputs (``data.holdout.inputs``: one name, a list for positional arguments, a
 mapping ``argument: array`` for keyword arguments) and the target
@@ -22,6 +22,7 @@ evaluation pass, so a streaming factory is read once.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import zipfile
 import zlib
@@ -91,6 +92,19 @@ class Dataset:
             raise DataError(f"{self.field}: the factory raised {type(e).__name__}: {e}") from None
         seen = 0
         for i, item in enumerate(self._read(source)):
+            if self._reader is not None:  # a folder's batches: already (inputs, target) tensors
+                inputs, target = item
+                n = batch_size(inputs)
+                if self.limit is not None and seen + n > self.limit:
+                    n = self.limit - seen
+                    inputs = take(inputs, 0, n)
+                    target = None if target is None else target[:n]
+                self._check(inputs, target, f"{self.field} batch {i}")
+                yield inputs, target
+                seen += n
+                if self.limit is not None and seen >= self.limit:
+                    return
+                continue
             if not (isinstance(item, tuple | list) and len(item) == 2):
                 raise DataError(
                     f"{self.field}: batch {i} is not an (inputs, target) pair",
@@ -209,8 +223,29 @@ class HoldoutDigest:
         self._shapes: list[str] = []
         self._kind = ""
         self._target = True
+        self._last: Any = None  # a single tensor's per-sample shape, as last recorded
 
     def update(self, x: Inputs, y: torch.Tensor | None = None) -> None:
+        if isinstance(x, Mapping | tuple | list):
+            self._structured(x)
+        else:  # one tensor, once per batch: what _structured does for it, in short
+            self._kind = ""
+            if x.shape[1:] != self._last:
+                shape = str(tuple(x.shape[1:]))
+                if not self._shapes or self._shapes[-1] != shape:
+                    self._shapes.append(shape)
+                self._last = x.shape[1:]
+            h = self._x.get("")
+            if h is None:
+                h = self._x[""] = hashlib.sha256()
+            h.update(_bytes(x))
+        if y is None:
+            self._target = False
+        else:
+            self._y.update(_bytes(y))
+
+    def _structured(self, x: Inputs) -> None:
+        self._last = None
         tensors = named_tensors(x)
         if isinstance(x, Mapping):
             kind = "keyword"
@@ -228,10 +263,6 @@ class HoldoutDigest:
             self._shapes.append(shape)
         for name, t in tensors:
             self._x.setdefault(name, hashlib.sha256()).update(_bytes(t))
-        if y is None:
-            self._target = False
-        else:
-            self._y.update(_bytes(y))
 
     def hexdigest(self) -> str:
         h = hashlib.sha256(";".join(self._shapes).encode())
@@ -245,13 +276,32 @@ class HoldoutDigest:
         return h.hexdigest()
 
 
-def _bytes(t: torch.Tensor) -> memoryview:
+def _bytes(t: torch.Tensor) -> Any:
+    """``t``'s bytes in memory order, as a buffer ``hashlib`` reads without a copy."""
     import torch
 
+    if (
+        t.device.type == "cpu"
+        and t.dtype in _plain_dtypes()
+        and t.is_contiguous()
+        and not t.requires_grad
+    ):
+        return t.numpy()  # the same bytes as below, without five tensor calls per batch
     flat = t.detach().cpu().contiguous().reshape(-1)
     if flat.dtype in (torch.bfloat16, torch.bool) or flat.dtype.is_complex:
         flat = flat.view(torch.uint8) if flat.dtype != torch.bool else flat.to(torch.uint8)
     return flat.numpy().view("uint8").data
+
+
+@functools.cache
+def _plain_dtypes() -> frozenset[Any]:
+    """Dtypes whose bytes ``Tensor.numpy()`` shares as they are."""
+    import torch
+
+    return frozenset(
+        {torch.float16, torch.float32, torch.float64, torch.uint8, torch.int8, torch.int16}
+        | {torch.int32, torch.int64}
+    )
 
 
 def _has_samples(inputs: Inputs) -> bool:
@@ -383,16 +433,22 @@ def _from_folder(
     p: Path, source: DataSource, field: str, check_target: TargetCheck | None
 ) -> Dataset:
     """A folder of ``.npy`` arrays or shard folders (:mod:`ci_compress.loading.npy`),
-    read a batch at a time; the samples equal those of an ``.npz`` of the same arrays."""
+    read a few batches at a time; the samples equal those of an ``.npz`` of the same arrays."""
     import torch
 
     inputs, target = source.inputs, source.target
     shards = open_folder(p, _names(inputs, target), field)
 
     def read(size: int) -> Iterator[tuple[Inputs, torch.Tensor | None]]:
-        for arrays in shards.batches(size):
-            x, y = _pick(arrays, p, field, inputs, target)
-            if y is not None and not torch.is_floating_point(y) and y.dtype != torch.bool:
+        where = f"{field}.path"
+        for arrays in shards.batches(size):  # open_folder found every name in every shard
+            x, y = _select(arrays, where, inputs, target)
+            if (
+                y is not None
+                and y.dtype != torch.int64
+                and not torch.is_floating_point(y)
+                and y.dtype != torch.bool
+            ):
                 y = y.to(torch.int64)  # as for a file read whole
             yield x, y
 
@@ -440,7 +496,13 @@ def _pick(
             f"{field}.path: {p.name} has no array {missing[0]!r} (named by {field}.{which}); it holds {present}",
             hint=f"set {field}.inputs and {field}.target to names the file holds",
         )
-    where = f"{field}.path"
+    return _select(arrays, f"{field}.path", inputs, target)
+
+
+def _select(
+    arrays: Mapping[str, Any], where: str, inputs: InputSpec, target: str | None
+) -> tuple[Inputs, torch.Tensor | None]:
+    """The named arrays as tensors (every name present: :func:`_pick` checks)."""
     picked: Inputs
     if isinstance(inputs, str):
         picked = _tensor(arrays[inputs], where, "x and y")

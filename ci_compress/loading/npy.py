@@ -1,5 +1,5 @@
 """Holdouts larger than memory: a folder of ``.npy`` arrays, or of shard folders, read a
-batch at a time.
+few batches at a time.
 
 ``data.holdout.path`` may name a folder instead of a file. The folder holds one ``.npy``
 file per named array (``x.npy`` and ``y.npy`` by default; ``inputs`` and ``target`` name
@@ -9,16 +9,20 @@ written shard by shard.
 
 Nothing is read whole. Each array's header is parsed (:mod:`numpy.lib.format`, no
 pickles: an object dtype is refused) and checked against the file's size before any
-data is read, so a header cannot ask for more than the file holds; each batch is then
-read with one ``seek`` + ``readinto`` per array into a fresh buffer of that batch's size.
-Reading this way, not through ``mmap``, keeps the pages out of the process's resident
-set: peak memory is one batch, whatever the holdout's size
-(``benchmarks/holdout_memory.py`` measures it). The samples, and so the holdout's
-digest, are the same as those of an ``.npz`` holding the same arrays.
+data is read, so a header cannot ask for more than the file holds. A shard's files are
+opened once; batches are then read a piece at a time (whole batches, about
+:data:`READ_BYTES` per piece, at least one batch) with one ``seek`` + ``readinto`` per
+array into a fresh buffer, and handed out as views of it. Reading this way, not through
+``mmap``, keeps the pages out of the process's resident set: peak memory is a piece or two,
+whatever the holdout's size (``benchmarks/holdout_scale.py`` measures it). The
+samples, and so the holdout's digest, are the same as those of an ``.npz`` holding the
+same arrays.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -44,18 +48,36 @@ class NpyArray:
     def samples(self) -> int:
         return self.shape[0]
 
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Samples ``start:stop`` (one read into a buffer of exactly their size)."""
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one sample."""
+        return math.prod(self.shape[1:]) * self.dtype.itemsize
+
+    def read(self, start: int, stop: int, f: io.RawIOBase | None = None) -> np.ndarray:
+        """Samples ``start:stop`` (one read into a buffer of exactly their size), from
+        ``f`` (this file, opened unbuffered by the caller) or a file opened for it."""
         import numpy as np
 
-        row = math.prod(self.shape[1:]) * self.dtype.itemsize
+        if f is None:
+            with self.path.open("rb", 0) as fh:
+                return self.read(start, stop, fh)
+        row = self.row_bytes
         out = np.empty((stop - start, *self.shape[1:]), dtype=self.dtype)
-        with self.path.open("rb") as f:
-            f.seek(self.offset + start * row)
-            got = f.readinto(out.data.cast("B"))
-        if got != (stop - start) * row:  # the file shrank after it was opened
+        f.seek(self.offset + start * row)
+        want = (stop - start) * row
+        got = f.readinto(out.data) or 0
+        if 0 < got < want:  # an unbuffered read may return less than asked
+            view = out.data.cast("B")
+            while got < want and (part := f.readinto(view[got:])):
+                got += part
+        if got != want:  # the file shrank after it was opened
             raise DataError(f"{self.path}: truncated while reading samples {start}:{stop}")
         return out
+
+
+READ_BYTES = 1 << 18
+"""A folder holdout is read in pieces of whole batches of about this size (one batch
+when a batch is larger): a few system calls per MiB; memory holds one or two pieces."""
 
 
 def open_npy(path: Path, field: str) -> NpyArray:
@@ -111,12 +133,26 @@ class NpyShards:
         return sum(next(iter(s.values())).samples for s in self.shards)
 
     def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-        """``{name: samples}`` batches of at most ``batch_size``, shard after shard."""
+        """``{name: samples}`` batches of at most ``batch_size``, shard after shard.
+
+        A shard's files are opened once (unbuffered: each piece is one ``readinto``
+        straight into its array) and closed when the shard is done, or when the caller
+        stops early (the generator's ``close``)."""
         for shard in self.shards:
             n = next(iter(shard.values())).samples
-            for i in range(0, n, batch_size):
-                j = min(i + batch_size, n)
-                yield {name: a.read(i, j) for name, a in shard.items()}
+            row = sum(a.row_bytes for a in shard.values())
+            # a read covers whole batches, up to READ_BYTES of them (at least one batch)
+            step = max(1, READ_BYTES // max(1, row * batch_size)) * batch_size
+            with contextlib.ExitStack() as stack:
+                files = {
+                    name: stack.enter_context(a.path.open("rb", 0)) for name, a in shard.items()
+                }
+                for i in range(0, n, step):
+                    j = min(i + step, n)
+                    read = {name: a.read(i, j, files[name]) for name, a in shard.items()}
+                    for k in range(0, j - i, batch_size):
+                        yield {name: v[k : k + batch_size] for name, v in read.items()}
+                    del read  # before the next piece: the caller may still hold its last batch
 
 
 def open_folder(folder: Path, names: Sequence[str], field: str) -> NpyShards:

@@ -93,6 +93,44 @@ def test_classification_top1_topk_and_macro_f1() -> None:
     assert result["teacher"].metrics["accuracy"] == 1.0
 
 
+def test_classification_counts_over_batches_whose_label_range_grows() -> None:
+    """Predictions and labels are kept in the smallest integer type that holds them: a
+    later batch with labels past 255 widens the kept ones, and every count stays that
+    of a direct computation over the whole holdout."""
+    g = torch.Generator().manual_seed(3)
+    classes = 300
+    y = torch.cat([torch.randint(0, 200, (50,), generator=g), torch.randint(0, classes, (80,))])
+    teacher = F.one_hot(y, classes).float()
+    student = torch.randn(130, classes, generator=g)
+    student[::3] = teacher[::3]  # a third certainly right
+    result = run(
+        tasks.Classification(),
+        [({"teacher": teacher[a:b], "student": student[a:b]}, y[a:b], None)
+         for a, b in ((0, 50), (50, 90), (90, 130))],
+    )  # fmt: skip
+    s = result["student"]
+    pred = student.argmax(1)
+    hit = (pred == y).numpy()
+    assert s.samples == 130 and list(s.scores) == hit.astype(float).tolist()
+    assert list(s.class_total) == np.bincount(y.numpy(), minlength=classes).tolist()
+    assert list(s.class_correct) == np.bincount(y.numpy()[hit], minlength=classes).tolist()
+    assert s.metrics["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+    assert s.metrics["agreement"] == pytest.approx(float(hit.mean()))
+    assert result["teacher"].metrics["accuracy"] == 1.0
+
+
+def test_column_widens_for_wider_integers_and_keeps_its_type_otherwise() -> None:
+    c = tasks.Column()
+    c.append(np.array([1, 255], dtype=np.uint8))
+    c.append(np.array([256, 70000], dtype=np.uint32))
+    c.append(np.array([3], dtype=np.uint8))
+    assert c.values().tolist() == [1, 255, 256, 70000, 3]
+    f = tasks.Column()
+    f.append(np.array([0.5], dtype=np.float32))
+    f.append(np.array([1.0 / 3.0]))  # a float column keeps the type it started with
+    assert f.values().dtype == np.float32
+
+
 def test_classification_errors_keep_their_messages() -> None:
     task = tasks.Classification()
     with pytest.raises(DataError, match="y has dtype torch.float32, expected integer class labels"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import OrderedDict, namedtuple
 from typing import Any
 
@@ -69,6 +70,24 @@ def test_integer_inputs_are_accepted_and_float_inputs_must_be_finite() -> None:
         batches.check_inputs({"ids": torch.ones(2), "mask": [1, 2]}, "data.holdout")
     with pytest.raises(DataError, match="x is a scalar"):
         batches.check_inputs(torch.tensor(1.0), "data.holdout")
+
+
+def test_all_finite_is_one_sum_and_checks_every_element_only_when_the_sum_is_not_finite() -> None:
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        t = torch.ones(64, 10)
+        t[37, 3] = bad
+        assert not batches.all_finite(t)
+        assert not batches.all_finite(t.half()) and not batches.all_finite(t.double())
+    both = torch.zeros(8)
+    both[1], both[6] = float("inf"), float("-inf")  # the sum is NaN, not finite
+    assert not batches.all_finite(both)
+    # finite values whose sum overflows: the element-wise check has the last word
+    big = torch.full((4, 3), 3e38)
+    assert not math.isfinite(big.sum().item()) and batches.all_finite(big)
+    assert batches.all_finite(torch.full((100,), 60000.0, dtype=torch.float16))
+    assert batches.all_finite(torch.arange(5)) and batches.all_finite(torch.zeros(0))
+    with pytest.raises(DataError, match="x contains 1 NaN or infinite values"):
+        batches.check_inputs(both[:2], "data.holdout")
 
 
 def test_cuda_where_there_is_none_is_a_config_error_naming_the_field(

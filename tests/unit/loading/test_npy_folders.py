@@ -7,6 +7,7 @@ import itertools
 import json
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -67,6 +68,33 @@ def test_reading_a_folder_holds_one_batch_not_the_array(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert seen == 80_000
     assert peak < 2_000_000, f"peak {peak:,} bytes while reading a 20 MB array in batches of 256"
+
+
+def test_each_shard_file_is_opened_once_and_closed_when_reading_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    x, y = digits_split("test")
+    _write_shards(tmp_path / "h", x, y, [200, 400])  # 3 shards, 540 samples
+    ds = _open(tmp_path / "h")
+    opened: list[Any] = []
+    real_open = Path.open
+
+    def counting_open(self: Path, *args: Any, **kwargs: Any) -> Any:
+        f = real_open(self, *args, **kwargs)
+        opened.append(f)
+        return f
+
+    monkeypatch.setattr(Path, "open", counting_open)
+    got = [by for _, by in ds.batches(16)]  # type: ignore[attr-defined]
+    assert sum(len(b) for b in got) == 540 and len(got) == 13 + 13 + 9
+    assert len(opened) == 6  # x.npy and y.npy of each shard, not of each batch
+    assert all(f.closed for f in opened)
+    opened.clear()
+    reader = ds.batches(16)  # type: ignore[attr-defined]
+    next(reader)
+    assert len(opened) == 2 and not any(f.closed for f in opened)
+    reader.close()  # the caller stops early (an error in a model)
+    assert all(f.closed for f in opened)
 
 
 def _header_lies(folder: Path) -> None:
