@@ -12,7 +12,7 @@ against a bare inference loop.
   (50x, 107 MB: large against the ~270 MB process), stored as a folder of ``.npy``
   shards (read a batch at a time, :mod:`ci_compress.loading.npy`), and the 50x holdout
   as one ``.npz`` (read whole) as the contrast, which must show the data in the peak.
-* **throughput**: in one process, interleaved, median of 3: the gate's evaluation pass
+* **throughput**: in one process, interleaved, median of 3 rounds (more for small holdouts, 27 at 1,080 samples): the gate's evaluation pass
   (:func:`ci_compress.evaluation.measure.evaluate`, what ``measure`` runs before its
   latency timing: opening the folder, reading, the checks of every batch, both models,
   the task's per-sample scores and the holdout digest) against a bare loop over the same
@@ -159,7 +159,8 @@ def throughput(work: Path, demo: Path, sizes: list[int], rounds: int = 3) -> lis
     rows = []
     for n in sizes:
         folder = work / f"throughput-{n}"
-        samples, _ = write_folder(folder, max(1, n // DIGITS_TEST), shard_repeats=10)
+        # the nearest whole number of digits/test copies: 1,080, 10,260 and 99,900 samples
+        samples, _ = write_folder(folder, max(1, round(n / DIGITS_TEST)), shard_repeats=10)
 
         def gate(folder: Path = folder) -> tuple[int, int]:
             # what the gate runs (stages.evaluate -> measure.measure), without the
@@ -186,7 +187,7 @@ def throughput(work: Path, demo: Path, sizes: list[int], rounds: int = 3) -> lis
         times: dict[str, list[float]] = {"gate": [], "bare": []}
         # warm-up, and both read every sample and score the student alike
         assert gate() == bare() and bare()[0] == samples
-        for _ in range(rounds):
+        for _ in range(max(rounds, 30_000 // samples)):  # small holdouts: more rounds
             for name, fn in (("gate", gate), ("bare", bare)):
                 t0 = time.process_time()
                 fn()
@@ -212,7 +213,7 @@ def table(mem: dict[str, Any], thr: list[dict[str, Any]] | None) -> str:
     if thr:
         lines += [
             "",
-            "evaluation CPU time, folder holdout, both models, batch 256, 1 thread (median of 3)",
+            "evaluation CPU time, folder holdout, both models, batch 256, 1 thread (median of 3 to 27 rounds)",
             "  samples    gate s    bare s   gate/bare",
             "  -------  --------  --------  ----------",
         ]
