@@ -32,8 +32,8 @@ Measured on the 2-core AMD EPYC CI host (no VNNI), cosine / speed-up / smaller,
 ``--epochs 4``: int8-weight-only 0.9994 / 0.93x / 4.33x; openvino int8 0.9952 / 0.52x /
 3.92x; onnxruntime int8 0.9324 / 0.86x / 1.57x; distill width 0.5 + int8 0.8530 / 1.90x /
 5.60x; openvino int8-weights 0.9997 / 1.07x / 3.95x; distill width 0.5 + openvino
-int8-weights 0.8531 / 2.01x / 5.15x; ``--epochs 2``: 3 of 6 layers + openvino int8-weights
-0.9108 / 2.07x / 5.20x (docs/performance.md). No row meets all three targets: speed and
+int8-weights 0.8531 / 2.01x / 5.15x; 3 of 6 layers + openvino int8-weights 0.9241 /
+2.15x / 5.20x (0.9108 / 2.07x with ``--epochs 2``) (docs/performance.md). No row meets all three targets: speed and
 size are met together, the cosine is not.
 
 Targets (issue 20): at least 2x faster and 4x smaller than fp32, cosine at least 0.98.
