@@ -326,7 +326,7 @@ def _compress_and_evaluate(
         module, info = ship(loaded, student, pass_history, shipped_path, holdout=inputs.holdout)
         served = None
         if cfg.ship.runtime != "torch":
-            quantized = " int8" if cfg.ship.quantize == "int8" else ""
+            quantized = "" if cfg.ship.quantize == "none" else f" {cfg.ship.quantize}"
             say(f"converting the student to {cfg.ship.runtime}{quantized}")
             served = serve(loaded, module, inputs, shipped_path)
         return _evaluate(

@@ -425,10 +425,10 @@ class ShipConfig(Frozen):
         exclude_if=_is("torch"),
         description="Where the student serves, and so where the gate evaluates and times it: torch (the .ccz rebuilt in PyTorch), onnxruntime (student.onnx in an ONNX Runtime session; the 'onnxruntime' extra) or openvino (student.xml + student.bin compiled by OpenVINO; the 'openvino' extra). The .ccz is written either way; the shipped size is the runtime artifact's.",
     )
-    quantize: Literal["none", "int8"] = Field(
+    quantize: Literal["none", "int8", "int8-weights"] = Field(
         "none",
         exclude_if=_is("none"),
-        description="int8: post-training static int8 by the runtime's own toolchain (ONNX Runtime quantize_static, QDQ, per-channel weights; NNCF for openvino), calibrated on the first ship.calibration_batches batches of data.calibration. Needs ship.runtime onnxruntime or openvino.",
+        description="int8: post-training static int8 by the runtime's own toolchain (ONNX Runtime quantize_static, QDQ, per-channel weights; NNCF for openvino), calibrated on the first ship.calibration_batches batches of data.calibration. Needs ship.runtime onnxruntime or openvino. int8-weights: weights only (every MatMul and embedding table, int8 per output channel, NNCF's compress_weights, no calibration), computed in fp32: about 4x smaller at fp32 speed, for CPUs whose int8 kernels are not faster. Needs ship.runtime openvino.",
     )
     calibration_batches: int = Field(
         8,
@@ -440,6 +440,12 @@ class ShipConfig(Frozen):
 
     @model_validator(mode="after")
     def _quantize_needs_a_runtime(self) -> ShipConfig:
+        if self.quantize == "int8-weights" and self.runtime != "openvino":
+            raise ValueError(
+                f"ship.quantize: int8-weights is OpenVINO's weight compression (NNCF), and "
+                f"ship.runtime is {self.runtime}; set ship.runtime: openvino (in torch, use a "
+                "quantize pass: scheme int8-weight-only; in onnxruntime, ship.quantize: int8)"
+            )
         if self.quantize == "int8" and self.runtime == "torch":
             raise ValueError(
                 "ship.quantize: int8 is done by the serving runtime's own toolchain; "

@@ -221,7 +221,7 @@ def serving_line(report: Report, code: str = "") -> str:
     s = report.serving
     assert s is not None
     files = ", ".join(f"{code}{Path(f).name}{code}" for f in s.files)
-    int8 = " int8" if s.quantize == "int8" else ""
+    int8 = "" if s.quantize == "none" else f" {s.quantize}"
     return (
         f"served by {s.runtime}{int8}: {files} ({s.file_bytes:,} bytes; the .ccz "
         f"{s.ccz_bytes:,} bytes; {s.threads} thread(s); teacher timed in torch fp32)"

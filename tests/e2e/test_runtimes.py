@@ -234,3 +234,49 @@ def test_a_student_rebuilt_from_its_shipped_graph_converts_to_the_runtime(
     batch = {"input_ids": torch.randn(7, 8), "attention_mask": torch.ones(7, 8)}
     with torch.no_grad():
         assert torch.allclose(served(**batch), model(**batch), atol=1e-5)
+
+
+class _Embedder(torch.nn.Module):
+    """An embedding table (most of the parameters, as in a transformer) and two Linears."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = torch.nn.Embedding(1000, 256)
+        self.a, self.b = torch.nn.Linear(256, 256), torch.nn.Linear(256, 64)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(self.table(input_ids)))).mean(1)
+
+
+def test_int8_weights_ship_a_quarter_of_the_bytes_computing_the_same(tmp_path: Path) -> None:
+    """ship.quantize: int8-weights in OpenVINO: every weight, the embedding table's too,
+    stored as int8 (the file about 4x smaller than the fp32 one), outputs within int8
+    rounding of the fp32 artifact's; no calibration data needed."""
+    from ci_compress.packing.runtimes import serve
+
+    torch.manual_seed(0)
+    model = _Embedder().eval()
+    example = {"input_ids": torch.randint(0, 1000, (4, 16))}
+    fp32 = serve(model, "openvino", tmp_path, "fp32", example)
+    int8 = serve(model, "openvino", tmp_path, "int8w", example, quantize="int8-weights")
+    assert int8.quantize == "int8-weights"
+    assert 3.7 < fp32.file_bytes / int8.file_bytes <= 4.0
+    # the table is stored as 8-bit integers (not only the MatMuls)
+    xml = (tmp_path / "int8w.xml").read_text()
+    assert 'element_type="u8" shape="1000, 256"' in xml, xml[:2000]
+    batch = {"input_ids": torch.randint(0, 1000, (9, 16))}
+    with torch.no_grad():
+        want, got, exact = model(**batch), int8.module(**batch), fp32.module(**batch)
+    assert torch.allclose(exact, want, atol=1e-5)
+    error = (got - want).abs().max().item()
+    assert 0 < error < 0.02 * want.abs().max().item()
+
+
+def test_int8_weights_in_another_runtime_is_a_config_error(tmp_path: Path) -> None:
+    from ci_compress.errors import ConfigError
+    from ci_compress.packing.runtimes import serve
+
+    example = {"input_ids": torch.randint(0, 1000, (4, 16))}
+    with pytest.raises(ConfigError, match="int8-weights is OpenVINO's") as e:
+        serve(_Embedder(), "onnxruntime", tmp_path, "s", example, quantize="int8-weights")
+    assert e.value.path == "ship.quantize"

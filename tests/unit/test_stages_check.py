@@ -188,12 +188,31 @@ def test_int8_without_a_runtime_is_refused(tmp_path: Path) -> None:
     assert "ship.quantize: int8" in err and "ship.runtime: onnxruntime or openvino" in err
 
 
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
+def test_int8_weights_outside_openvino_is_refused(runtime: str, tmp_path: Path) -> None:
+    config = base_config(
+        model=MISSING_MODEL, passes=[], ship={"runtime": runtime, "quantize": "int8-weights"}
+    )
+    code, _, err = cli("validate", "--config", str(write_config(tmp_path, config)), cwd=tmp_path)
+    assert code == 2, err
+    assert (
+        f"ship.quantize: int8-weights is OpenVINO's weight compression (NNCF), and ship.runtime is {runtime}"
+        in err
+    )
+    assert "set ship.runtime: openvino" in err and len(err.strip().splitlines()) <= 2
+    # the fix the message names validates, and needs no data.calibration
+    config["ship"] = {"runtime": "openvino", "quantize": "int8-weights"}
+    code, out, err = cli("validate", "--config", str(write_config(tmp_path, config)), cwd=tmp_path)
+    assert code == 0 and "valid" in out, err
+
+
 @pytest.mark.parametrize(
     ("runtime", "quantize", "absent", "extra"),
     [
         ("onnxruntime", "none", "onnxruntime", "onnxruntime"),
         ("openvino", "none", "openvino", "openvino"),
         ("openvino", "int8", "nncf", "openvino"),
+        ("openvino", "int8-weights", "nncf", "openvino"),
     ],
 )
 def test_a_runtime_that_is_not_installed_names_its_extra(
