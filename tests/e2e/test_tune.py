@@ -15,14 +15,15 @@ import yaml
 from mlflow import MlflowClient
 
 from ci_compress import pipeline
-from ci_compress.config import load_config, parse_config_text
+from ci_compress.config import load_config
 from ci_compress.errors import ConfigError
 from ci_compress.passes.registry import PASSES
-from ci_compress.tuning.space import PROFILES, resolve
+from ci_compress.tuning.space import PROFILES
 from tests.helpers import REPO
 from tests.helpers.cli import run_cli, run_console
 from tests.helpers.configs import base_config, write_config
 from tests.helpers.servers import MlflowServer
+from tests.helpers.tune import resolve_space, study_trials
 
 SPACE = {
     "passes[0].amount": {"low": 0.3, "high": 0.95},
@@ -32,17 +33,6 @@ SPACE = {
 
 def tune_config(**tune: Any) -> dict[str, Any]:
     return base_config(tune={"space": SPACE, "optional_passes": [0, 1], **tune})
-
-
-def _resolve(tmp_path: Path, config: dict[str, Any]) -> Any:
-    loaded = parse_config_text(yaml.safe_dump(config), base_dir=tmp_path)
-    assert loaded.config.tune is not None
-    return resolve(loaded, loaded.config.tune)
-
-
-def _trials(folder: Path, study: str) -> list[optuna.trial.FrozenTrial]:
-    storage = f"sqlite:///{folder / 'ci-compress-tune.db'}"
-    return optuna.load_study(study_name=study, storage=storage).get_trials()
 
 
 # ---------------------------------------------------------------- the space
@@ -73,7 +63,7 @@ def test_space_is_validated_through_the_pass_configs(
     tmp_path: Path, space: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(ConfigError) as err:
-        _resolve(tmp_path, base_config(tune={"space": space}))
+        resolve_space(tmp_path, base_config(tune={"space": space}))
     assert str(err.value).startswith(message)
 
 
@@ -94,7 +84,7 @@ def test_space_searches_which_modules_a_pass_touches(tmp_path: Path) -> None:
     """Compressing embedding tables or not is an include/exclude choice: lists are
     searched by their index, each validated as the pass would read it."""
     keep = ["re:.*embeddings.*"]
-    space = _resolve(
+    space = resolve_space(
         tmp_path, base_config(tune={"space": {"passes[1].exclude": {"choices": [[], keep]}}})
     )
     (d,) = space.dimensions
@@ -103,7 +93,7 @@ def test_space_searches_which_modules_a_pass_touches(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
 def test_profiles_keep_registered_passes_and_record_the_rest(tmp_path: Path, profile: str) -> None:
-    space = _resolve(tmp_path, base_config(tune={"profile": profile}))
+    space = resolve_space(tmp_path, base_config(tune={"profile": profile}))
     assert space.passes, "every profile keeps at least one registered pass"
     for p in space.passes:
         assert p["type"] in PASSES
@@ -147,7 +137,7 @@ def test_tune_finds_a_smaller_passing_student_than_single_pass_defaults(workdir:
     assert proc.returncode == 0, proc.stderr
     assert "best passing config: trial" in proc.stdout
 
-    trials = _trials(workdir, "compress")
+    trials = study_trials(workdir, "compress")
     assert len(trials) == 10
     passing = [
         t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs["passed"]
@@ -205,7 +195,7 @@ def test_no_passing_config_exits_1_and_writes_no_tuned_yaml(workdir: Path) -> No
     assert (
         "No trial passed the gate" in (workdir / "ci-compress-tune" / "tune-report.md").read_text()
     )
-    assert len(_trials(workdir, "compress")) == 3
+    assert len(study_trials(workdir, "compress")) == 3
 
 
 @pytest.mark.slow
@@ -213,19 +203,19 @@ def test_resumed_study_continues_its_count_and_sequence(workdir: Path) -> None:
     cfg = write_config(workdir, tune_config(max_trials=5, startup_trials=4))
     proc = run_cli("tune", "--config", str(cfg), "--trials", "3", "--quiet", cwd=workdir)
     assert proc.returncode == 0, proc.stderr
-    assert len(_trials(workdir, "compress")) == 3
+    assert len(study_trials(workdir, "compress")) == 3
     proc = run_cli("tune", "--config", str(cfg), "--quiet", cwd=workdir)
     assert proc.returncode == 0, proc.stderr
-    resumed = _trials(workdir, "compress")
+    resumed = study_trials(workdir, "compress")
     assert [t.number for t in resumed] == [0, 1, 2, 3, 4]
     # spent budget: a third run adds nothing and still reports the best
     proc = run_cli("tune", "--config", str(cfg), "--quiet", cwd=workdir)
     assert proc.returncode == 0 and "5 trials" in proc.stdout
-    assert len(_trials(workdir, "compress")) == 5
+    assert len(study_trials(workdir, "compress")) == 5
     # the same seed in one go asks the same questions (trial n is seeded with seed + n)
     proc = run_cli("tune", "--config", str(cfg), "--study", "straight", "--quiet", cwd=workdir)
     assert proc.returncode == 0, proc.stderr
-    straight = _trials(workdir, "straight")
+    straight = study_trials(workdir, "straight")
     assert [t.params for t in straight[:4]] == [t.params for t in resumed[:4]]
 
 
@@ -244,7 +234,7 @@ def test_two_processes_share_one_study(workdir: Path) -> None:
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (_out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err
-    trials = [t for t in _trials(workdir, "compress") if not t.user_attrs.get("over_budget")]
+    trials = [t for t in study_trials(workdir, "compress") if not t.user_attrs.get("over_budget")]
     assert len(trials) == 8
     pids = {t.user_attrs["worker"].split(":")[1] for t in trials}
     assert pids == {str(p.pid) for p in procs}
@@ -256,7 +246,7 @@ def test_two_processes_share_one_study(workdir: Path) -> None:
         "tune", "--config", str(cfg), "--trials", "20", "--jobs", "2", "--quiet", cwd=workdir
     )
     assert proc.returncode == 0, proc.stderr
-    trials = [t for t in _trials(workdir, "compress") if not t.user_attrs.get("over_budget")]
+    trials = [t for t in study_trials(workdir, "compress") if not t.user_attrs.get("over_budget")]
     assert len(trials) == 20
     assert {t.user_attrs["worker"].split(":")[2] for t in trials[8:]} == {"w0", "w1"}
 
@@ -350,7 +340,7 @@ def test_every_trial_is_a_nested_mlflow_run(workdir: Path, mlflow_server: Mlflow
     assert len(parents) == 1 and len(children) == 3
     parent = parents[0]
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
-    trials = {t.number: t for t in _trials(workdir, "compress")}
+    trials = {t.number: t for t in study_trials(workdir, "compress")}
     for c in children:
         t = trials[int(c.data.tags["ci_compress.trial"])]
         assert c.data.metrics["student.file_bytes"] == t.user_attrs["metrics"]["student.file_bytes"]
@@ -369,5 +359,5 @@ def test_spent_timeout_starts_no_trial_and_exits_1(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stderr
     assert "NO PASSING CONFIG" in proc.stdout
     assert not (tmp_path / "tuned.yaml").exists()
-    states = [t.state for t in _trials(tmp_path, "compress")]
+    states = [t.state for t in study_trials(tmp_path, "compress")]
     assert states == [optuna.trial.TrialState.WAITING]  # the base config, queued for next time

@@ -14,11 +14,11 @@ import pytest
 import yaml
 
 from ci_compress import pipeline
-from ci_compress.config import ShipConfig, load_config, parse_config_text
+from ci_compress.config import ShipConfig, load_config
 from ci_compress.errors import ConfigError
-from ci_compress.tuning.space import resolve
 from tests.helpers.cli import run_cli
 from tests.helpers.configs import base_config, write_config
+from tests.helpers.tune import resolve_space, study_trials
 
 DATA = {
     "holdout": {"builtin": "digits", "split": "test"},
@@ -40,17 +40,6 @@ def _config(
     return base_config(**fields)
 
 
-def _resolve(tmp_path: Path, config: dict[str, Any]) -> Any:
-    loaded = parse_config_text(yaml.safe_dump(config), base_dir=tmp_path)
-    assert loaded.config.tune is not None
-    return resolve(loaded, loaded.config.tune)
-
-
-def _trials(folder: Path, study: str) -> list[optuna.trial.FrozenTrial]:
-    storage = f"sqlite:///{folder / 'ci-compress-tune.db'}"
-    return optuna.load_study(study_name=study, storage=storage).get_trials()
-
-
 # ---------------------------------------------------------------- the space
 
 
@@ -59,7 +48,7 @@ def test_ship_options_are_dimensions_with_the_values_of_the_config_model(tmp_pat
     ship.quantize value needs no change in tuning."""
     runtimes = list(typing.get_args(ShipConfig.model_fields["runtime"].annotation))
     schemes = list(typing.get_args(ShipConfig.model_fields["quantize"].annotation))
-    space = _resolve(
+    space = resolve_space(
         tmp_path,
         _config(
             {
@@ -137,7 +126,7 @@ def test_ship_space_is_validated_as_a_run_would(
     tmp_path: Path, space: dict[str, Any], overrides: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(ConfigError) as err:
-        _resolve(tmp_path, _config(space, **overrides))
+        resolve_space(tmp_path, _config(space, **overrides))
     assert str(err.value).startswith(message), str(err.value)
     assert "\n" not in str(err.value)
 
@@ -146,9 +135,9 @@ def test_values_valid_only_together_are_accepted(tmp_path: Path) -> None:
     """quantize int8 is invalid with the config's runtime (torch) but valid with a
     searched one; a pass scheme that onnxruntime cannot serve is accepted beside a
     scheme it can when the runtime is searched."""
-    space = _resolve(tmp_path, _config({"ship.runtime": RUNTIMES, "ship.quantize": QUANTIZE}))
+    space = resolve_space(tmp_path, _config({"ship.runtime": RUNTIMES, "ship.quantize": QUANTIZE}))
     assert [d.name for d in space.dimensions] == ["ship.runtime", "ship.quantize"]
-    space = _resolve(
+    space = resolve_space(
         tmp_path,
         _config(
             {"ship.runtime": RUNTIMES, "passes[0].scheme": {"choices": ["fp16", "int8-dynamic"]}},
@@ -161,7 +150,9 @@ def test_values_valid_only_together_are_accepted(tmp_path: Path) -> None:
 def test_a_runtime_is_accepted_beside_an_optional_pass_it_cannot_serve(tmp_path: Path) -> None:
     """cpu-x86's quantize pass makes torch int8 modules; onnxruntime is valid when that
     optional pass is off, so the profile and a searched runtime go together."""
-    space = _resolve(tmp_path, _config({"ship.runtime": RUNTIMES}, tune={"profile": "cpu-x86"}))
+    space = resolve_space(
+        tmp_path, _config({"ship.runtime": RUNTIMES}, tune={"profile": "cpu-x86"})
+    )
     quantize = next(i for i, p in enumerate(space.passes) if p["type"] == "quantize")
     assert quantize in space.optional
     assert [d.name for d in space.dimensions][-1] == "ship.runtime"
@@ -175,7 +166,7 @@ def test_new_pass_options_are_searched_through_the_generic_path(tmp_path: Path) 
     """Structured pruning and its importance, distill width and loss, clustering or
     int8 of embedding tables: pass options like any other, checked as a run checks."""
     train = {**DATA, "train": {"builtin": "digits", "split": "train"}}
-    space = _resolve(
+    space = resolve_space(
         tmp_path,
         _config(
             {
@@ -206,7 +197,7 @@ def test_new_pass_options_are_searched_through_the_generic_path(tmp_path: Path) 
     }
     # Taylor importance reads data.train: without it the space is refused at load
     with pytest.raises(ConfigError) as err:
-        _resolve(
+        resolve_space(
             tmp_path,
             _config(
                 {"passes[0].importance": {"choices": ["magnitude", "taylor"]}},
@@ -251,7 +242,7 @@ def test_tune_searches_the_runtime_and_the_best_yaml_gates_alike(workdir: Path) 
     )
     proc = run_cli("tune", "--config", str(cfg), cwd=workdir)
     assert proc.returncode == 0, proc.stderr
-    trials = _trials(workdir, "compress")
+    trials = study_trials(workdir, "compress")
     # skipped combinations were not run and are not counted: 5 trials ran
     skipped = [t for t in trials if t.user_attrs.get("invalid")]
     assert len(trials) - len(skipped) == 5 and trials[1] in skipped
@@ -308,7 +299,7 @@ def test_a_study_stored_before_ship_options_still_loads(workdir: Path) -> None:
     )
     proc = run_cli("tune", "--config", str(old_cfg), "--trials", "1", "--quiet", cwd=workdir)
     assert proc.returncode == 0, proc.stderr
-    (src,) = _trials(workdir, "old")
+    (src,) = study_trials(workdir, "old")
     # the same trial as the previous version stored it: no "ship" attribute
     attrs = {k: v for k, v in src.user_attrs.items() if k != "ship"}
     study = optuna.create_study(
@@ -331,7 +322,7 @@ def test_a_study_stored_before_ship_options_still_loads(workdir: Path) -> None:
     )
     proc = run_cli("tune", "--config", str(cfg), cwd=workdir)
     assert proc.returncode == 0, proc.stderr
-    old, new = _trials(workdir, "compress")
+    old, new = study_trials(workdir, "compress")
     assert "ship" not in old.user_attrs and "duplicate_of" not in new.user_attrs
     assert set(new.user_attrs["ship"]) == {"runtime"}
     md = (workdir / "ci-compress-tune" / "tune-report.md").read_text()
