@@ -142,24 +142,11 @@ def test_the_champion_is_re_measured_in_the_same_runtime(cnn_workdir: Path) -> N
 def test_minilm_keyword_inputs_served_by_openvino_int8(tmp_path: Path) -> None:
     """input_ids + attention_mask reach the runtime by name, batch free; NNCF's
     transformer setting keeps the int8 embeddings close to the teacher's."""
-    from tests.helpers.real_models import KEYWORDS, minilm, tokenized
+    from tests.helpers.real_models import minilm_embedding
 
-    folder = minilm()
-    np.savez(tmp_path / "holdout.npz", **tokenized(folder, 64))
-    source = {"inputs": KEYWORDS, "target": None}
-    cfg = {
-        "version": 1,
-        "model": {
-            "path": str(folder),
-            "hf": {"auto_class": "AutoModel"},
-            "output": "last_hidden_state",
-        },
-        "data": {
-            "holdout": {"path": "holdout.npz", **source},
-            "calibration": {"path": "holdout.npz", **source},
-            "batch_size": 32,
-        },
-        "task": {"type": "embedding"},
+    cfg = {"version": 1, **minilm_embedding(tmp_path)}
+    cfg["data"]["calibration"] = cfg["data"]["holdout"]
+    cfg |= {
         "passes": [],
         "thresholds": {"metrics": {"cosine": {"min_value": 0.95}}},
         "mlflow": {"enabled": False},
