@@ -136,6 +136,23 @@ def describe(inputs: Any) -> str:
     return type(inputs).__name__
 
 
+def _check_tensor(where: str, label: str, t: torch.Tensor) -> None:
+    """One input tensor: it has a samples dimension, and its values are finite."""
+    import torch
+
+    if t.dim() == 0:
+        raise DataError(
+            f"{where}: {label} is a scalar, expected (samples, ...)",
+            hint="the first dimension of every input counts the samples",
+        )
+    if not all_finite(t):
+        n_bad = int((~torch.isfinite(t)).sum())
+        raise DataError(
+            f"{where}: {label} contains {n_bad} NaN or infinite values",
+            hint="clean or impute the data before gating",
+        )
+
+
 def all_finite(t: torch.Tensor) -> bool:
     """Whether every element of ``t`` is finite (True for a tensor that is not floating).
 
@@ -163,17 +180,7 @@ def check_inputs(inputs: Any, where: str) -> None:
     import torch
 
     if type(inputs) is torch.Tensor:  # the usual case, once per batch: the checks below, in short
-        if inputs.dim() == 0:
-            raise DataError(
-                f"{where}: x is a scalar, expected (samples, ...)",
-                hint="the first dimension of every input counts the samples",
-            )
-        if not all_finite(inputs):
-            n_bad = int((~torch.isfinite(inputs)).sum())
-            raise DataError(
-                f"{where}: x contains {n_bad} NaN or infinite values",
-                hint="clean or impute the data before gating",
-            )
+        _check_tensor(where, "x", inputs)
         return
     if isinstance(inputs, Mapping):
         if not inputs:
@@ -197,18 +204,7 @@ def check_inputs(inputs: Any, where: str) -> None:
         )
     tensors = named_tensors(inputs)
     for name, t in tensors:
-        label = f"input {name!r}" if name else "x"
-        if t.dim() == 0:
-            raise DataError(
-                f"{where}: {label} is a scalar, expected (samples, ...)",
-                hint="the first dimension of every input counts the samples",
-            )
-        if not all_finite(t):
-            n_bad = int((~torch.isfinite(t)).sum())
-            raise DataError(
-                f"{where}: {label} contains {n_bad} NaN or infinite values",
-                hint="clean or impute the data before gating",
-            )
+        _check_tensor(where, f"input {name!r}" if name else "x", t)
     counts = {name: len(t) for name, t in tensors}
     if len(set(counts.values())) > 1:
         shown = ", ".join(f"{k or 'x'}: {v}" for k, v in counts.items())
