@@ -296,3 +296,34 @@ def test_gpt2_ffn_and_residual_width_shrink_and_the_pruned_model_ships(tmp_path:
         out = reloaded(input_ids=ids)
     out = out["logits"] if isinstance(out, dict) else getattr(out, "logits", out)
     assert torch.allclose(out, logits, atol=1e-5)
+
+
+def test_gradual_head_pruning_refuses_mixed_head_counts_with_the_fix() -> None:
+    # torch-pruning takes one per-step head fraction for every attention module, so a
+    # model whose layers have different head counts cannot follow one cubic schedule
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(
+        vocab_size=200,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=32,
+    )
+    torch.manual_seed(0)
+    model = transformers.BertModel(config).eval()
+    attn = model.encoder.layer[1].attention.self
+    attn.num_attention_heads, attn.attention_head_size = 2, 16  # same width, 2 heads
+    ids = torch.randint(5, 200, (4, 8), generator=torch.Generator().manual_seed(0))
+    x = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    ctx = PassContext(
+        seed=0, index=0, calibration_data=_batches(x, torch.zeros(4, dtype=torch.long))
+    )
+    raw = {"type": "prune", "amount": 0.5, "structured": True, "steps": 2}
+    with pytest.raises(ConfigError) as err:
+        prune.apply(model, _pass(raw), ctx)
+    assert err.value.path == "passes[0].steps"
+    assert "[2, 4]" in str(err.value) and err.value.hint == "use steps: 1 for this model"
+    # one step has no schedule to share: the same model prunes
+    record = prune.apply(model, _pass({**raw, "steps": 1}), ctx)
+    assert record.details["heads"]
