@@ -150,7 +150,13 @@ def select(
     an include pattern other than the default ``*`` is an error too; under ``*`` alone it
     is left as it is. Every problem is found before one :class:`ConfigError` lists them
     all (module, type, what to do), so a config is fixed in one try, not one per run.
+
+    When ``kinds`` has ``nn.Linear``, the Hugging Face ``Conv1D`` layers the patterns
+    select (GPT-2's blocks) are first replaced in ``model`` by the equal ``nn.Linear``
+    (:func:`conv1d_to_linear`), so every pass that handles Linear layers handles them.
     """
+    from torch import nn
+
     include, exclude = list(include), list(exclude)
     for pattern in include:
         if pattern.startswith("re:"):
@@ -160,6 +166,8 @@ def select(
                 raise ConfigError(
                     f"bad regular expression {pattern!r}: {e}", path=f"{path}.include"
                 ) from None
+    if any(issubclass(nn.Linear, k) for k in kinds):
+        conv1d_to_linear(model, include, exclude)
     kind_names = "/".join(k.__name__ for k in kinds)
     named = [(n, m) for n, m in model.named_modules() if n]
     candidates = [(n, m) for n, m in named if isinstance(m, kinds)]
@@ -267,3 +275,34 @@ def set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
     setattr(parent, child, new)
+
+
+def conv1d_to_linear(
+    model: nn.Module, include: Iterable[str] = ("*",), exclude: Iterable[str] = ()
+) -> list[str]:
+    """Replace each Hugging Face ``Conv1D`` (GPT-2's Linear with a transposed weight)
+    whose name matches ``include`` and not ``exclude`` by the equal ``nn.Linear`` (same
+    outputs), so the passes that handle Linear layers handle it. Returns the names."""
+    import torch
+    from torch import nn
+
+    include, exclude = list(include), list(exclude)
+    converted = []
+    for name, m in list(model.named_modules()):
+        if type(m).__name__ != "Conv1D" or not type(m).__module__.startswith("transformers"):
+            continue
+        if not any(_matches(name, p) for p in include) or any(_matches(name, p) for p in exclude):
+            continue
+        weight, bias = getattr(m, "weight", None), getattr(m, "bias", None)
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+            continue
+        fan_in, fan_out = weight.shape
+        linear = nn.Linear(fan_in, fan_out, bias=bias is not None)
+        with torch.no_grad():
+            linear.weight.copy_(weight.T)
+            if bias is not None:
+                linear.bias.copy_(bias)
+        linear.train(m.training)
+        set_submodule(model, name, linear)
+        converted.append(name)
+    return converted

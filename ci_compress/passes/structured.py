@@ -38,7 +38,7 @@ from ci_compress.errors import ConfigError
 from ci_compress.layers.batches import Inputs, batch_size, call_model, map_tensors, take
 from ci_compress.layers.inference import no_cache
 from ci_compress.layers.outputs import OutputSpec, select_output
-from ci_compress.passes.base import select
+from ci_compress.passes.base import conv1d_to_linear, select
 from ci_compress.passes.training import missing
 
 if TYPE_CHECKING:
@@ -52,32 +52,6 @@ EXAMPLE_SAMPLES = 4
 
 TAYLOR_SAMPLES = 256
 """Training samples whose loss gradient scores channels for ``importance: taylor``."""
-
-
-def _conv1d_to_linear(model: nn.Module) -> list[str]:
-    """Replace Hugging Face ``Conv1D`` (GPT-2's Linear with a transposed weight) by the
-    equal ``nn.Linear``, so the graph's widths are known and the layer can be pruned."""
-    import torch
-    from torch import nn
-
-    converted = []
-    for name, m in list(model.named_modules()):
-        if type(m).__name__ != "Conv1D" or not type(m).__module__.startswith("transformers"):
-            continue
-        weight, bias = getattr(m, "weight", None), getattr(m, "bias", None)
-        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
-            continue
-        fan_in, fan_out = weight.shape
-        linear = nn.Linear(fan_in, fan_out, bias=bias is not None)
-        with torch.no_grad():
-            linear.weight.copy_(weight.T)
-            if bias is not None:
-                linear.bias.copy_(bias)
-        linear.train(m.training)
-        parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent), attr, linear)
-        converted.append(name)
-    return converted
 
 
 def _fused_qkv(model: nn.Module) -> set[str]:
@@ -333,7 +307,7 @@ def prune_structured(
     """
     import torch_pruning as tp
 
-    converted = _conv1d_to_linear(model)
+    converted = conv1d_to_linear(model)
     shared = _shared_parameters(model)
     chosen = {n for n, _ in select(model, include, exclude, _kinds(), path=where)}
     fused = _fused_qkv(model)
