@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ci_compress.errors import ConfigError
 from ci_compress.frozen import Frozen
@@ -95,7 +95,7 @@ class TuneConfig(Frozen):
     )
     space: dict[str, SpaceEntry] = Field(
         default_factory=dict,
-        description="Searched options, keyed passes[<i>].<option> or ship.<option> (runtime, quantize, ...): {low, high[, step, log]} or {choices: [...]}.",
+        description="Searched options, keyed passes[<i>].<option> or ship.<option> (runtime, quantize, ...): {low, high[, step, log]} or {choices: [...]}; a bare list [a, b, ...] is short for {choices: [a, b, ...]}.",
     )
     optional_passes: tuple[int, ...] = Field(
         (), description="Indices of passes the tuner may switch off."
@@ -143,6 +143,14 @@ class TuneConfig(Frozen):
         True,
         description="Stop a trial right after its accuracy is measured when it already fails an accuracy threshold (skips latency).",
     )
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _bare_lists(cls, value: Any) -> Any:
+        """``key: [a, b]`` is short for ``key: {choices: [a, b]}``."""
+        if isinstance(value, dict):
+            return {k: {"choices": v} if isinstance(v, list) else v for k, v in value.items()}
+        return value
 
     @model_validator(mode="after")
     def _keys(self) -> TuneConfig:

@@ -155,7 +155,8 @@ def test_a_runtime_is_accepted_beside_an_optional_pass_it_cannot_serve(tmp_path:
     )
     quantize = next(i for i, p in enumerate(space.passes) if p["type"] == "quantize")
     assert quantize in space.optional
-    assert [d.name for d in space.dimensions][-1] == "ship.runtime"
+    (runtime,) = (d for d in space.dimensions if d.name == "ship.runtime")
+    assert runtime.choices == tuple(RUNTIMES["choices"])  # the user's entry, not the profile's
     with pytest.raises(ConfigError):  # the combination itself is what a run refuses
         space.validate(space.passes, {"runtime": "onnxruntime"})
     off = [p for i, p in enumerate(space.passes) if i != quantize]
@@ -331,3 +332,52 @@ def test_a_study_stored_before_ship_options_still_loads(workdir: Path) -> None:
     best = min((old, new), key=lambda t: (t.value, t.number))
     # an old trial ran with the config's ship section: tuned.yaml keeps it
     assert tuned.get("ship", {}) == best.user_attrs.get("ship", {})
+
+
+def test_cpu_x86_profile_searches_where_the_student_is_served(tmp_path: Path) -> None:
+    """The latency profile searches the serving runtime and its int8 too: on a host
+    without VNNI torch int8 is slower than fp32 and OpenVINO int8 2.2x faster."""
+    space = resolve_space(tmp_path, _config({}, tune={"profile": "cpu-x86"}))
+    ship = {d.name: d.choices for d in space.dimensions if d.in_ship}
+    assert ship == {
+        "ship.runtime": ("torch", "onnxruntime", "openvino"),
+        "ship.quantize": ("none", "int8"),
+    }
+    quantize = next(i for i, p in enumerate(space.passes) if p["type"] == "quantize")
+    off = [p for i, p in enumerate(space.passes) if i != quantize]
+    served = space.validate(off, {"runtime": "openvino", "quantize": "int8"})
+    assert (served.ship.runtime, served.ship.quantize) == ("openvino", "int8")
+    # the first trial is the config itself: torch, no runtime quantization
+    params = space.base_params()
+    assert (params["ship.runtime"], params["ship.quantize"]) == ("torch", "none")
+
+
+def test_a_profile_leaves_out_ship_values_the_config_cannot_run_and_says_so(
+    tmp_path: Path,
+) -> None:
+    no_calibration = {"holdout": DATA["holdout"]}
+    space = resolve_space(
+        tmp_path,
+        _config({"ship.runtime": RUNTIMES}, tune={"profile": "cpu-x86"}, data=no_calibration),
+    )
+    names = [d.name for d in space.dimensions]
+    # the user's entry wins over the profile's; int8 (needs data.calibration) is left out
+    assert "ship.quantize" not in names
+    (runtime,) = (d for d in space.dimensions if d.name == "ship.runtime")
+    assert runtime.choices == tuple(RUNTIMES["choices"])
+    assert any(s.startswith("ship.quantize='int8' (") for s in space.skipped)
+
+
+def test_a_bare_list_is_short_for_choices(tmp_path: Path) -> None:
+    short = resolve_space(
+        tmp_path,
+        _config({"ship.runtime": ["torch", "onnxruntime"], "passes[0].include": [["*"], ["0"]]}),
+    )
+    long = resolve_space(
+        tmp_path,
+        _config({"ship.runtime": RUNTIMES, "passes[0].include": {"choices": [["*"], ["0"]]}}),
+    )
+    assert [(d.name, d.choices) for d in short.dimensions] == [
+        (d.name, d.choices) for d in long.dimensions
+    ]
+    assert {d.name: d.choices for d in short.dimensions}["ship.runtime"] == ("torch", "onnxruntime")
