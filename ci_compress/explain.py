@@ -7,7 +7,10 @@ and reloads each student as it would ship, and measures the accuracy drop each l
 causes on the holdout. Layers are ranked by that drop. Then it searches an ``exclude:``
 list greedily: exclude the most sensitive layer, run the full configured compression
 with it excluded, check the accuracy thresholds; add the next layer until they are met.
-Every step is a real run, so the suggestion is verified, not predicted.
+Every step is a real run, so the suggestion is verified, not predicted. Each student is
+measured where it will serve, as the gate measures it: with ``ship.runtime`` onnxruntime
+or openvino it is converted (and int8-quantized by that runtime, ``ship.quantize``), and
+its accuracy and bytes are those of the runtime's artifact.
 
 On a task other than classification, layers are ranked by the task's primary metric
 (``Task.primary``: ``mae`` for regression, ``nll`` for a language model, ...) in its
@@ -43,12 +46,14 @@ from ci_compress.evaluation.metrics import score
 from ci_compress.evaluation.tasks import Classification
 from ci_compress.files import atomic_write
 from ci_compress.gate import ACCURACY_THRESHOLDS, decide, derive, metric_figures, metric_rules
+from ci_compress.packing.runtimes import artifact_paths
 from ci_compress.progress import warn_of
 from ci_compress.record import record_explain
 from ci_compress.reporting.explain import markdown_section, write_chart
 from ci_compress.stages import (
     apply_passes,
     load_inputs,
+    serve,
     set_determinism,
     ship,
 )
@@ -310,17 +315,24 @@ class _Runner:
             path,
             holdout=self.inputs.holdout,
         )
-        m = score(
-            {"student": shipped},
-            self.inputs.holdout,
-            batch_size=cfg.data.batch_size,
-            reference="student",
-            task=self.inputs.task,
-            output=cfg.model.output,
-            device=cfg.runtime.device,
-        )["student"]
-        path.unlink(missing_ok=True)
-        return m, info.file_bytes, records
+        # measured where the student will serve: ship.runtime (and its own int8), as the gate does
+        served = serve(self.loaded, shipped, self.inputs, path)
+        file_bytes = served.file_bytes if served else info.file_bytes
+        try:
+            m = score(
+                {"student": served.module if served else shipped},
+                self.inputs.holdout,
+                batch_size=cfg.data.batch_size,
+                reference="student",
+                task=self.inputs.task,
+                output=cfg.model.output,
+                device=cfg.runtime.device,
+            )["student"]
+        finally:
+            stem = path.name.removesuffix(".ccz")
+            for f in [path, *artifact_paths(cfg.ship.runtime, path.parent, stem)]:
+                f.unlink(missing_ok=True)
+        return m, file_bytes, records
 
     def base_bytes(self) -> int:
         """The teacher packed with no pass: what 'bytes saved' is measured against."""

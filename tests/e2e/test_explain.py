@@ -227,3 +227,36 @@ def test_a_collapsed_class_fails_the_gate_while_the_overall_drop_passes(
         sum(r["correct"]["student"] for r in report["per_class"]["classes"])
         == report["student"]["metrics"]["correct"]
     )
+
+
+def test_explain_measures_each_student_in_the_runtime_that_serves_it(cnn_workdir: Path) -> None:
+    """With ship.runtime onnxruntime and its int8, explain's numbers are the served
+    student's, as the gate's are: before, explain evaluated the torch fp32 .ccz."""
+    cfg = cnn_config(
+        passes=[{"type": "prune", "amount": 0.6, "scope": "layer"}],
+        data={
+            "holdout": {"builtin": "digits", "split": "test"},
+            "calibration": {"builtin": "digits", "split": "train"},
+        },
+        ship={"runtime": "onnxruntime", "quantize": "int8"},
+        thresholds={"max_accuracy_drop": 2.0},
+    )
+    config = write_config(cnn_workdir, cfg, name="served.yaml")
+    gate = run_cli("run", "--config", str(config), "--quiet", cwd=cnn_workdir)
+    assert gate.returncode in (0, 1), gate.stderr
+    report = json.loads((cnn_workdir / "report" / "report.json").read_text())
+    assert report["serving"]["runtime"] == "onnxruntime"
+
+    proc = run_cli("explain", "--config", str(config), "--quiet", cwd=cnn_workdir)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((cnn_workdir / "report" / "explain.json").read_text())
+    full = data["full"]
+    # the int8 ONNX file's bytes and accuracy (the gate's figures), not the .ccz's
+    assert full["file_bytes"] == report["serving"]["file_bytes"]
+    assert full["file_bytes"] != report["serving"]["ccz_bytes"]
+    assert full["drop_points"] == pytest.approx(
+        report["deltas"]["delta.accuracy_drop_points"], abs=1e-9
+    )
+    assert sorted(layer["layer"] for layer in data["layers"]) == ["1", "11", "4", "9"]
+    # nothing the runtime wrote is left beside the report
+    assert not list((cnn_workdir / "report").glob("student-*"))
