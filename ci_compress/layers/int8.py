@@ -57,7 +57,11 @@ def int8_dynamic_linear(
             q, scale.double(), torch.zeros(out_f, dtype=torch.long), 0
         )
         make = cast("Callable[..., DynLinear]", DynLinear)  # its __init__ is unannotated
-        m = make(in_f, out_f, bias_=bias is not None, dtype=torch.qint8)
+        # Built 1x1, then given its shape and weights: its __init__ prepacks an empty
+        # out x in weight that set_weight_bias throws away, which doubled fbgemm's
+        # packing work on every reload (the module is the same either way)
+        m = make(1, 1, bias_=bias is not None, dtype=torch.qint8)
+        m.in_features, m.out_features = in_f, out_f
         m.set_weight_bias(qw, None if bias is None else bias.detach().float())
     return m
 
@@ -74,8 +78,7 @@ def dynamic_linear_tensors(m: Any) -> dict[str, torch.Tensor]:
     import torch
 
     with quiet_torch_ao():
-        w = m.weight()
-        b = m.bias()
+        w, b = m._weight_bias()  # one unpack: weight() and bias() each unpack it all
         if w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
             scale = w.q_per_channel_scales().float()
         else:

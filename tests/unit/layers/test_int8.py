@@ -1,0 +1,74 @@
+"""torch.ao's dynamic int8 Linear, built from and read back to plain tensors, with
+fbgemm's packing done once each way (it is most of an int8 student's pack + reload)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from ci_compress.layers.int8 import (
+    dynamic_linear_class,
+    dynamic_linear_tensors,
+    int8_dynamic_linear,
+)
+
+
+def _weights() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    q = torch.randint(-127, 128, (96, 64), dtype=torch.int8, generator=g)
+    return q, torch.rand(96, generator=g) / 50 + 1e-3, torch.randn(96, generator=g)
+
+
+def _spy(monkeypatch: pytest.MonkeyPatch, op: str) -> list[tuple[int, ...]]:
+    """The weight shapes fbgemm's ``op`` is called on."""
+    namespace = torch.ops.quantized
+    original = getattr(namespace, op)
+    shapes: list[tuple[int, ...]] = []
+
+    def spy(*args: Any) -> Any:
+        if op == "linear_prepack":
+            shapes.append(tuple(args[0].shape))
+        else:
+            shapes.append(())
+        return original(*args)
+
+    monkeypatch.setattr(namespace, op, spy)
+    return shapes
+
+
+def test_built_module_equals_torch_aos_own_and_packs_its_weight_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    q, scale, bias = _weights()
+    prepacked = _spy(monkeypatch, "linear_prepack")
+    m = int8_dynamic_linear(q, scale, bias)
+    # one full-size prepack (its __init__ used to prepack an empty 96x64 weight first)
+    assert [s for s in prepacked if s != (1, 1)] == [(96, 64)]
+    monkeypatch.undo()
+
+    reference = dynamic_linear_class()(64, 96, dtype=torch.qint8)
+    qw = torch._make_per_channel_quantized_tensor(
+        q, scale.double(), torch.zeros(96, dtype=torch.long), 0
+    )
+    reference.set_weight_bias(qw, bias)
+    assert (m.in_features, m.out_features) == (64, 96) and repr(m) == repr(reference)
+    x = torch.randn(8, 64, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(m(x), reference(x))
+    for (k, a), (k2, b) in zip(m.state_dict().items(), reference.state_dict().items(), strict=True):
+        assert k == k2
+        if isinstance(a, torch.Tensor):
+            assert torch.equal(
+                a.int_repr() if a.is_quantized else a, b.int_repr() if b.is_quantized else b
+            )
+
+
+def test_tensors_read_back_with_one_unpack(monkeypatch: pytest.MonkeyPatch) -> None:
+    q, scale, bias = _weights()
+    m = int8_dynamic_linear(q, scale, bias)
+    unpacked = _spy(monkeypatch, "linear_unpack")
+    t = dynamic_linear_tensors(m)
+    assert len(unpacked) == 1  # weight() and bias() unpacked the whole weight each
+    assert torch.equal(t["weight_int8"], q) and torch.equal(t["bias"], bias)
+    assert torch.allclose(t["weight_scale"], scale)
