@@ -292,6 +292,11 @@ def amounts_for(sens: dict[str, dict[str, float]], tau: float) -> dict[str, floa
     return out
 
 
+def within(drop_points: float, limit: float) -> bool:
+    """``drop_points <= limit`` up to floating-point rounding of a count of images."""
+    return round(drop_points, 9) <= limit
+
+
 def kept_and_nonzero(model: Any) -> tuple[dict[str, float], int]:
     """Per layer: kept fraction of its weight; and the nonzero weights in all of them."""
     out: dict[str, float] = {}
@@ -382,7 +387,9 @@ def bench(name: str, data: dict[str, Any], plan: Plan, workdir: Path) -> dict[st
             )
 
     def best_ok() -> int | None:
-        ok = [i for i, r in enumerate(rows) if r["val_drop_points"] <= plan.max_drop_points]
+        # at most N points means at most N% of the images, exactly: 100 * (0.95 - 0.945)
+        # is 0.5000000000000004 in floating point, which must not exclude a 5-image drop
+        ok = [i for i, r in enumerate(rows) if within(r["val_drop_points"], plan.max_drop_points)]
         return max(ok, key=lambda i: rows[i]["ratio"]) if ok else None
 
     for key, amounts in plans.items():
@@ -434,7 +441,7 @@ def bench(name: str, data: dict[str, Any], plan: Plan, workdir: Path) -> dict[st
             "manifest_bytes": r["manifest_bytes"],
             "entropy_bound_bytes": r["entropy_bound_bytes"],
             "met_ratio": r["ratio"] >= TARGET_RATIO,
-            "met_drop": stats.drop_points <= MAX_DROP_POINTS,
+            "met_drop": within(stats.drop_points, MAX_DROP_POINTS),
         }
     torch.manual_seed(0)
     return {
