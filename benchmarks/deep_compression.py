@@ -28,7 +28,8 @@ k-means weight sharing + Huffman coding, fp32 weights as the denominator). Here:
   increasing amounts, and its validation accuracy drop recorded. For a tolerance ``tau``
   each layer gets the largest amount whose drop alone (and every smaller amount's) is at
   most ``tau`` points; the tolerances give a few candidate configurations (fine-tuning
-  recovers most of a one-shot drop, so ``tau`` runs from 10 to 40 points). Then a small
+  recovers most of a one-shot drop, so ``tau`` runs up to 40 points; LeNet-5 also from
+  2 and 5, as its 10-point candidates lost 1.0-1.2 points on validation). Then a small
   greedy refinement (``refine_rounds``): from the best candidate that passes on
   validation, raise one layer at a time to its next measured amount, keep the best that
   still passes, repeat.
