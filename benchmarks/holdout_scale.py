@@ -207,7 +207,7 @@ def throughput(work: Path, demo: Path, sizes: list[int], rounds: int = 3) -> lis
         times: dict[str, list[float]] = {"gate": [], "bare": []}
         # warm-up, and both read every sample and score the student alike
         assert gate() == bare() and bare()[0] == samples
-        for _ in range(max(rounds, 30_000 // samples)):  # small holdouts: more rounds
+        for _ in range(max(rounds, 100_000 // samples)):  # small holdouts: more rounds
             for name, fn in (("gate", gate), ("bare", bare)):
                 t0 = time.process_time()
                 fn()
