@@ -13,7 +13,7 @@ against a bare inference loop.
   shards (read a batch at a time, :mod:`ci_compress.loading.npy`), and the 50x holdout
   as one ``.npz`` (read whole) as the contrast, which must show the data in the peak.
 * **throughput**: in one process, interleaved, CPU time (``time.process_time``), median
-  of 3 rounds (more for small holdouts: 30,000 samples' worth, 27 at 1,080), one thread,
+  of 3 rounds (more for small holdouts: 100,000 samples' worth: 92 at 1,080, 9 at 10,260), one thread,
   batch 256, shards of 5,400 samples; 1k, 10k and 100k samples. Both sides get the same
   loaded models (demo MLP teacher and its shipped prune 0.5 + int8-dynamic student) and
   the same folder; both read every sample and score the student alike (checked once
@@ -233,7 +233,7 @@ def table(mem: dict[str, Any], thr: list[dict[str, Any]] | None) -> str:
     if thr:
         lines += [
             "",
-            "evaluation CPU time, folder holdout, both models, batch 256, 1 thread (median of 3 to 27 rounds)",
+            "evaluation CPU time, folder holdout, both models, batch 256, 1 thread (median of 3 to 92 rounds)",
             "  samples    gate s    bare s   gate/bare",
             "  -------  --------  --------  ----------",
         ]
