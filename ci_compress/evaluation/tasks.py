@@ -290,7 +290,7 @@ class _ClassificationRun:
         for role in self.roles:
             pred = self.preds[role].values(np.int64)
             mask = pred == labels
-            correct = int(mask.sum())
+            correct = int(np.count_nonzero(mask))
             n = self.n
             classes = self.classes[role]
             class_correct = _pad(np.bincount(labels[mask], minlength=classes), len(class_total))
@@ -298,7 +298,7 @@ class _ClassificationRun:
             metrics = {
                 "accuracy": correct / n if n else 0.0,
                 "macro_f1": _macro_f1(class_correct, total, np.bincount(pred, minlength=classes)),
-                "agreement": int((pred == reference).sum()) / n if n else 0.0,
+                "agreement": int(np.count_nonzero(pred == reference)) / n if n else 0.0,
             }
             if self.task.top_k is not None:
                 metrics["top_k_accuracy"] = float(_cat(self.topk[role]).mean()) if n else 0.0
@@ -325,11 +325,7 @@ def _top1(out: torch.Tensor) -> np.ndarray:
     a CPU float tensor (a third cheaper on a batch of 256 x 10), torch's otherwise."""
     import torch
 
-    if (
-        out.device.type == "cpu"
-        and out.dtype in (torch.float32, torch.float64)
-        and not out.requires_grad
-    ):
+    if out.is_cpu and out.dtype in (torch.float32, torch.float64) and not out.requires_grad:
         top: np.ndarray = out.numpy().argmax(axis=1)
         return top
     return out.argmax(dim=1).cpu().numpy()
@@ -341,11 +337,14 @@ def _macro_f1(correct: np.ndarray, total: np.ndarray, predicted: np.ndarray) -> 
 
     n = max(len(correct), len(total), len(predicted))
     tp, t, p = _pad(correct, n), _pad(total, n), _pad(predicted, n)
-    seen = (t + p) > 0
-    if not seen.any():
+    both = t + p
+    seen = both > 0
+    k = int(np.count_nonzero(seen))
+    if not k:
         return 0.0
-    f1 = 2.0 * tp[seen] / (t[seen] + p[seen])
-    return float(np.mean(f1))
+    # np.mean's own sum and division (the same bits) without its Python wrapper: this
+    # ran 70 us per model per evaluation, a third of the task's final counts
+    return float((2.0 * tp[seen] / both[seen]).sum() / k)
 
 
 # ---------------------------------------------------------------- multilabel

@@ -82,8 +82,14 @@ def first_tensor(inputs: Inputs) -> torch.Tensor:
 
 
 def batch_size(inputs: Inputs) -> int:
-    """Samples in the batch: the first tensor's first dimension."""
-    return len(first_tensor(inputs))
+    """Samples in the batch: the first tensor's first dimension.
+
+    ``shape[0]``, not ``len()``: ``Tensor.__len__`` is Python code (a tracing check),
+    4x the cost, and evaluation asks this several times per batch. A 0-d tensor still
+    raises ``len()``'s TypeError."""
+    t = first_tensor(inputs)
+    shape = t.shape
+    return shape[0] if shape else len(t)
 
 
 def take(inputs: Inputs, start: int, stop: int) -> Inputs:

@@ -280,12 +280,7 @@ def _bytes(t: torch.Tensor) -> Any:
     """``t``'s bytes in memory order, as a buffer ``hashlib`` reads without a copy."""
     import torch
 
-    if (
-        t.device.type == "cpu"
-        and t.dtype in _plain_dtypes()
-        and t.is_contiguous()
-        and not t.requires_grad
-    ):
+    if t.is_cpu and t.dtype in _plain_dtypes() and t.is_contiguous() and not t.requires_grad:
         return t.numpy()  # the same bytes as below, without five tensor calls per batch
     flat = t.detach().cpu().contiguous().reshape(-1)
     if flat.dtype in (torch.bfloat16, torch.bool) or flat.dtype.is_complex:
@@ -434,22 +429,23 @@ def _from_folder(
 ) -> Dataset:
     """A folder of ``.npy`` arrays or shard folders (:mod:`ci_compress.loading.npy`),
     read a few batches at a time; the samples equal those of an ``.npz`` of the same arrays."""
+    import numpy as np
     import torch
 
     inputs, target = source.inputs, source.target
     shards = open_folder(p, _names(inputs, target), field)
+    # every shard stores the same dtypes (open_folder checks), so whether the target
+    # becomes int64 (as for a file read whole: any target that is neither floating nor
+    # bool) is decided once, not per batch
+    stored = None if target is None else shards.shards[0][target].dtype
+    widen = stored is not None and stored.kind not in "fb" and stored != np.dtype(np.int64)
 
     def read(size: int) -> Iterator[tuple[Inputs, torch.Tensor | None]]:
         where = f"{field}.path"
         for arrays in shards.batches(size):  # open_folder found every name in every shard
             x, y = _select(arrays, where, inputs, target)
-            if (
-                y is not None
-                and y.dtype != torch.int64
-                and not torch.is_floating_point(y)
-                and y.dtype != torch.bool
-            ):
-                y = y.to(torch.int64)  # as for a file read whole
+            if widen and y is not None:
+                y = y.to(torch.int64)
             yield x, y
 
     ds = Dataset(

@@ -24,6 +24,8 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,13 +91,17 @@ def open_npy(path: Path, field: str) -> NpyArray:
     try:
         with path.open("rb") as f:
             version = npformat.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = npformat.read_array_header_1_0(f)
-            elif version in ((2, 0), (3, 0)):
-                shape, fortran, dtype = npformat.read_array_header_2_0(f)
-            else:
+            if version not in ((1, 0), (2, 0), (3, 0)):
                 raise ValueError(f"unsupported .npy format version {version}")
+            header = _plain_header(f, version)
+            if header is not None:
+                shape, fortran, dtype = header
+            elif version == (1, 0):
+                shape, fortran, dtype = npformat.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = npformat.read_array_header_2_0(f)
             offset = f.tell()
+            actual = os.fstat(f.fileno()).st_size
     except (ValueError, OSError, EOFError) as e:
         raise DataError(f"{where} is not a readable .npy file ({e})") from None
     if dtype.hasobject:
@@ -111,7 +117,6 @@ def open_npy(path: Path, field: str) -> NpyArray:
     if not shape:
         raise DataError(f"{where} is a scalar; an array of samples (first axis) is needed")
     expected = offset + math.prod(shape) * np.dtype(dtype).itemsize
-    actual = path.stat().st_size
     if actual != expected:
         raise DataError(
             f"{where} declares shape {tuple(shape)} of {dtype} ({expected:,} bytes with its header) "
@@ -119,6 +124,51 @@ def open_npy(path: Path, field: str) -> NpyArray:
             hint="the file is truncated or not what its header says; write it again with np.save",
         )
     return NpyArray(path=path, offset=offset, shape=tuple(shape), dtype=np.dtype(dtype))
+
+
+# The header np.save writes for a plain array, exactly: a simple dtype string, the
+# order, the shape (``()``, ``(n,)`` or ``(n, m, ...)``), then spaces and a newline.
+_DIM = rb"(?:0|[1-9][0-9]*)"  # a Python int literal (no leading zeros)
+_PLAIN_HEADER = re.compile(
+    rb"\{'descr': '([<>|=]?[A-Za-z][0-9]*)', 'fortran_order': (False|True), "
+    rb"'shape': \((|" + _DIM + rb",|" + _DIM + rb"(?:, " + _DIM + rb")+)\), \} *\n"
+)
+_MAX_HEADER = 10_000  # numpy's limit (``max_header_size``); longer headers go to numpy
+
+
+def _plain_header(
+    f: io.BufferedReader, version: tuple[int, int]
+) -> tuple[tuple[int, ...], bool, np.dtype[Any]] | None:
+    """The header of ``f`` (just past the magic string) when it is one np.save writes
+    for a plain array, ``f`` then at the data; else None with ``f`` where it was, for
+    numpy's own parser (:func:`numpy.lib.format.read_array_header_1_0`), which reads
+    any header and words every error.
+
+    numpy's parser runs ``ast.literal_eval`` on the header: about 0.2 ms a file, a
+    quarter of ``np.load`` of a 5,400-sample shard of 64 floats, paid for every file of
+    every shard each time a folder is opened (``benchmarks/holdout_scale.py``). The
+    pattern accepts only headers ``literal_eval`` reads to the same (shape, order,
+    dtype); a dtype string numpy refuses goes to numpy's parser, which words the error.
+    """
+    import numpy as np
+
+    start = f.tell()
+    size = 2 if version == (1, 0) else 4
+    raw = f.read(size)
+    if len(raw) == size and (length := int.from_bytes(raw, "little")) <= _MAX_HEADER:
+        text = f.read(length)
+        m = _PLAIN_HEADER.fullmatch(text) if len(text) == length else None
+        if m is not None:
+            descr, fortran, dims = m.groups()
+            try:
+                dtype = np.dtype(descr.decode("ascii"))
+            except (TypeError, ValueError, OverflowError):
+                dtype = None
+            if dtype is not None:
+                shape = tuple(int(d) for d in dims.split(b",") if d)
+                return shape, fortran == b"True", dtype
+    f.seek(start)
+    return None
 
 
 @dataclass(frozen=True)
@@ -171,7 +221,7 @@ def open_folder(folder: Path, names: Sequence[str], field: str) -> NpyShards:
                 hint=f"save one .npy per array ({', '.join(n + '.npy' for n in names)}), in the folder or in shard sub-folders",
             )
     shards: list[dict[str, NpyArray]] = []
-    first: dict[str, tuple[tuple[int, ...], str]] | None = None
+    first: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] | None = None
     for d in dirs:
         shard: dict[str, NpyArray] = {}
         for n in names:
@@ -188,12 +238,14 @@ def open_folder(folder: Path, names: Sequence[str], field: str) -> NpyShards:
             raise DataError(
                 f"{field}.path: the arrays of {_rel(d, folder) or folder.name} disagree on the number of samples ({counts})"
             )
-        layout = {n: (a.shape[1:], str(a.dtype)) for n, a in shard.items()}
+        # compared as dtypes, named as strings (``str(dtype)`` is Python code in
+        # numpy: 30 us an array, on every shard each time the folder is opened)
+        layout = {n: (a.shape[1:], a.dtype) for n, a in shard.items()}
         if first is None:
             first = layout
         elif layout != first:
             raise DataError(
-                f"{field}.path: shard {d.name} stores {layout}, the first shard {first}",
+                f"{field}.path: shard {d.name} stores {_named(layout)}, the first shard {_named(first)}",
                 hint="every shard holds arrays of the same per-sample shape and dtype",
             )
         if next(iter(counts.values())):
@@ -204,6 +256,12 @@ def open_folder(folder: Path, names: Sequence[str], field: str) -> NpyShards:
             hint="give a holdout with at least one sample",
         )
     return NpyShards(folder=folder, shards=tuple(shards))
+
+
+def _named(
+    layout: Mapping[str, tuple[tuple[int, ...], np.dtype[Any]]],
+) -> dict[str, tuple[tuple[int, ...], str]]:
+    return {n: (shape, str(dtype)) for n, (shape, dtype) in layout.items()}
 
 
 def _rel(p: Path, folder: Path) -> str:

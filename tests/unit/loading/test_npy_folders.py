@@ -196,3 +196,70 @@ def test_the_gate_reads_a_sharded_holdout_and_records_the_npz_digest(workdir: Pa
     assert proc.returncode == 3
     assert "data.holdout.path: part-002/y.npy is not a readable .npy file" in proc.stderr
     assert not (workdir / "report" / "student.ccz").exists()
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.zeros((7, 3), dtype=np.float32),
+        np.arange(5, dtype=np.int64),
+        np.ones((2, 3, 4), dtype=">f8"),  # big-endian
+        np.array([True, False]),
+        np.zeros((10,), dtype=np.uint8),
+        np.zeros((0, 4), dtype=np.float16),
+        np.asfortranarray(np.zeros((3, 4), dtype=np.float32)),
+        np.array(3.0),  # a scalar: ()
+        np.zeros((1, 1), dtype="<U3"),
+    ],
+    ids=lambda a: f"{a.dtype.str}{a.shape}",
+)
+def test_a_plain_header_is_read_without_numpy_s_parser_to_the_same_result(
+    tmp_path: Path, array: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from numpy.lib import format as npformat
+
+    from ci_compress.loading import npy
+
+    path = tmp_path / "a.npy"
+    np.save(path, array)
+    with path.open("rb") as f:
+        version = npformat.read_magic(f)
+        want = npformat.read_array_header_1_0(f)
+        offset = f.tell()
+        f.seek(0)
+        npformat.read_magic(f)
+        got = npy._plain_header(f, version)  # type: ignore[arg-type]
+        assert f.tell() == offset
+    assert got == want
+    assert got is not None and got[0] == array.shape and got[2] == array.dtype
+
+    def refuse(*_: object) -> None:
+        raise AssertionError("numpy's header parser was called for a plain header")
+
+    monkeypatch.setattr(npformat, "read_array_header_1_0", refuse)
+    if array.ndim and not np.isfortran(array):
+        opened = npy.open_npy(path, "data.holdout")
+        assert (opened.shape, opened.dtype, opened.offset) == (array.shape, array.dtype, offset)
+
+
+@pytest.mark.parametrize(
+    ("header", "fragment"),
+    [
+        # what the pattern does not take goes to numpy's parser, which words the error
+        (b"{'descr': '<f4', 'fortran_order': False, 'shape': (010, 4), }", "Cannot parse header"),
+        (b"{'descr': '<q7', 'fortran_order': False, 'shape': (10, 4), }", "not a valid dtype"),
+        (b"{'descr': '<f4', 'shape': (10, 4), }", "does not contain the correct keys"),
+    ],
+)
+def test_a_header_the_pattern_does_not_take_gets_numpy_s_error(
+    tmp_path: Path, header: bytes, fragment: str
+) -> None:
+    folder = tmp_path / "holdout"
+    folder.mkdir()
+    np.save(folder / "y.npy", np.zeros(10, dtype=np.int64))
+    body = header.ljust(118) + b"\n"
+    raw = b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body + bytes(160)
+    (folder / "x.npy").write_bytes(raw)
+    with pytest.raises(DataError, match="x.npy is not a readable .npy file") as e:
+        _open(folder)
+    assert fragment in str(e.value)
