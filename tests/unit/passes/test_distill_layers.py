@@ -214,3 +214,24 @@ def test_a_model_without_the_blocks_asked_for_is_a_config_error(
     with pytest.raises(ConfigError, match=match) as e:
         distill.derive_student(model(), None, "passes[0]", None, tuple(layers))
     assert e.value.path == "passes[0].layers" and "\n" not in e.value.message
+
+
+def test_layers_and_width_together_keep_blocks_then_narrow_them() -> None:
+    teacher = _bert()
+    x = _tokens(64)
+    record = distill.apply(
+        teacher,
+        _pass(layers=[0, 3], width=0.5, loss="cosine", epochs=1, hidden=1.0),
+        PassContext(seed=0, index=0, train_data=_data(x), output="last_hidden_state"),
+    )
+    student = record.replacement
+    assert student is not None and len(student.encoder.layer) == 2
+    assert student.encoder.layer[0].intermediate.dense.out_features == 32  # half of 64
+    assert record.details["hidden"]["teacher_blocks"] == [2, 3]
+    # width alone: every block kept, each matched to the same teacher block
+    alone = distill.apply(
+        teacher,
+        _pass(width=0.5, loss="mse", epochs=1, hidden=1.0),
+        PassContext(seed=0, index=0, train_data=_data(x), output="last_hidden_state"),
+    )
+    assert alone.details["hidden"]["teacher_blocks"] == [0, 1, 2, 3]
