@@ -5,8 +5,10 @@ untrained ``nn.Module``) or is derived from the incoming model by ``width``: str
 pruning of the teacher on its own dependency graph keeps ``width`` of every prunable
 group (conv channels tied across skip connections, attention heads, FFN neurons, hidden
 Linear neurons; widths that are the model's outputs keep all), on any architecture
-(:mod:`ci_compress.passes.structured`); that student starts from the teacher's kept
-weights. It is trained on ``data.train`` with
+(:mod:`ci_compress.passes.structured`), or by ``layers``: only those blocks of the
+teacher's stack of repeated blocks are kept (:mod:`ci_compress.passes.blocks`; with
+``width``, then narrowed). A derived student starts from the teacher's kept weights.
+It is trained on ``data.train`` with
 
     loss = alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))
            + (1 - alpha) * cross_entropy(student, labels)
@@ -17,6 +19,14 @@ with no labels: ``loss: mse`` (squared error divided by the teacher outputs' var
 so the loss does not depend on their scale) or ``loss: cosine`` (1 - cosine similarity
 along the last dimension, averaged over every other position: each token of a
 transformer's ``last_hidden_state``).
+
+``hidden: w`` (layers or width) adds ``w`` times a per-block loss, averaged over the
+student's blocks: each block's output against the teacher's hidden state that the next
+kept block was trained to read (kept [0, 4, 5] of 6: the teacher's outputs after
+blocks 3, 4 and 5), 1 - cosine per token for ``loss: cosine`` (DistilBERT), else MSE
+over that state's variance (TinyBERT). On all-MiniLM-L6-v2 with [0, 4, 5] it did not
+raise the embedding cosine (0.9237 with ``hidden: 1``, 0.9241 without, 4 epochs:
+docs/performance.md).
 
 The teacher is the model the pass receives (the original when distill is the first
 pass). The trained student replaces the model for the passes after it.
