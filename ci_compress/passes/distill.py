@@ -5,8 +5,10 @@ untrained ``nn.Module``) or is derived from the incoming model by ``width``: str
 pruning of the teacher on its own dependency graph keeps ``width`` of every prunable
 group (conv channels tied across skip connections, attention heads, FFN neurons, hidden
 Linear neurons; widths that are the model's outputs keep all), on any architecture
-(:mod:`ci_compress.passes.structured`); that student starts from the teacher's kept
-weights. It is trained on ``data.train`` with
+(:mod:`ci_compress.passes.structured`), or by ``layers``: only those blocks of the
+teacher's stack of repeated blocks are kept (:mod:`ci_compress.passes.blocks`; with
+``width``, then narrowed). A derived student starts from the teacher's kept weights.
+It is trained on ``data.train`` with
 
     loss = alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))
            + (1 - alpha) * cross_entropy(student, labels)
@@ -18,6 +20,14 @@ so the loss does not depend on their scale) or ``loss: cosine`` (1 - cosine simi
 along the last dimension, averaged over every other position: each token of a
 transformer's ``last_hidden_state``).
 
+``hidden: w`` (layers or width) adds ``w`` times a per-block loss, averaged over the
+student's blocks: each block's output against the teacher's hidden state that the next
+kept block was trained to read (kept [0, 4, 5] of 6: the teacher's outputs after
+blocks 3, 4 and 5), 1 - cosine per token for ``loss: cosine`` (DistilBERT), else MSE
+over that state's variance (TinyBERT). On all-MiniLM-L6-v2 with [0, 4, 5] it did not
+raise the embedding cosine (0.9237 with ``hidden: 1``, 0.9241 without, 4 epochs:
+docs/performance.md).
+
 The teacher is the model the pass receives (the original when distill is the first
 pass). The trained student replaces the model for the passes after it.
 """
@@ -25,14 +35,16 @@ pass). The trained student replaces the model for the passes after it.
 from __future__ import annotations
 
 import copy
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ci_compress.errors import ConfigError
 from ci_compress.layers.batches import Inputs, batch_size, take
 from ci_compress.passes.base import PassConfig, PassContext, PassRecord
+from ci_compress.passes.blocks import BlockOutputs, find_blocks, keep_blocks_
 from ci_compress.passes.structured import prune_structured
 from ci_compress.passes.training import fit, logits, materialize, require
 from ci_compress.refs import factory_pattern, import_factory
@@ -59,6 +71,16 @@ class DistillConfig(PassConfig):
         lt=1,
         description="Derive the student by structured pruning of the teacher, keeping this fraction of every prunable group (channels, heads, neurons).",
     )
+    layers: tuple[int, ...] | None = Field(
+        None,
+        description="Derive the student from the teacher by keeping only these blocks (0-based, increasing) of its stack of repeated blocks (the nn.ModuleList with the most modules of one class: a BERT's encoder.layer, GPT-2's h), weights copied; with width, the kept blocks are then narrowed.",
+    )
+    hidden: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        description="Weight of a per-block loss (layers or width): each student block's output against the teacher's hidden state the next kept block reads (cosine for loss: cosine, else MSE over the teacher's variance); 0 turns it off.",
+    )
     loss: Literal["kl", "mse", "cosine"] = Field(
         "kl",
         description="kl: Hinton's softened KL mixed with the labels' cross-entropy (classifiers); mse or cosine: match the teacher's outputs themselves, no labels (embeddings, regression, hidden states).",
@@ -75,10 +97,32 @@ class DistillConfig(PassConfig):
     batch_size: int = Field(64, ge=1, le=65536, description="Training batch size.")
     max_steps: int | None = Field(None, ge=1, description="Cap on optimizer steps.")
 
+    @field_validator("layers")
+    @classmethod
+    def _increasing(cls, layers: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if layers is None:
+            return None
+        if not layers:
+            raise ValueError("keep at least one block, e.g. [0, 4, 5]")
+        if min(layers) < 0:
+            raise ValueError(f"block indices start at 0, got {min(layers)}")
+        if any(b <= a for a, b in pairwise(layers)):
+            raise ValueError(
+                f"give each block once, in increasing order (e.g. {sorted(set(layers))}), got {list(layers)}"
+            )
+        return layers
+
     @model_validator(mode="after")
     def _one_student(self) -> DistillConfig:
-        if (self.student_factory is None) == (self.width is None):
-            raise ValueError("give exactly one of student_factory or width")
+        derived = self.width is not None or self.layers is not None
+        if (self.student_factory is None) != derived:
+            raise ValueError(
+                "give exactly one of student_factory, width or layers (width and layers may go together)"
+            )
+        if self.hidden and self.student_factory is not None:
+            raise ValueError(
+                "hidden matches the teacher's blocks to the student's: it needs a student derived by layers or width, not student_factory"
+            )
         return self
 
     def needs_data(self) -> tuple[tuple[str, str], ...]:
@@ -91,14 +135,43 @@ class DistillConfig(PassConfig):
 Config = DistillConfig
 
 
-def derive_student(teacher: nn.Module, width: float, where: str, example: Inputs) -> nn.Module:
-    """A narrower copy of the teacher on any architecture: structured pruning keeps
-    ``width`` of every prunable group (channels, heads, FFN neurons), chosen by the L1
-    norm of the teacher's weights, which the student starts from. Widths that are the
-    model's outputs are kept (:mod:`ci_compress.passes.structured`)."""
+def derive_student(
+    teacher: nn.Module,
+    width: float | None,
+    where: str,
+    example: Inputs | None,
+    layers: tuple[int, ...] | None = None,
+) -> nn.Module:
+    """A smaller copy of the teacher on any architecture, starting from its weights.
+
+    ``layers``: only those blocks of its stack of repeated blocks are kept
+    (:mod:`ci_compress.passes.blocks`). ``width``: structured pruning keeps ``width`` of
+    every prunable group (channels, heads, FFN neurons), chosen by the L1 norm of the
+    teacher's weights; widths that are the model's outputs are kept
+    (:mod:`ci_compress.passes.structured`). Both: blocks first, then width.
+    """
     student = copy.deepcopy(teacher)
-    prune_structured(student, amount=1 - width, example=example, where=where, field="width")
+    if layers is not None:
+        keep_blocks_(student, layers, f"{where}.layers", allow_all=width is not None)
+    if width is not None:
+        assert example is not None  # the caller passes one with width
+        prune_structured(student, amount=1 - width, example=example, where=where, field="width")
     return student
+
+
+def block_targets(kept: list[int], depth: int) -> list[int]:
+    """For each kept block, the teacher block whose output the student's block is to
+    match: the one just before the next kept block (what that block was trained to
+    read), the teacher's last block for the last. Kept [0, 4, 5] of 6: [3, 4, 5]."""
+    return [nxt - 1 for nxt in kept[1:]] + [depth - 1]
+
+
+def block_loss(
+    student: torch.Tensor, teacher: torch.Tensor, kind: str, scale: float
+) -> torch.Tensor:
+    """One block's hidden-state mismatch: 1 - cosine per token (``loss: cosine``), else
+    the squared error over the teacher state's variance ``scale``."""
+    return output_loss(student, teacher, "cosine" if kind == "cosine" else "mse", scale)
 
 
 def distillation_loss(
@@ -150,8 +223,58 @@ def make_student(
             config.student_factory, path=f"{where}.student_factory", base_dir=base_dir
         )()
         return student
-    assert config.width is not None and example is not None  # one of the two, validated
-    return derive_student(model, config.width, where, example)
+    return derive_student(model, config.width, where, example, config.layers)
+
+
+# teacher hidden states (``hidden``) are kept for the whole training set up to this many
+# bytes; above it, the teacher runs again on each batch
+HIDDEN_CACHE_BYTES = 1 << 30
+TEACHER_CHUNK = 1024
+
+
+class _Hidden:
+    """The teacher side of the per-block loss: which teacher blocks each student block
+    matches, their states for the whole training set when they fit in
+    ``HIDDEN_CACHE_BYTES`` (else computed again per batch), and each one's variance."""
+
+    def __init__(self, teacher: nn.Module, layers: tuple[int, ...] | None, stack: Any) -> None:
+        depth = len(stack)
+        kept = list(layers) if layers is not None else list(range(depth))
+        self.teacher, self.stack = teacher, stack
+        self.targets = block_targets(kept, depth)
+        self.parts: list[list[torch.Tensor]] | None = None
+        self.cache: list[torch.Tensor] | None = None
+        self.scales: list[float] = []
+
+    def run(self, x: Inputs, output: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The teacher's outputs and target block states on ``x`` (no gradients)."""
+        import torch
+
+        with torch.no_grad(), BlockOutputs(self.stack, self.targets) as hooked:
+            out = logits(self.teacher, x, output)
+            return out, [t.detach() for t in hooked.take()]
+
+    def add(self, states: list[torch.Tensor], first: bool, n: int) -> None:
+        """Keep one chunk's states; the first decides the scales and whether all fit."""
+        if first:
+            self.scales = [max(float(t.float().var()), 1e-12) for t in states]
+            per_sample = sum(t[0].numel() * t.element_size() for t in states)
+            self.parts = [[] for _ in states] if per_sample * n <= HIDDEN_CACHE_BYTES else None
+        if self.parts is not None:
+            for held, t in zip(self.parts, states, strict=True):
+                held.append(t)
+
+    def finish(self, device: torch.device) -> None:
+        import torch
+
+        if self.parts is not None:
+            self.cache = [torch.cat(p).to(device) for p in self.parts]
+            self.parts = None
+
+    def states(self, xb: Any, idx: torch.Tensor, output: Any) -> list[torch.Tensor]:
+        if self.cache is not None:
+            return [t[idx.to(t.device)] for t in self.cache]
+        return self.run(xb, output)[1]
 
 
 def apply(model: nn.Module, config: DistillConfig, ctx: PassContext) -> PassRecord:
@@ -163,57 +286,115 @@ def apply(model: nn.Module, config: DistillConfig, ctx: PassContext) -> PassReco
     x, y = materialize(data, labels=config.loss == "kl")
     model.eval()
     n = batch_size(x)
-    with torch.no_grad():
-        teacher_logits = torch.cat(
-            [logits(model, take(x, i, i + 1024), ctx.output) for i in range(0, n, 1024)]
-        )
+    hidden: _Hidden | None = None
+    if config.hidden:
+        field = f"{where}.layers" if config.layers is not None else f"{where}.hidden"
+        _, stack = find_blocks(model, field)
+        hidden = _Hidden(model, config.layers, stack)
+    chunks = []
+    for i in range(0, n, TEACHER_CHUNK):
+        xc = take(x, i, i + TEACHER_CHUNK)
+        if hidden is None:
+            with torch.no_grad():
+                chunks.append(logits(model, xc, ctx.output))
+            continue
+        out, states = hidden.run(xc, ctx.output)
+        chunks.append(out)
+        hidden.add(states, i == 0, n)
+    teacher_logits = torch.cat(chunks)
     example = take(x, 0, min(4, n))
     student = make_student(model, config, ctx.seed, where, ctx.base_dir, example)
+    field = (
+        f"{where}.student_factory"
+        if config.student_factory
+        else f"{where}.layers"
+        if config.layers is not None
+        else f"{where}.width"
+    )
     with torch.no_grad():
         try:
             out = logits(student, take(x, 0, 2), ctx.output)
         except Exception as e:
             raise ConfigError(
                 f"the student cannot run on the training inputs: {type(e).__name__}: {e}",
-                path=f"{where}.student_factory" if config.student_factory else f"{where}.width",
+                path=field,
             ) from None
     if tuple(out.shape[1:]) != tuple(teacher_logits.shape[1:]):
         raise ConfigError(
             f"the student outputs shape {tuple(out.shape[1:])}, the teacher {tuple(teacher_logits.shape[1:])}",
-            path=f"{where}.student_factory" if config.student_factory else f"{where}.width",
+            path=field,
         )
 
     device = torch.device(ctx.device)
     soft_targets = teacher_logits.to(device)
-
     scale = max(float(teacher_logits.float().var()), 1e-12)
+    student_stack = find_blocks(student, field)[1] if hidden is not None else None
+    if hidden is not None:
+        hidden.finish(device)
+        if device.type != "cpu" and hidden.cache is None:
+            model.to(device)
+        assert student_stack is not None
+        if len(student_stack) != len(hidden.targets):
+            raise ConfigError(
+                f"the student has {len(student_stack)} blocks, the hidden loss expects {len(hidden.targets)}",
+                path=f"{where}.hidden",
+            )
 
     def loss(m: nn.Module, xb: Any, yb: torch.Tensor, idx: torch.Tensor) -> Any:
         out, target = logits(m, xb, ctx.output), soft_targets[idx.to(soft_targets.device)]
         if config.loss != "kl":
-            return output_loss(out, target, config.loss, scale)
-        return distillation_loss(out, target, yb, config.temperature, config.alpha)
+            total = output_loss(out, target, config.loss, scale)
+        else:
+            total = distillation_loss(out, target, yb, config.temperature, config.alpha)
+        if hidden is None:
+            return total
+        mine = hooked.take()
+        theirs = hidden.states(xb, idx, ctx.output)
+        per_block = []
+        for k, (s, t, sc) in enumerate(zip(mine, theirs, hidden.scales, strict=True)):
+            if s.shape != t.shape:
+                raise ConfigError(
+                    f"student block {k} outputs shape {tuple(s.shape)}, teacher block "
+                    f"{hidden.targets[k]} {tuple(t.shape)}: the hidden loss needs equal shapes",
+                    path=f"{where}.hidden",
+                    hint="set hidden: 0 (e.g. with a width that narrows the blocks' outputs)",
+                )
+            per_block.append(block_loss(s, t, config.loss, sc))
+        return total + config.hidden * torch.stack(per_block).mean()
 
-    result = fit(
-        student,
-        x,
-        y,
-        epochs=config.epochs,
-        lr=config.lr,
-        batch_size=config.batch_size,
-        seed=ctx.seed,
-        max_steps=config.max_steps,
-        loss_fn=loss,
-        output=ctx.output,
-        device=device,
-    )
+    fit_args: dict[str, Any] = {
+        "epochs": config.epochs,
+        "lr": config.lr,
+        "batch_size": config.batch_size,
+        "seed": ctx.seed,
+        "max_steps": config.max_steps,
+        "loss_fn": loss,
+        "output": ctx.output,
+        "device": device,
+    }
+    try:
+        if hidden is not None:
+            assert student_stack is not None
+            with BlockOutputs(student_stack, range(len(student_stack))) as hooked:
+                result = fit(student, x, y, **fit_args)
+        else:
+            result = fit(student, x, y, **fit_args)
+    finally:
+        if hidden is not None and device.type != "cpu":
+            model.to("cpu")
     student.eval()
+    details: dict[str, Any] = {"student": type(student).__name__, "training": result, "samples": n}
+    if hidden is not None:
+        details["hidden"] = {
+            "teacher_blocks": hidden.targets,
+            "cached": hidden.cache is not None,
+        }
     record = PassRecord(
         name=TYPE,
         index=ctx.index,
         options=config.model_dump(mode="json"),
         modules=[n for n, _ in student.named_children()],
-        details={"student": type(student).__name__, "training": result, "samples": n},
+        details=details,
     )
     record.replacement = student
     return record

@@ -54,15 +54,23 @@ def measured(name: str, **figures: Any) -> None:
     print(f"\nMEASURED {name}: " + json.dumps(figures, sort_keys=True, default=float))
 
 
-def library_gate(folder: Path, raw: dict[str, Any]) -> dict[str, Any]:
-    """load -> passes -> pack -> reload -> score with the task: the gate below the report."""
+def library_gate(folder: Path, raw: dict[str, Any], *, graph: bool = False) -> dict[str, Any]:
+    """load -> passes -> pack -> reload -> score with the task: the gate below the report
+    (``graph``: the packer gets the holdout's first samples, as the gate's, and ships the
+    graph of a model of custom classes)."""
     t0 = time.perf_counter()
     loaded = LoadedConfig(config=parse_config(raw), source=None, base_dir=folder, sha256="")
     cfg = loaded.config
     set_determinism(cfg.runtime.seed, cfg.runtime.threads)
     inputs = load_inputs(loaded, folder / "report", gate=False)
     student, records = apply_passes(loaded, inputs, cfg.passes)
-    shipped, info = ship(loaded, student, [r.to_dict() for r in records], folder / "student.ccz")
+    shipped, info = ship(
+        loaded,
+        student,
+        [r.to_dict() for r in records],
+        folder / "student.ccz",
+        holdout=inputs.holdout if graph else None,
+    )
     result = score(
         {"teacher": inputs.teacher.module, "student": shipped},
         inputs.holdout,
@@ -139,6 +147,43 @@ def test_minilm_int8_weight_only_tables_and_linears_four_times_smaller(tmp_path:
     assert got["student"]["cosine"] >= 0.98  # measured 0.9994
     assert got["ratio"] >= 4.0  # vs the fp32 safetensors (measured 4.33x)
     assert fp32["student_bytes"] / got["student_bytes"] >= 3.5  # vs an fp32 .ccz (3.65x)
+
+
+def test_minilm_layers_kept_by_distill_ship_and_reload_without_a_factory(tmp_path: Path) -> None:
+    """``distill layers: [0, 5]`` (+ ``hidden``) on the real MiniLM: the 2-block student
+    ships its graph, reloads from the file alone and gives the outputs it trained to."""
+    from ci_compress import load_student
+
+    raw = {
+        **minilm_embedding(tmp_path, n=32),
+        "passes": [
+            {
+                "type": "distill",
+                "layers": [0, 5],
+                "hidden": 1.0,
+                "loss": "cosine",
+                "epochs": 1,
+                "lr": 3e-4,
+                "batch_size": 32,
+            }
+        ],
+        "thresholds": {"metrics": {"cosine": {"min_value": 0.5}}},
+        "ship": {"zstd_level": 3},
+        "mlflow": {"enabled": False},
+    }
+    raw["data"]["train"] = {"path": "holdout.npz", "inputs": KEYWORDS, "target": None}
+    got = library_gate(tmp_path, raw, graph=True)
+    measured("minilm-distill-layers", **got)
+    assert got["student"]["cosine"] >= 0.5  # 2 of 6 blocks after 1 step: measured 0.57
+    model_dir = minilm()
+    x = {k: torch.from_numpy(v[:4]) for k, v in tokenized(model_dir, 4).items()}
+    shipped = load_student(tmp_path / "student.ccz")  # no factory, no config.json
+    with torch.no_grad():
+        out = shipped(**x)
+    hidden = out if isinstance(out, torch.Tensor) else out["last_hidden_state"]
+    assert hidden.shape == (4, 32, 384)
+    names = {n for n, _ in shipped.named_parameters()} | set(shipped.state_dict())
+    assert not any("layer.2" in n or "layer_2" in n for n in names), sorted(names)[:20]
 
 
 def test_minilm_with_a_classification_head_through_ci_compress_run(tmp_path: Path) -> None:

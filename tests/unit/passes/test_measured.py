@@ -173,7 +173,7 @@ def test_lowrank_rank_larger_than_the_layer_is_a_field_error() -> None:
             {"type": "distill", "width": 0.5, "alpha": 2},
             "passes[0].alpha: must be in [0, 1], got 2",
         ),
-        ({"type": "distill"}, "passes[0]: give exactly one of student_factory or width"),
+        ({"type": "distill"}, "passes[0]: give exactly one of student_factory, width or layers"),
         ({"type": "quantize", "scheme": "int4"}, "passes[0].scheme: must be one of"),
     ],
 )
