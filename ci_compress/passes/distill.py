@@ -20,6 +20,15 @@ so the loss does not depend on their scale) or ``loss: cosine`` (1 - cosine simi
 along the last dimension, averaged over every other position: each token of a
 transformer's ``last_hidden_state``).
 
+Gated as an embedding task (the context's ``pool`` and ``mask``, from
+:func:`ci_compress.stages.task_objective`), the label-free loss is what the gate
+scores: the per-token terms (the output's and ``hidden``'s) average over the positions
+the attention mask keeps, never the padding (:func:`token_weights`), and a second term
+compares the task's own pooled embeddings (its ``pool``, not a copy): 1 - their cosine,
+or their MSE over the pooled teacher embeddings' variance. Outputs that are already
+``(samples, dim)`` get no pooled term (it would be the output itself); without a task
+or a mask input, every position counts, as before.
+
 ``hidden: w`` (layers or width) adds ``w`` times a per-block loss, averaged over the
 student's blocks: each block's output against the teacher's hidden state that the next
 kept block was trained to read (kept [0, 4, 5] of 6: the teacher's outputs after
