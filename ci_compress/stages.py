@@ -24,7 +24,7 @@ from torch import nn
 from ci_compress.config import LoadedConfig
 from ci_compress.errors import ConfigError
 from ci_compress.evaluation.metrics import probe
-from ci_compress.evaluation.tasks import Task, make_task
+from ci_compress.evaluation.tasks import Embedding, Task, make_task
 from ci_compress.layers.batches import resolve_device
 from ci_compress.loading.data import Dataset, load_dataset
 from ci_compress.loading.models import EXPORT_SUFFIX, LoadedModel, model_factory, resolve_model
@@ -207,6 +207,16 @@ def load_inputs(
     )
 
 
+def task_objective(task: Task | None) -> dict[str, Any]:
+    """What a training pass needs of the task it is gated on (:class:`PassContext`'s
+    ``pool`` and ``mask``): an embedding task's own pooling and its attention-mask
+    input, so that ``distill`` trains on the embeddings the gate compares, over real
+    tokens; nothing for the other tasks."""
+    if not isinstance(task, Embedding):
+        return {}
+    return {"pool": functools.partial(task.pool, role="student"), "mask": task.mask}
+
+
 def apply_passes(
     loaded: LoadedConfig,
     inputs: Inputs,
@@ -242,6 +252,7 @@ def apply_passes(
             output=cfg.model.output,
             device=resolve_device(rt.device).type,
             base_dir=loaded.base_dir,
+            **task_objective(inputs.task),
         )
         torch.manual_seed(rt.seed + i)
         student, record = apply_pass(

@@ -70,6 +70,13 @@ class PassContext:
     """Where passes that train run (``runtime.device``, resolved: ``cpu`` or ``cuda``)."""
     base_dir: Path | None = None
     """The config's folder: importable for factory references (``student_factory``)."""
+    pool: Callable[[torch.Tensor, Any], torch.Tensor] | None = None
+    """An embedding task's own pooling, ``pool(outputs, inputs)``: the embeddings the gate
+    compares (``task.pooling``); None for every other task. ``distill`` adds their cosine
+    (or MSE) to its label-free loss."""
+    mask: str | None = None
+    """An embedding task's ``task.mask``: the input whose zeros are padding. The per-token
+    losses of ``distill`` leave those positions out; None: every position counts."""
 
     def fit_options(self) -> dict[str, Any]:
         """The context's part of :func:`ci_compress.passes.training.fit`'s arguments."""

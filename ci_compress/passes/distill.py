@@ -20,13 +20,23 @@ so the loss does not depend on their scale) or ``loss: cosine`` (1 - cosine simi
 along the last dimension, averaged over every other position: each token of a
 transformer's ``last_hidden_state``).
 
+Gated as an embedding task (the context's ``pool`` and ``mask``, from
+:func:`ci_compress.stages.task_objective`), the label-free loss is what the gate
+scores: the per-token terms (the output's and ``hidden``'s) average over the positions
+the attention mask keeps, never the padding (:func:`token_weights`), and a second term
+compares the task's own pooled embeddings (its ``pool``, not a copy): 1 - their cosine,
+or their MSE over the pooled teacher embeddings' variance. Outputs that are already
+``(samples, dim)`` get no pooled term (it would be the output itself); without a task
+or a mask input, every position counts, as before.
+
 ``hidden: w`` (layers or width) adds ``w`` times a per-block loss, averaged over the
 student's blocks: each block's output against the teacher's hidden state that the next
 kept block was trained to read (kept [0, 4, 5] of 6: the teacher's outputs after
 blocks 3, 4 and 5), 1 - cosine per token for ``loss: cosine`` (DistilBERT), else MSE
 over that state's variance (TinyBERT). On all-MiniLM-L6-v2 with [0, 4, 5] it did not
 raise the embedding cosine (0.9237 with ``hidden: 1``, 0.9241 without, 4 epochs:
-docs/performance.md).
+docs/performance.md); on the embedding task's objective above, 0.9318 with ``hidden: 1``,
+0.9328 without.
 
 The teacher is the model the pass receives (the original when distill is the first
 pass). The trained student replaces the model for the passes after it.
@@ -35,13 +45,14 @@ pass). The trained student replaces the model for the passes after it.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ci_compress.errors import ConfigError
+from ci_compress.errors import ConfigError, DataError
 from ci_compress.layers.batches import Inputs, batch_size, take
 from ci_compress.passes.base import PassConfig, PassContext, PassRecord
 from ci_compress.passes.blocks import BlockOutputs, find_blocks, keep_blocks_
@@ -167,11 +178,45 @@ def block_targets(kept: list[int], depth: int) -> list[int]:
 
 
 def block_loss(
-    student: torch.Tensor, teacher: torch.Tensor, kind: str, scale: float
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    kind: str,
+    scale: float,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One block's hidden-state mismatch: 1 - cosine per token (``loss: cosine``), else
-    the squared error over the teacher state's variance ``scale``."""
-    return output_loss(student, teacher, "cosine" if kind == "cosine" else "mse", scale)
+    the squared error over the teacher state's variance ``scale``; averaged over the
+    positions ``weights`` keeps (all when None)."""
+    kind = "cosine" if kind == "cosine" else "mse"
+    return output_loss(student, teacher, kind, scale, weights)
+
+
+def token_weights(inputs: Any, name: str | None, states: torch.Tensor) -> torch.Tensor | None:
+    """The ``(samples, tokens)`` weights of a per-token loss on ``states``: the attention
+    mask, the input ``name`` (an embedding task's ``task.mask``: 1 a real token, 0
+    padding), as floats. None (every position counts, as without a task) when there is
+    no such name or input, or ``states`` are not ``(samples, tokens, dim)``."""
+    import torch
+
+    if name is None or states.dim() != 3 or not isinstance(inputs, Mapping):
+        return None
+    mask = inputs.get(name)
+    if not isinstance(mask, torch.Tensor):
+        return None
+    if tuple(mask.shape) != tuple(states.shape[:2]):
+        raise DataError(
+            f"the input {name!r} has shape {tuple(mask.shape)}, the token states "
+            f"{tuple(states.shape)}: distill cannot leave out the padded positions",
+            hint="task.mask names the (samples, tokens) attention mask",
+        )
+    return mask.to(states.device, torch.float32)
+
+
+def variance(t: torch.Tensor, weights: torch.Tensor | None = None) -> float:
+    """The variance of ``t``'s elements at the positions ``weights`` keeps (all when
+    None), at least 1e-12: the scale the ``mse`` losses divide by."""
+    kept = t if weights is None else t[weights > 0]
+    return max(float(kept.float().var()), 1e-12) if kept.numel() > 1 else 1.0
 
 
 def distillation_loss(
@@ -196,15 +241,27 @@ def distillation_loss(
 
 
 def output_loss(
-    student_out: torch.Tensor, teacher_out: torch.Tensor, kind: str, scale: float
+    student_out: torch.Tensor,
+    teacher_out: torch.Tensor,
+    kind: str,
+    scale: float,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The label-free losses: ``mse`` (divided by ``scale``, the teacher outputs'
-    variance) or ``cosine`` (1 - cosine along the last dimension, averaged)."""
+    variance) or ``cosine`` (1 - cosine along the last dimension), averaged over every
+    position, or with ``weights`` (``(samples, tokens)``, :func:`token_weights`) over
+    the positions it keeps: the padding of a batch does not count."""
     import torch.nn.functional as F
 
+    if weights is None:
+        if kind == "mse":
+            return F.mse_loss(student_out, teacher_out) / scale
+        return (1 - F.cosine_similarity(student_out, teacher_out, dim=-1)).mean()
     if kind == "mse":
-        return F.mse_loss(student_out, teacher_out) / scale
-    return (1 - F.cosine_similarity(student_out, teacher_out, dim=-1)).mean()
+        per = (student_out - teacher_out).pow(2).mean(dim=-1) / scale
+    else:
+        per = 1 - F.cosine_similarity(student_out, teacher_out, dim=-1)
+    return (per * weights).sum() / weights.sum().clamp(min=1.0)
 
 
 def make_student(
@@ -237,8 +294,11 @@ class _Hidden:
     matches, their states for the whole training set when they fit in
     ``HIDDEN_CACHE_BYTES`` (else computed again per batch), and each one's variance."""
 
-    def __init__(self, teacher: nn.Module, layers: tuple[int, ...] | None, stack: Any) -> None:
+    def __init__(
+        self, teacher: nn.Module, layers: tuple[int, ...] | None, stack: Any, mask: str | None
+    ) -> None:
         depth = len(stack)
+        self.mask = mask
         kept = list(layers) if layers is not None else list(range(depth))
         self.teacher, self.stack = teacher, stack
         self.targets = block_targets(kept, depth)
@@ -254,10 +314,11 @@ class _Hidden:
             out = logits(self.teacher, x, output)
             return out, [t.detach() for t in hooked.take()]
 
-    def add(self, states: list[torch.Tensor], first: bool, n: int) -> None:
-        """Keep one chunk's states; the first decides the scales and whether all fit."""
+    def add(self, states: list[torch.Tensor], first: bool, n: int, x: Inputs) -> None:
+        """Keep one chunk's states (of the inputs ``x``); the first decides the scales
+        (over the real tokens) and whether all fit."""
         if first:
-            self.scales = [max(float(t.float().var()), 1e-12) for t in states]
+            self.scales = [variance(t, token_weights(x, self.mask, t)) for t in states]
             per_sample = sum(t[0].numel() * t.element_size() for t in states)
             self.parts = [[] for _ in states] if per_sample * n <= HIDDEN_CACHE_BYTES else None
         if self.parts is not None:
@@ -290,17 +351,23 @@ def apply(model: nn.Module, config: DistillConfig, ctx: PassContext) -> PassReco
     if config.hidden:
         field = f"{where}.layers" if config.layers is not None else f"{where}.hidden"
         _, stack = find_blocks(model, field)
-        hidden = _Hidden(model, config.layers, stack)
-    chunks = []
+        hidden = _Hidden(model, config.layers, stack, ctx.mask)
+    # an embedding task's pooling (ctx.pool): the embeddings the gate compares, a loss
+    # term of their own for token-state outputs (for (samples, dim) ones it is the
+    # per-token term itself)
+    pool = ctx.pool if config.loss != "kl" else None
+    chunks, pooled_chunks = [], []
     for i in range(0, n, TEACHER_CHUNK):
         xc = take(x, i, i + TEACHER_CHUNK)
         if hidden is None:
             with torch.no_grad():
-                chunks.append(logits(model, xc, ctx.output))
-            continue
-        out, states = hidden.run(xc, ctx.output)
+                out = logits(model, xc, ctx.output)
+        else:
+            out, states = hidden.run(xc, ctx.output)
+            hidden.add(states, i == 0, n, xc)
         chunks.append(out)
-        hidden.add(states, i == 0, n)
+        if pool is not None and out.dim() == 3:
+            pooled_chunks.append(pool(out, xc).detach())
     teacher_logits = torch.cat(chunks)
     example = take(x, 0, min(4, n))
     student = make_student(model, config, ctx.seed, where, ctx.base_dir, example)
@@ -327,7 +394,9 @@ def apply(model: nn.Module, config: DistillConfig, ctx: PassContext) -> PassReco
 
     device = torch.device(ctx.device)
     soft_targets = teacher_logits.to(device)
-    scale = max(float(teacher_logits.float().var()), 1e-12)
+    scale = variance(teacher_logits, token_weights(x, ctx.mask, teacher_logits))
+    pooled_targets = torch.cat(pooled_chunks).to(device) if pooled_chunks else None
+    pooled_scale = variance(pooled_targets) if pooled_targets is not None else 1.0
     student_stack = find_blocks(student, field)[1] if hidden is not None else None
     if hidden is not None:
         hidden.finish(device)
@@ -343,7 +412,12 @@ def apply(model: nn.Module, config: DistillConfig, ctx: PassContext) -> PassReco
     def loss(m: nn.Module, xb: Any, yb: torch.Tensor, idx: torch.Tensor) -> Any:
         out, target = logits(m, xb, ctx.output), soft_targets[idx.to(soft_targets.device)]
         if config.loss != "kl":
-            total = output_loss(out, target, config.loss, scale)
+            weights = token_weights(xb, ctx.mask, out)
+            total = output_loss(out, target, config.loss, scale, weights)
+            if pooled_targets is not None:
+                assert pool is not None
+                emb = pooled_targets[idx.to(pooled_targets.device)]
+                total = total + output_loss(pool(out, xb), emb, config.loss, pooled_scale)
         else:
             total = distillation_loss(out, target, yb, config.temperature, config.alpha)
         if hidden is None:
@@ -359,7 +433,7 @@ def apply(model: nn.Module, config: DistillConfig, ctx: PassContext) -> PassReco
                     path=f"{where}.hidden",
                     hint="set hidden: 0 (e.g. with a width that narrows the blocks' outputs)",
                 )
-            per_block.append(block_loss(s, t, config.loss, sc))
+            per_block.append(block_loss(s, t, config.loss, sc, token_weights(xb, ctx.mask, s)))
         return total + config.hidden * torch.stack(per_block).mean()
 
     fit_args: dict[str, Any] = {
@@ -384,6 +458,11 @@ def apply(model: nn.Module, config: DistillConfig, ctx: PassContext) -> PassReco
             model.to("cpu")
     student.eval()
     details: dict[str, Any] = {"student": type(student).__name__, "training": result, "samples": n}
+    if config.loss != "kl":
+        details["objective"] = {
+            "pooled": pooled_targets is not None,
+            "mask": ctx.mask if token_weights(x, ctx.mask, teacher_logits) is not None else None,
+        }
     if hidden is not None:
         details["hidden"] = {
             "teacher_blocks": hidden.targets,
