@@ -39,7 +39,7 @@ int8-weights 0.8531 / 2.01x / 5.15x; 3 of 6 layers + openvino int8-weights 0.924
 0.9352 / 2.06x with ``--epochs 12``); row 6, ``--epochs 4 --only 6`` (hidden 1.0):
 0.9237 / 2.08x / 5.20x, no better than without, and 0.9318 / 2.09x / 5.20x since
 distill trains on the embedding task's objective (padding left out, pooled cosine
-added), row 7 then 0.9328 / 2.07x / 5.20x; row 7 with ``--epochs 2 --docstrings
+added), row 7 then 0.9328 / 2.07x / 5.20x (0.9451 / 1.99x / 5.20x with ``--epochs 12``); row 7 with ``--epochs 2 --docstrings
 1400 --only 7`` (the same 176 steps, half on docstrings): 0.9112 / 2.00x / 5.20x, no
 better than 2 epochs on the pydoc paragraphs alone (docs/performance.md). No row meets
 all three targets: speed and size are met together, the cosine is not.
