@@ -44,7 +44,7 @@ from ci_compress.ci.env import detect
 from ci_compress.evaluation.classes import class_drops, class_figures, worst_class
 from ci_compress.evaluation.metrics import score
 from ci_compress.evaluation.tasks import Classification
-from ci_compress.files import atomic_write
+from ci_compress.files import atomic_write, remove_files
 from ci_compress.gate import ACCURACY_THRESHOLDS, decide, derive, metric_figures, metric_rules
 from ci_compress.packing.runtimes import artifact_paths
 from ci_compress.progress import warn_of
@@ -315,10 +315,10 @@ class _Runner:
             path,
             holdout=self.inputs.holdout,
         )
-        # measured where the student will serve: ship.runtime (and its own int8), as the gate does
-        served = serve(self.loaded, shipped, self.inputs, path)
-        file_bytes = served.file_bytes if served else info.file_bytes
         try:
+            # measured where the student will serve: ship.runtime (and its own int8), as the gate does
+            served = serve(self.loaded, shipped, self.inputs, path)
+            file_bytes = served.file_bytes if served else info.file_bytes
             m = score(
                 {"student": served.module if served else shipped},
                 self.inputs.holdout,
@@ -330,8 +330,7 @@ class _Runner:
             )["student"]
         finally:
             stem = path.name.removesuffix(".ccz")
-            for f in [path, *artifact_paths(cfg.ship.runtime, path.parent, stem)]:
-                f.unlink(missing_ok=True)
+            remove_files([path, *artifact_paths(cfg.ship.runtime, path.parent, stem)])
         return m, file_bytes, records
 
     def base_bytes(self) -> int:

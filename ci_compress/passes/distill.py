@@ -394,7 +394,9 @@ def apply(model: nn.Module, config: DistillConfig, ctx: PassContext) -> PassReco
 
     device = torch.device(ctx.device)
     soft_targets = teacher_logits.to(device)
-    scale = variance(teacher_logits, token_weights(x, ctx.mask, teacher_logits))
+    # the padding of the whole training set (None: every position counts)
+    train_weights = token_weights(x, ctx.mask, teacher_logits)
+    scale = variance(teacher_logits, train_weights)
     pooled_targets = torch.cat(pooled_chunks).to(device) if pooled_chunks else None
     pooled_scale = variance(pooled_targets) if pooled_targets is not None else 1.0
     student_stack = find_blocks(student, field)[1] if hidden is not None else None
@@ -461,7 +463,7 @@ def apply(model: nn.Module, config: DistillConfig, ctx: PassContext) -> PassReco
     if config.loss != "kl":
         details["objective"] = {
             "pooled": pooled_targets is not None,
-            "mask": ctx.mask if token_weights(x, ctx.mask, teacher_logits) is not None else None,
+            "mask": ctx.mask if train_weights is not None else None,
         }
     if hidden is not None:
         details["hidden"] = {
