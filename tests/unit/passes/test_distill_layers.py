@@ -235,3 +235,61 @@ def test_layers_and_width_together_keep_blocks_then_narrow_them() -> None:
         PassContext(seed=0, index=0, train_data=_data(x), output="last_hidden_state"),
     )
     assert alone.details["hidden"]["teacher_blocks"] == [0, 1, 2, 3]
+
+
+class _Stack(nn.Module):
+    """Linear blocks without a residual: a width cut narrows what each block outputs.
+    ``returns``: what a block gives back; ``skip``: run only the first and last block."""
+
+    def __init__(self, returns: str = "tensor", skip: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Linear(4, 16)
+        self.blocks = nn.ModuleList(_Block(returns) for _ in range(3))
+        self.head = nn.Linear(16, 2)
+        self.skip = skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        for i, block in enumerate(self.blocks):
+            if not (self.skip and i == 1):
+                out = block(h)
+                h = out["h"] if isinstance(out, dict) else out
+        return self.head(h)
+
+
+class _Block(nn.Module):
+    def __init__(self, returns: str) -> None:
+        super().__init__()
+        self.fc, self.returns = nn.Linear(16, 16), returns
+
+    def forward(self, h: torch.Tensor) -> Any:
+        out = torch.relu(self.fc(h))
+        return {"h": out} if self.returns == "dict" else out
+
+
+@pytest.mark.parametrize(
+    ("teacher", "raw", "match"),
+    [
+        # the cut narrows the blocks' outputs: nothing to compare them with
+        (_Stack(), {"width": 0.5}, r"student block 0 outputs shape \(8, 8\), teacher block 0 "),
+        (_Stack("dict"), {"layers": [0, 2]}, "a block returns dict, not a tensor"),
+        (_Stack(skip=True), {"layers": [0, 2]}, "block 1 of the stack did not run"),
+    ],
+    ids=["narrowed", "dict-output", "block-skipped"],
+)
+def test_hidden_on_blocks_it_cannot_compare_is_one_config_error(
+    teacher: nn.Module, raw: dict[str, Any], match: str
+) -> None:
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(2))
+
+    def data() -> Any:
+        yield x, None
+
+    with pytest.raises(ConfigError, match=match) as e:
+        distill.apply(
+            teacher,
+            _pass(loss="mse", epochs=1, hidden=1.0, **raw),
+            PassContext(seed=0, index=0, train_data=data),
+        )
+    assert "\n" not in e.value.message and "hidden" in (e.value.path or "") + (e.value.hint or "")
