@@ -26,10 +26,12 @@ passes: ``int8`` (quantize, int8-dynamic: torch.ao's int8 Linear, the default sc
 * the payload against the order-0 entropy bound of the streams it stores (raw float
   streams at their size), and bits per nonzero weight beside the bound's.
 
-int8-dynamic layers keep their weights in fbgemm's packed form: reading them out
-(``linear_unpack``) when packing and packing them again (``linear_prepack``) when
-reloading is torch's work, not the packer's; the ``torch.ao`` column measures it on the
-same model so the packer's own share can be read off.
+int8-dynamic layers keep their weights in fbgemm's packed form. The quantize pass keeps
+the plain int8 tensors it built them from, so packing reads those (no ``linear_unpack``);
+reloading packs them again for fbgemm (``linear_prepack``), torch's work, not the
+packer's: the ``torch.ao`` column measures what of it is left on the same model (a read
+back, which unpacks only for a module the pass did not build, and the prepack), so the
+packer's own share can be read off.
 
 ``--context`` also measures what context modelling of positions would save beyond order
 0, on the demo MLP and CNN (trained on digits, 90% magnitude-pruned): the mask's
@@ -543,6 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(res))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(res, indent=2) + "\n")
+    args.json.with_suffix(".partial.json").unlink(missing_ok=True)  # kept only if a run stops
     print(f"wrote {args.json}")
     return 0
 

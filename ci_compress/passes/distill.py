@@ -130,6 +130,10 @@ class DistillConfig(PassConfig):
             raise ValueError(
                 "give exactly one of student_factory, width or layers (width and layers may go together)"
             )
+        if self.width is None and (self.include != ("*",) or self.exclude):
+            raise ValueError(
+                "include and exclude choose the modules width narrows (e.g. include: ['re:.*intermediate\\.dense'] narrows only the FFNs); without width the whole student is trained: give width or remove them"
+            )
         if self.hidden and self.student_factory is not None:
             raise ValueError(
                 "hidden matches the teacher's blocks to the student's: it needs a student derived by layers or width, not student_factory"
@@ -152,6 +156,9 @@ def derive_student(
     where: str,
     example: Inputs | None,
     layers: tuple[int, ...] | None = None,
+    include: tuple[str, ...] = ("*",),
+    exclude: tuple[str, ...] = (),
+    narrowed: dict[str, Any] | None = None,
 ) -> nn.Module:
     """A smaller copy of the teacher on any architecture, starting from its weights.
 
@@ -159,14 +166,27 @@ def derive_student(
     (:mod:`ci_compress.passes.blocks`). ``width``: structured pruning keeps ``width`` of
     every prunable group (channels, heads, FFN neurons), chosen by the L1 norm of the
     teacher's weights; widths that are the model's outputs are kept
-    (:mod:`ci_compress.passes.structured`). Both: blocks first, then width.
+    (:mod:`ci_compress.passes.structured`); ``include``/``exclude`` choose the layers
+    whose output widths are narrowed (the groups they root), and ``narrowed`` receives
+    what was (``layers``: module -> [before, after] width; ``heads``). Both: blocks
+    first, then width.
     """
     student = copy.deepcopy(teacher)
     if layers is not None:
         keep_blocks_(student, layers, f"{where}.layers", allow_all=width is not None)
     if width is not None:
         assert example is not None  # the caller passes one with width
-        prune_structured(student, amount=1 - width, example=example, where=where, field="width")
+        done = prune_structured(
+            student,
+            amount=1 - width,
+            example=example,
+            where=where,
+            include=include,
+            exclude=exclude,
+            field="width" if include == ("*",) and not exclude else "include",
+        )
+        if narrowed is not None:
+            narrowed.update(layers=done["layers"], heads=done["heads"])
     return student
 
 
@@ -271,6 +291,7 @@ def make_student(
     where: str,
     base_dir: Path | None = None,
     example: Inputs | None = None,
+    narrowed: dict[str, Any] | None = None,
 ) -> nn.Module:
     import torch
 
@@ -280,7 +301,16 @@ def make_student(
             config.student_factory, path=f"{where}.student_factory", base_dir=base_dir
         )()
         return student
-    return derive_student(model, config.width, where, example, config.layers)
+    return derive_student(
+        model,
+        config.width,
+        where,
+        example,
+        config.layers,
+        config.include,
+        config.exclude,
+        narrowed,
+    )
 
 
 # teacher hidden states (``hidden``) are kept for the whole training set up to this many
@@ -370,7 +400,8 @@ def apply(model: nn.Module, config: DistillConfig, ctx: PassContext) -> PassReco
             pooled_chunks.append(pool(out, xc).detach())
     teacher_logits = torch.cat(chunks)
     example = take(x, 0, min(4, n))
-    student = make_student(model, config, ctx.seed, where, ctx.base_dir, example)
+    narrowed: dict[str, Any] = {}
+    student = make_student(model, config, ctx.seed, where, ctx.base_dir, example, narrowed)
     field = (
         f"{where}.student_factory"
         if config.student_factory
@@ -460,6 +491,8 @@ def apply(model: nn.Module, config: DistillConfig, ctx: PassContext) -> PassReco
             model.to("cpu")
     student.eval()
     details: dict[str, Any] = {"student": type(student).__name__, "training": result, "samples": n}
+    if narrowed:
+        details["narrowed"] = narrowed  # what width removed: module -> [before, after]
     if config.loss != "kl":
         details["objective"] = {
             "pooled": pooled_targets is not None,

@@ -202,7 +202,7 @@ def _dynamic(model: nn.Module, chosen: list[tuple[str, nn.Module]]) -> None:
 
     for name, module in chosen:
         q, scale = quantize_weight_int8(module.weight)  # type: ignore[arg-type]
-        set_submodule(model, name, int8_dynamic_linear(q, scale, module.bias))  # type: ignore[arg-type]
+        set_submodule(model, name, int8_dynamic_linear(q, scale, module.bias, keep=True))  # type: ignore[arg-type]
 
 
 def calibrate(

@@ -3,16 +3,21 @@ fbgemm's packing done once each way (it is most of an int8 student's pack + relo
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from torch import nn
 
 from ci_compress.layers.int8 import (
     dynamic_linear_class,
     dynamic_linear_tensors,
     int8_dynamic_linear,
 )
+from ci_compress.packing.file import load_packed, pack
+from ci_compress.passes import quantize
+from ci_compress.passes.base import PassContext
 
 
 def _weights() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -72,3 +77,32 @@ def test_tensors_read_back_with_one_unpack(monkeypatch: pytest.MonkeyPatch) -> N
     assert len(unpacked) == 1  # weight() and bias() unpacked the whole weight each
     assert torch.equal(t["weight_int8"], q) and torch.equal(t["bias"], bias)
     assert torch.allclose(t["weight_scale"], scale)
+
+
+def test_the_quantize_pass_keeps_its_tensors_so_packing_unpacks_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 10))
+    quantize.apply(model, quantize.QuantizeConfig(type="quantize"), PassContext(seed=0, index=0))
+    x = torch.randn(8, 64)
+    unpacked = _spy(monkeypatch, "linear_unpack")
+    pack(model, tmp_path / "s.ccz")
+    back, _ = load_packed(tmp_path / "s.ccz")
+    assert unpacked == []  # both layers' int8 weights were read from the pass's tensors
+    assert torch.equal(model(x), back(x))
+    # a reloaded student keeps nothing (1 byte per weight) and is read by unpacking
+    assert dynamic_linear_tensors(back[0]) and len(unpacked) == 1
+
+
+def test_weights_set_again_are_unpacked_not_read_from_the_kept_tensors() -> None:
+    q, scale, bias = _weights()
+    m = int8_dynamic_linear(q, scale, bias, keep=True)
+    assert dynamic_linear_tensors(m)["weight_int8"] is not None
+    q2 = torch.zeros_like(q)
+    qw = torch._make_per_channel_quantized_tensor(
+        q2, scale.double(), torch.zeros(96, dtype=torch.long), 0
+    )
+    m.set_weight_bias(qw, None)
+    t = dynamic_linear_tensors(m)
+    assert torch.equal(t["weight_int8"], q2) and "bias" not in t

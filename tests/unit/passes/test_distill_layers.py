@@ -178,6 +178,8 @@ def test_hidden_states_beyond_the_cache_budget_are_computed_per_batch(
         ({"layers": []}, "at least one block"),
         ({"layers": [0, 1], "student_factory": "a.b:c"}, "exactly one of"),
         ({"student_factory": "a.b:c", "hidden": 1.0}, "needs a student derived by layers"),
+        ({"layers": [0, 1], "include": ["re:.*intermediate"]}, "choose the modules width narrows"),
+        ({"student_factory": "a.b:c", "exclude": ["pooler"]}, "give width or remove them"),
     ],
 )
 def test_bad_layers_are_config_errors(raw: dict[str, Any], match: str) -> None:
@@ -235,6 +237,42 @@ def test_layers_and_width_together_keep_blocks_then_narrow_them() -> None:
         PassContext(seed=0, index=0, train_data=_data(x), output="last_hidden_state"),
     )
     assert alone.details["hidden"]["teacher_blocks"] == [0, 1, 2, 3]
+
+
+def test_include_chooses_what_width_narrows_and_the_shipped_file_rebuilds_it(
+    tmp_path: Path,
+) -> None:
+    teacher = _bert()
+    x = _tokens(64)
+    # only the FFNs: every attention head and the hidden size are kept
+    record = distill.apply(
+        teacher,
+        _pass(
+            layers=[0, 3], width=0.5, include=[r"re:.*intermediate\.dense"], loss="cosine", epochs=1
+        ),
+        PassContext(seed=0, index=0, train_data=_data(x), output="last_hidden_state"),
+    )
+    student = record.replacement
+    assert student is not None
+    for block in student.encoder.layer:
+        assert block.intermediate.dense.out_features == 32  # half of 64
+        assert block.attention.self.query.out_features == 32  # all of it: 2 heads kept
+        assert block.attention.self.num_attention_heads == 2
+    assert set(record.details["narrowed"]["layers"]) == {
+        "encoder.layer.0.intermediate.dense",
+        "encoder.layer.1.intermediate.dense",
+    }
+    pack(student, tmp_path / "s.ccz", example=_tokens(4))
+    test = _tokens(8, seed=5)
+    with torch.no_grad():
+        want = student(**test).last_hidden_state
+        got = load_student(tmp_path / "s.ccz")(**test)  # no factory
+    got = got["last_hidden_state"] if not isinstance(got, torch.Tensor) else got
+    assert torch.allclose(got, want, atol=1e-5)
+    # an include naming no layer width can narrow is the include's error
+    with pytest.raises(ConfigError) as e:
+        distill.derive_student(teacher, 0.5, "passes[0]", x, None, ("nothing.here",))
+    assert e.value.path == "passes[0].include"
 
 
 class _Stack(nn.Module):
