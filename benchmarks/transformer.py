@@ -106,7 +106,7 @@ def variants(
 
 # The layer-dropped student: the teacher's layers 0, 4 and 5 (of 0-5), full width
 # (``distill layers:``). The three were chosen, before any gate ran, by the pooled cosine
-# to the teacher of each 3-layer subset without training on paragraphs 1656-1719 of
+# to the teacher of each 3-layer subset without training on paragraphs 1656-1692 of
 # pydoc_data (neither the holdout, 0-255, nor the distillation data, 256-1655): (0, 4, 5)
 # 0.62, (0, 3, 5) 0.56, (0, 2, 5) 0.52, (1, 3, 5) 0.39, (0, 2, 4) 0.34, (0, 1, 2) 0.26.
 KEPT = [0, 4, 5]

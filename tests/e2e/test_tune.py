@@ -91,6 +91,39 @@ def test_space_searches_which_modules_a_pass_touches(tmp_path: Path) -> None:
     assert d.encoded and list(d.candidates()) == [[], keep]
 
 
+def test_space_searches_the_distilled_students_shape(tmp_path: Path) -> None:
+    """Which blocks a derived student keeps, whether its blocks are matched, and which
+    layers width narrows are options like any other: searched, each value checked."""
+    ffn = [r"re:.*intermediate\.dense"]
+    passes = [{"type": "distill", "layers": [0, 4, 5], "loss": "cosine", "epochs": 1}]
+    data = {"holdout": {"builtin": "digits", "split": "test"}}
+    data["train"] = {"builtin": "digits", "split": "train"}
+    space = resolve_space(
+        tmp_path,
+        base_config(
+            data=data,
+            passes=passes,
+            tune={
+                "space": {
+                    "passes[0].layers": [[0, 4, 5], [0, 2, 4, 5]],
+                    "passes[0].hidden": [0.0, 1.0],
+                    "passes[0].width": [None, 0.5],
+                    "passes[0].include": [["*"], ffn],
+                }
+            },
+        ),
+    )
+    by_option = {d.option: d for d in space.dimensions}
+    assert list(by_option["layers"].candidates()) == [[0, 4, 5], [0, 2, 4, 5]]
+    assert list(by_option["include"].candidates()) == [["*"], ffn]
+    # a value the pass refuses is refused at load, with the pass's own reason
+    bad = base_config(
+        data=data, passes=passes, tune={"space": {"passes[0].layers": [[0, 4, 5], [5, 0]]}}
+    )
+    with pytest.raises(ConfigError, match=r"passes\[0\]\.layers: \[5, 0\] does not fit"):
+        resolve_space(tmp_path, bad)
+
+
 @pytest.mark.parametrize("profile", sorted(PROFILES))
 def test_profiles_keep_registered_passes_and_record_the_rest(tmp_path: Path, profile: str) -> None:
     space = resolve_space(tmp_path, base_config(tune={"profile": profile}))
