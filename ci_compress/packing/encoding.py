@@ -22,7 +22,9 @@ patterns (NaN payloads round-trip exactly). A tensor is stored
 
 Each integer symbol stream (values, palette indices, mask bytes, gaps) is then coded
 either with **rANS** (``constriction``'s ANS coder, a frequency table beside the words:
-within a fraction of a percent of the stream's order-0 entropy) or as plain **bytes**
+within a fraction of a percent of the stream's order-0 entropy; for a value stream of at
+most 16 symbols, optionally ``ans1``: a table per value of the element's left neighbour,
+see :func:`plan_context`) or as plain **bytes**
 left to the payload's zstd (whose Huffman-coded literals are within about 1% of the
 entropy of high-entropy byte streams such as dense int8 weights, at a tenth of the
 cost). Every choice (dense or sparse, mask or gaps and the gap width, ANS or bytes) is
@@ -58,6 +60,12 @@ ANS_MAX_ALPHABET = 4096
 ANS_MAX_PRECISION = 16  # frequency tables sum to 2**precision
 BYTES_SLACK = 1.01  # bytes (zstd) is kept when estimated within 1% of ANS: it is ~10x faster
 BYTES_MIN_ENTROPY = 5.5  # bits per symbol below which zstd is not trusted to reach Huffman
+# A value stream of at most this many symbols (k-means indices, small palettes) may be
+# coded with its left neighbour in the row as context ("ans1"); chains of neighbours are
+# cut every CONTEXT_RUN columns, so decoding takes at most CONTEXT_RUN vectorised steps.
+CONTEXT_MAX_ALPHABET = 16
+CONTEXT_RUN = 32
+CONTEXT_GAIN = 0.98  # chosen when estimated at most 98% of order-0 rANS, tables included
 GAP_BITS = tuple(range(1, 13))
 CHUNK = 1 << 20  # symbols per ANS call and per decode step (bounds temporary memory)
 _HIST_CHUNK = 1 << 16  # elements per np.bincount call (it makes an int64 copy of its input)
@@ -201,7 +209,7 @@ def _varints_len(values: np.ndarray) -> int:
     return int(v.size + (v >= 1 << 7).sum() + (v >= 1 << 14).sum() + (v >= 1 << 21).sum())
 
 
-def _read_varints(data: bytes, count: int, limit: int) -> list[int]:
+def _read_varints(data: bytes, count: int | None, limit: int) -> list[int]:
     out: list[int] = []
     v = shift = 0
     for b in data:
@@ -212,7 +220,7 @@ def _read_varints(data: bytes, count: int, limit: int) -> list[int]:
         if not b & 0x80:
             out.append(v)
             v = shift = 0
-    if shift or len(out) != count:
+    if shift or (count is not None and len(out) != count):
         raise ValueError(f"frequency table has {len(out)} entries, the manifest says {count}")
     return out
 
@@ -227,7 +235,8 @@ class SymbolPlan:
     est_bytes: int
     entropy_bits: float
     precision: int = 0
-    freqs: np.ndarray | None = None
+    freqs: np.ndarray | None = None  # ans1: one table per context, [alphabet + 1, alphabet]
+    precisions: list[int] | None = None  # ans1: each context's (0: no symbol has it)
 
 
 def plan_symbols(hist: np.ndarray | None, count: int, alphabet: int, mode: Entropy) -> SymbolPlan:
@@ -312,15 +321,24 @@ def write_symbols(
 
 def symbol_stream_bytes(meta: dict[str, Any]) -> int:
     """Payload bytes a symbol stream's manifest entry claims."""
-    if meta.get("coder") == "ans":
+    if meta.get("coder") in ("ans", "ans1"):
         return _nonneg(meta["table"]) + 4 * _nonneg(meta["words"])
     return _nonneg(meta["count"]) * _width(_nonneg(meta["alphabet"]))
 
 
 def read_symbols(
-    meta: dict[str, Any], read: Read, max_count: int, out_dtype: Any, offset: int = 0
+    meta: dict[str, Any],
+    read: Read,
+    max_count: int,
+    out_dtype: Any,
+    offset: int = 0,
+    links: Callable[[int], np.ndarray] | None = None,
 ) -> np.ndarray:
-    """Decode a symbol stream into ``out_dtype`` (adding ``offset``), checking its header."""
+    """Decode a symbol stream into ``out_dtype`` (adding ``offset``), checking its header.
+
+    ``links(run)`` gives, for a value stream, which symbols have their left neighbour
+    in the stream as context (:func:`left_links`); only an ``ans1`` stream asks for it.
+    """
     import numpy as np
 
     n = _nonneg(meta["count"])
@@ -343,8 +361,12 @@ def read_symbols(
                 raise ValueError("symbol out of range")
             out[i:j] = _shift(sym, offset, out.dtype)
         return out
+    if coder == "ans1" and links is not None:
+        sym = _read_context_symbols(meta, read, n, alphabet, links)
+        out[:] = _shift(sym, offset, out.dtype)
+        return out
     if coder != "ans":
-        raise ValueError(f"unknown symbol coder {coder!r}")
+        raise ValueError(f"unknown symbol coder {coder!r} (a newer ci-compress wrote it?)")
     import constriction
 
     precision = _nonneg(meta["precision"])
@@ -368,6 +390,225 @@ def read_symbols(
     if not coder_.is_empty():
         raise ValueError("ANS stream has words left over")
     return out
+
+
+# ---------------------------------------------------------------- left-neighbour context
+
+
+def left_links(count: int, pos: np.ndarray | None, row: int, run: int = CONTEXT_RUN) -> np.ndarray:
+    """Which of a value stream's ``count`` symbols have their left neighbour as context.
+
+    A symbol is linked when the element just left of it in the same row of the tensor
+    (viewed as ``[rows, row]``) is in the stream too (always in a dense stream; in a
+    sparse one when its position is the previous position plus one) and its column is not
+    a multiple of ``run``, where chains are cut. ``pos``: the sparse stream's positions.
+    """
+    import numpy as np
+
+    where = np.arange(count, dtype=np.int64) if pos is None else np.asarray(pos, dtype=np.int64)
+    linked: np.ndarray = (where % max(1, row)) % run != 0
+    if pos is not None and count:
+        linked[1:] &= where[1:] - 1 == where[:-1]
+        linked[0] = False
+    return linked
+
+
+def _steps(linked: np.ndarray) -> np.ndarray:
+    """Each symbol's distance to the head of its chain (0 for a head): its decoding step."""
+    import numpy as np
+
+    i = np.arange(linked.size, dtype=np.int64)
+    head = np.maximum.accumulate(np.where(linked, 0, i)) if linked.size else i
+    out: np.ndarray = i - head
+    return out
+
+
+def _context_of(sym: np.ndarray, linked: np.ndarray, alphabet: int) -> np.ndarray:
+    """The left neighbour's symbol for linked symbols, ``alphabet`` (the head context) else."""
+    import numpy as np
+
+    prev = np.empty(sym.size, dtype=np.int64)
+    if sym.size:
+        prev[0] = alphabet
+        prev[1:] = sym[:-1]
+    out: np.ndarray = np.where(linked, prev, alphabet)
+    return out
+
+
+def plan_context(plan: SymbolPlan, sym: np.ndarray, linked: np.ndarray) -> SymbolPlan | None:
+    """An ``ans1`` plan (one frequency table per left-neighbour symbol) if it pays.
+
+    It pays where neighbouring weights are alike (a smooth receptive field, a kernel's
+    neighbouring taps): chosen when its estimate, tables included, is at most
+    ``CONTEXT_GAIN`` of the order-0 stream's.
+    """
+    import numpy as np
+
+    a = plan.alphabet
+    ctx = _context_of(sym, linked, a)
+    joint = np.bincount(ctx * a + sym, minlength=(a + 1) * a).reshape(a + 1, a)
+    tables = np.zeros((a + 1, a), dtype=np.int64)
+    precisions: list[int] = []
+    coded = 0.0
+    table_bytes = 0
+    for c in range(a + 1):
+        h = joint[c]
+        n_c = int(h.sum())
+        if n_c == 0:
+            precisions.append(0)
+            table_bytes += 1
+            continue
+        present = int((h > 0).sum())
+        p = _precision(n_c, present)
+        f = quantize_frequencies(h, p)
+        tables[c] = f
+        precisions.append(p)
+        nz = h > 0
+        coded += float((h[nz] * (p - np.log2(f[nz]))).sum())
+        table_bytes += 1 + _varints_len(f)
+    est = math.ceil(coded / 32) * 4 + 4 + table_bytes
+    if est > CONTEXT_GAIN * plan.est_bytes:
+        return None
+    return SymbolPlan(
+        "ans1", plan.count, a, est, plan.entropy_bits, freqs=tables, precisions=precisions
+    )
+
+
+def _context_table(plan: SymbolPlan) -> bytes:
+    import numpy as np
+
+    assert plan.freqs is not None and plan.precisions is not None
+    parts = []
+    for c, p in enumerate(plan.precisions):
+        parts.append(_varints(np.array([p])))
+        if p:
+            parts.append(_varints(plan.freqs[c]))
+    return b"".join(parts)
+
+
+def _groups(steps: np.ndarray, ctx: np.ndarray, contexts: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symbols ordered by (step, context, position), and where each group starts."""
+    import numpy as np
+
+    key = steps * contexts + ctx
+    order = np.argsort(key, kind="stable")
+    k = key[order]
+    starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]]) if k.size else np.zeros(0, np.int64)
+    return order, starts
+
+
+def write_context_symbols(
+    plan: SymbolPlan, sym: np.ndarray, linked: np.ndarray, chunks: list[Any]
+) -> dict[str, Any]:
+    """Code ``sym`` as planned by :func:`plan_context`, in the order the decoder reads it."""
+    import constriction
+    import numpy as np
+
+    assert plan.freqs is not None and plan.precisions is not None
+    a = plan.alphabet
+    ctx = _context_of(sym, linked, a)
+    order, starts = _groups(_steps(linked), ctx, a + 1)
+    ends = np.r_[starts[1:], order.size]
+    models = {c: _ans_model(plan.freqs[c], p) for c, p in enumerate(plan.precisions) if p}
+    coder = constriction.stream.stack.AnsCoder()
+    for s, e in zip(starts[::-1], ends[::-1], strict=True):  # a stack: last group first
+        idx = order[s:e]
+        c = int(ctx[idx[0]])
+        for i in reversed(range(0, idx.size, CHUNK)):
+            part = idx[i : i + CHUNK]
+            coder.encode_reverse(sym[part].astype(np.int32), models[c])
+    words = coder.get_compressed()
+    table = _context_table(plan)
+    chunks += [table, words.astype("<u4")]
+    return {
+        "count": plan.count,
+        "alphabet": a,
+        "coder": "ans1",
+        "context": "left",
+        "run": CONTEXT_RUN,
+        "table": len(table),
+        "words": int(words.size),
+    }
+
+
+def _parse_context_table(data: bytes, alphabet: int) -> list[np.ndarray | None]:
+    """One frequency table (or None: no symbol has that context) per context."""
+    import numpy as np
+
+    values = _read_varints(data, None, 1 << 24)
+    tables: list[np.ndarray | None] = []
+    i = 0
+    for _ in range(alphabet + 1):
+        if i >= len(values):
+            raise ValueError("context table is cut short")
+        p = values[i]
+        i += 1
+        if p == 0:
+            tables.append(None)
+            continue
+        if not 1 <= p <= 24 or i + alphabet > len(values):
+            raise ValueError(f"bad context table (precision {p})")
+        f = np.array(values[i : i + alphabet], dtype=np.int64)
+        i += alphabet
+        if int(f.sum()) != 1 << p:
+            raise ValueError("context frequency table does not sum to its precision")
+        tables.append(f / float(1 << p))
+    if i != len(values):
+        raise ValueError("context table has entries left over")
+    return tables
+
+
+def _read_context_symbols(
+    meta: dict[str, Any],
+    read: Read,
+    n: int,
+    alphabet: int,
+    links: Callable[[int], np.ndarray],
+) -> np.ndarray:
+    import constriction
+    import numpy as np
+
+    run = _nonneg(meta["run"])
+    if meta.get("context") != "left" or not 1 <= run <= 1 << 16:
+        raise ValueError(f"unknown symbol context {meta.get('context')!r} (run {run})")
+    if alphabet > CONTEXT_MAX_ALPHABET:
+        raise ValueError(f"context-coded alphabet of {alphabet} symbols")
+    tables = _parse_context_table(read(_nonneg(meta["table"])), alphabet)
+    words = np.frombuffer(read(4 * _nonneg(meta["words"])), dtype="<u4").astype(np.uint32)
+    sym = np.empty(n, dtype=np.int64)
+    if n == 0:
+        return sym
+    if words.size == 0:
+        raise ValueError("empty ANS stream")
+    linked = links(run)
+    if linked.size != n:
+        raise ValueError(f"{linked.size} positions for {n} context-coded symbols")
+    models = [
+        None if t is None else constriction.stream.model.Categorical(t, perfect=False)
+        for t in tables
+    ]
+    steps = _steps(linked)
+    order = np.argsort(steps, kind="stable")
+    bounds = np.searchsorted(steps[order], np.arange(int(steps.max()) + 2))
+    coder = constriction.stream.stack.AnsCoder(words)
+    for step in range(bounds.size - 1):
+        idx = order[bounds[step] : bounds[step + 1]]
+        ctx = np.full(idx.size, alphabet, dtype=np.int64) if step == 0 else sym[idx - 1]
+        by = np.argsort(ctx, kind="stable")
+        idx, ctx = idx[by], ctx[by]
+        starts = np.flatnonzero(np.r_[True, ctx[1:] != ctx[:-1]])
+        ends = np.r_[starts[1:], idx.size]
+        for s, e in zip(starts, ends, strict=True):
+            model = models[int(ctx[s])]
+            if model is None:
+                raise ValueError("a symbol's context has no frequency table")
+            group = idx[s:e]
+            for i in range(0, group.size, CHUNK):
+                part = group[i : i + CHUNK]
+                sym[part] = coder.decode(model, part.size)
+    if not coder.is_empty():
+        raise ValueError("ANS stream has words left over")
+    return sym
 
 
 def _shift(sym: np.ndarray, offset: int, dtype: Any) -> np.ndarray:
@@ -586,7 +827,7 @@ def encode(t: torch.Tensor, *, entropy: Entropy = "auto") -> Encoded:
     if sparse is None:
         enc.est_bytes = dense.est_bytes
         enc.entry["layout"] = "dense"
-        enc.entry["values"] = _write_values(dense, v, enc)
+        enc.entry["values"] = _write_values(dense, v, enc, None, _row(t.shape))
         return enc
     keep, pos, positions, values = sparse
     sparse = None
@@ -595,8 +836,15 @@ def encode(t: torch.Tensor, *, entropy: Entropy = "auto") -> Encoded:
     enc.entry["fill"] = fill
     enc.entry["positions"] = _write_positions(positions, keep, pos, enc)
     del keep
-    enc.entry["values"] = _write_values(values, v[pos], enc)
+    enc.entry["values"] = _write_values(values, v[pos], enc, pos, _row(t.shape))
     return enc
+
+
+def _row(shape: Any) -> int:
+    """Elements per row when a tensor is viewed as ``[shape[0], rest]`` (its left neighbours)."""
+    dims = tuple(int(d) for d in shape)
+    n = math.prod(dims)
+    return n // dims[0] if len(dims) >= 2 and dims[0] else max(1, n)
 
 
 def _ans_symbols(*plans: SymbolPlan | None) -> int:
@@ -714,9 +962,25 @@ def _write_positions(
     return {"codec": "gaps", "bits": bits} | write_symbols(plan, lambda i, j: gaps[i:j], enc.chunks)
 
 
-def _write_values(planned: _Values, v: np.ndarray, enc: Encoded) -> dict[str, Any]:
-    """Write the values ``v`` (all elements, or the kept ones) as planned."""
+def _write_values(
+    planned: _Values, v: np.ndarray, enc: Encoded, pos: np.ndarray | None, row: int
+) -> dict[str, Any]:
+    """Write the values ``v`` (all elements, or the kept ones at ``pos``) as planned.
+
+    A small-alphabet rANS stream is coded with each value's left neighbour as context
+    (``ans1``) when :func:`plan_context` estimates that pays.
+    """
     import numpy as np
+
+    def coded(plan: SymbolPlan, symbols: Callable[[int, int], np.ndarray]) -> dict[str, Any]:
+        if plan.coder == "ans" and plan.alphabet <= CONTEXT_MAX_ALPHABET:
+            sym = symbols(0, plan.count).astype(np.int64)
+            linked = left_links(plan.count, pos, row)
+            ctx_plan = plan_context(plan, sym, linked)
+            if ctx_plan is not None:
+                enc.est_bytes += ctx_plan.est_bytes - plan.est_bytes
+                return write_context_symbols(ctx_plan, sym, linked, enc.chunks)
+        return write_symbols(plan, symbols, enc.chunks)
 
     n = int(v.size)
     if planned.codec == "raw":
@@ -730,7 +994,7 @@ def _write_values(planned: _Values, v: np.ndarray, enc: Encoded) -> dict[str, An
         pal = planned.palette
         assert pal is not None
         enc.chunks.append(pal.copy())
-        meta = write_symbols(plan, lambda i, j: np.searchsorted(pal, v[i:j]), enc.chunks)
+        meta = coded(plan, lambda i, j: np.searchsorted(pal, v[i:j]))
         return {"codec": "palette", "palette": int(pal.size)} | meta
     lo = planned.offset
 
@@ -739,7 +1003,7 @@ def _write_values(planned: _Values, v: np.ndarray, enc: Encoded) -> dict[str, An
             return v[i:j].view(np.uint8) - np.uint8(lo & 0xFF)  # (v - lo) mod 256 = v - lo
         return v[i:j].astype(np.int64) - lo
 
-    return {"codec": "int", "offset": lo} | write_symbols(plan, symbols, enc.chunks)
+    return {"codec": "int", "offset": lo} | coded(plan, symbols)
 
 
 # ---------------------------------------------------------------- decoding
@@ -807,7 +1071,8 @@ def decode(name: str, entry: dict[str, Any], read: Read) -> torch.Tensor:
     layout = entry.get("layout")
     try:
         if layout == "dense":
-            out = _read_values(entry["values"], numel, view, itemsize, _kind(name_), read)
+            links = lambda run: left_links(numel, None, _row(shape), run)  # noqa: E731
+            out = _read_values(entry["values"], numel, view, itemsize, _kind(name_), read, links)
             if out.size != numel * (itemsize if _kind(name_) == "bytes" else 1):
                 raise ValueError(f"{out.size} values for {numel} elements")
         elif layout == "sparse":
@@ -839,7 +1104,16 @@ def decode(name: str, entry: dict[str, Any], read: Read) -> torch.Tensor:
                 raise ValueError(f"unknown position codec {pmeta.get('codec')!r}")
             if got != kept:
                 raise ValueError(f"{got} positions for {kept} values")
-            values = _read_values(entry["values"], kept, view, itemsize, "sparse", read)
+            at = np.flatnonzero(where) if where.dtype == bool else where
+            values = _read_values(
+                entry["values"],
+                kept,
+                view,
+                itemsize,
+                "sparse",
+                read,
+                lambda run: left_links(kept, at, _row(shape), run),
+            )
             out = np.full(numel, fill, dtype=view)
             out[where] = values
         else:
@@ -861,7 +1135,13 @@ def decode(name: str, entry: dict[str, Any], read: Read) -> torch.Tensor:
 
 
 def _read_values(
-    meta: dict[str, Any], count: int, view: Any, itemsize: int, kind: str, read: Read
+    meta: dict[str, Any],
+    count: int,
+    view: Any,
+    itemsize: int,
+    kind: str,
+    read: Read,
+    links: Callable[[int], np.ndarray] | None = None,
 ) -> np.ndarray:
     import numpy as np
 
@@ -882,13 +1162,13 @@ def _read_values(
         offset = meta["offset"]
         if not isinstance(offset, int) or isinstance(offset, bool):
             raise ValueError("bad offset")
-        return read_symbols(meta, read, count, view, offset)
+        return read_symbols(meta, read, count, view, offset, links)
     if codec == "palette":
         k = _nonneg(meta["palette"])
         if not 1 <= k <= PALETTE_MAX or meta.get("alphabet") != k:
             raise ValueError(f"palette of {k} values")
         palette = np.frombuffer(read(k * itemsize), dtype=view)
-        idx = read_symbols(meta, read, count, np.int64)
+        idx = read_symbols(meta, read, count, np.int64, 0, links)
         out: np.ndarray = palette[idx]
         return out
     raise ValueError(f"unknown value codec {codec!r}")

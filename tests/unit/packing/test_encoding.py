@@ -167,3 +167,110 @@ def test_frequency_table_normalises_with_absent_symbols_inside_the_alphabet() ->
     assert bool((f[hist > 0] >= 1).all()) and bool((f[hist == 0] == 0).all())
     floors = (hist << 12) // hist.sum()
     assert int(np.maximum(floors, hist > 0).sum()) > 1 << 12  # the case: rare ones overshoot
+
+
+# ---------------------------------------------------------------- left-neighbour context
+
+
+def smooth_clustered(shape=(256, 784), density: float | None = 0.1, seed: int = 0):
+    """3-bit cluster indices of a smooth weight field (neighbouring columns alike, as a
+    first layer's receptive fields over pixels), pruned by magnitude when ``density``."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(shape, generator=g).cumsum(1)  # a random walk along each row
+    w = w - w.mean(1, keepdim=True)
+    if density is None:
+        keep = torch.ones(shape, dtype=torch.bool)
+    else:
+        keep = w.abs() >= w.abs().flatten().quantile(1 - density)
+    cent = torch.quantile(w[keep], torch.linspace(0.05, 0.95, 7))
+    idx = (w[..., None] - cent).abs().argmin(-1) + 1
+    return torch.where(keep, idx, torch.zeros_like(idx)).to(torch.uint8)
+
+
+def _order0_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(encoding, "CONTEXT_GAIN", 0.0)  # no ans1 plan can be small enough
+
+
+@pytest.mark.parametrize("density", [0.1, None], ids=["sparse", "dense"])
+def test_alike_neighbours_are_coded_with_the_left_one_as_context(
+    density: float | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    idx = smooth_clustered(density=density)
+    enc = encoding.encode(idx)
+    values = enc.entry["values"]
+    assert values["coder"] == "ans1" and values["run"] == encoding.CONTEXT_RUN
+    assert enc.entry["layout"] == ("sparse" if density else "dense")
+    back = encoding.decode("t", enc.entry, _reader(enc))
+    assert torch.equal(back, idx)
+    with monkeypatch.context() as m:
+        _order0_only(m)
+        plain = encoding.encode(idx)
+    assert plain.entry["values"]["coder"] == "ans"
+    saved = 1 - enc.stored_bytes / plain.stored_bytes
+    print(f"{density}: {enc.stored_bytes} bytes against {plain.stored_bytes} order 0")
+    assert saved > 0.2  # measured: 50% (sparse), 74% (dense)
+    # the order-0 bound is what the stream would cost without context: ans1 goes below it
+    assert 8 * enc.stored_bytes < enc.entropy_bits
+
+
+def test_independent_neighbours_keep_order_0() -> None:
+    idx = clustered_sparse("gaussian")  # positions and values independent by construction
+    enc = encoding.encode(idx)
+    assert enc.entry["values"]["coder"] == "ans"
+
+
+def test_context_chains_are_cut_so_decoding_takes_at_most_run_steps() -> None:
+    import numpy as np
+
+    linked = encoding.left_links(3 * 100, None, 100)  # dense 3 x 100
+    steps = encoding._steps(linked)
+    assert int(steps.max()) == encoding.CONTEXT_RUN - 1
+    assert not linked[[0, 32, 64, 96, 100, 132]].any()  # row starts and every 32nd column
+    pos = np.array([5, 6, 7, 9, 99, 100, 101])  # sparse: runs of neighbours, never across rows
+    expect = [False, True, True, False, False, False, True]
+    assert encoding.left_links(7, pos, 100).tolist() == expect
+
+
+def test_a_packed_file_with_context_coding_reloads_exactly(tmp_path: Path) -> None:
+    idx = smooth_clustered()
+    info = pack(Clustered(idx), tmp_path / "c.ccz")
+    assert info.tensors["indices"]["values"]["coder"] == "ans1"
+    loaded, _ = load_packed(tmp_path / "c.ccz", factory=lambda: Clustered(torch.zeros_like(idx)))
+    assert torch.equal(loaded.indices, idx)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["table sum", "missing table", "context", "run", "words cut", "table cut"],
+)
+def test_a_damaged_context_stream_is_an_artifact_error(damage: str) -> None:
+    import numpy as np
+
+    from ci_compress.errors import ArtifactError
+
+    idx = smooth_clustered(shape=(64, 256))
+    enc = encoding.encode(idx)
+    values = enc.entry["values"]
+    assert values["coder"] == "ans1"
+    chunks = list(enc.chunks)
+    ti = next(i for i, c in enumerate(chunks) if encoding.nbytes(c) == values["table"])
+    table = encoding._read_varints(bytes(chunks[ti]), None, 1 << 24)
+    if damage == "table sum":
+        table[2] += 1  # context 0's first frequency
+        chunks[ti] = encoding._varints(np.array(table))
+        values["table"] = len(chunks[ti])
+    elif damage == "missing table":  # the head context (last) says no symbol has it
+        head = len(table) - (values["alphabet"] + 1)
+        chunks[ti] = encoding._varints(np.array([*table[:head], 0]))
+        values["table"] = len(chunks[ti])
+    elif damage == "context":
+        values["context"] = "above"
+    elif damage == "run":
+        values["run"] = 0
+    elif damage == "words cut":
+        values["words"] -= 1
+    elif damage == "table cut":
+        values["table"] -= 1
+    enc.chunks = chunks
+    with pytest.raises(ArtifactError, match="tensor t: cannot decode"):
+        encoding.decode("t", enc.entry, _reader(enc))
