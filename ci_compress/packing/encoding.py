@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -332,12 +332,12 @@ def read_symbols(
     max_count: int,
     out_dtype: Any,
     offset: int = 0,
-    links: Callable[[int], np.ndarray] | None = None,
+    rows: Rows | None = None,
 ) -> np.ndarray:
     """Decode a symbol stream into ``out_dtype`` (adding ``offset``), checking its header.
 
-    ``links(run)`` gives, for a value stream, which symbols have their left neighbour
-    in the stream as context (:func:`left_links`); only an ``ans1`` stream asks for it.
+    ``rows``: where a value stream's symbols sit in their tensor, which an ``ans1``
+    stream (left-neighbour context) needs; other streams have none.
     """
     import numpy as np
 
@@ -361,9 +361,8 @@ def read_symbols(
                 raise ValueError("symbol out of range")
             out[i:j] = _shift(sym, offset, out.dtype)
         return out
-    if coder == "ans1" and links is not None:
-        sym = _read_context_symbols(meta, read, n, alphabet, links)
-        out[:] = _shift(sym, offset, out.dtype)
+    if coder == "ans1" and rows is not None:
+        _read_context_symbols(meta, read, out, alphabet, offset, rows)
         return out
     if coder != "ans":
         raise ValueError(f"unknown symbol coder {coder!r} (a newer ci-compress wrote it?)")
@@ -395,22 +394,51 @@ def read_symbols(
 # ---------------------------------------------------------------- left-neighbour context
 
 
-def left_links(count: int, pos: np.ndarray | None, row: int, run: int = CONTEXT_RUN) -> np.ndarray:
-    """Which of a value stream's ``count`` symbols have their left neighbour as context.
+@dataclass
+class Rows:
+    """Where a value stream's symbols sit: ``pos`` (a sparse stream's sorted positions;
+    None for a dense stream, every element in order) in a tensor of rows of ``row``."""
+
+    count: int
+    pos: np.ndarray | None
+    row: int
+
+
+def left_links(rows: Rows, start: int, end: int, run: int = CONTEXT_RUN) -> np.ndarray:
+    """Which of symbols ``start..end`` have their left neighbour as context.
 
     A symbol is linked when the element just left of it in the same row of the tensor
     (viewed as ``[rows, row]``) is in the stream too (always in a dense stream; in a
     sparse one when its position is the previous position plus one) and its column is not
-    a multiple of ``run``, where chains are cut. ``pos``: the sparse stream's positions.
+    a multiple of ``run``, where chains are cut.
     """
     import numpy as np
 
-    where = np.arange(count, dtype=np.int64) if pos is None else np.asarray(pos, dtype=np.int64)
-    linked: np.ndarray = (where % max(1, row)) % run != 0
-    if pos is not None and count:
+    if rows.pos is None:
+        where = np.arange(start, end, dtype=np.int64)
+    else:
+        where = np.asarray(rows.pos[start:end], dtype=np.int64)
+    linked: np.ndarray = (where % max(1, rows.row)) % run != 0
+    if rows.pos is not None and where.size:
         linked[1:] &= where[1:] - 1 == where[:-1]
-        linked[0] = False
+        linked[0] &= start > 0 and int(rows.pos[start - 1]) == int(where[0]) - 1
     return linked
+
+
+def _blocks(rows: Rows, run: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(start, end, links) of blocks of about CHUNK symbols, each starting at a chain's
+    head, so each is coded on its own and temporary memory stays bounded."""
+    import numpy as np
+
+    s = 0
+    while s < rows.count:
+        e = min(rows.count, s + CHUNK)
+        linked = left_links(rows, s, min(rows.count, e + 1), run)
+        if e < rows.count:
+            heads = np.flatnonzero(~linked[1:]) + 1  # chains are at most `run` long
+            e = s + int(heads[-1])
+        yield s, e, linked[: e - s]
+        s = e
 
 
 def _steps(linked: np.ndarray) -> np.ndarray:
@@ -435,7 +463,9 @@ def _context_of(sym: np.ndarray, linked: np.ndarray, alphabet: int) -> np.ndarra
     return out
 
 
-def plan_context(plan: SymbolPlan, sym: np.ndarray, linked: np.ndarray) -> SymbolPlan | None:
+def plan_context(
+    plan: SymbolPlan, symbols: Callable[[int, int], np.ndarray], rows: Rows
+) -> SymbolPlan | None:
     """An ``ans1`` plan (one frequency table per left-neighbour symbol) if it pays.
 
     It pays where neighbouring weights are alike (a smooth receptive field, a kernel's
@@ -445,8 +475,11 @@ def plan_context(plan: SymbolPlan, sym: np.ndarray, linked: np.ndarray) -> Symbo
     import numpy as np
 
     a = plan.alphabet
-    ctx = _context_of(sym, linked, a)
-    joint = np.bincount(ctx * a + sym, minlength=(a + 1) * a).reshape(a + 1, a)
+    counts = np.zeros((a + 1) * a, dtype=np.int64)
+    for s, e, linked in _blocks(rows, CONTEXT_RUN):
+        sym = symbols(s, e).astype(np.int64)
+        counts += np.bincount(_context_of(sym, linked, a) * a + sym, minlength=(a + 1) * a)
+    joint = counts.reshape(a + 1, a)
     tables = np.zeros((a + 1, a), dtype=np.int64)
     precisions: list[int] = []
     coded = 0.0
@@ -458,8 +491,7 @@ def plan_context(plan: SymbolPlan, sym: np.ndarray, linked: np.ndarray) -> Symbo
             precisions.append(0)
             table_bytes += 1
             continue
-        present = int((h > 0).sum())
-        p = _precision(n_c, present)
+        p = _precision(n_c, int((h > 0).sum()))
         f = quantize_frequencies(h, p)
         tables[c] = f
         precisions.append(p)
@@ -486,37 +518,35 @@ def _context_table(plan: SymbolPlan) -> bytes:
     return b"".join(parts)
 
 
-def _groups(steps: np.ndarray, ctx: np.ndarray, contexts: int) -> tuple[np.ndarray, np.ndarray]:
-    """Symbols ordered by (step, context, position), and where each group starts."""
+def _groups(linked: np.ndarray, ctx: np.ndarray, contexts: int) -> Iterator[np.ndarray]:
+    """A block's symbols by (step, context, position): the order they are decoded in."""
     import numpy as np
 
-    key = steps * contexts + ctx
+    key = _steps(linked) * contexts + ctx
     order = np.argsort(key, kind="stable")
     k = key[order]
     starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]]) if k.size else np.zeros(0, np.int64)
-    return order, starts
+    ends = np.r_[starts[1:], order.size]
+    for s, e in zip(starts, ends, strict=True):
+        yield order[s:e]
 
 
 def write_context_symbols(
-    plan: SymbolPlan, sym: np.ndarray, linked: np.ndarray, chunks: list[Any]
+    plan: SymbolPlan, symbols: Callable[[int, int], np.ndarray], rows: Rows, chunks: list[Any]
 ) -> dict[str, Any]:
-    """Code ``sym`` as planned by :func:`plan_context`, in the order the decoder reads it."""
+    """Code the stream as planned by :func:`plan_context`, in the order the decoder reads it."""
     import constriction
     import numpy as np
 
     assert plan.freqs is not None and plan.precisions is not None
     a = plan.alphabet
-    ctx = _context_of(sym, linked, a)
-    order, starts = _groups(_steps(linked), ctx, a + 1)
-    ends = np.r_[starts[1:], order.size]
     models = {c: _ans_model(plan.freqs[c], p) for c, p in enumerate(plan.precisions) if p}
     coder = constriction.stream.stack.AnsCoder()
-    for s, e in zip(starts[::-1], ends[::-1], strict=True):  # a stack: last group first
-        idx = order[s:e]
-        c = int(ctx[idx[0]])
-        for i in reversed(range(0, idx.size, CHUNK)):
-            part = idx[i : i + CHUNK]
-            coder.encode_reverse(sym[part].astype(np.int32), models[c])
+    for s, e, linked in reversed(list(_blocks(rows, CONTEXT_RUN))):  # a stack: last first
+        sym = symbols(s, e).astype(np.int64)
+        ctx = _context_of(sym, linked, a)
+        for idx in reversed(list(_groups(linked, ctx, a + 1))):
+            coder.encode_reverse(sym[idx].astype(np.int32), models[int(ctx[idx[0]])])
     words = coder.get_compressed()
     table = _context_table(plan)
     chunks += [table, words.astype("<u4")]
@@ -532,7 +562,7 @@ def write_context_symbols(
 
 
 def _parse_context_table(data: bytes, alphabet: int) -> list[np.ndarray | None]:
-    """One frequency table (or None: no symbol has that context) per context."""
+    """One probability table (or None: no symbol has that context) per context."""
     import numpy as np
 
     values = _read_varints(data, None, 1 << 24)
@@ -559,12 +589,9 @@ def _parse_context_table(data: bytes, alphabet: int) -> list[np.ndarray | None]:
 
 
 def _read_context_symbols(
-    meta: dict[str, Any],
-    read: Read,
-    n: int,
-    alphabet: int,
-    links: Callable[[int], np.ndarray],
-) -> np.ndarray:
+    meta: dict[str, Any], read: Read, out: np.ndarray, alphabet: int, offset: int, rows: Rows
+) -> None:
+    """Decode an ``ans1`` stream into ``out`` (adding ``offset``), block by block."""
     import constriction
     import numpy as np
 
@@ -573,42 +600,38 @@ def _read_context_symbols(
         raise ValueError(f"unknown symbol context {meta.get('context')!r} (run {run})")
     if alphabet > CONTEXT_MAX_ALPHABET:
         raise ValueError(f"context-coded alphabet of {alphabet} symbols")
+    if rows.count != out.size:
+        raise ValueError(f"{rows.count} positions for {out.size} context-coded symbols")
     tables = _parse_context_table(read(_nonneg(meta["table"])), alphabet)
     words = np.frombuffer(read(4 * _nonneg(meta["words"])), dtype="<u4").astype(np.uint32)
-    sym = np.empty(n, dtype=np.int64)
-    if n == 0:
-        return sym
+    if out.size == 0:
+        return
     if words.size == 0:
         raise ValueError("empty ANS stream")
-    linked = links(run)
-    if linked.size != n:
-        raise ValueError(f"{linked.size} positions for {n} context-coded symbols")
     models = [
         None if t is None else constriction.stream.model.Categorical(t, perfect=False)
         for t in tables
     ]
-    steps = _steps(linked)
-    order = np.argsort(steps, kind="stable")
-    bounds = np.searchsorted(steps[order], np.arange(int(steps.max()) + 2))
     coder = constriction.stream.stack.AnsCoder(words)
-    for step in range(bounds.size - 1):
-        idx = order[bounds[step] : bounds[step + 1]]
-        ctx = np.full(idx.size, alphabet, dtype=np.int64) if step == 0 else sym[idx - 1]
-        by = np.argsort(ctx, kind="stable")
-        idx, ctx = idx[by], ctx[by]
-        starts = np.flatnonzero(np.r_[True, ctx[1:] != ctx[:-1]])
-        ends = np.r_[starts[1:], idx.size]
-        for s, e in zip(starts, ends, strict=True):
-            model = models[int(ctx[s])]
-            if model is None:
-                raise ValueError("a symbol's context has no frequency table")
-            group = idx[s:e]
-            for i in range(0, group.size, CHUNK):
-                part = group[i : i + CHUNK]
-                sym[part] = coder.decode(model, part.size)
+    for s, e, linked in _blocks(rows, run):
+        steps = _steps(linked)
+        order = np.argsort(steps, kind="stable")
+        bounds = np.searchsorted(steps[order], np.arange(int(steps.max()) + 2))
+        sym = np.empty(e - s, dtype=np.int64)
+        for step in range(bounds.size - 1):
+            idx = order[bounds[step] : bounds[step + 1]]
+            ctx = np.full(idx.size, alphabet, dtype=np.int64) if step == 0 else sym[idx - 1]
+            by = np.argsort(ctx, kind="stable")
+            idx, ctx = idx[by], ctx[by]
+            starts = np.flatnonzero(np.r_[True, ctx[1:] != ctx[:-1]])
+            for g0, g1 in zip(starts, np.r_[starts[1:], idx.size], strict=True):
+                model = models[int(ctx[g0])]
+                if model is None:
+                    raise ValueError("a symbol's context has no frequency table")
+                sym[idx[g0:g1]] = coder.decode(model, int(g1 - g0))
+        out[s:e] = _shift(sym, offset, out.dtype)
     if not coder.is_empty():
         raise ValueError("ANS stream has words left over")
-    return sym
 
 
 def _shift(sym: np.ndarray, offset: int, dtype: Any) -> np.ndarray:
@@ -974,12 +997,11 @@ def _write_values(
 
     def coded(plan: SymbolPlan, symbols: Callable[[int, int], np.ndarray]) -> dict[str, Any]:
         if plan.coder == "ans" and plan.alphabet <= CONTEXT_MAX_ALPHABET:
-            sym = symbols(0, plan.count).astype(np.int64)
-            linked = left_links(plan.count, pos, row)
-            ctx_plan = plan_context(plan, sym, linked)
+            rows = Rows(plan.count, pos, row)
+            ctx_plan = plan_context(plan, symbols, rows)
             if ctx_plan is not None:
                 enc.est_bytes += ctx_plan.est_bytes - plan.est_bytes
-                return write_context_symbols(ctx_plan, sym, linked, enc.chunks)
+                return write_context_symbols(ctx_plan, symbols, rows, enc.chunks)
         return write_symbols(plan, symbols, enc.chunks)
 
     n = int(v.size)
@@ -1071,8 +1093,8 @@ def decode(name: str, entry: dict[str, Any], read: Read) -> torch.Tensor:
     layout = entry.get("layout")
     try:
         if layout == "dense":
-            links = lambda run: left_links(numel, None, _row(shape), run)  # noqa: E731
-            out = _read_values(entry["values"], numel, view, itemsize, _kind(name_), read, links)
+            rows = Rows(numel, None, _row(shape))
+            out = _read_values(entry["values"], numel, view, itemsize, _kind(name_), read, rows)
             if out.size != numel * (itemsize if _kind(name_) == "bytes" else 1):
                 raise ValueError(f"{out.size} values for {numel} elements")
         elif layout == "sparse":
@@ -1112,7 +1134,7 @@ def decode(name: str, entry: dict[str, Any], read: Read) -> torch.Tensor:
                 itemsize,
                 "sparse",
                 read,
-                lambda run: left_links(kept, at, _row(shape), run),
+                Rows(kept, at, _row(shape)),
             )
             out = np.full(numel, fill, dtype=view)
             out[where] = values
@@ -1141,7 +1163,7 @@ def _read_values(
     itemsize: int,
     kind: str,
     read: Read,
-    links: Callable[[int], np.ndarray] | None = None,
+    rows: Rows | None = None,
 ) -> np.ndarray:
     import numpy as np
 
@@ -1162,13 +1184,13 @@ def _read_values(
         offset = meta["offset"]
         if not isinstance(offset, int) or isinstance(offset, bool):
             raise ValueError("bad offset")
-        return read_symbols(meta, read, count, view, offset, links)
+        return read_symbols(meta, read, count, view, offset, rows)
     if codec == "palette":
         k = _nonneg(meta["palette"])
         if not 1 <= k <= PALETTE_MAX or meta.get("alphabet") != k:
             raise ValueError(f"palette of {k} values")
         palette = np.frombuffer(read(k * itemsize), dtype=view)
-        idx = read_symbols(meta, read, count, np.int64, 0, links)
+        idx = read_symbols(meta, read, count, np.int64, 0, rows)
         out: np.ndarray = palette[idx]
         return out
     raise ValueError(f"unknown value codec {codec!r}")

@@ -222,13 +222,34 @@ def test_independent_neighbours_keep_order_0() -> None:
 def test_context_chains_are_cut_so_decoding_takes_at_most_run_steps() -> None:
     import numpy as np
 
-    linked = encoding.left_links(3 * 100, None, 100)  # dense 3 x 100
+    linked = encoding.left_links(encoding.Rows(300, None, 100), 0, 300)  # dense 3 x 100
     steps = encoding._steps(linked)
     assert int(steps.max()) == encoding.CONTEXT_RUN - 1
     assert not linked[[0, 32, 64, 96, 100, 132]].any()  # row starts and every 32nd column
     pos = np.array([5, 6, 7, 9, 99, 100, 101])  # sparse: runs of neighbours, never across rows
     expect = [False, True, True, False, False, False, True]
-    assert encoding.left_links(7, pos, 100).tolist() == expect
+    assert encoding.left_links(encoding.Rows(7, pos, 100), 0, 7).tolist() == expect
+    assert encoding.left_links(encoding.Rows(7, pos, 100), 1, 3).tolist() == [True, True]
+
+
+@pytest.mark.parametrize("density", [0.1, None], ids=["sparse", "dense"])
+def test_context_coding_in_blocks_round_trips(
+    density: float | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Streams longer than a block are coded block by block (bounded temporaries), each
+    block starting at a chain's head; a block boundary changes nothing decoded."""
+    idx = smooth_clustered(shape=(40, 700), density=density, seed=3)
+    one = encoding.encode(idx)
+    monkeypatch.setattr(encoding, "CHUNK", 1000)  # 29 blocks of the dense stream, cut inside rows
+    rows = encoding.Rows(idx.numel(), None, 700)
+    blocks = list(encoding._blocks(rows, encoding.CONTEXT_RUN))
+    assert len(blocks) == 29 and all(0 < e - s <= 1000 for s, e, _ in blocks)
+    assert all(not linked[0] for _, _, linked in blocks)
+    assert [b[0] for b in blocks[1:]] == [b[1] for b in blocks[:-1]]
+    enc = encoding.encode(idx)
+    assert enc.entry["values"]["coder"] == "ans1"
+    assert torch.equal(encoding.decode("t", enc.entry, _reader(enc)), idx)
+    assert abs(enc.stored_bytes - one.stored_bytes) < 64  # a few more words' flush
 
 
 def test_a_packed_file_with_context_coding_reloads_exactly(tmp_path: Path) -> None:
