@@ -414,12 +414,16 @@ def left_links(rows: Rows, start: int, end: int, run: int = CONTEXT_RUN) -> np.n
     """
     import numpy as np
 
-    if rows.pos is None:
-        where = np.arange(start, end, dtype=np.int64)
-    else:
-        where = np.asarray(rows.pos[start:end], dtype=np.int64)
-    linked: np.ndarray = (where % max(1, rows.row)) % run != 0
-    if rows.pos is not None and where.size:
+    row = max(1, rows.row)
+    if rows.pos is None:  # a dense stream: the same pattern in every row (no division)
+        pattern = np.arange(row) % run != 0
+        first = start % row
+        reps = -(-(first + end - start) // row)
+        dense: np.ndarray = np.tile(pattern, reps)[first : first + end - start]
+        return dense
+    where = np.asarray(rows.pos[start:end], dtype=np.int64)
+    linked: np.ndarray = (where % row) % run != 0
+    if where.size:
         linked[1:] &= where[1:] - 1 == where[:-1]
         linked[0] &= start > 0 and int(rows.pos[start - 1]) == int(where[0]) - 1
     return linked
@@ -447,7 +451,8 @@ def _steps(linked: np.ndarray) -> np.ndarray:
 
     i = np.arange(linked.size, dtype=np.int64)
     head = np.maximum.accumulate(np.where(linked, 0, i)) if linked.size else i
-    out: np.ndarray = i - head
+    # small unsigned integers: numpy sorts them by radix (stable, linear), not by comparison
+    out: np.ndarray = (i - head).astype(np.uint16)
     return out
 
 
@@ -455,11 +460,11 @@ def _context_of(sym: np.ndarray, linked: np.ndarray, alphabet: int) -> np.ndarra
     """The left neighbour's symbol for linked symbols, ``alphabet`` (the head context) else."""
     import numpy as np
 
-    prev = np.empty(sym.size, dtype=np.int64)
+    prev = np.empty(sym.size, dtype=np.uint8)
     if sym.size:
         prev[0] = alphabet
         prev[1:] = sym[:-1]
-    out: np.ndarray = np.where(linked, prev, alphabet)
+    out: np.ndarray = np.where(linked, prev, np.uint8(alphabet))
     return out
 
 
@@ -478,7 +483,8 @@ def plan_context(
     counts = np.zeros((a + 1) * a, dtype=np.int64)
     for s, e, linked in _blocks(rows, CONTEXT_RUN):
         sym = symbols(s, e).astype(np.int64)
-        counts += np.bincount(_context_of(sym, linked, a) * a + sym, minlength=(a + 1) * a)
+        ctx = _context_of(sym, linked, a).astype(np.int64)
+        counts += np.bincount(ctx * a + sym, minlength=(a + 1) * a)
     joint = counts.reshape(a + 1, a)
     tables = np.zeros((a + 1, a), dtype=np.int64)
     precisions: list[int] = []
@@ -522,7 +528,8 @@ def _groups(linked: np.ndarray, ctx: np.ndarray, contexts: int) -> Iterator[np.n
     """A block's symbols by (step, context, position): the order they are decoded in."""
     import numpy as np
 
-    key = _steps(linked) * contexts + ctx
+    key = _steps(linked).astype(np.uint32) * contexts + ctx
+    key = key.astype(np.uint16) if contexts * CONTEXT_RUN < 1 << 16 else key
     order = np.argsort(key, kind="stable")
     k = key[order]
     starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]]) if k.size else np.zeros(0, np.int64)
@@ -617,10 +624,10 @@ def _read_context_symbols(
         steps = _steps(linked)
         order = np.argsort(steps, kind="stable")
         bounds = np.searchsorted(steps[order], np.arange(int(steps.max()) + 2))
-        sym = np.empty(e - s, dtype=np.int64)
+        sym = np.empty(e - s, dtype=np.uint8)  # alphabet <= CONTEXT_MAX_ALPHABET
         for step in range(bounds.size - 1):
             idx = order[bounds[step] : bounds[step + 1]]
-            ctx = np.full(idx.size, alphabet, dtype=np.int64) if step == 0 else sym[idx - 1]
+            ctx = np.full(idx.size, alphabet, dtype=np.uint8) if step == 0 else sym[idx - 1]
             by = np.argsort(ctx, kind="stable")
             idx, ctx = idx[by], ctx[by]
             starts = np.flatnonzero(np.r_[True, ctx[1:] != ctx[:-1]])
