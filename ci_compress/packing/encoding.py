@@ -440,6 +440,8 @@ def _blocks(rows: Rows, run: int) -> Iterator[tuple[int, int, np.ndarray]]:
         linked = left_links(rows, s, min(rows.count, e + 1), run)
         if e < rows.count:
             heads = np.flatnonzero(~linked[1:]) + 1  # chains are at most `run` long
+            if not heads.size:
+                raise ValueError(f"no chain head in {CHUNK} symbols (run {run})")
             e = s + int(heads[-1])
         yield s, e, linked[: e - s]
         s = e
