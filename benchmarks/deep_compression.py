@@ -63,6 +63,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -417,7 +418,9 @@ def kept_and_nonzero(model: Any) -> tuple[dict[str, float], int]:
     return out, nonzero
 
 
-def bench(name: str, data: dict[str, Any], plan: Plan, workdir: Path) -> dict[str, Any]:
+def bench(
+    name: str, data: dict[str, Any], plan: Plan, workdir: Path, keep: Path | None = None
+) -> dict[str, Any]:
     import torch
 
     from ci_compress.evaluation.statistics import paired_statistics
@@ -522,6 +525,9 @@ def bench(name: str, data: dict[str, Any], plan: Plan, workdir: Path) -> dict[st
     best: dict[str, Any] | None = None
     if chosen is not None:  # the test split is read here, once, for the chosen student
         r = rows[chosen]
+        if keep is not None:  # the chosen student's shipped file, for a closer look
+            keep.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(workdir / f"{name}-{chosen}.ccz", keep / f"{name}.ccz")
         t_ok = correct(teacher, *data["test"])
         s_ok = correct(students[chosen], *data["test"])
         stats = paired_statistics(t_ok, s_ok, confidence=0.95, resamples=10_000, seed=0)
@@ -612,7 +618,9 @@ def summary(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run(models: list[str], plan: Plan, full_train: bool = False) -> dict[str, Any]:
+def run(
+    models: list[str], plan: Plan, full_train: bool = False, keep: Path | None = None
+) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
@@ -621,7 +629,7 @@ def run(models: list[str], plan: Plan, full_train: bool = False) -> dict[str, An
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in models:
-            results.append(bench(name, data, plan, Path(tmp)) | {"plan": plan.__dict__})
+            results.append(bench(name, data, plan, Path(tmp), keep) | {"plan": plan.__dict__})
     return {
         "max_drop_points": plan.max_drop_points,
         "target_drop_points": MAX_DROP_POINTS,
@@ -651,6 +659,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="teachers on all 50,000 MNIST training images outside validation (FULL_TRAIN)",
     )
+    ap.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="copy each chosen student's .ccz here (as <model>.ccz), e.g. for "
+        "benchmarks/context_coding.py --ccz",
+    )
     args = ap.parse_args(argv)
     out = args.out or REPO / "benchmarks" / "results" / (
         "deep_compression-smoke.json"
@@ -662,7 +677,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = SMOKE if args.smoke else FULL_TRAIN if args.full_train else FULL
     if args.tolerances:
         plan = replace(plan, tolerances={m: tuple(args.tolerances) for m in args.models})
-    res = run(args.models, plan, args.full_train) | {"smoke": args.smoke}
+    res = run(args.models, plan, args.full_train, args.keep) | {"smoke": args.smoke}
     res["full_train"] = args.full_train
     if args.update and out.exists():  # keep the other models' results from an earlier run
         old = json.loads(out.read_text())
