@@ -1,6 +1,6 @@
 """Beyond order 0 for the values: cluster indices coded with their left neighbour as context.
 
-    python benchmarks/context_coding.py [--ccz FILE ...] [--json PATH]
+    python benchmarks/context_coding.py [--ccz FILE ...] [--json PATH] [--smoke]
 
 The packer codes a value stream of at most 16 symbols either at order 0 (``ans``) or
 with the left neighbour in the row as context (``ans1``, chosen by estimate,
@@ -70,13 +70,13 @@ def _coded(t: Any, order0: bool) -> dict[str, Any]:
     }
 
 
-def fields() -> list[dict[str, Any]]:
+def fields(side: int = 2048) -> list[dict[str, Any]]:
     from tests.helpers.clustered import clustered_sparse, smooth_clustered
 
     cases = {
-        "random walk, 10% kept": smooth_clustered((2048, 2048), 0.1),
-        "random walk, dense": smooth_clustered((2048, 2048), None),
-        "independent (Gaussian), 10% kept": clustered_sparse("gaussian", (2048, 2048)),
+        "random walk, 10% kept": smooth_clustered((side, side), 0.1),
+        "random walk, dense": smooth_clustered((side, side), None),
+        "independent (Gaussian), 10% kept": clustered_sparse("gaussian", (side, side)),
     }
     rows = []
     for label, t in cases.items():
@@ -174,9 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ccz", type=Path, nargs="*", default=[], help="shipped students to look at")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--smoke", action="store_true", help="256x256 fields")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    res: dict[str, Any] = {"fields": fields(), "ccz": [r for p in args.ccz for r in ccz(p)]}
+    side = 256 if args.smoke else 2048
+    res: dict[str, Any] = {"fields": fields(side), "ccz": [r for p in args.ccz for r in ccz(p)]}
     print(table(res))
     if args.json:
         args.json.write_text(json.dumps(res, indent=2) + "\n")
