@@ -260,3 +260,33 @@ def test_a_damaged_context_stream_is_an_artifact_error(damage: str) -> None:
     enc.chunks = chunks
     with pytest.raises(ArtifactError, match="tensor t: cannot decode"):
         encoding.decode("t", enc.entry, _reader(enc))
+
+
+def test_random_damage_to_a_context_stream_never_escapes_as_another_error() -> None:
+    """A file whose payload digest was rewritten to match (the digest only catches
+    accidents): flipped bytes anywhere in the table or the words decode to other
+    in-range symbols or are an ArtifactError, never a crash or another exception."""
+    import numpy as np
+
+    from ci_compress.errors import ArtifactError
+
+    idx = smooth_clustered(shape=(64, 256), density=0.2)
+    enc = encoding.encode(idx)
+    assert enc.entry["values"]["coder"] == "ans1"
+    data = bytearray(b"".join(bytes(memoryview(c).cast("B")) for c in enc.chunks))
+    values_at = len(data) - encoding.symbol_stream_bytes(enc.entry["values"])
+    rng = np.random.default_rng(0)
+    outcomes = {"decoded": 0, "refused": 0}
+    for _ in range(200):
+        bad = bytearray(data)
+        for i in rng.integers(values_at, len(bad), size=3):
+            bad[i] ^= int(rng.integers(1, 256))
+        enc.chunks = [bytes(bad)]
+        try:
+            back = encoding.decode("t", enc.entry, _reader(enc))
+        except ArtifactError:
+            outcomes["refused"] += 1
+            continue
+        assert back.shape == idx.shape and int(back.max()) <= 7
+        outcomes["decoded"] += 1
+    assert outcomes["refused"] > 0
