@@ -66,6 +66,7 @@ BYTES_MIN_ENTROPY = 5.5  # bits per symbol below which zstd is not trusted to re
 CONTEXT_MAX_ALPHABET = 16
 CONTEXT_RUN = 32
 CONTEXT_GAIN = 0.98  # chosen when estimated at most 98% of order-0 rANS, tables included
+CONTEXT_SAMPLE = 1 << 14  # a stream 4x longer is tried on its first symbols before the whole
 GAP_BITS = tuple(range(1, 13))
 CHUNK = 1 << 20  # symbols per ANS call and per decode step (bounds temporary memory)
 _HIST_CHUNK = 1 << 16  # elements per np.bincount call (it makes an int64 copy of its input)
@@ -422,26 +423,32 @@ def left_links(rows: Rows, start: int, end: int, run: int = CONTEXT_RUN) -> np.n
         dense: np.ndarray = np.tile(pattern, reps)[first : first + end - start]
         return dense
     where = np.asarray(rows.pos[start:end], dtype=np.int64)
-    linked: np.ndarray = (where % row) % run != 0
+    if row % run == 0 and run & (run - 1) == 0:  # (where % row) % run, without a division
+        linked: np.ndarray = where & (run - 1) != 0
+    else:
+        linked = (where % row) % run != 0
     if where.size:
         linked[1:] &= where[1:] - 1 == where[:-1]
         linked[0] &= start > 0 and int(rows.pos[start - 1]) == int(where[0]) - 1
     return linked
 
 
-def _blocks(rows: Rows, run: int) -> Iterator[tuple[int, int, np.ndarray]]:
-    """(start, end, links) of blocks of about CHUNK symbols, each starting at a chain's
-    head, so each is coded on its own and temporary memory stays bounded."""
+def _blocks(
+    rows: Rows, run: int, chunk: int | None = None
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(start, end, links) of blocks of about ``chunk`` (CHUNK) symbols, each starting at
+    a chain's head, so each is coded on its own and temporary memory stays bounded."""
     import numpy as np
 
+    chunk = chunk or CHUNK
     s = 0
     while s < rows.count:
-        e = min(rows.count, s + CHUNK)
+        e = min(rows.count, s + chunk)
         linked = left_links(rows, s, min(rows.count, e + 1), run)
         if e < rows.count:
             heads = np.flatnonzero(~linked[1:]) + 1  # chains are at most `run` long
             if not heads.size:
-                raise ValueError(f"no chain head in {CHUNK} symbols (run {run})")
+                raise ValueError(f"no chain head in {chunk} symbols (run {run})")
             e = s + int(heads[-1])
         yield s, e, linked[: e - s]
         s = e
@@ -482,12 +489,15 @@ def plan_context(
     import numpy as np
 
     a = plan.alphabet
-    counts = np.zeros((a + 1) * a, dtype=np.int64)
+    if plan.count > 4 * CONTEXT_SAMPLE:  # first on a sample: most streams stop here
+        s, e, linked = next(_blocks(rows, CONTEXT_RUN, CONTEXT_SAMPLE))
+        joint = _joint(symbols(s, e), linked, a)
+        given = sum(entropy_bits(h) for h in joint)
+        if given > (CONTEXT_GAIN + 0.01) * entropy_bits(joint.sum(axis=0)):
+            return None
+    joint = np.zeros((a + 1, a), dtype=np.int64)
     for s, e, linked in _blocks(rows, CONTEXT_RUN):
-        sym = symbols(s, e).astype(np.int64)
-        ctx = _context_of(sym, linked, a).astype(np.int64)
-        counts += np.bincount(ctx * a + sym, minlength=(a + 1) * a)
-    joint = counts.reshape(a + 1, a)
+        joint += _joint(symbols(s, e), linked, a)
     tables = np.zeros((a + 1, a), dtype=np.int64)
     precisions: list[int] = []
     coded = 0.0
@@ -512,6 +522,17 @@ def plan_context(
     return SymbolPlan(
         "ans1", plan.count, a, est, plan.entropy_bits, freqs=tables, precisions=precisions
     )
+
+
+def _joint(sym: np.ndarray, linked: np.ndarray, alphabet: int) -> np.ndarray:
+    """Counts of (context, symbol): a row per context, the head context last."""
+    import numpy as np
+
+    sym = sym.astype(np.int64)
+    ctx = _context_of(sym, linked, alphabet).astype(np.int64)
+    size = (alphabet + 1) * alphabet
+    out: np.ndarray = np.bincount(ctx * alphabet + sym, minlength=size).reshape(alphabet + 1, -1)
+    return out
 
 
 def _context_table(plan: SymbolPlan) -> bytes:
