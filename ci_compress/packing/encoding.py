@@ -1156,16 +1156,11 @@ def decode(name: str, entry: dict[str, Any], read: Read) -> torch.Tensor:
                 raise ValueError(f"unknown position codec {pmeta.get('codec')!r}")
             if got != kept:
                 raise ValueError(f"{got} positions for {kept} values")
-            at = np.flatnonzero(where) if where.dtype == bool else where
-            values = _read_values(
-                entry["values"],
-                kept,
-                view,
-                itemsize,
-                "sparse",
-                read,
-                Rows(kept, at, _row(shape)),
-            )
+            rows = None
+            if entry["values"].get("coder") == "ans1":  # its contexts need the positions
+                at = np.flatnonzero(where) if where.dtype == bool else where
+                rows = Rows(kept, at, _row(shape))
+            values = _read_values(entry["values"], kept, view, itemsize, "sparse", read, rows)
             out = np.full(numel, fill, dtype=view)
             out[where] = values
         else:
