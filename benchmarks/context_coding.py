@@ -33,22 +33,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def _reader(enc: Any) -> Any:
-    data = b"".join(bytes(memoryview(c).cast("B")) for c in enc.chunks)
-    at = [0]
-
-    def read(n: int) -> bytes:
-        at[0] += n
-        return data[at[0] - n : at[0]]
-
-    return read
-
-
 def _coded(t: Any, order0: bool) -> dict[str, Any]:
     """Encode and decode ``t`` (order 0 forced or the packer's choice): bytes and CPU."""
     import torch
 
     from ci_compress.packing import encoding
+    from tests.helpers.clustered import chunk_reader
 
     gain = encoding.CONTEXT_GAIN
     encoding.CONTEXT_GAIN = 0.0 if order0 else gain
@@ -56,7 +46,7 @@ def _coded(t: Any, order0: bool) -> dict[str, Any]:
         c0 = time.process_time()
         enc = encoding.encode(t)
         c1 = time.process_time()
-        back = encoding.decode("t", enc.entry, _reader(enc))
+        back = encoding.decode("t", enc.entry, chunk_reader(enc))
         c2 = time.process_time()
     finally:
         encoding.CONTEXT_GAIN = gain

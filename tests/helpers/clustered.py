@@ -1,9 +1,24 @@
-"""Cluster-index tensors as a clustering pass leaves them, for the packer's tests and
-``benchmarks/context_coding.py``."""
+"""Cluster-index tensors as a clustering pass leaves them, and a reader over an encoded
+tensor's chunks, for the packer's tests and ``benchmarks/context_coding.py``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
+
+
+def chunk_reader(enc: Any) -> Callable[[int], bytes]:
+    """``read(n)`` over an encoded tensor's chunks, as the payload reader gives them."""
+    data = b"".join(bytes(memoryview(c).cast("B")) for c in enc.chunks)
+    at = [0]
+
+    def read(n: int) -> bytes:
+        at[0] += n
+        return data[at[0] - n : at[0]]
+
+    return read
 
 
 def clustered_sparse(kind: str, shape=(512, 1024), density: float = 0.1, seed: int = 0):

@@ -10,7 +10,7 @@ import torch
 
 from ci_compress.packing import encoding
 from ci_compress.packing.file import load_packed, pack
-from tests.helpers.clustered import clustered_sparse, smooth_clustered
+from tests.helpers.clustered import chunk_reader, clustered_sparse, smooth_clustered
 
 
 def entropy_bits_per_element(t: torch.Tensor) -> float:
@@ -86,19 +86,7 @@ def test_sparse_positions_choose_the_smaller_of_bitmask_and_deltas(density: floa
     bound = t.numel() * -(kept * math.log2(kept) + (1 - kept) * math.log2(1 - kept)) / 8
     positions = encoding.symbol_stream_bytes(entry["positions"])
     assert positions <= 1.03 * bound + 64, (positions, bound)
-    assert torch.equal(encoding.decode("w", entry, _reader(enc)), t)
-
-
-def _reader(enc: encoding.Encoded):
-    """``read(n)`` over an encoded tensor's chunks, as the payload reader gives them."""
-    data = b"".join(bytes(memoryview(c).cast("B")) for c in enc.chunks)
-    at = [0]
-
-    def read(n: int) -> bytes:
-        at[0] += n
-        return data[at[0] - n : at[0]]
-
-    return read
+    assert torch.equal(encoding.decode("w", entry, chunk_reader(enc)), t)
 
 
 def test_delta_symbols_round_trip_with_fillers() -> None:
@@ -128,7 +116,7 @@ def test_delta_symbols_round_trip_with_fillers() -> None:
 )
 def test_every_encoding_round_trips_exactly(tensor: torch.Tensor) -> None:
     enc = encoding.encode(tensor)
-    back = encoding.decode("t", enc.entry, _reader(enc))
+    back = encoding.decode("t", enc.entry, chunk_reader(enc))
     assert back.dtype == tensor.dtype and back.shape == tensor.shape
     assert torch.equal(back, tensor)
     if tensor.dtype == torch.int8 and tensor.numel() == 300:
@@ -165,7 +153,7 @@ def test_alike_neighbours_are_coded_with_the_left_one_as_context(
     values = enc.entry["values"]
     assert values["coder"] == "ans1" and values["run"] == encoding.CONTEXT_RUN
     assert enc.entry["layout"] == ("sparse" if density else "dense")
-    back = encoding.decode("t", enc.entry, _reader(enc))
+    back = encoding.decode("t", enc.entry, chunk_reader(enc))
     assert torch.equal(back, idx)
     with monkeypatch.context() as m:
         _order0_only(m)
@@ -213,7 +201,7 @@ def test_context_coding_in_blocks_round_trips(
     assert [b[0] for b in blocks[1:]] == [b[1] for b in blocks[:-1]]
     enc = encoding.encode(idx)
     assert enc.entry["values"]["coder"] == "ans1"
-    assert torch.equal(encoding.decode("t", enc.entry, _reader(enc)), idx)
+    assert torch.equal(encoding.decode("t", enc.entry, chunk_reader(enc)), idx)
     assert abs(enc.stored_bytes - one.stored_bytes) < 64  # a few more words' flush
 
 
@@ -259,7 +247,7 @@ def test_a_damaged_context_stream_is_an_artifact_error(damage: str) -> None:
         values["table"] -= 1
     enc.chunks = chunks
     with pytest.raises(ArtifactError, match="tensor t: cannot decode"):
-        encoding.decode("t", enc.entry, _reader(enc))
+        encoding.decode("t", enc.entry, chunk_reader(enc))
 
 
 def test_random_damage_to_a_context_stream_never_escapes_as_another_error() -> None:
@@ -283,7 +271,7 @@ def test_random_damage_to_a_context_stream_never_escapes_as_another_error() -> N
             bad[i] ^= int(rng.integers(1, 256))
         enc.chunks = [bytes(bad)]
         try:
-            back = encoding.decode("t", enc.entry, _reader(enc))
+            back = encoding.decode("t", enc.entry, chunk_reader(enc))
         except ArtifactError:
             outcomes["refused"] += 1
             continue
