@@ -612,9 +612,15 @@ def _parse_manifest(path: Path, text: bytes) -> dict[str, Any]:
 def _decompress_manifest(path: Path, head: bytes, dctx: Any, *, at_end: bool = False) -> bytes:
     import zstandard
 
+    parts: list[bytes] = []
+    size = 0
     try:
         with dctx.stream_reader(head) as reader:
-            text: bytes = reader.read(MAX_MANIFEST_BYTES + 1)
+            # 64 KiB at a time: one read of MAX_MANIFEST_BYTES + 1 reserved 16 MiB for
+            # every manifest, most of them a few hundred bytes
+            while size <= MAX_MANIFEST_BYTES and (part := reader.read(1 << 16)):
+                parts.append(part)
+                size += len(part)
     except zstandard.ZstdError as e:
         if at_end:  # format 3: a cut file ends inside its payload, not in a manifest
             raise ArtifactError(
@@ -623,9 +629,9 @@ def _decompress_manifest(path: Path, head: bytes, dctx: Any, *, at_end: bool = F
         raise ArtifactError(
             f"{path}: cannot decompress the manifest ({e}); the file is corrupt"
         ) from None
-    if len(text) > MAX_MANIFEST_BYTES:
+    if size > MAX_MANIFEST_BYTES:
         raise ArtifactError(f"{path}: the manifest expands beyond {MAX_MANIFEST_BYTES} bytes")
-    return text
+    return b"".join(parts)
 
 
 def _layout(path: Path, f: IO[bytes], size: int) -> _Layout:

@@ -283,3 +283,34 @@ def test_the_public_api_serves_the_shipped_student(tmp_path: Path) -> None:
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_reading_a_manifest_reserves_no_more_than_it_needs(tmp_path: Path) -> None:
+    """The manifest was read with one ``read(16 MiB + 1)``: every load asked for 16 MiB
+    (tracemalloc's peak) to hold a few hundred bytes."""
+    import tracemalloc
+
+    from ci_compress.packing.file import read_manifest
+
+    p = tmp_path / "s.ccz"
+    pack(digits_mlp().eval(), p)
+    read_manifest(p)  # warm-up: imports and the dictionary
+    tracemalloc.start()
+    try:
+        read_manifest(p)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20, peak
+
+
+def test_a_manifest_that_expands_past_the_limit_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ci_compress.packing import file
+
+    p = tmp_path / "s.ccz"
+    pack(digits_mlp().eval(), p)
+    monkeypatch.setattr(file, "MAX_MANIFEST_BYTES", 300)  # the manifest is ~2 kB of JSON
+    with pytest.raises(ArtifactError, match="the manifest expands beyond 300 bytes"):
+        load_packed(p)
