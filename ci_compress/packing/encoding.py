@@ -242,7 +242,6 @@ class SymbolPlan:
 
 def plan_symbols(hist: np.ndarray | None, count: int, alphabet: int, mode: Entropy) -> SymbolPlan:
     """Choose ANS or bytes for a stream of ``count`` symbols in ``[0, alphabet)``."""
-    import numpy as np
 
     width = _width(alphabet)
     if hist is None:
@@ -259,15 +258,21 @@ def plan_symbols(hist: np.ndarray | None, count: int, alphabet: int, mode: Entro
         and int((hist > 0).sum()) > 1
     )
     if ans_ok:
-        present = int((hist > 0).sum())
-        precision = _precision(count, present)
-        freqs = quantize_frequencies(hist, precision)
-        nz = hist > 0
-        coded = float((hist[nz] * (precision - np.log2(freqs[nz]))).sum())
+        precision, freqs, coded = _ans_table(hist, count)
         ans_est = math.ceil(coded / 32) * 4 + 4 + _varints_len(freqs)
         if mode == "ans" or bytes_est > BYTES_SLACK * ans_est:
             return SymbolPlan("ans", count, alphabet, ans_est, h, precision, freqs)
     return SymbolPlan("bytes", count, alphabet, bytes_est, h)
+
+
+def _ans_table(hist: np.ndarray, count: int) -> tuple[int, np.ndarray, float]:
+    """(precision, quantized frequencies, coded bits) of rANS on ``count`` symbols."""
+    import numpy as np
+
+    precision = _precision(count, int((hist > 0).sum()))
+    freqs = quantize_frequencies(hist, precision)
+    nz = hist > 0
+    return precision, freqs, float((hist[nz] * (precision - np.log2(freqs[nz]))).sum())
 
 
 def _width(alphabet: int) -> int:
@@ -309,15 +314,36 @@ def write_symbols(
     starts = list(range(0, n, CHUNK))
     for i in reversed(starts):  # a stack: the first chunk is pushed last, popped first
         coder.encode_reverse(symbols(i, min(n, i + CHUNK)).astype(np.int32), model)
+    return (
+        meta
+        | {"coder": "ans", "precision": plan.precision}
+        | _ans_stream(coder, _varints(plan.freqs), chunks)
+    )
+
+
+def _ans_stream(coder: Any, table: bytes, chunks: list[Any]) -> dict[str, int]:
+    """Append a coded stream (its table, then its words) to ``chunks``; their sizes."""
     words = coder.get_compressed()
-    table = _varints(plan.freqs)
     chunks += [table, words.astype("<u4")]
-    return meta | {
-        "coder": "ans",
-        "precision": plan.precision,
-        "table": len(table),
-        "words": int(words.size),
-    }
+    return {"table": len(table), "words": int(words.size)}
+
+
+def _ans_decoder(meta: dict[str, Any], read: Read, count: int) -> Any:
+    """The stream's words (read even when ``count`` is 0) as a decoder; None for none."""
+    import constriction
+    import numpy as np
+
+    words = np.frombuffer(read(4 * _nonneg(meta["words"])), dtype="<u4").astype(np.uint32)
+    if count == 0:
+        return None
+    if words.size == 0:
+        raise ValueError("empty ANS stream")
+    return constriction.stream.stack.AnsCoder(words)
+
+
+def _drained(coder: Any) -> None:
+    if not coder.is_empty():
+        raise ValueError("ANS stream has words left over")
 
 
 def symbol_stream_bytes(meta: dict[str, Any]) -> int:
@@ -367,7 +393,6 @@ def read_symbols(
         return out
     if coder != "ans":
         raise ValueError(f"unknown symbol coder {coder!r} (a newer ci-compress wrote it?)")
-    import constriction
 
     precision = _nonneg(meta["precision"])
     if not 1 <= precision <= 24 or alphabet > ANS_MAX_ALPHABET:
@@ -377,18 +402,14 @@ def read_symbols(
     )
     if int(freqs.sum()) != 1 << precision:
         raise ValueError("frequency table does not sum to its precision")
-    words = np.frombuffer(read(4 * _nonneg(meta["words"])), dtype="<u4").astype(np.uint32)
-    if n == 0:
+    coder_ = _ans_decoder(meta, read, n)
+    if coder_ is None:
         return out
-    if words.size == 0:
-        raise ValueError("empty ANS stream")
     model = _ans_model(freqs, precision)
-    coder_ = constriction.stream.stack.AnsCoder(words)
     for i in range(0, n, CHUNK):
         j = min(n, i + CHUNK)
         out[i:j] = _shift(coder_.decode(model, j - i), offset, out.dtype)
-    if not coder_.is_empty():
-        raise ValueError("ANS stream has words left over")
+    _drained(coder_)
     return out
 
 
@@ -509,12 +530,10 @@ def plan_context(
             precisions.append(0)
             table_bytes += 1
             continue
-        p = _precision(n_c, int((h > 0).sum()))
-        f = quantize_frequencies(h, p)
+        p, f, bits = _ans_table(h, n_c)
         tables[c] = f
         precisions.append(p)
-        nz = h > 0
-        coded += float((h[nz] * (p - np.log2(f[nz]))).sum())
+        coded += bits
         table_bytes += 1 + _varints_len(f)
     est = math.ceil(coded / 32) * 4 + 4 + table_bytes
     if est > CONTEXT_GAIN * plan.est_bytes:
@@ -577,26 +596,16 @@ def write_context_symbols(
         ctx = _context_of(sym, linked, a)
         for idx in reversed(list(_groups(linked, ctx, a + 1))):
             coder.encode_reverse(sym[idx].astype(np.int32), models[int(ctx[idx[0]])])
-    words = coder.get_compressed()
-    table = _context_table(plan)
-    chunks += [table, words.astype("<u4")]
-    return {
-        "count": plan.count,
-        "alphabet": a,
-        "coder": "ans1",
-        "context": "left",
-        "run": CONTEXT_RUN,
-        "table": len(table),
-        "words": int(words.size),
-    }
+    head = {"count": plan.count, "alphabet": a, "coder": "ans1", "context": "left"}
+    return head | {"run": CONTEXT_RUN} | _ans_stream(coder, _context_table(plan), chunks)
 
 
-def _parse_context_table(data: bytes, alphabet: int) -> list[np.ndarray | None]:
-    """One probability table (or None: no symbol has that context) per context."""
+def _parse_context_table(data: bytes, alphabet: int) -> list[Any]:
+    """One rANS model (or None: no symbol has that context) per context."""
     import numpy as np
 
     values = _read_varints(data, None, 1 << 24)
-    tables: list[np.ndarray | None] = []
+    tables: list[Any] = []
     i = 0
     for _ in range(alphabet + 1):
         if i >= len(values):
@@ -612,7 +621,7 @@ def _parse_context_table(data: bytes, alphabet: int) -> list[np.ndarray | None]:
         i += alphabet
         if int(f.sum()) != 1 << p:
             raise ValueError("context frequency table does not sum to its precision")
-        tables.append(f / float(1 << p))
+        tables.append(_ans_model(f, p))
     if i != len(values):
         raise ValueError("context table has entries left over")
     return tables
@@ -622,7 +631,6 @@ def _read_context_symbols(
     meta: dict[str, Any], read: Read, out: np.ndarray, alphabet: int, offset: int, rows: Rows
 ) -> None:
     """Decode an ``ans1`` stream into ``out`` (adding ``offset``), block by block."""
-    import constriction
     import numpy as np
 
     run = _nonneg(meta["run"])
@@ -632,17 +640,10 @@ def _read_context_symbols(
         raise ValueError(f"context-coded alphabet of {alphabet} symbols")
     if rows.count != out.size:
         raise ValueError(f"{rows.count} positions for {out.size} context-coded symbols")
-    tables = _parse_context_table(read(_nonneg(meta["table"])), alphabet)
-    words = np.frombuffer(read(4 * _nonneg(meta["words"])), dtype="<u4").astype(np.uint32)
-    if out.size == 0:
+    models = _parse_context_table(read(_nonneg(meta["table"])), alphabet)
+    coder = _ans_decoder(meta, read, out.size)
+    if coder is None:
         return
-    if words.size == 0:
-        raise ValueError("empty ANS stream")
-    models = [
-        None if t is None else constriction.stream.model.Categorical(t, perfect=False)
-        for t in tables
-    ]
-    coder = constriction.stream.stack.AnsCoder(words)
     for s, e, linked in _blocks(rows, run):
         steps = _steps(linked)
         order = np.argsort(steps, kind="stable")
@@ -660,8 +661,7 @@ def _read_context_symbols(
                     raise ValueError("a symbol's context has no frequency table")
                 sym[idx[g0:g1]] = coder.decode(model, int(g1 - g0))
         out[s:e] = _shift(sym, offset, out.dtype)
-    if not coder.is_empty():
-        raise ValueError("ANS stream has words left over")
+    _drained(coder)
 
 
 def _shift(sym: np.ndarray, offset: int, dtype: Any) -> np.ndarray:
