@@ -39,7 +39,12 @@ def test_version_2_files_still_load_and_compute_the_same(name: str, factory: obj
     model, manifest = load_packed(path)
     assert manifest["format_version"] == 2
     with torch.inference_mode():
-        assert torch.equal(model(expected["x"]), expected[name])
+        out = model(expected["x"])
+    # Bit for bit on the CPU that wrote the expected outputs; another CPU's convolution
+    # kernels (AVX-512 against AVX2) sum in another order: 1.5e-8 on outputs of ~0.1,
+    # where one wrongly decoded weight moves them by 1e-3 or more.
+    torch.testing.assert_close(out, expected[name], rtol=1e-5, atol=1e-6)
+    assert torch.equal(out.argmax(1), expected[name].argmax(1))
 
 
 def test_the_manifest_dictionary_is_frozen() -> None:
