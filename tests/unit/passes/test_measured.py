@@ -196,9 +196,13 @@ def test_distilled_cnn_student_is_four_times_smaller_and_close_to_the_teacher() 
     # (structured pruning, issue 20), the same student trained on labels alone is as good
     # or better on digits (98.33 vs 97.78 distilled, teacher 98.9): soft targets do not
     # help a warm-started student here. Before, from a random start, distillation won.
+    # The margin is 2 points (11 of the 540 test digits; one digit is 0.19 points): the
+    # same seeds train to other weights on another CPU's float kernels. Measured: 97.78
+    # against 98.9 (-1.1) on an AMD EPYC (AVX2), 97.59 against 99.26 (-1.67) on an
+    # Intel Xeon (AVX-512), where the earlier 1.5-point margin failed.
     acc_kd, _acc_plain, before, after = _distill_pair("cnn")
     assert after < before / 4
-    assert acc_kd >= accuracy(teacher("cnn")) - 1.5
+    assert acc_kd >= accuracy(teacher("cnn")) - 2.0
 
 
 @pytest.mark.slow
