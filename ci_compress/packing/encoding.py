@@ -733,10 +733,10 @@ def int_histogram(v: np.ndarray) -> tuple[int, int, np.ndarray | None]:
 def bincount(v: np.ndarray, minlength: int) -> np.ndarray:
     """Counts of the values of ``v`` (non-negative integers), at least ``minlength`` of them.
 
-    Bytes go to ``torch.bincount``, which counts a uint8 tensor as it is: 0.5-0.8 ms per
-    million bytes, against 1.6 for numpy's, whose ``np.bincount`` first copies its input
-    to int64 (8 bytes per element; 3 MB of temporaries at 1M, measured with
-    ``benchmarks/packing.py``). Wider values go to ``np.bincount`` a slice at a time.
+    Bytes go to ``torch.bincount``, which counts a uint8 tensor as it is; ``np.bincount``
+    first copies its input to int64, 8 bytes per element (the encoder's peak that
+    ``tests/unit/packing/test_scaling.py`` pins), and took about twice the time. Wider
+    values go to ``np.bincount`` a slice at a time.
     """
     import numpy as np
 
