@@ -59,26 +59,47 @@ def int8_dynamic_linear(
     :func:`dynamic_linear_tensors`: the quantize pass keeps them for the packing that
     follows it; a reloaded student, never packed again, does not.
     """
+    m = _dynamic_linear(_quantized_weight(q, scale), bias)
+    if keep:
+        b = None if bias is None else bias.detach().float().contiguous()
+        source = (q.contiguous(), scale.float().contiguous(), b)
+        setattr(m, _SOURCE, (cast(Any, m)._packed_params._packed_params, *source))
+    return m
+
+
+def int8_dynamic_linear_taking(t: dict[str, torch.Tensor]) -> nn.Module:
+    """:func:`int8_dynamic_linear` from a reloaded layer's tensors, taking the int8 weight
+    out of ``t``: it is freed once torch has its quantized copy, before fbgemm packs a
+    third one (a reload's peak held all three: one weight's bytes more)."""
+    return _dynamic_linear(
+        _quantized_weight(t.pop("weight_int8"), t["weight_scale"]), t.get("bias")
+    )
+
+
+def _quantized_weight(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """A per-row qint8 copy of ``q`` (zero points 0) with the given scales."""
+    import torch
+
+    with quiet_torch_ao():
+        return torch._make_per_channel_quantized_tensor(
+            q, scale.double(), torch.zeros(q.shape[0], dtype=torch.long), 0
+        )
+
+
+def _dynamic_linear(qw: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
     import torch
 
     with quiet_torch_ao():
         from torch.ao.nn.quantized.dynamic import Linear as DynLinear
 
-        out_f, in_f = q.shape
-        qw = torch._make_per_channel_quantized_tensor(
-            q, scale.double(), torch.zeros(out_f, dtype=torch.long), 0
-        )
+        out_f, in_f = qw.shape
         make = cast("Callable[..., DynLinear]", DynLinear)  # its __init__ is unannotated
         # Built 1x1, then given its shape and weights: its __init__ prepacks an empty
         # out x in weight that set_weight_bias throws away, which doubled fbgemm's
         # packing work on every reload (the module is the same either way)
         m = make(1, 1, bias_=bias is not None, dtype=torch.qint8)
         m.in_features, m.out_features = in_f, out_f
-        b = None if bias is None else bias.detach().float()
-        m.set_weight_bias(qw, b)
-    if keep:
-        source = (q.contiguous(), scale.float().contiguous(), None if b is None else b.contiguous())
-        setattr(m, _SOURCE, (m._packed_params._packed_params, *source))
+        m.set_weight_bias(qw, None if bias is None else bias.detach().float())
     return m
 
 

@@ -21,7 +21,7 @@ from ci_compress.layers import modules
 from ci_compress.layers.int8 import (
     dynamic_linear_class,
     dynamic_linear_tensors,
-    int8_dynamic_linear,
+    int8_dynamic_linear_taking,
 )
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ def _jsonable(v: Any) -> Any:
 
 
 def _dyn_build(args: dict[str, Any], t: dict[str, torch.Tensor]) -> nn.Module:
-    return int8_dynamic_linear(t["weight_int8"], t["weight_scale"], t.get("bias"))
+    return int8_dynamic_linear_taking(t)  # frees the int8 weight before fbgemm's copy
 
 
 def _dyn_args(m: Any) -> dict[str, Any]:

@@ -225,8 +225,12 @@ def rebuild(
 
     Custom modules come from the trusted factory. Every stored tensor must be used and
     every tensor a module has must be stored: anything else is an ArtifactError.
+    Consumes ``tensors``: each module's own go with it once it is built, so a layer whose
+    module keeps another form of them (fbgemm's packed int8 weights) frees the decoded ones
+    before the next layer is built, not when the whole model is.
     """
     owned = _by_module(tensors)
+    tensors.clear()
     model = _rebuild(spec, owned, factory_model, path)
     left = sorted(f"{m}.{n}" if m else n for m, ts in owned.items() for n in ts)
     if left:

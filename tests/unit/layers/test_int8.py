@@ -106,3 +106,43 @@ def test_weights_set_again_are_unpacked_not_read_from_the_kept_tensors() -> None
     m.set_weight_bias(qw, None)
     t = dynamic_linear_tensors(m)
     assert torch.equal(t["weight_int8"], q2) and "bias" not in t
+
+
+def test_a_reload_frees_each_decoded_int8_weight_before_fbgemm_packs_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Every decoded int8 weight alive while a layer is prepacked is one more copy at the
+    reload's peak: the layer's own (torch already has its quantized copy) and every layer
+    built before it are freed; only the layers still to build hold theirs."""
+    import weakref
+
+    from ci_compress.layers import int8
+    from ci_compress.packing import encoding
+
+    torch.manual_seed(0)
+    model = nn.Sequential(*(nn.Linear(64, 64) for _ in range(4)))
+    quantize.apply(model, quantize.QuantizeConfig(type="quantize"), PassContext(seed=0, index=0))
+    pack(model, tmp_path / "s.ccz")
+
+    decoded: list[weakref.ref[torch.Tensor]] = []
+    real_decode, real_build = encoding.decode, int8._dynamic_linear
+
+    def decode(name: str, entry: dict[str, Any], read: Any) -> torch.Tensor:
+        t = real_decode(name, entry, read)
+        if name.endswith("weight_int8"):
+            decoded.append(weakref.ref(t))
+        return t
+
+    alive: list[int] = []
+
+    def build(qw: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+        alive.append(sum(r() is not None for r in decoded))
+        return real_build(qw, bias)
+
+    monkeypatch.setattr(encoding, "decode", decode)
+    monkeypatch.setattr(int8, "_dynamic_linear", build)
+    back, _ = load_packed(tmp_path / "s.ccz")
+    assert len(decoded) == 4
+    assert alive == [3, 2, 1, 0]  # all four, at every layer, before
+    x = torch.randn(8, 64)
+    assert torch.equal(model(x), back(x))
