@@ -903,7 +903,9 @@ def encode(t: torch.Tensor, *, entropy: Entropy = "auto") -> Encoded:
         # floats: -0.0 is left out with +0.0 and comes back as +0.0 (they compare equal)
         keep = v != v.dtype.type(fill) if kind == "int" else (v << v.dtype.type(1)) != 0
         pos = np.flatnonzero(keep)
-        positions = _plan_positions(keep, pos, n, entropy)
+        mask = np.packbits(keep)  # what the mask codec stores: 1 bit per element, not 8
+        del keep
+        positions = _plan_positions(mask, pos, n, entropy)
         values = _sparse_values(kind, v, pos, hist, dense, fill, entropy)
         sparse_est = positions[0] + values.est_bytes
         # within 1% in size, the layout with fewer rANS-coded symbols (cheaper to decode)
@@ -911,22 +913,20 @@ def encode(t: torch.Tensor, *, entropy: Entropy = "auto") -> Encoded:
             sparse_est <= BYTES_SLACK * dense.est_bytes
             and _ans_symbols(positions[3], values.plan) < _ans_symbols(dense.plan)
         ):
-            sparse = (keep, pos, positions, values)
+            sparse = (mask, pos, positions, values)
 
     if sparse is None:
         enc.est_bytes = dense.est_bytes
         enc.entry["layout"] = "dense"
         enc.entry["values"] = _write_values(dense, v, enc, None, _row(t.shape))
         return enc
-    keep, pos, positions, values = sparse
+    mask, pos, positions, values = sparse
     sparse = None
-    if positions[1] != "mask":
-        keep = None  # only the mask codec reads it: 1 byte per element, gone before the gaps
     enc.est_bytes = positions[0] + values.est_bytes
     enc.entry["layout"] = "sparse"
     enc.entry["fill"] = fill
-    enc.entry["positions"] = _write_positions(positions, keep, pos, enc)
-    del keep
+    enc.entry["positions"] = _write_positions(positions, mask, pos, enc)
+    del mask
     enc.entry["values"] = _write_values(values, v[pos], enc, pos, _row(t.shape))
     return enc
 
@@ -1020,12 +1020,10 @@ def _unshuffle(data: np.ndarray, itemsize: int, dtype: Any) -> np.ndarray:
 
 
 def _plan_positions(
-    keep: np.ndarray, pos: np.ndarray, n: int, entropy: Entropy
+    mask_bytes: np.ndarray, pos: np.ndarray, n: int, entropy: Entropy
 ) -> tuple[int, str, int, SymbolPlan]:
     """(estimated bytes, "mask" | "gaps", gap bits, plan) with the smallest estimate."""
-    import numpy as np
 
-    mask_bytes = np.packbits(keep)
     mask = plan_symbols(bincount(mask_bytes, 256), mask_bytes.size, 256, entropy)
     options: list[tuple[int, str, int, SymbolPlan]] = [(mask.est_bytes, "mask", 1, mask)]
     vals, counts = _gap_histograms(pos)
@@ -1041,18 +1039,15 @@ def _plan_positions(
 
 def _write_positions(
     planned: tuple[int, str, int, SymbolPlan],
-    keep: np.ndarray | None,
+    mask_bytes: np.ndarray,
     pos: np.ndarray,
     enc: Encoded,
 ) -> dict[str, Any]:
-    import numpy as np
 
     _, codec, bits, plan = planned
     enc.entropy_bits += plan.entropy_bits
     if codec == "mask":
-        assert keep is not None
-        sym = np.packbits(keep)
-        return {"codec": "mask"} | write_symbols(plan, lambda i, j: sym[i:j], enc.chunks)
+        return {"codec": "mask"} | write_symbols(plan, lambda i, j: mask_bytes[i:j], enc.chunks)
     gaps = gap_symbols(pos, bits)
     return {"codec": "gaps", "bits": bits} | write_symbols(plan, lambda i, j: gaps[i:j], enc.chunks)
 
