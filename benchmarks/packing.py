@@ -1,8 +1,8 @@
 """Packing at scale: the ``.ccz`` packer beside torch.save, zstd-3, zstd-19 and xz -9.
 
-    python benchmarks/packing.py                  # 1M, 10M, 50M, 110M parameters (~20 CPU min)
+    python benchmarks/packing.py                  # 1M, 10M, 50M, 110M parameters
     python benchmarks/packing.py --sizes 1 10     # millions of parameters
-    python benchmarks/packing.py --sizes 50 110 --slow-peers-max 10   # no zstd-19/xz above 10M
+    python benchmarks/packing.py --sizes 1 10 50 110 --slow-peers-max 10   # 330 s: no zstd-19/xz above 10M
     python benchmarks/packing.py --from-json a.json b.json            # one table from runs
     python benchmarks/packing.py --smoke          # 0.1M, every column once (the test suite)
 
