@@ -447,8 +447,8 @@ def _openvino_runner(path: Path, threads: int) -> Runner:
 
     def run(feed: dict[str, np.ndarray]) -> np.ndarray:
         # inputs by index and the output read from the request's own tensor: looking
-        # ports up by object and indexing infer's result dict cost 5% of a demo CNN's
-        # batch of 256 (benchmarks/runtimes.py, against a plain infer call)
+        # ports up by object and indexing infer's result dict cost about 5% of a demo
+        # CNN's batch of 256, timed against a plain infer on the same compiled file
         request.infer({index[name]: a for name, a in feed.items() if name in index})
         out: np.ndarray = request.get_output_tensor(0).data.copy()
         return out
