@@ -251,7 +251,6 @@ class SymbolPlan:
 
 def plan_symbols(hist: np.ndarray | None, count: int, alphabet: int, mode: Entropy) -> SymbolPlan:
     """Choose ANS or bytes for a stream of ``count`` symbols in ``[0, alphabet)``."""
-
     width = _width(alphabet)
     if hist is None:
         return SymbolPlan("bytes", count, alphabet, count * width, 8.0 * count * width)
@@ -905,7 +904,7 @@ def encode(t: torch.Tensor, *, entropy: Entropy = "auto") -> Encoded:
         pos = np.flatnonzero(keep)
         mask = np.packbits(keep)  # what the mask codec stores: 1 bit per element, not 8
         del keep
-        positions = _plan_positions(mask, pos, n, entropy)
+        positions = _plan_positions(mask, pos, entropy)
         values = _sparse_values(kind, v, pos, hist, dense, fill, entropy)
         sparse_est = positions[0] + values.est_bytes
         # within 1% in size, the layout with fewer rANS-coded symbols (cheaper to decode)
@@ -1020,10 +1019,9 @@ def _unshuffle(data: np.ndarray, itemsize: int, dtype: Any) -> np.ndarray:
 
 
 def _plan_positions(
-    mask_bytes: np.ndarray, pos: np.ndarray, n: int, entropy: Entropy
+    mask_bytes: np.ndarray, pos: np.ndarray, entropy: Entropy
 ) -> tuple[int, str, int, SymbolPlan]:
     """(estimated bytes, "mask" | "gaps", gap bits, plan) with the smallest estimate."""
-
     mask = plan_symbols(bincount(mask_bytes, 256), mask_bytes.size, 256, entropy)
     options: list[tuple[int, str, int, SymbolPlan]] = [(mask.est_bytes, "mask", 1, mask)]
     vals, counts = _gap_histograms(pos)
@@ -1043,7 +1041,6 @@ def _write_positions(
     pos: np.ndarray,
     enc: Encoded,
 ) -> dict[str, Any]:
-
     _, codec, bits, plan = planned
     enc.entropy_bits += plan.entropy_bits
     if codec == "mask":

@@ -134,6 +134,9 @@ def _pt2(model: nn.Module, example: Inputs, path: Path) -> Callable[..., Any]:
     return read_archive(path)
 
 
+SINGLE_INPUT = "input"  # the name of a model's one input tensor in an exported graph
+
+
 def input_names(example: Inputs) -> list[str]:
     """The names of a model's input tensors in an exported graph, in a fixed order: one
     tensor is ``input``, positional ones ``input_0``, ``input_1``, ..., keyword ones
@@ -142,7 +145,7 @@ def input_names(example: Inputs) -> list[str]:
     if isinstance(example, Mapping):
         return [name for name, _ in named]
     if len(named) == 1 and named[0][0] == "":
-        return ["input"]
+        return [SINGLE_INPUT]
     return [f"input_{name}" for name, _ in named]
 
 

@@ -52,6 +52,7 @@ from ci_compress.files import make_dir
 from ci_compress.layers.batches import Inputs, named_tensors
 from ci_compress.layers.outputs import OutputSpec
 from ci_compress.packing.export import (
+    SINGLE_INPUT,
     _quiet_stdout,
     holds_graph,
     input_names,
@@ -470,7 +471,8 @@ class RuntimeModel(nn.Module):
 
     def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
         if not kwargs and len(args) == 1 and type(args[0]) is torch.Tensor:
-            return torch.from_numpy(self._run({"input": _array(args[0])}))  # one tensor
+            # one tensor, named as input_names names it, without its structure walk
+            return torch.from_numpy(self._run({SINGLE_INPUT: _array(args[0])}))
         inputs: Inputs = kwargs if kwargs else args[0] if len(args) == 1 else args
         feed = {
             name: _array(t)
