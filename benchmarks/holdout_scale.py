@@ -29,15 +29,21 @@ against a bare inference loop.
     classification task's per-sample scores and final counts (accuracy, macro-F1,
     agreement, per class) and the holdout's sha256 over every byte. Not timed: the
     config (the ``DataSource``), built once per gate when the config is read.
-  - *bare*: the floor, a plain inference loop: ``np.load`` of each shard's two arrays
+  - *bare*: a plain inference loop: ``np.load`` of each shard's two arrays
     (header parse and one read), ``torch.from_numpy``, then per batch of 256 both models'
     forward under ``torch.inference_mode()``, ``argmax`` and the top-1 hits of each.
     No checks, no digest, no per-sample scores.
+  - *floor*: the bare loop that also feeds every batch's bytes to ``hashlib.sha256``
+    (one hash for the inputs, one for the labels): what any gate pays that records which
+    data it evaluated. On a model this small the hash is a visible share of the loop
+    (the models' int8 kernels run at a few hundred MB/s of input on this CPU, sha256
+    at 1.1-1.3 GB/s); *gate / floor* is ci-compress's own work beside it.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import resource
@@ -190,9 +196,11 @@ def throughput(work: Path, demo: Path, sizes: list[int], rounds: int = 3) -> lis
             result, _ = evaluate(models, ds, batch_size=256, task=task)
             return result["teacher"].samples, result["student"].correct
 
-        def bare(folder: Path = folder) -> tuple[int, int]:
-            # the floor: the same files (each read whole), the same models, top-1 hits
+        def bare(folder: Path = folder, digest: bool = False) -> tuple[int, int]:
+            # the floor: the same files (each read whole), the same models, top-1 hits;
+            # with digest, also one sha256 over the inputs' and one over the labels' bytes
             seen, correct = 0, dict.fromkeys(models, 0)
+            hx, hy = hashlib.sha256(), hashlib.sha256()
             with torch.inference_mode():
                 for shard in sorted(p for p in folder.iterdir() if p.is_dir()):
                     x = torch.from_numpy(np.load(shard / "x.npy"))
@@ -201,19 +209,36 @@ def throughput(work: Path, demo: Path, sizes: list[int], rounds: int = 3) -> lis
                         xb, yb = x[i : i + 256], y[i : i + 256]
                         for role, m in models.items():
                             correct[role] += int((m(xb).argmax(1) == yb).sum())
+                        if digest:
+                            hx.update(xb.numpy())
+                            hy.update(yb.numpy())
                         seen += len(xb)
             return seen, correct["student"]
 
-        times: dict[str, list[float]] = {"gate": [], "bare": []}
-        # warm-up, and both read every sample and score the student alike
-        assert gate() == bare() and bare()[0] == samples
+        def hashed() -> tuple[int, int]:
+            return bare(digest=True)
+
+        times: dict[str, list[float]] = {"gate": [], "bare": [], "bare_sha256": []}
+        # warm-up, and all three read every sample and score the student alike
+        assert gate() == bare() == hashed() and bare()[0] == samples
         for _ in range(max(rounds, 100_000 // samples)):  # small holdouts: more rounds
-            for name, fn in (("gate", gate), ("bare", bare)):
+            for name, fn in (("gate", gate), ("bare", bare), ("bare_sha256", hashed)):
                 t0 = time.process_time()
                 fn()
                 times[name].append(time.process_time() - t0)
         g, b = statistics.median(times["gate"]), statistics.median(times["bare"])
-        rows.append({"samples": samples, "gate_s": g, "bare_s": b, "ratio": g / b})
+        h = statistics.median(times["bare_sha256"])
+        rows.append(
+            {
+                "samples": samples,
+                "gate_s": g,
+                "bare_s": b,
+                "bare_sha256_s": h,
+                "ratio": g / b,
+                "floor_ratio": h / b,
+                "over_floor": g / h,
+            }
+        )
     return rows
 
 
@@ -234,12 +259,15 @@ def table(mem: dict[str, Any], thr: list[dict[str, Any]] | None) -> str:
         lines += [
             "",
             "evaluation CPU time, folder holdout, both models, batch 256, 1 thread (median of 3 to 92 rounds)",
-            "  samples    gate s    bare s   gate/bare",
-            "  -------  --------  --------  ----------",
+            "  floor: the bare loop that also takes the sha256 of every byte it reads",
+            "  samples    gate s    bare s   floor s   gate/bare  floor/bare  gate/floor",
+            "  -------  --------  --------  --------  ---------  ----------  ----------",
         ]
         for r in thr:
             lines.append(
-                f"  {r['samples']:>7,}  {r['gate_s']:8.3f}  {r['bare_s']:8.3f}  {r['ratio']:9.2f}x"
+                f"  {r['samples']:>7,}  {r['gate_s']:8.3f}  {r['bare_s']:8.3f}  "
+                f"{r['bare_sha256_s']:8.3f}  {r['ratio']:8.2f}x  {r['floor_ratio']:9.2f}x  "
+                f"{r['over_floor']:9.2f}x"
             )
     lines += ["", "targets"]
     for t in targets(mem, thr):
@@ -264,7 +292,7 @@ def targets(mem: dict[str, Any], thr: list[dict[str, Any]] | None) -> list[dict[
         out.append(
             {
                 "target": f"evaluation CPU, gate / bare loop <= 1.1 at {r['samples']:,} samples",
-                "measured": f"{r['ratio']:.2f}",
+                "measured": f"{r['ratio']:.2f} (the floor: {r['floor_ratio']:.2f}; gate / floor: {r['over_floor']:.2f})",
                 "met": r["ratio"] <= 1.1,
             }
         )
