@@ -197,8 +197,8 @@ def throughput(work: Path, demo: Path, sizes: list[int], rounds: int = 3) -> lis
             return result["teacher"].samples, result["student"].correct
 
         def bare(folder: Path = folder, digest: bool = False) -> tuple[int, int]:
-            # the floor: the same files (each read whole), the same models, top-1 hits;
-            # with digest, also one sha256 over the inputs' and one over the labels' bytes
+            # the same files (each read whole), the same models, top-1 hits; with digest
+            # (the floor), also one sha256 over the inputs' and one over the labels' bytes
             seen, correct = 0, dict.fromkeys(models, 0)
             hx, hy = hashlib.sha256(), hashlib.sha256()
             with torch.inference_mode():
