@@ -61,7 +61,13 @@ _MAX_COMBINATIONS = 256
 @dataclass(frozen=True)
 class ProfilePass:
     """One pass of a profile: its base options (must be accepted), the searched ones,
-    and ``extras`` that are used when the pass knows them and recorded as skipped if not."""
+    and ``extras`` that are used when the pass knows them and recorded as skipped if not.
+
+    ``not_after`` names pass types that leave this pass nothing to do when one of them
+    runs before it in a trial (``quantize`` after ``cluster``: the clustered layers are
+    no longer the Linear/Conv layers int8 takes). Such a trial leaves the pass out: run,
+    it would change nothing, which is an error, and the trial would be lost.
+    """
 
     type: str
     options: Mapping[str, Any]
@@ -69,6 +75,7 @@ class ProfilePass:
     extras: Mapping[str, Any] = field(default_factory=dict)
     optional: bool = False
     label: str = ""
+    not_after: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,7 @@ PROFILES: dict[str, Profile] = {
                 {"scheme": "int8-dynamic"},
                 {"scheme": {"choices": ["int8-dynamic", "int8-weight-only"]}},
                 extras={"engine": "qnnpack"},
+                not_after=("cluster",),  # weight sharing or int8, per trial
             ),
         ),
         objective="mix",
@@ -144,7 +152,10 @@ PROFILES: dict[str, Profile] = {
         passes=(
             ProfilePass("prune", {"amount": 0.7}, {"amount": {"low": 0.5, "high": 0.95}}),
             ProfilePass("cluster", {"bits": 4}, {"bits": {"low": 2, "high": 6}}, optional=True),
-            ProfilePass("quantize", {"scheme": "int8-dynamic"}, optional=True),
+            # 2-6 bit clusters or int8, per trial (int8 finds nothing left after clustering)
+            ProfilePass(
+                "quantize", {"scheme": "int8-dynamic"}, optional=True, not_after=("cluster",)
+            ),
         ),
         objective="size",
         ship={"zstd_level": 22},
@@ -236,13 +247,20 @@ class Space:
     profile: str | None = None
     skipped: list[str] = field(default_factory=list)
     base_dir: Path = Path(".")  # the config's folder: factories and files resolve from it
+    # pass index -> pass types that, run before it, leave it nothing to do (a profile's
+    # ProfilePass.not_after): a trial with one of them enabled leaves the pass out
+    not_after: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
     def sample(self, trial: optuna.Trial) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """The pass list and the searched ship options of one trial (Optuna suggests
         every value). The ship mapping holds only the searched options (empty without
-        ``ship.*`` dimensions); the rest of ``ship:`` is the config's."""
-        out = []
+        ``ship.*`` dimensions); the rest of ``ship:`` is the config's. A pass that an
+        earlier pass of the trial leaves nothing to do (:attr:`not_after`) is left out,
+        its options not suggested."""
+        out: list[dict[str, Any]] = []
         for i, base in enumerate(self.passes):
+            if any(p["type"] in self.not_after.get(i, ()) for p in out):
+                continue
             if i in self.optional and not trial.suggest_categorical(
                 f"passes[{i}].enabled", [True, False]
             ):
@@ -388,6 +406,7 @@ def resolve(loaded: LoadedConfig, tune: TuneConfig) -> Space:
     skipped: list[str] = []
     dims: list[Dimension] = []
     optional: list[int] = []
+    not_after: dict[int, tuple[str, ...]] = {}
 
     if tune.profile is not None:
         prof = PROFILES[tune.profile]
@@ -426,6 +445,8 @@ def resolve(loaded: LoadedConfig, tune: TuneConfig) -> Space:
             passes.append(opts)
             if pp.optional:
                 optional.append(idx)
+            if pp.not_after:
+                not_after[idx] = pp.not_after
             for option, spec in pp.space.items():
                 dim = _dimension(f"passes[{idx}].{option}", idx, option, spec)
                 if dim.choices is not None:
@@ -451,6 +472,7 @@ def resolve(loaded: LoadedConfig, tune: TuneConfig) -> Space:
         profile=tune.profile,
         skipped=skipped,
         base_dir=loaded.base_dir,
+        not_after=not_after,
     )
     for i in tune.optional_passes:
         if not 0 <= i < len(passes):

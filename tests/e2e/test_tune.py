@@ -148,6 +148,49 @@ def test_profiles_keep_registered_passes_and_record_the_rest(tmp_path: Path, pro
         assert any("'structured'" in s for s in space.skipped)
 
 
+@pytest.mark.parametrize(
+    "profile", sorted(n for n, p in PROFILES.items() if any(pp.not_after for pp in p.passes))
+)
+def test_a_profile_trial_leaves_out_a_pass_an_earlier_one_leaves_nothing_to_do(
+    tmp_path: Path, profile: str
+) -> None:
+    """int8 after clustering changes nothing (the clustered layers are no longer Linear),
+    and a pass that changes nothing is an error: a trial with both would be lost. With
+    clustering on, the trial leaves quantize out; with it off, quantize runs."""
+    space = resolve_space(tmp_path, base_config(tune={"profile": profile}))
+    types = [p["type"] for p in space.passes]
+    c, q = types.index("cluster"), types.index("quantize")
+    assert space.not_after == {q: ("cluster",)}
+    fixed = {d.name: d.candidates()[0] for d in space.dimensions}
+    enabled = {f"passes[{i}].enabled": True for i in space.optional}
+    on, _ = space.sample(optuna.trial.FixedTrial({**fixed, **enabled}))
+    assert [p["type"] for p in on if p["type"] in ("cluster", "quantize")] == ["cluster"]
+    off, _ = space.sample(
+        optuna.trial.FixedTrial({**fixed, **enabled, f"passes[{c}].enabled": False})
+    )
+    assert [p["type"] for p in off if p["type"] in ("cluster", "quantize")] == ["quantize"]
+
+
+@pytest.mark.slow
+def test_size_first_profile_runs_every_trial_it_samples(workdir: Path) -> None:
+    """The size-first profile's trials on the demo: none fails. Before, every trial
+    that kept both clustering and int8 failed with "quantize changed nothing" (8 of 12
+    on the documented example, its base trial first)."""
+    cfg = write_config(
+        workdir, base_config(tune={"profile": "size-first", "max_trials": 6, "seed": 0})
+    )
+    proc = run_cli("tune", "--config", str(cfg), cwd=workdir)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    trials = study_trials(workdir, "compress")
+    assert len(trials) == 6
+    states = {t.number: t.state for t in trials}
+    assert optuna.trial.TrialState.FAIL not in states.values(), states
+    assert "changed nothing" not in proc.stdout + proc.stderr
+    # the base trial: the profile's passes, quantize left out beside clustering
+    assert [p["type"] for p in trials[0].user_attrs["passes"]] == ["prune", "cluster"]
+    assert trials[0].user_attrs["passed"]
+
+
 # ---------------------------------------------------------------- the search, for real
 
 
